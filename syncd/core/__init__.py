@@ -1,0 +1,1 @@
+"""Pure sync decisions. Nothing here touches sockets, files, clocks or adapters."""
