@@ -1,0 +1,482 @@
+"""Thin IMAP adapter on imapclient: connect (TLS verified, STARTTLS or implicit), log in,
+capabilities, folder list and status, batched UID FETCH (CHANGEDSINCE/VANISHED), UID STORE,
+APPEND (APPENDUID), UID EXPUNGE / MOVE. No sync decisions here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from syncd.core import flags as flagmap
+from syncd.core.flags import Flags
+from syncd.errors import AccountError
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+    from syncd.config import AccountSettings
+
+log = logging.getLogger("syncd.imap")
+
+# Capabilities worth reporting, in the order `syncd check` prints them.
+INTERESTING_CAPABILITIES = (
+    "IDLE", "CONDSTORE", "QRESYNC", "UIDPLUS", "MOVE", "NOTIFY", "COMPRESS=DEFLATE",
+    "LIST-STATUS", "LITERAL+", "SPECIAL-USE",
+)
+
+# Bound each UID FETCH of bodies by count and by bytes so memory stays flat however large the
+# folder is (imaplib holds one response in memory).
+FETCH_BATCH_COUNT = 500
+FETCH_BATCH_BYTES = 8 * 1024 * 1024
+# Flag/metadata fetches and STOREs: how many UIDs go into one command line.
+UID_SET_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFolder:
+    name: str  # decoded from modified UTF-7; what state and the user see
+    delimiter: str | None
+    noselect: bool
+    special_use: str | None  # "\\Sent", "\\Trash", ... where the server says so
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        if self.delimiter:
+            return tuple(self.name.split(self.delimiter))
+        return (self.name,)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStatus:
+    uidvalidity: int | None
+    uidnext: int | None
+    messages: int | None
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectInfo:
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChanges:
+    """Result of a flag fetch: UID -> flags for every message reported, plus the UIDs the server
+    reported as VANISHED (QRESYNC) — only meaningful for CHANGEDSINCE fetches."""
+
+    flags: dict[int, Flags]
+    vanished: frozenset[int]
+
+
+def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext:
+    """The system trust store, plus the account's own CA where given; hostname checked."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def describe_connect_error(exc: BaseException, host: str, port: int) -> tuple[str, str]:
+    """(cause, one-line message) for a failure to connect, secure or log in."""
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"cannot resolve host {host!r} ({exc.strerror or exc})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or exc.reason or str(exc)
+        return "certificate", f"TLS certificate of {where} not trusted: {reason}"
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", f"connection to {where} refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timeout", f"timed out talking to {where}"
+    if isinstance(exc, ConnectionError):
+        return "network", f"connection to {where} lost: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return "network", f"cannot connect to {where}: {exc.strerror or exc}"
+    return "protocol", f"{where}: {exc}"
+
+
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
+_COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
+
+
+def parse_uid_set(text: str | bytes) -> set[int]:
+    """'1:3,7' -> {1, 2, 3, 7} (ranges in either order)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii")
+    result: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            low, high = (int(x) for x in part.split(":", 1))
+            if low > high:
+                low, high = high, low
+            result.update(range(low, high + 1))
+        else:
+            result.add(int(part))
+    return result
+
+
+def format_uid_set(uids: Iterable[int]) -> str:
+    """{1,2,3,7} -> '1:3,7': compact command lines for large sets."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ImapSession:
+    """One authenticated IMAP connection for one account."""
+
+    def __init__(self, account: AccountSettings, client: IMAPClient) -> None:
+        self.account = account
+        self.client = client
+        self.capabilities: frozenset[str] = frozenset(
+            c.decode("ascii", "replace").upper() for c in client.capabilities()
+        )
+        self.selected: str | None = None
+        self.qresync = False
+        self.condstore = False
+        self._enable_extensions()
+
+    # --- connection -----------------------------------------------------------------------
+    @classmethod
+    def connect(cls, account: AccountSettings, password: Callable[[], str]) -> ImapSession:
+        """Connect, secure and log in. Every failure is an AccountError naming the account and
+        the cause; no plaintext LOGIN is ever sent on an unverified or unencrypted connection
+        unless the config says `tls: none` with `allow_insecure: true`."""
+        from imapclient import IMAPClient
+        from imapclient.exceptions import IMAPClientError, LoginError
+
+        name = account.name
+        try:
+            context = ssl_context_for(account.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise AccountError(name, f"cannot load tls_ca_file {account.tls_ca_file}: {exc}",
+                               cause="certificate") from None
+        try:
+            client = IMAPClient(account.host, port=account.port,
+                                ssl=account.tls == "implicit", ssl_context=context,
+                                timeout=account.timeout)
+        except Exception as exc:  # noqa: BLE001 - mapped to a one-line cause
+            cause, message = describe_connect_error(exc, account.host, account.port)
+            raise AccountError(name, message, cause=cause) from None
+        try:
+            if account.tls == "starttls":
+                if not client.has_capability("STARTTLS"):
+                    raise AccountError(
+                        name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
+                        "to continue in plaintext (use tls: implicit, or a server that offers "
+                        "STARTTLS)", cause="tls")
+                client.starttls(context)
+                # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
+                client._cached_capabilities = None
+            secret = password()
+            try:
+                client.login(account.username, secret)
+            except LoginError:
+                raise AccountError(
+                    name, f"login as {account.username!r} on {account.host} failed: wrong "
+                    "username or password (or the server refuses password logins)",
+                    cause="auth") from None
+            client._cached_capabilities = None
+            return cls(account, client)
+        except AccountError:
+            _close_quietly(client)
+            raise
+        except IMAPClientError as exc:
+            _close_quietly(client)
+            raise AccountError(name, f"{account.host}: {exc}", cause="protocol") from None
+        except Exception as exc:  # noqa: BLE001
+            _close_quietly(client)
+            cause, message = describe_connect_error(exc, account.host, account.port)
+            raise AccountError(name, message, cause=cause) from None
+
+    def _enable_extensions(self) -> None:
+        # ENABLE QRESYNC makes SELECT report HIGHESTMODSEQ and EXPUNGEs arrive as VANISHED;
+        # CONDSTORE alone still gives cheap CHANGEDSINCE flag fetches.
+        if "ENABLE" not in self.capabilities:
+            self.condstore = "CONDSTORE" in self.capabilities
+            return
+        wanted = [c for c in ("QRESYNC", "CONDSTORE") if c in self.capabilities]
+        if not wanted:
+            return
+        enabled = {c.decode().upper() if isinstance(c, bytes) else c.upper()
+                   for c in self.client.enable(*wanted)}
+        self.qresync = "QRESYNC" in enabled
+        self.condstore = self.qresync or "CONDSTORE" in enabled
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    def close(self) -> None:
+        _close_quietly(self.client)
+
+    def noop(self) -> None:
+        self.client.noop()
+
+    # --- folders --------------------------------------------------------------------------
+    def list_folders(self) -> list[RemoteFolder]:
+        result = []
+        special = "SPECIAL-USE" in self.capabilities
+        for raw_flags, delimiter, name in self.client.list_folders():
+            flag_set = {f.decode("ascii", "replace") if isinstance(f, bytes) else f
+                        for f in raw_flags}
+            lowered = {f.lower() for f in flag_set}
+            use = None
+            if special:
+                for flag in flag_set:
+                    if flag.lower() in ("\\sent", "\\trash", "\\drafts", "\\junk",
+                                        "\\archive", "\\all", "\\flagged"):
+                        use = flag
+            delim = delimiter.decode("ascii", "replace") if isinstance(delimiter, bytes) \
+                else delimiter
+            result.append(RemoteFolder(
+                name=str(name), delimiter=delim or None,
+                noselect="\\noselect" in lowered or "\\nonexistent" in lowered,
+                special_use=use))
+        return result
+
+    def status_all(self, names: Sequence[str]) -> dict[str, FolderStatus]:
+        """Status of many folders. With LIST-STATUS this is one round trip for all of them."""
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.condstore:
+            items.append("HIGHESTMODSEQ")
+        if "LIST-STATUS" in self.capabilities:
+            statuses = self._list_status(items)
+            missing = [n for n in names if n not in statuses]
+        else:
+            statuses, missing = {}, list(names)
+        for name in missing:
+            raw = self.client.folder_status(name, items)
+            statuses[name] = _status_from(raw)
+        return {name: statuses[name] for name in names if name in statuses}
+
+    def _list_status(self, items: list[str]) -> dict[str, FolderStatus]:
+        from imapclient.imap_utf7 import decode as decode_utf7
+        from imapclient.response_parser import parse_response
+
+        imap = self.client._imap
+        typ, data = imap._simple_command(
+            "LIST", '""', '"*"', f"RETURN (STATUS ({' '.join(items)}))")
+        if typ != "OK":
+            return {}
+        imap._untagged_response(typ, data, "LIST")
+        _, raw_statuses = imap._untagged_response(typ, data, "STATUS")
+        result: dict[str, FolderStatus] = {}
+        for raw in raw_statuses:
+            if raw is None:
+                continue
+            parsed = parse_response([raw])
+            if len(parsed) < 2:
+                continue
+            name = parsed[0]
+            name = decode_utf7(name) if isinstance(name, bytes) else str(name)
+            result[name] = _status_from(dict(_pairs(parsed[-1])))
+        return result
+
+    def create_folder(self, name: str) -> None:
+        from imapclient.exceptions import IMAPClientError
+
+        try:
+            self.client.create_folder(name)
+        except IMAPClientError as exc:
+            # Another client (or our own earlier, interrupted run) may have created it.
+            if not any(f.name == name for f in self.list_folders()):
+                raise AccountError(self.account.name,
+                                   f"cannot create folder {name!r} on the server: {exc}",
+                                   cause="protocol") from None
+
+    def select(self, name: str) -> SelectInfo:
+        response = self.client.select_folder(name)
+        self.selected = name
+        self.client._imap.untagged_responses.pop("VANISHED", None)
+        modseq = response.get(b"HIGHESTMODSEQ")
+        if b"NOMODSEQ" in response:
+            modseq = None
+        return SelectInfo(
+            uidvalidity=int(response[b"UIDVALIDITY"]),
+            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+            exists=int(response.get(b"EXISTS", 0)),
+            highestmodseq=int(modseq) if modseq is not None else None,
+        )
+
+    # --- fetches --------------------------------------------------------------------------
+    def fetch_flags(self, changedsince: int | None = None) -> FlagChanges:
+        """Flags of every message (UID FETCH 1:* FLAGS), or only of those changed since a
+        modseq (plus VANISHED UIDs when QRESYNC is on)."""
+        modifiers = None
+        if changedsince is not None:
+            modifiers = [f"CHANGEDSINCE {changedsince}"]
+            if self.qresync:
+                modifiers.append("VANISHED")
+        response = self.client.fetch("1:*", ["FLAGS"], modifiers)
+        vanished = self._take_vanished() if changedsince is not None and self.qresync \
+            else frozenset()
+        flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ())) for uid, data in response.items()
+                 if b"FLAGS" in data}
+        return FlagChanges(flags=flags, vanished=vanished)
+
+    def _take_vanished(self) -> frozenset[int]:
+        raw = self.client._imap.untagged_responses.pop("VANISHED", None) or []
+        uids: set[int] = set()
+        for line in raw:
+            text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
+            text = text.strip()
+            if text.upper().startswith("(EARLIER)"):
+                text = text[len("(EARLIER)"):].strip()
+            uids |= parse_uid_set(text)
+        return frozenset(uids)
+
+    def search_all_uids(self) -> set[int]:
+        """Every UID in the selected folder (expunge detection without QRESYNC)."""
+        return set(self.client.search("ALL"))
+
+    def fetch_meta(self, uids: Iterable[int]) -> dict[int, tuple[int, str | None]]:
+        """UID -> (RFC822.SIZE, Message-ID) for pairing."""
+        result: dict[int, tuple[int, str | None]] = {}
+        ordered = sorted(uids)
+        for chunk in _chunks(ordered, UID_SET_CHUNK):
+            response = self.client.fetch(
+                format_uid_set(chunk), ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+            for uid, data in response.items():
+                header = b""
+                for key, value in data.items():
+                    if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
+                        header = value
+                result[uid] = (int(data.get(b"RFC822.SIZE", 0)), parse_message_id(header))
+        return result
+
+    def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]]
+                     ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+        """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
+        bounded by count and bytes. Messages the server no longer has are silently absent."""
+        batch: list[int] = []
+        batch_bytes = 0
+        for uid, size in wanted:
+            batch.append(uid)
+            batch_bytes += size or 0
+            if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
+                yield from self._fetch_body_batch(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            yield from self._fetch_body_batch(batch)
+
+    def _fetch_body_batch(self, uids: list[int]
+                          ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+        response = self.client.fetch(format_uid_set(uids), ["BODY.PEEK[]", "INTERNALDATE"])
+        for uid in uids:
+            data = response.pop(uid, None)
+            if data is None:
+                continue
+            body = data.get(b"BODY[]")
+            if body is None:
+                continue
+            yield uid, body, data.get(b"INTERNALDATE")
+
+    # --- changes --------------------------------------------------------------------------
+    def store_flags(self, uids: Sequence[int], add: Flags, remove: Flags) -> None:
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            if add:
+                self.client.add_flags(uid_set, flagmap.to_imap(add), silent=True)
+            if remove:
+                self.client.remove_flags(uid_set, flagmap.to_imap(remove), silent=True)
+
+    def append(self, folder: str, data: bytes, flags: Flags,
+               internaldate: dt.datetime | None) -> int | None:
+        """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS)."""
+        response = self.client.append(folder, data, flagmap.to_imap(flags), internaldate)
+        match = _APPENDUID.search(response if isinstance(response, bytes)
+                                  else str(response).encode())
+        return int(match.group(2)) if match else None
+
+    def search_message_id(self, message_id: str) -> list[int]:
+        return list(self.client.search(["HEADER", "Message-ID", message_id]))
+
+    def expunge(self, uids: Sequence[int]) -> None:
+        """Expunge exactly these UIDs. Without UIDPLUS a plain EXPUNGE would also remove other
+        messages someone marked \\Deleted, so we refuse that and leave them flagged."""
+        if not uids:
+            return
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            self.client.add_flags(uid_set, ["\\Deleted"], silent=True)
+            if "UIDPLUS" in self.capabilities:
+                self.client.uid_expunge(uid_set)
+        if "UIDPLUS" not in self.capabilities:
+            self.client.expunge()
+        self.client._imap.untagged_responses.pop("VANISHED", None)
+
+    def move(self, uids: Sequence[int], target: str) -> None:
+        if not uids:
+            return
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            if "MOVE" in self.capabilities:
+                self.client.move(uid_set, target)
+            else:
+                self.client.copy(uid_set, target)
+                self.expunge(chunk)
+        self.client._imap.untagged_responses.pop("VANISHED", None)
+
+
+def parse_message_id(header: bytes) -> str | None:
+    """The Message-ID from a header block (folded lines joined); None if absent."""
+    text = header.decode("utf-8", "replace").replace("\r\n", "\n")
+    text = re.sub(r"\n[ \t]+", " ", text)
+    for line in text.split("\n"):
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "message-id":
+            value = value.strip()
+            return value or None
+    return None
+
+
+def _pairs(items: Sequence[object]) -> Iterator[tuple[object, object]]:
+    it = iter(items)
+    return zip(it, it, strict=False)
+
+
+def _status_from(raw: dict) -> FolderStatus:
+    def get(key: str) -> int | None:
+        value = raw.get(key.encode()) if key.encode() in raw else raw.get(key)
+        return int(value) if value is not None else None
+
+    return FolderStatus(uidvalidity=get("UIDVALIDITY"), uidnext=get("UIDNEXT"),
+                        messages=get("MESSAGES"), highestmodseq=get("HIGHESTMODSEQ"))
+
+
+def _close_quietly(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - the connection may already be gone
+        try:
+            client.shutdown()
+        except Exception:  # noqa: BLE001
+            pass

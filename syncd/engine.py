@@ -1,0 +1,666 @@
+"""Executes sync plans for one IMAP account: gathers snapshots (state, Maildir scan, server),
+asks the pure planner what to do, and does it in the crash-safe order of ARCHITECTURE.md.
+
+Ordering rules that make kill -9 at any instant safe:
+- a downloaded message is written to tmp/, fsynced, linked into place and its directory fsynced
+  before the state records it; an intent naming its key is committed before the fetch, so a
+  crash in between re-pairs the file instead of downloading it twice;
+- an upload's intent is committed before APPEND, and recovery looks for the message on the
+  server (Message-ID) before anything appends it again; content pairing covers the rest;
+- flag changes and deletions are idempotent: after a crash both sides agree and the planner
+  only records it;
+- folder cursors (UIDNEXT, HIGHESTMODSEQ) advance only after the whole folder succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from syncd.adapters.imap import FolderStatus, ImapSession, RemoteFolder, SelectInfo
+from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
+from syncd.adapters.state import FolderState, StateStore
+from syncd.core import actions as A
+from syncd.core.flags import normalize
+from syncd.core.model import (
+    FolderPolicy,
+    FolderSnapshot,
+    LocalMessage,
+    RemoteMessage,
+    SyncedMessage,
+)
+from syncd.core.plan import plan_folder
+from syncd.errors import AccountError, FolderError, SyncdError
+
+if TYPE_CHECKING:
+    from syncd.config import AccountSettings
+
+log = logging.getLogger("syncd.engine")
+
+# Group commit: how many downloaded messages share one directory fsync and one state commit.
+DOWNLOAD_COMMIT_COUNT = 200
+DOWNLOAD_COMMIT_BYTES = 32 * 1024 * 1024
+
+
+class Reporter(Protocol):
+    """Progress sink (rich bars on a TTY, nothing otherwise)."""
+
+    def folder_started(self, account: str, folder: str, messages: int, size: int) -> None: ...
+    def advance(self, account: str, messages: int, size: int) -> None: ...
+    def folder_done(self, account: str, folder: str) -> None: ...
+
+
+class NullReporter:
+    def folder_started(self, account: str, folder: str, messages: int, size: int) -> None:
+        pass
+
+    def advance(self, account: str, messages: int, size: int) -> None:
+        pass
+
+    def folder_done(self, account: str, folder: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    dry_run: bool = False
+    force_deletions: bool = False
+    # Only these folders (server names); None = every folder the config selects.
+    only_folders: frozenset[str] | None = None
+    # Skip SELECT when STATUS and the local scan show nothing changed (cheap periodic checks).
+    use_status_shortcut: bool = True
+
+
+@dataclass
+class FolderResult:
+    folder: str
+    downloaded: int = 0
+    downloaded_bytes: int = 0
+    uploaded: int = 0
+    local_flag_changes: int = 0
+    remote_flag_changes: int = 0
+    deleted_local: int = 0
+    deleted_remote: int = 0
+    paired: int = 0
+    created_remote: bool = False
+    created_local: bool = False
+    guard: str | None = None
+    error: str | None = None
+    plan_lines: list[str] = field(default_factory=list)
+    new_mail: int = 0  # downloads that arrived unseen (for on_new_mail)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.downloaded or self.uploaded or self.local_flag_changes
+                    or self.remote_flag_changes or self.deleted_local or self.deleted_remote
+                    or self.paired)
+
+
+@dataclass
+class AccountResult:
+    account: str
+    folders: list[FolderResult] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(f.error is None and f.guard is None
+                                          for f in self.folders)
+
+    def summary(self) -> str:
+        down = sum(f.downloaded for f in self.folders)
+        up = sum(f.uploaded for f in self.folders)
+        dels = sum(f.deleted_local + f.deleted_remote for f in self.folders)
+        flags = sum(f.local_flag_changes + f.remote_flag_changes for f in self.folders)
+        created = sum(int(f.created_local) + int(f.created_remote) for f in self.folders)
+        parts = [f"+{down} down", f"+{up} up", f"-{dels}", f"~{flags} flags"]
+        if created:
+            parts.append(f"{created} folders created")
+        text = f"{self.account}: {' '.join(parts)}, {self.seconds:.1f} s"
+        problems = [f"{f.folder}: {f.error or f.guard}" for f in self.folders
+                    if f.error or f.guard]
+        if self.error:
+            problems.insert(0, self.error)
+        if problems:
+            text += " — " + "; ".join(problems)
+        return text
+
+
+def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    """Glob filters on server folder names; INBOX matches case-insensitively."""
+    def matches(pattern: str) -> bool:
+        if name.upper() == "INBOX" and pattern.upper() == "INBOX":
+            return True
+        return fnmatch.fnmatchcase(name, pattern)
+
+    return any(matches(p) for p in include) and not any(matches(p) for p in exclude)
+
+
+def _components(folder: RemoteFolder) -> tuple[str, ...]:
+    if folder.name.upper() == "INBOX":
+        return ("INBOX",)
+    return folder.components
+
+
+class AccountSync:
+    """One full sync of one IMAP account. Owns nothing long-lived: the caller passes the state
+    store (one per thread) and a connection factory."""
+
+    def __init__(self, account: AccountSettings, state: StateStore,
+                 connect: Callable[[], ImapSession], *, options: SyncOptions | None = None,
+                 reporter: Reporter | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.account = account
+        self.state = state
+        self.connect = connect
+        self.options = options or SyncOptions()
+        self.reporter = reporter or NullReporter()
+        self.maildir = Maildir(account.maildir, account.layout)
+        self.clock = clock
+        self.session: ImapSession | None = None
+
+    # --- the whole account ----------------------------------------------------------------
+    def run(self) -> AccountResult:
+        started = time.monotonic()
+        result = AccountResult(self.account.name)
+        try:
+            self.session = self.connect()
+            for folder_result in self._sync_folders():
+                result.folders.append(folder_result)
+        except AccountError as exc:
+            result.error = str(exc).removeprefix(f"{self.account.name}: ")
+        except (OSError, EOFError) as exc:
+            result.error = f"connection lost: {exc}"
+        except Exception as exc:
+            from imapclient.exceptions import IMAPClientError
+
+            if not isinstance(exc, IMAPClientError):
+                raise
+            result.error = f"server error: {exc}"
+        finally:
+            if self.session is not None:
+                self.session.close()
+                self.session = None
+            result.seconds = time.monotonic() - started
+        return result
+
+    def _sync_folders(self) -> Iterable[FolderResult]:
+        session = self._session()
+        account = self.account
+        remote = [f for f in session.list_folders()
+                  if folder_selected(f.name, account.folders.include, account.folders.exclude)]
+        by_name = {f.name: f for f in remote}
+        delimiter = next((f.delimiter for f in remote if f.delimiter), None) or "/"
+
+        results: list[FolderResult] = []
+        if not self.options.dry_run:
+            self.maildir.ensure_root()
+        # Local folders the server does not have: create them there (never delete a folder).
+        known = {f.remote_name for f in self.state.folders()}
+        for components in self.maildir.list_folders():
+            name = "INBOX" if components == ("INBOX",) else delimiter.join(components)
+            if name in by_name or not folder_selected(name, account.folders.include,
+                                                      account.folders.exclude):
+                continue
+            if name in known:
+                # Synced before and now gone from the server: someone deleted it there.
+                results.append(FolderResult(
+                    name, error="deleted on the server; the local copy is kept (remove it "
+                    "locally, or recreate it on the server)"))
+                continue
+            if self.options.dry_run:
+                results.append(FolderResult(name, created_remote=True,
+                                            plan_lines=[f"create folder {name!r} on server"]))
+                continue
+            session.create_folder(name)
+            created = RemoteFolder(name=name, delimiter=delimiter, noselect=False,
+                                   special_use=None)
+            remote.append(created)
+            by_name[name] = created
+            log.info("%s: created folder %r on the server", account.name, name)
+            results.append(FolderResult(name, created_remote=True))
+
+        selectable = [f for f in remote if not f.noselect]
+        if self.options.only_folders is not None:
+            selectable = [f for f in selectable if f.name in self.options.only_folders]
+        statuses = session.status_all([f.name for f in selectable])
+        merged: dict[str, FolderResult] = {r.folder: r for r in results}
+        for folder in selectable:
+            folder_result = merged.get(folder.name) or FolderResult(folder.name)
+            if folder_result.error:
+                continue
+            try:
+                self.sync_folder(folder, statuses.get(folder.name), folder_result)
+            except FolderError as exc:
+                folder_result.error = str(exc).split(": ", 1)[-1]
+            except OSError as exc:
+                # A local problem (disk full, permissions) stops this folder only; a dead
+                # connection stops the account.
+                if isinstance(exc, ConnectionError | TimeoutError):
+                    raise
+                folder_result.error = f"local error: {exc}"
+            except Exception as exc:
+                from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+                if isinstance(exc, IMAPClientAbortError) or not isinstance(exc,
+                                                                          IMAPClientError):
+                    raise
+                folder_result.error = f"server refused: {exc}"
+            merged.setdefault(folder.name, folder_result)
+        # \Noselect parents are directories only: make sure they exist locally for navigation.
+        return list(merged.values())
+
+    def _session(self) -> ImapSession:
+        assert self.session is not None
+        return self.session
+
+    # --- one folder -----------------------------------------------------------------------
+    def sync_folder(self, folder: RemoteFolder, status: FolderStatus | None,
+                    result: FolderResult) -> FolderResult:
+        session = self._session()
+        name = folder.name
+        local_folder = self.maildir.folder(_components(folder))
+        fstate = self.state.folder(name)
+        dry = self.options.dry_run
+        if fstate is None and not dry:
+            fstate = self.state.ensure_folder(name, str(local_folder.path))
+        if fstate is not None and not dry:
+            self.recover(fstate, local_folder)
+
+        synced = self.state.messages(fstate.id) if fstate is not None else []
+        missing = not local_folder.exists()
+        local_folder_missing = missing and bool(synced)
+        if missing and not dry:
+            local_folder.create()
+            result.created_local = not synced
+        entries = {} if missing else local_folder.scan()
+        synced_by_key = {m.key: m for m in synced}
+
+        if (self.options.use_status_shortcut and fstate is not None and status is not None
+                and not local_folder_missing
+                and self._unchanged(fstate, status, synced, entries, session)):
+            if not dry:
+                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
+                                       uidnext=fstate.uidnext,
+                                       highestmodseq=fstate.highestmodseq,
+                                       last_sync=self.clock())
+            return result
+
+        info = session.select(name)
+        uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
+                               and fstate.uidvalidity != info.uidvalidity)
+        remote = self._remote_view(fstate, info, synced, uidvalidity_changed)
+        local = self._local_view(local_folder, entries, synced_by_key)
+        policy = FolderPolicy(trash_folder=self.account.trash_folder,
+                              force_deletions=self.options.force_deletions,
+                              local_folder_missing=local_folder_missing)
+        plan = plan_folder(FolderSnapshot(synced=tuple(synced), local=tuple(local),
+                                          remote=tuple(remote.values()),
+                                          uidvalidity_changed=uidvalidity_changed,
+                                          policy=policy))
+        result.guard = plan.guard
+        if plan.guard:
+            log.warning("%s/%s: %s", self.account.name, name, plan.guard)
+        if dry:
+            from syncd.core.plan import describe
+
+            result.plan_lines = describe(plan)
+            return result
+        assert fstate is not None
+        if uidvalidity_changed:
+            log.warning("%s/%s: UIDVALIDITY changed (%s -> %s); re-pairing by content",
+                        self.account.name, name, fstate.uidvalidity, info.uidvalidity)
+            # The old UIDs are void. The plan re-pairs by content; the rows must go first so
+            # the new UIDs do not collide with stale ones.
+            self.state.reset_folder(fstate.id)
+        self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result)
+        self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
+                               highestmodseq=info.highestmodseq, last_sync=self.clock())
+        return result
+
+    def _unchanged(self, fstate: FolderState, status: FolderStatus,
+                   synced: list[SyncedMessage], entries: dict[str, LocalEntry],
+                   session: ImapSession) -> bool:
+        """True when neither side can have changed since the last completed sync: the server's
+        STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
+        cannot know, so never), and the Maildir holds exactly the synced files and flags."""
+        if fstate.last_sync is None or fstate.highestmodseq is None:
+            return False
+        if not session.condstore or status.highestmodseq is None:
+            return False
+        if (status.uidvalidity != fstate.uidvalidity or status.uidnext != fstate.uidnext
+                or status.highestmodseq != fstate.highestmodseq
+                or status.messages != len(synced)):
+            return False
+        if len(entries) != len(synced):
+            return False
+        for message in synced:
+            entry = entries.get(message.key)
+            if entry is None or entry.flags != message.flags:
+                return False
+        return True
+
+    def _remote_view(self, fstate: FolderState | None, info: SelectInfo,
+                     synced: list[SyncedMessage], uidvalidity_changed: bool
+                     ) -> dict[int, RemoteMessage]:
+        """Every message on the server with its flags; size and Message-ID for UIDs the state
+        does not know. With CONDSTORE only what changed since the last sync is fetched."""
+        session = self._session()
+        view: dict[int, RemoteMessage]
+        incremental = (not uidvalidity_changed and fstate is not None
+                       and fstate.highestmodseq is not None and info.highestmodseq is not None
+                       and session.condstore)
+        if incremental and info.highestmodseq == fstate.highestmodseq \
+                and info.uidnext == fstate.uidnext and info.exists == len(synced):
+            view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+        elif incremental:
+            assert fstate is not None and fstate.highestmodseq is not None
+            changes = session.fetch_flags(changedsince=fstate.highestmodseq)
+            view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
+                    if m.uid not in changes.vanished}
+            for uid, flags in changes.flags.items():
+                view[uid] = RemoteMessage(uid, flags)
+            if len(view) != info.exists:
+                # Expunges we were not told about (no QRESYNC) or a server that skipped some:
+                # the UID list settles it in one round trip.
+                present = session.search_all_uids() if info.exists else set()
+                view = {uid: msg for uid, msg in view.items() if uid in present}
+                known = set(view)
+                missing = present - known
+                if missing:
+                    full = session.fetch_flags()
+                    for uid in missing:
+                        if uid in full.flags:
+                            view[uid] = RemoteMessage(uid, full.flags[uid])
+        else:
+            full = session.fetch_flags() if info.exists else None
+            view = {uid: RemoteMessage(uid, flags)
+                    for uid, flags in (full.flags.items() if full else ())}
+
+        known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
+        new_uids = [uid for uid in view if uid not in known_uids]
+        if new_uids:
+            meta = session.fetch_meta(new_uids)
+            for uid in new_uids:
+                if uid in meta:
+                    size, message_id = meta[uid]
+                    view[uid] = RemoteMessage(uid, view[uid].flags, size, message_id)
+                else:
+                    del view[uid]  # expunged between the two fetches
+        return view
+
+    def _local_view(self, folder: MaildirFolder, entries: dict[str, LocalEntry],
+                    synced_by_key: dict[str, SyncedMessage]) -> list[LocalMessage]:
+        local = []
+        for key, entry in entries.items():
+            if key in synced_by_key:
+                local.append(LocalMessage(key, entry.flags))
+                continue
+            try:
+                message_id, size = folder.header_info(key)
+            except FileNotFoundError:
+                continue  # removed while we looked (mutt, another tool)
+            local.append(LocalMessage(key, entry.flags, size, message_id))
+        return local
+
+    # --- executing a plan -----------------------------------------------------------------
+    def execute(self, plan: A.FolderPlan, fstate: FolderState, folder: MaildirFolder,
+                remote: dict[int, RemoteMessage], local_flags: dict[str, str],
+                result: FolderResult) -> None:
+        session = self._session()
+        state = self.state
+        fid = fstate.id
+        by_kind: dict[type, list] = defaultdict(list)
+        for action in plan.actions:
+            by_kind[type(action)].append(action)
+
+        # State-only actions first: they move no data and make later steps' rows consistent.
+        with state.transaction():
+            for action in by_kind[A.Forget]:
+                state.delete_message(fid, action.uid)
+            for action in by_kind[A.Pair]:
+                state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
+                                                     remote[action.uid].size
+                                                     if action.uid in remote else None,
+                                                     remote[action.uid].message_id
+                                                     if action.uid in remote else None))
+            for action in by_kind[A.RecordFlags]:
+                state.set_synced_flags(fid, action.uid, action.flags)
+        result.paired += len(by_kind[A.Pair])
+
+        # Local flag renames, then one commit.
+        renamed = []
+        for action in by_kind[A.SetLocalFlags]:
+            try:
+                folder.set_flags(action.key, action.flags)
+            except FileNotFoundError:
+                continue  # deleted meanwhile; the next sync sees the deletion
+            renamed.append(action)
+        if renamed:
+            folder.sync()
+            with state.transaction():
+                for action in renamed:
+                    state.set_synced_flags(fid, action.uid, action.flags)
+        result.local_flag_changes += len(renamed)
+
+        # Server flag changes, grouped so equal changes share one STORE.
+        pushes = by_kind[A.PushFlags]
+        if pushes:
+            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+            for action in pushes:
+                groups[(action.add, action.remove)].append(action.uid)
+            for (add, remove), uids in groups.items():
+                session.store_flags(uids, add, remove)
+            with state.transaction():
+                for action in pushes:
+                    state.set_synced_flags(fid, action.uid, action.flags)
+            result.remote_flag_changes += len(pushes)
+
+        # Server expunged: remove local files.
+        deletes = by_kind[A.DeleteLocal]
+        if deletes:
+            for action in deletes:
+                folder.remove(action.key)
+            folder.sync()
+            with state.transaction():
+                for action in deletes:
+                    state.delete_message(fid, action.uid)
+            result.deleted_local += len(deletes)
+
+        # Local deletions: expunge (or move to trash) on the server.
+        remote_deletes = by_kind[A.DeleteRemote]
+        if remote_deletes:
+            to_trash = [a.uid for a in remote_deletes if a.trash_folder]
+            to_expunge = [a.uid for a in remote_deletes if not a.trash_folder]
+            if to_trash:
+                trash = remote_deletes[0].trash_folder
+                assert trash is not None
+                if trash == fstate.remote_name:
+                    to_expunge += to_trash  # deleting inside the trash itself
+                else:
+                    session.move(to_trash, trash)
+            session.expunge(to_expunge)
+            with state.transaction():
+                for action in remote_deletes:
+                    state.delete_message(fid, action.uid)
+            result.deleted_remote += len(remote_deletes)
+
+        paired_keys: set[str] = set()
+        downloads = by_kind[A.Download]
+        if downloads:
+            self._download(downloads, fstate, folder, result, paired_keys, local_flags)
+
+        uploads = [a for a in by_kind[A.Upload]
+                   if not (a.unless_paired and a.key in paired_keys)]
+        if uploads:
+            self._upload(uploads, fstate, folder, result)
+
+    def _download(self, downloads: list[A.Download], fstate: FolderState,
+                  folder: MaildirFolder, result: FolderResult, paired_keys: set[str],
+                  local_flags: dict[str, str]) -> None:
+        session = self._session()
+        state = self.state
+        fid = fstate.id
+        total_bytes = sum(a.size or 0 for a in downloads)
+        self.reporter.folder_started(self.account.name, fstate.remote_name, len(downloads),
+                                     total_bytes)
+        start = 0
+        while start < len(downloads):
+            # One group: intents (one commit) -> fetch -> write+fsync each -> dir fsync ->
+            # rows + cleared intents (one commit).
+            group: list[A.Download] = []
+            group_bytes = 0
+            while start < len(downloads) and len(group) < DOWNLOAD_COMMIT_COUNT \
+                    and group_bytes < DOWNLOAD_COMMIT_BYTES:
+                group.append(downloads[start])
+                group_bytes += downloads[start].size or 0
+                start += 1
+            keys = {a.uid: folder.new_key() for a in group}
+            intent_ids = state.add_intents(
+                fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
+            by_uid = {a.uid: a for a in group}
+            rows: list[SyncedMessage] = []
+            for uid, raw, internaldate in session.fetch_bodies(
+                    [(a.uid, a.size) for a in group]):
+                action = by_uid[uid]
+                data = crlf_to_lf(raw)
+                candidate = self._content_match(folder, action, data, paired_keys)
+                if candidate is not None:
+                    # Same bytes already here under another name (a crash between APPEND and
+                    # its record, or a state rebuilt from scratch): pair, do not duplicate.
+                    rows.append(SyncedMessage(uid, candidate, local_flags.get(candidate, ""),
+                                              action.size, None))
+                    paired_keys.add(candidate)
+                    result.paired += 1
+                    continue
+                mtime = internaldate.timestamp() if isinstance(internaldate, dt.datetime) \
+                    else None
+                folder.deliver(data, action.flags, mtime=mtime, key=keys[uid])
+                rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size, None))
+                result.downloaded += 1
+                result.downloaded_bytes += len(raw)
+                if "S" not in action.flags:
+                    result.new_mail += 1
+                self.reporter.advance(self.account.name, 1, len(raw))
+            folder.sync()
+            with state.transaction():
+                state.put_messages(fid, rows)
+                state.clear_intents(intent_ids)
+
+    def _content_match(self, folder: MaildirFolder, action: A.Download, data: bytes,
+                       paired_keys: set[str]) -> str | None:
+        for key in action.pair_candidates:
+            if key in paired_keys:
+                continue
+            try:
+                if folder.read(key) == data:
+                    return key
+            except FileNotFoundError:
+                continue
+        return None
+
+    def _upload(self, uploads: list[A.Upload], fstate: FolderState, folder: MaildirFolder,
+                result: FolderResult) -> None:
+        session = self._session()
+        state = self.state
+        fid = fstate.id
+        for action in uploads:
+            try:
+                path = folder.path_of(action.key)
+                data = folder.read(action.key)
+                mtime = os.stat(path).st_mtime
+                message_id, _size = folder.header_info(action.key)
+            except FileNotFoundError:
+                continue  # deleted before we got to it
+            [intent_id] = state.add_intents(fid, "upload",
+                                            [(None, action.key, action.flags, message_id)])
+            internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
+            uid = session.append(fstate.remote_name, lf_to_crlf(data), action.flags,
+                                 internaldate)
+            if uid is None and message_id:
+                uid = self._find_uploaded(fid, message_id)
+            with state.transaction():
+                if uid is not None:
+                    state.put_message(fid, SyncedMessage(uid, action.key, action.flags,
+                                                         None, message_id))
+                state.clear_intents([intent_id])
+            result.uploaded += 1
+
+    def _find_uploaded(self, fid: int, message_id: str) -> int | None:
+        """The UID of a message we appended, on a server without UIDPLUS."""
+        session = self._session()
+        session.noop()
+        known = {m.uid for m in self.state.messages(fid)}
+        candidates = [uid for uid in session.search_message_id(message_id) if uid not in known]
+        return max(candidates) if candidates else None
+
+    # --- recovery -------------------------------------------------------------------------
+    def recover(self, fstate: FolderState, folder: MaildirFolder) -> None:
+        """Finish or undo every open intent of this folder (left by a crash)."""
+        intents = self.state.open_intents(fstate.id)
+        if not intents:
+            return
+        fid = fstate.id
+        rows: list[SyncedMessage] = []
+        entries = folder.scan() if folder.exists() else {}
+        known = self.state.messages(fid)
+        known_keys = {m.key for m in known}
+        known_uids = {m.uid for m in known}
+        selected = False
+        for intent in intents:
+            key = intent.key
+            if key is None or key in known_keys or key not in entries:
+                continue
+            if intent.op == "download" and intent.uid is not None:
+                # Delivered, not recorded: record it; the planner reconciles flags.
+                rows.append(SyncedMessage(intent.uid, key, normalize(intent.flags or "")))
+            elif intent.op == "upload" and intent.extra:
+                # APPEND may have reached the server before the crash: look for it there
+                # before anything appends it again.
+                if not selected:
+                    self._session().select(fstate.remote_name)
+                    selected = True
+                found = [uid for uid in self._session().search_message_id(intent.extra)
+                         if uid not in known_uids]
+                if found:
+                    uid = max(found)
+                    rows.append(SyncedMessage(uid, key, normalize(intent.flags or ""),
+                                              None, intent.extra))
+                    known_uids.add(uid)
+            known_keys.add(key)
+        # Whatever is not settled here the planner settles: a file without a row is paired with
+        # its server copy by Message-ID and size, or by content, never uploaded twice.
+        with self.state.transaction():
+            for row in rows:
+                self.state.put_message(fid, row)
+            self.state.clear_intents([i.id for i in intents])
+        if rows:
+            log.info("%s/%s: recovered %d interrupted transfers", self.account.name,
+                     fstate.remote_name, len(rows))
+
+
+def sync_account(account: AccountSettings, state: StateStore,
+                 connect: Callable[[], ImapSession], options: SyncOptions | None = None,
+                 reporter: Reporter | None = None) -> AccountResult:
+    return AccountSync(account, state, connect, options=options, reporter=reporter).run()
+
+
+__all__ = [
+    "AccountResult",
+    "AccountSync",
+    "FolderResult",
+    "NullReporter",
+    "Reporter",
+    "SyncOptions",
+    "SyncdError",
+    "folder_selected",
+    "sync_account",
+]

@@ -1,0 +1,71 @@
+"""The status file: what `syncd status` shows, written atomically by `sync` and the daemon.
+
+`<state_dir>/status.json` holds per account: last attempt, last success, last error, connection
+state, and per folder the last sync, counts and last error. Writers replace the whole file
+(tmp -> fsync -> rename) under a lock file so `sync` and the daemon never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / STATUS_FILE
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "status.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    try:
+        with open(status_path(state_dir), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"accounts": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("accounts"), dict):
+        return {"accounts": {}}
+    return data
+
+
+def update_account(state_dir: Path, account: str, **fields: Any) -> None:
+    """Merge fields into one account's entry (folders merge by name)."""
+    with _locked(state_dir):
+        data = read_status(state_dir)
+        entry = data["accounts"].setdefault(account, {})
+        folders = fields.pop("folders", None)
+        entry.update(fields)
+        if folders is not None:
+            known = entry.setdefault("folders", {})
+            for name, values in folders.items():
+                known.setdefault(name, {}).update(values)
+        data["updated"] = time.time()
+        _write_atomic(status_path(state_dir), json.dumps(data, indent=1, sort_keys=True))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
