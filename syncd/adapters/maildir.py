@@ -5,19 +5,58 @@ CONTRACT (implemented by the maildir helper; the engine codes against exactly th
 
 Folder names inside syncd are tuples of components, already decoded from modified UTF-7,
 e.g. ("Lists", "python"); INBOX is ("INBOX",). The server's delimiter never appears here.
+
+Escaping (see ``escape_component``) is the security boundary between server-controlled folder
+names and the local filesystem: every name maps to a path strictly inside the account root,
+distinct names map to distinct paths, and ``list_folders`` maps paths back to the same names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from syncd.core.flags import Flags
+from syncd.core.flags import KNOWN_LETTERS, Flags, from_info
+
+log = logging.getLogger(__name__)
 
 Layout = Literal["verbatim", "maildir++"]
 FolderName = tuple[str, ...]
+
+INBOX: FolderName = ("INBOX",)
+_SUBDIRS = ("cur", "new", "tmp")
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# Read size for streamed passes over message files: big enough to be cheap in syscalls, small
+# enough that memory stays flat however large the message is.
+_CHUNK = 1 << 16
+# A header block larger than this is not a header we can trust to parse; we stop collecting
+# (the size pass still continues) rather than hold an unbounded amount of memory.
+_MAX_HEADER = 1 << 20
+# The spec's encoding for the info separator; a key never contains it (the hostname is escaped).
+_INFO_SEP = ":"
+# Used for the empty component: "%" on its own is never produced by escaping anything else
+# ("%" itself becomes "%25"), so it cannot collide, and it is not empty (an empty directory-name
+# component would vanish from the path or, in maildir++, produce "..").
+_EMPTY_MARK = "%"
+_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+
+# Per-process delivery counter (the "Q" part of a unique name). itertools.count's __next__ is
+# atomic under the GIL, so concurrent delivering threads still get distinct numbers.
+_counter = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,39 +67,432 @@ class LocalEntry:
     flags: Flags
 
 
+# ---------------------------------------------------------------------------------------------
+# small filesystem helpers
+
+
+def _fsync_dir(path: Path | str) -> None:
+    """fsync a directory so that entries created/renamed/removed in it survive power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """Like os.makedirs, but every directory it creates gets exactly 0700 (umask ignored) and
+    its parent is fsynced, so that a freshly created folder survives a crash. Existing
+    directories keep their mode: the user may have chosen it."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        parent = current.parent
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            # Raced with another creator (or it is a file: the is_dir() check below tells).
+            if not directory.is_dir():
+                raise
+            continue
+        os.chmod(directory, DIR_MODE)
+        _fsync_dir(directory.parent)
+
+
+def _check_key(key: str) -> None:
+    """A key comes from the state database or a scan; refuse anything that is not a plain file
+    name, so that a corrupt or hostile state row can never address a path outside the folder."""
+    if (not key or key in (".", "..") or key.startswith(".") or "/" in key or "\0" in key
+            or _INFO_SEP in key):
+        raise ValueError(f"invalid maildir key {key!r}")
+
+
+def _check_flags(flags: str) -> str:
+    """Flags become part of a file name: only ASCII letters are acceptable there."""
+    if not all("A" <= c <= "Z" or "a" <= c <= "z" for c in flags):
+        raise ValueError(f"invalid maildir flags {flags!r}")
+    return "".join(sorted(set(flags)))
+
+
+def _split_name(name: str) -> tuple[str, str | None]:
+    """file name -> (key, info or None). The key is everything before the first colon."""
+    key, sep, info = name.partition(_INFO_SEP)
+    return key, (info if sep else None)
+
+
+def _hostname() -> str:
+    # The maildir spec's escapes: "/" and ":" cannot appear in a unique name.
+    host = socket.gethostname() or "localhost"
+    return host.replace("/", r"\057").replace(":", r"\072")
+
+
+def _new_key() -> str:
+    now = time.time()
+    seconds = int(now)
+    usec = int((now - seconds) * 1_000_000)
+    return (f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}"
+            f".{_hostname()}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 class MaildirFolder:
-    """One Maildir folder (a directory with cur/ new/ tmp/)."""
+    """One Maildir folder (a directory with cur/ new/ tmp/).
+
+    Holds no file descriptors between calls. It caches where each key was last seen (filled by
+    scan() and kept current by our own operations); the cache is only a hint: every operation
+    that finds the file gone re-scans once before concluding it is missing, because mutt and
+    friends rename files under us at any time.
+    """
 
     path: Path
 
-    def __init__(self, path: Path) -> None: ...
-    def exists(self) -> bool: ...
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._where: dict[str, tuple[str, str]] = {}  # key -> (subdir, name)
+
+    def __repr__(self) -> str:
+        return f"MaildirFolder({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        return all((self.path / sub).is_dir() for sub in _SUBDIRS)
+
     def create(self) -> None:
         """Create path, cur, new, tmp with mode 0700 (parents too, 0700); fsync the parent."""
+        _make_dirs(self.path)
+        created = False
+        for sub in _SUBDIRS:
+            target = self.path / sub
+            try:
+                os.mkdir(target, DIR_MODE)
+            except FileExistsError:
+                if not target.is_dir():
+                    raise
+                continue
+            os.chmod(target, DIR_MODE)
+            created = True
+        if created:
+            _fsync_dir(self.path)
+
+    # -- reading --------------------------------------------------------------------------
+
     def scan(self) -> dict[str, LocalEntry]:
         """key -> entry for every message file in cur/ and new/ (os.scandir, no stat per file).
         Ignores dot files. If one key appears twice (another tool copied a file), the first in
         cur/ wins and the duplicate is left alone."""
+        entries: dict[str, LocalEntry] = {}
+        where: dict[str, tuple[str, str]] = {}
+        sub: Literal["cur", "new"]
+        for sub in ("cur", "new"):
+            try:
+                iterator = os.scandir(self.path / sub)
+            except FileNotFoundError:
+                continue
+            with iterator:
+                for dirent in iterator:
+                    name = dirent.name
+                    if name.startswith("."):
+                        continue
+                    # d_type answers this without a stat on every common filesystem.
+                    if dirent.is_dir(follow_symlinks=False):
+                        continue
+                    key, info = _split_name(name)
+                    if not key:
+                        continue
+                    previous = entries.get(key)
+                    # A duplicate key: cur/ (scanned first) beats new/; within one directory
+                    # the smallest name wins so the choice is stable (scandir order is not).
+                    if previous is not None and (previous.subdir != sub
+                                                 or previous.name <= name):
+                        continue
+                    flags = from_info(info) if info is not None else ""
+                    entries[key] = LocalEntry(key=key, subdir=sub, name=name, flags=flags)
+                    where[key] = (sub, name)
+        self._where = where
+        return entries
+
+    def path_of(self, key: str) -> Path:
+        """Current path of the file of key (scans if needed). FileNotFoundError if absent."""
+        _check_key(key)
+        hint = self._where.get(key)
+        if hint is not None:
+            candidate = self.path / hint[0] / hint[1]
+            if os.path.lexists(candidate):
+                return candidate
+        # A flagless message delivered by someone else sits in new/ under its bare key; that is
+        # worth one lstat before paying for a full scan.
+        candidate = self.path / "new" / key
+        if os.path.lexists(candidate):
+            self._where[key] = ("new", key)
+            return candidate
+        self.scan()
+        hint = self._where.get(key)
+        if hint is None:
+            raise FileNotFoundError(errno.ENOENT, f"no message with key {key!r}", str(self.path))
+        return self.path / hint[0] / hint[1]
+
+    def _retrying(self, key: str) -> Iterator[Path]:
+        """Yield the path of key; if the caller finds it vanished (renamed by a MUA in the
+        meantime), it asks for the next one, which is re-resolved from a fresh scan."""
+        for _attempt in range(3):
+            yield self.path_of(key)
+            self._where.pop(key, None)
+        raise FileNotFoundError(errno.ENOENT, f"message {key!r} keeps moving", str(self.path))
+
+    def read(self, key: str) -> bytes:
+        """The file's bytes (LF line ends, as stored)."""
+        for path in self._retrying(key):
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise AssertionError("unreachable")  # _retrying raises when it runs out
+
+    def header_info(self, key: str) -> tuple[str | None, int]:
+        """(Message-ID or None, size the message has on the server: LF -> CRLF counted)."""
+        for path in self._retrying(key):
+            try:
+                with open(path, "rb") as handle:
+                    return _header_info_stream(iter(lambda: handle.read(_CHUNK), b""))
+            except FileNotFoundError:
+                continue
+        raise AssertionError("unreachable")
+
+    # -- writing --------------------------------------------------------------------------
+
     def deliver(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
                 size_hint: int | None = None) -> str:
         """Write data to tmp/ (0600), fsync, then link into cur/ (with ":2,<flags>") or new/
         (flagless) without ever overwriting, unlink the tmp file; set mtime if given. Returns the
-        new key. Does NOT fsync the directories: call sync() once per batch before recording."""
+        new key. Does NOT fsync the directories: call sync() once per batch before recording.
+
+        ``data`` may be one bytes object or an iterable of chunks (streamed, never joined).
+        ``size_hint`` is accepted for callers that know the size; it is not needed (we never
+        preallocate: a preallocated file would have the wrong size if the stream ends early).
+        """
+        del size_hint
+        flags = _check_flags(flags)
+        tmp_dir = self.path / "tmp"
+        tmp_path, fd = self._open_tmp(tmp_dir)
+        try:
+            try:
+                chunks: Iterable[bytes] = (
+                    (data,) if isinstance(data, bytes | bytearray | memoryview) else data)
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:  # os.write may write less than asked (signals, pipes, quotas)
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if mtime is not None:
+                    # Set before the fsync so that the fsync covers it too. atime is "now" so
+                    # that clean_tmp (which looks at both) never takes a delivery in progress
+                    # for a stale one when the INTERNALDATE is old.
+                    os.utime(fd, (time.time(), mtime))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            key = self._link_into_place(tmp_path, flags)
+        except BaseException:
+            # A half-written tmp file is garbage (ENOSPC, a dropped connection mid-stream, ...).
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise
+        with contextlib.suppress(FileNotFoundError):  # gone already after a rename fallback
+            os.unlink(tmp_path)
+        return key
+
+    def _open_tmp(self, tmp_dir: Path) -> tuple[Path, int]:
+        for _attempt in range(100):
+            tmp_path = tmp_dir / _new_key()
+            try:
+                fd = os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                             FILE_MODE)
+            except FileExistsError:
+                continue
+            try:
+                os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (never adds)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp_path)
+                raise
+            return tmp_path, fd
+        raise FileExistsError(errno.EEXIST, "could not find a free name in tmp/", str(tmp_dir))
+
+    def _link_into_place(self, tmp_path: Path, flags: str) -> str:
+        """Hard-link tmp_path to its final name; a link never replaces an existing file, which is
+        what makes delivery safe against any name clash. Returns the key used."""
+        key = tmp_path.name
+        for _attempt in range(100):
+            sub = "cur" if flags else "new"
+            name = f"{key}{_INFO_SEP}2,{flags}" if flags else key
+            target = self.path / sub / name
+            try:
+                os.link(tmp_path, target)
+            except FileExistsError:
+                key = _new_key()
+                continue
+            except OSError as exc:
+                # Filesystems without hard links (some FUSE/SMB/vfat mounts). Falling back to a
+                # checked rename keeps delivery working there, with a tiny race window that the
+                # random part of the name makes practically irrelevant.
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                     errno.EMLINK, errno.ENOSYS):
+                    raise
+                if os.path.lexists(target):
+                    key = _new_key()
+                    continue
+                os.rename(tmp_path, target)  # consumes the tmp name; deliver tolerates that
+            self._where[key] = (sub, name)
+            return key
+        raise FileExistsError(errno.EEXIST, "could not find a free message name", str(self.path))
+
     def sync(self) -> None:
         """fsync cur/ and new/ (and tmp/) directories: makes preceding delivers/renames durable."""
+        for sub in _SUBDIRS:
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_dir(self.path / sub)
+
     def set_flags(self, key: str, flags: Flags) -> None:
         """Rename the file of key so that it carries flags (moving new/ -> cur/ when needed).
-        Letters the file had that syncd does not know are kept. Missing file: FileNotFoundError."""
+        Letters the file had that syncd does not know are kept. Missing file: FileNotFoundError.
+        A flagless message in new/ that stays flagless stays in new/; a message in cur/ keeps
+        its ":2," suffix even when it loses all flags (that is where MUAs keep seen mail)."""
+        wanted = _check_flags(flags)
+        for path in self._retrying(key):
+            sub = path.parent.name
+            _key, info = _split_name(path.name)
+            kept = ""
+            if info is not None and info.startswith("2,"):
+                # Keyword letters of other tools (Dovecot's lowercase a-z, ...) are theirs.
+                kept = "".join(c for c in info[2:] if c not in KNOWN_LETTERS)
+            letters = "".join(sorted(set(wanted + kept)))
+            if sub == "new" and not letters and info is None:
+                return  # flagless and already in the right place
+            new_name = f"{key}{_INFO_SEP}2,{letters}"
+            target = self.path / "cur" / new_name
+            if sub == "cur" and path.name == new_name:
+                return
+            try:
+                # rename() replaces an existing target; a target with this exact name can only
+                # be this same message (same key), so the result is still one copy of it.
+                os.rename(path, target)
+            except FileNotFoundError:
+                continue  # moved under us: look it up again
+            self._where[key] = ("cur", new_name)
+            return
+
     def remove(self, key: str) -> bool:
         """Unlink the file of key; False if it was already gone."""
-    def path_of(self, key: str) -> Path:
-        """Current path of the file of key (scans if needed). FileNotFoundError if absent."""
-    def read(self, key: str) -> bytes:
-        """The file's bytes (LF line ends, as stored)."""
-    def header_info(self, key: str) -> tuple[str | None, int]:
-        """(Message-ID or None, size the message has on the server: LF -> CRLF counted)."""
+        try:
+            for path in self._retrying(key):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                self._where.pop(key, None)
+                return True
+        except FileNotFoundError:
+            self._where.pop(key, None)
+            return False
+        raise AssertionError("unreachable")
+
     def clean_tmp(self, older_than: float = 36 * 3600) -> int:
-        """Remove tmp/ files older than older_than seconds (the spec's rule); returns the count."""
+        """Remove tmp/ files older than older_than seconds (the spec's rule); returns the count.
+        "Older" means neither accessed nor modified for that long, so a delivery in progress
+        (ours or another program's) is never taken for garbage."""
+        limit = time.time() - older_than
+        removed = 0
+        try:
+            iterator = os.scandir(self.path / "tmp")
+        except FileNotFoundError:
+            return 0
+        with iterator:
+            for dirent in iterator:
+                try:
+                    st = dirent.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if max(st.st_atime, st.st_mtime) >= limit:
+                    continue
+                try:
+                    os.unlink(dirent.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+        return removed
+
+
+def _header_info_stream(chunks: Iterable[bytes]) -> tuple[str | None, int]:
+    """One streamed pass: collect the header block (up to the first empty line), count the
+    bytes and the LFs that are not preceded by CR (each becomes two bytes on the server)."""
+    size = 0
+    bare_lf = 0
+    prev_cr = False
+    header = bytearray()
+    header_done = False
+    for chunk in chunks:
+        size += len(chunk)
+        lf = chunk.count(b"\n")
+        crlf = chunk.count(b"\r\n")
+        if prev_cr and chunk.startswith(b"\n"):
+            crlf += 1  # a CRLF split across two chunks
+        bare_lf += lf - crlf
+        prev_cr = chunk.endswith(b"\r")
+        if not header_done:
+            start = max(0, len(header) - 3)  # the blank line may straddle chunks
+            header += chunk
+            end = _header_end(header, start)
+            if end is not None:
+                del header[end:]
+                header_done = True
+            elif len(header) > _MAX_HEADER:
+                header_done = True
+    return _parse_message_id(bytes(header)), size + bare_lf
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def _header_end(buffer: bytearray, start: int) -> int | None:
+    """Offset just past the last header line (LF, CRLF or a mix), or None if not seen yet."""
+    if buffer.startswith(b"\n") or buffer.startswith(b"\r\n"):
+        return 0  # no header at all
+    match = _BLANK_LINE.search(buffer, start)
+    return match.start() + 1 if match else None
+
+
+def _parse_message_id(header: bytes) -> str | None:
+    """The first Message-ID header's value; folded lines unfolded; the <...> part if present."""
+    text = header.decode("utf-8", "replace")
+    lines = text.replace("\r\n", "\n").split("\n")
+    value: list[str] | None = None
+    for line in lines:
+        if value is not None:
+            if line[:1] in (" ", "\t"):
+                value.append(line)
+                continue
+            break
+        name, colon, rest = line.partition(":")
+        if colon and name.strip().lower() == "message-id":
+            value = [rest]
+    if value is None:
+        return None
+    joined = " ".join(part.strip() for part in value).strip()
+    match = re.search(r"<[^<>]*>", joined)
+    if match:
+        return match.group(0).replace(" ", "")
+    return joined or None
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 class Maildir:
@@ -69,31 +501,237 @@ class Maildir:
     root: Path
     layout: Layout
 
-    def __init__(self, root: Path, layout: Layout) -> None: ...
+    def __init__(self, root: Path, layout: Layout) -> None:
+        if layout not in ("verbatim", "maildir++"):
+            raise ValueError(f"unknown maildir layout {layout!r}")
+        self.root = Path(root)
+        self.layout = layout
+
+    def __repr__(self) -> str:
+        return f"Maildir({str(self.root)!r}, {self.layout!r})"
+
     def folder(self, name: FolderName) -> MaildirFolder:
         """The MaildirFolder for a server folder name (escaped so it can never leave root)."""
-    def local_path(self, name: FolderName) -> Path: ...
+        return MaildirFolder(self.local_path(name))
+
+    def local_path(self, name: FolderName) -> Path:
+        if not isinstance(name, tuple) or not name:
+            raise ValueError(f"a folder name is a non-empty tuple of components, not {name!r}")
+        if self.layout == "maildir++":
+            if name == INBOX:
+                return self.root
+            path = self.root / ("." + ".".join(escape_component(c, self.layout) for c in name))
+        else:
+            path = self.root.joinpath(*(escape_component(c, self.layout) for c in name))
+        # Belt and braces: escaping already guarantees this; if it ever did not, refusing here
+        # turns a path-traversal bug into an error instead of a write outside the maildir.
+        root_n = os.path.normpath(self.root)
+        path_n = os.path.normpath(path)
+        if (os.path.commonpath([root_n, path_n]) != root_n
+                or (path_n == root_n and name != INBOX)):
+            raise ValueError(f"folder name {name!r} maps outside the maildir {self.root}")
+        return path
+
     def list_folders(self) -> list[FolderName]:
         """Every Maildir folder under root (directories holding cur/ new/ tmp/), mapped back to
-        folder names (unescaped). INBOX included if present."""
+        folder names (unescaped). INBOX included if present.
+
+        A directory counts as a folder when it has cur/ (what MUAs check; create() adds a
+        missing new/ or tmp/). Symlinks are never followed: they could point out of root or
+        make cycles. Directories whose names are not what escaping would produce (made by hand,
+        e.g. "100%") are skipped with a warning: mapping them to a name that maps back to a
+        different directory would make syncd fork the folder in two."""
+        if self.layout == "maildir++":
+            return self._list_maildirpp()
+        found: list[FolderName] = []
+        self._walk_verbatim(self.root, (), found)
+        return sorted(found)
+
+    def _list_maildirpp(self) -> list[FolderName]:
+        found: list[FolderName] = []
+        if _is_real_dir(self.root / "cur"):
+            found.append(INBOX)
+        try:
+            iterator = os.scandir(self.root)
+        except FileNotFoundError:
+            return found
+        with iterator:
+            for dirent in iterator:
+                if not dirent.name.startswith(".") or dirent.name in (".", ".."):
+                    continue
+                if not dirent.is_dir(follow_symlinks=False):
+                    continue
+                if not _is_real_dir(Path(dirent.path) / "cur"):
+                    continue  # .notmuch, .git, ...: not a maildir
+                name = _decode_dir_name(dirent.name[1:].split("."), "maildir++")
+                if name is None or name == INBOX:
+                    # ".INBOX" would map back to the root, not to this directory.
+                    log.warning("maildir: ignoring %s: not a name syncd would create",
+                                dirent.path)
+                    continue
+                found.append(name)
+        return sorted(found)
+
+    def _walk_verbatim(self, directory: Path, prefix: FolderName,
+                       found: list[FolderName]) -> None:
+        try:
+            iterator = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        with iterator:
+            children = [d for d in iterator
+                        if d.name not in _SUBDIRS and not d.name.startswith(".")
+                        and d.is_dir(follow_symlinks=False)]
+        for dirent in children:
+            name = _decode_dir_name([dirent.name], "verbatim")
+            if name is None:
+                log.warning("maildir: ignoring %s: not a name syncd would create", dirent.path)
+                continue
+            child = Path(dirent.path)
+            full = prefix + name
+            if _is_real_dir(child / "cur"):
+                found.append(full)
+            # Recurse regardless: "A" may be a \Noselect parent with no cur/ of its own.
+            self._walk_verbatim(child, full, found)
+
     def ensure_root(self) -> None:
         """Create root 0700 if missing."""
+        _make_dirs(self.root)
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _decode_dir_name(parts: list[str], layout: Layout) -> FolderName | None:
+    """Directory-name parts -> folder name, or None when the parts are not canonical (i.e. the
+    name would not map back to these very parts)."""
+    name: list[str] = []
+    for part in parts:
+        try:
+            component = unescape_component(part)
+        except ValueError:
+            return None
+        if escape_component(component, layout) != part:
+            return None
+        name.append(component)
+    return tuple(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# escaping
+
+
+def _pct(char: str) -> str:
+    # surrogatepass: a lone surrogate (malformed modified UTF-7 from a server) still escapes
+    # reversibly instead of crashing the filesystem encoder.
+    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass"))
+
+
+def _must_escape(char: str, layout: Layout) -> bool:
+    if char in "%/\\":
+        return True
+    if layout == "maildir++" and char == ".":
+        return True  # the level separator of maildir++
+    category = unicodedata.category(char)
+    # Cc: C0 controls, DEL and C1 controls (terminal escapes such as U+009B CSI included);
+    # Cs: lone surrogates, which are not encodable as UTF-8 file names.
+    return category in ("Cc", "Cs")
 
 
 def escape_component(component: str, layout: Layout) -> str:
-    """Reversible escaping of one folder-name component for use as (part of) a directory name."""
-    raise NotImplementedError
+    """Reversible escaping of one folder-name component for use as (part of) a directory name.
+
+    ``%XX`` (uppercase hex of the UTF-8 bytes) for: "%" itself; "/" and "\\"; control characters
+    (and lone surrogates); in maildir++ every "." (its separator); in verbatim a leading "." (no
+    hidden directories, no "." / ".." and no confusion with maildir++) and the first letter of
+    "cur", "new", "tmp" (they would collide with the parent folder's own subdirectories). The
+    empty component becomes "%". Everything else, any Unicode included, is kept as is.
+    """
+    if layout not in ("verbatim", "maildir++"):
+        raise ValueError(f"unknown maildir layout {layout!r}")
+    if component == "":
+        return _EMPTY_MARK
+    out = [_pct(c) if _must_escape(c, layout) else c for c in component]
+    if layout == "verbatim" and (component[0] == "." or component in _SUBDIRS):
+        out[0] = _pct(component[0])
+    return "".join(out)
 
 
 def unescape_component(text: str) -> str:
-    raise NotImplementedError
+    """Inverse of escape_component (for either layout). ValueError on text that escaping never
+    produces a valid decoding for (a lone "%" other than the empty marker, bad hex, bytes that
+    are not UTF-8)."""
+    if text == _EMPTY_MARK:
+        return ""
+    raw = bytearray()
+    pos = 0
+    while pos < len(text):
+        char = text[pos]
+        if char == "%":
+            match = _ESCAPE_RE.match(text, pos)
+            if match is None:
+                raise ValueError(f"bad escape in folder directory name {text!r}")
+            raw.append(int(match.group(1), 16))
+            pos = match.end()
+        else:
+            raw += char.encode("utf-8", "surrogatepass")
+            pos += 1
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"bad escape in folder directory name {text!r}") from exc
 
 
-def write_crlf_to_lf(data: bytes) -> bytes:
+# ---------------------------------------------------------------------------------------------
+# line ends
+
+
+def crlf_to_lf(data: bytes) -> bytes:
     """Server bytes -> file bytes: CRLF becomes LF; nothing else changes."""
-    raise NotImplementedError
+    return data.replace(b"\r\n", b"\n")
+
+
+def crlf_to_lf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """crlf_to_lf over a stream of chunks: a CR at the end of one chunk and an LF at the start
+    of the next are still one CRLF. The output concatenates to crlf_to_lf(b"".join(chunks))."""
+    pending_cr = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        if pending_cr:
+            chunk = chunk[:-1]
+        out = chunk.replace(b"\r\n", b"\n")
+        if out:
+            yield out
+    if pending_cr:
+        yield b"\r"
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def lf_to_crlf(data: bytes) -> bytes:
     """File bytes -> upload bytes: bare LF becomes CRLF (existing CRLF kept)."""
-    raise NotImplementedError
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+def lf_to_crlf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """lf_to_crlf over a stream of chunks (a CR ending one chunk protects an LF starting the
+    next). The output concatenates to lf_to_crlf(b"".join(chunks))."""
+    prev_cr = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if prev_cr and chunk.startswith(b"\n"):
+            out = b"\n" + _BARE_LF.sub(b"\r\n", chunk[1:])
+        else:
+            out = _BARE_LF.sub(b"\r\n", chunk)
+        prev_cr = chunk.endswith(b"\r")
+        yield out
