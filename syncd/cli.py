@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,7 +130,7 @@ def _select_accounts(settings: Settings, names: Sequence[str]) -> list[AccountSe
     return [settings.accounts[n] for n in dict.fromkeys(names)]
 
 
-def _password_source(account: AccountSettings):  # noqa: ANN202 - a zero-arg callable
+def _password_source(account: AccountSettings) -> Callable[[], str]:
     from syncd.secrets import get_password
 
     return lambda: get_password(account)

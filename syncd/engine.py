@@ -38,6 +38,7 @@ from syncd.core.model import (
 )
 from syncd.core.plan import plan_folder
 from syncd.errors import AccountError, FolderError, SyncdError
+from syncd.faults import checkpoint
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings
@@ -321,9 +322,11 @@ class AccountSync:
             # The old UIDs are void. The plan re-pairs by content; the rows must go first so
             # the new UIDs do not collide with stale ones.
             self.state.reset_folder(fstate.id)
+            checkpoint("uidvalidity.reset")
         self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result)
         self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
                                highestmodseq=info.highestmodseq, last_sync=self.clock())
+        checkpoint("folder.cursors")
         return result
 
     def _unchanged(self, fstate: FolderState, status: FolderStatus,
@@ -434,6 +437,7 @@ class AccountSync:
                                                      if action.uid in remote else None))
             for action in by_kind[A.RecordFlags]:
                 state.set_synced_flags(fid, action.uid, action.flags)
+        checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
 
         # Local flag renames, then one commit.
@@ -444,11 +448,13 @@ class AccountSync:
             except FileNotFoundError:
                 continue  # deleted meanwhile; the next sync sees the deletion
             renamed.append(action)
+            checkpoint("local-flags.rename")
         if renamed:
             folder.sync()
             with state.transaction():
                 for action in renamed:
                     state.set_synced_flags(fid, action.uid, action.flags)
+            checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
 
         # Server flag changes, grouped so equal changes share one STORE.
@@ -459,9 +465,11 @@ class AccountSync:
                 groups[(action.add, action.remove)].append(action.uid)
             for (add, remove), uids in groups.items():
                 session.store_flags(uids, add, remove)
+                checkpoint("push-flags.store")
             with state.transaction():
                 for action in pushes:
                     state.set_synced_flags(fid, action.uid, action.flags)
+            checkpoint("push-flags.commit")
             result.remote_flag_changes += len(pushes)
 
         # Server expunged: remove local files.
@@ -469,10 +477,12 @@ class AccountSync:
         if deletes:
             for action in deletes:
                 folder.remove(action.key)
+                checkpoint("delete-local.remove")
             folder.sync()
             with state.transaction():
                 for action in deletes:
                     state.delete_message(fid, action.uid)
+            checkpoint("delete-local.commit")
             result.deleted_local += len(deletes)
 
         # Local deletions: expunge (or move to trash) on the server.
@@ -487,10 +497,13 @@ class AccountSync:
                     to_expunge += to_trash  # deleting inside the trash itself
                 else:
                     session.move(to_trash, trash)
+                    checkpoint("delete-remote.move")
             session.expunge(to_expunge)
+            checkpoint("delete-remote.expunge")
             with state.transaction():
                 for action in remote_deletes:
                     state.delete_message(fid, action.uid)
+            checkpoint("delete-remote.commit")
             result.deleted_remote += len(remote_deletes)
 
         paired_keys: set[str] = set()
@@ -526,6 +539,7 @@ class AccountSync:
             keys = {a.uid: folder.new_key() for a in group}
             intent_ids = state.add_intents(
                 fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
+            checkpoint("download.intents")
             by_uid = {a.uid: a for a in group}
             rows: list[SyncedMessage] = []
             for uid, raw, internaldate in session.fetch_bodies(
@@ -544,6 +558,7 @@ class AccountSync:
                 mtime = internaldate.timestamp() if isinstance(internaldate, dt.datetime) \
                     else None
                 folder.deliver(data, action.flags, mtime=mtime, key=keys[uid])
+                checkpoint("download.deliver")
                 rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size, None))
                 result.downloaded += 1
                 result.downloaded_bytes += len(raw)
@@ -554,6 +569,7 @@ class AccountSync:
             with state.transaction():
                 state.put_messages(fid, rows)
                 state.clear_intents(intent_ids)
+            checkpoint("download.commit")
 
     def _content_match(self, folder: MaildirFolder, action: A.Download, data: bytes,
                        paired_keys: set[str]) -> str | None:
@@ -582,9 +598,11 @@ class AccountSync:
                 continue  # deleted before we got to it
             [intent_id] = state.add_intents(fid, "upload",
                                             [(None, action.key, action.flags, message_id)])
+            checkpoint("upload.intent")
             internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
             uid = session.append(fstate.remote_name, lf_to_crlf(data), action.flags,
                                  internaldate)
+            checkpoint("upload.append")
             if uid is None and message_id:
                 uid = self._find_uploaded(fid, message_id)
             with state.transaction():
@@ -592,6 +610,7 @@ class AccountSync:
                     state.put_message(fid, SyncedMessage(uid, action.key, action.flags,
                                                          None, message_id))
                 state.clear_intents([intent_id])
+            checkpoint("upload.commit")
             result.uploaded += 1
 
     def _find_uploaded(self, fid: int, message_id: str) -> int | None:

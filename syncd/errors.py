@@ -43,7 +43,8 @@ class AccountError(SyncdError):
 
     def __init__(self, account: str, message: str, *, cause: str = "error") -> None:
         self.account = account
-        self.cause = cause  # dns | refused | certificate | auth | timeout | tls | protocol | secret | ...
+        # dns, refused, certificate, auth, timeout, tls, protocol, secret, ...
+        self.cause = cause
         super().__init__(f"{account}: {message}")
 
 

@@ -57,7 +57,7 @@ class RichProgress:
     def folder_started(self, account: str, folder: str, messages: int, size: int) -> None:
         with self._lock:
             task = self._tasks.get(account)
-            done, total = self._counts.setdefault(account, [0, 0])
+            _done, total = self._counts.setdefault(account, [0, 0])
             self._counts[account][1] = total + messages
             if task is None:
                 self._tasks[account] = self._progress.add_task(

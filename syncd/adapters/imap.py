@@ -5,6 +5,7 @@ APPEND (APPENDUID), UID EXPUNGE / MOVE. No sync decisions here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -183,7 +184,7 @@ class ImapSession:
             client = IMAPClient(account.host, port=account.port,
                                 ssl=account.tls == "implicit", ssl_context=context,
                                 timeout=account.timeout)
-        except Exception as exc:  # noqa: BLE001 - mapped to a one-line cause
+        except Exception as exc:
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
         try:
@@ -212,7 +213,7 @@ class ImapSession:
         except IMAPClientError as exc:
             _close_quietly(client)
             raise AccountError(name, f"{account.host}: {exc}", cause="protocol") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _close_quietly(client)
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
@@ -327,6 +328,21 @@ class ImapSession:
         )
 
     # --- fetches --------------------------------------------------------------------------
+    def _fetch(self, uid_set: str, items: Sequence[str],
+               modifiers: Sequence[str] | None = None) -> dict[int, dict[bytes, object]]:
+        """UID FETCH with a UID-set string ("1:*", "3:9,12"); imapclient's fetch() only takes
+        explicit UID lists. Responses are keyed by UID."""
+        from imapclient.imapclient import seq_to_parenstr_upper
+        from imapclient.response_parser import parse_fetch_response
+
+        imap = self.client._imap
+        tag = imap._command("UID", "FETCH", uid_set, seq_to_parenstr_upper(items),
+                            *([seq_to_parenstr_upper(modifiers)] if modifiers else []))
+        typ, data = imap._command_complete("FETCH", tag)
+        self.client._checkok("fetch", typ, data)
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        return parse_fetch_response(data, self.client.normalise_times, True)
+
     def fetch_flags(self, changedsince: int | None = None) -> FlagChanges:
         """Flags of every message (UID FETCH 1:* FLAGS), or only of those changed since a
         modseq (plus VANISHED UIDs when QRESYNC is on)."""
@@ -335,7 +351,7 @@ class ImapSession:
             modifiers = [f"CHANGEDSINCE {changedsince}"]
             if self.qresync:
                 modifiers.append("VANISHED")
-        response = self.client.fetch("1:*", ["FLAGS"], modifiers)
+        response = self._fetch("1:*", ["FLAGS"], modifiers)
         vanished = self._take_vanished() if changedsince is not None and self.qresync \
             else frozenset()
         flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ())) for uid, data in response.items()
@@ -362,7 +378,7 @@ class ImapSession:
         result: dict[int, tuple[int, str | None]] = {}
         ordered = sorted(uids)
         for chunk in _chunks(ordered, UID_SET_CHUNK):
-            response = self.client.fetch(
+            response = self._fetch(
                 format_uid_set(chunk), ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
             for uid, data in response.items():
                 header = b""
@@ -389,7 +405,7 @@ class ImapSession:
 
     def _fetch_body_batch(self, uids: list[int]
                           ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
-        response = self.client.fetch(format_uid_set(uids), ["BODY.PEEK[]", "INTERNALDATE"])
+        response = self._fetch(format_uid_set(uids), ["BODY.PEEK[]", "INTERNALDATE"])
         for uid in uids:
             data = response.pop(uid, None)
             if data is None:
@@ -475,8 +491,6 @@ def _status_from(raw: dict) -> FolderStatus:
 def _close_quietly(client: IMAPClient) -> None:
     try:
         client.logout()
-    except Exception:  # noqa: BLE001 - the connection may already be gone
-        try:
+    except Exception:
+        with contextlib.suppress(Exception):
             client.shutdown()
-        except Exception:  # noqa: BLE001
-            pass

@@ -266,8 +266,12 @@ class MaildirFolder:
 
     # -- writing --------------------------------------------------------------------------
 
+    def new_key(self) -> str:
+        """A fresh unique key, for callers that must record it (an intent) before delivering."""
+        return _new_key()
+
     def deliver(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
-                size_hint: int | None = None) -> str:
+                size_hint: int | None = None, key: str | None = None) -> str:
         """Write data to tmp/ (0600), fsync, then link into cur/ (with ":2,<flags>") or new/
         (flagless) without ever overwriting, unlink the tmp file; set mtime if given. Returns the
         new key. Does NOT fsync the directories: call sync() once per batch before recording.
@@ -275,11 +279,15 @@ class MaildirFolder:
         ``data`` may be one bytes object or an iterable of chunks (streamed, never joined).
         ``size_hint`` is accepted for callers that know the size; it is not needed (we never
         preallocate: a preallocated file would have the wrong size if the stream ends early).
+        ``key``: deliver under this pre-chosen key (from new_key(), recorded in an intent before
+        the delivery); a clash then raises FileExistsError instead of picking another name.
         """
         del size_hint
         flags = _check_flags(flags)
         tmp_dir = self.path / "tmp"
-        tmp_path, fd = self._open_tmp(tmp_dir)
+        if key is not None:
+            _check_key(key)
+        tmp_path, fd = self._open_tmp(tmp_dir, key)
         try:
             try:
                 chunks: Iterable[bytes] = (
@@ -297,7 +305,7 @@ class MaildirFolder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            key = self._link_into_place(tmp_path, flags)
+            key = self._link_into_place(tmp_path, flags, fixed=key is not None)
         except BaseException:
             # A half-written tmp file is garbage (ENOSPC, a dropped connection mid-stream, ...).
             with contextlib.suppress(OSError):
@@ -307,9 +315,13 @@ class MaildirFolder:
             os.unlink(tmp_path)
         return key
 
-    def _open_tmp(self, tmp_dir: Path) -> tuple[Path, int]:
+    def _open_tmp(self, tmp_dir: Path, key: str | None = None) -> tuple[Path, int]:
+        if key is not None:
+            # A tmp file of this key can only be the debris of an interrupted earlier attempt.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_dir / key)
         for _attempt in range(100):
-            tmp_path = tmp_dir / _new_key()
+            tmp_path = tmp_dir / (key or _new_key())
             try:
                 fd = os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
                              FILE_MODE)
@@ -324,7 +336,7 @@ class MaildirFolder:
             return tmp_path, fd
         raise FileExistsError(errno.EEXIST, "could not find a free name in tmp/", str(tmp_dir))
 
-    def _link_into_place(self, tmp_path: Path, flags: str) -> str:
+    def _link_into_place(self, tmp_path: Path, flags: str, *, fixed: bool = False) -> str:
         """Hard-link tmp_path to its final name; a link never replaces an existing file, which is
         what makes delivery safe against any name clash. Returns the key used."""
         key = tmp_path.name
@@ -335,6 +347,8 @@ class MaildirFolder:
             try:
                 os.link(tmp_path, target)
             except FileExistsError:
+                if fixed:
+                    raise
                 key = _new_key()
                 continue
             except OSError as exc:
