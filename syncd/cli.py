@@ -204,7 +204,15 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
     from syncd.adapters.state import StateStore
     from syncd.engine import AccountSync, SyncOptions
 
-    state, rebuilt = StateStore.open_or_rebuild(account.state_path)
+    scratch = None
+    state_path = account.state_path
+    if args.dry_run and not state_path.exists():
+        # A dry run must not even create the state database: plan against an empty one.
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="syncd-dry-run-")
+        state_path = Path(scratch.name) / state_path.name
+    state, rebuilt = StateStore.open_or_rebuild(state_path)
     if rebuilt:
         log.warning("%s: the state database was corrupt; it was moved aside and is rebuilt "
                     "by pairing messages by content (nothing is downloaded twice)",
@@ -218,6 +226,8 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
         result = sync.run()
     finally:
         state.close()
+        if scratch is not None:
+            scratch.cleanup()
     _run_new_mail_hook(settings, result)
     return result
 

@@ -299,7 +299,9 @@ class AccountSync:
         uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                                and fstate.uidvalidity != info.uidvalidity)
         remote = self._remote_view(fstate, info, synced, uidvalidity_changed)
-        local = self._local_view(local_folder, entries, synced_by_key)
+        # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
+        local = self._local_view(local_folder, entries,
+                                 {} if uidvalidity_changed else synced_by_key)
         policy = FolderPolicy(trash_folder=self.account.trash_folder,
                               force_deletions=self.options.force_deletions,
                               local_folder_missing=local_folder_missing)
@@ -453,7 +455,10 @@ class AccountSync:
             folder.sync()
             with state.transaction():
                 for action in renamed:
-                    state.set_synced_flags(fid, action.uid, action.flags)
+                    # synced_flags, not flags: with a PushFlags still to come it is the server's
+                    # present flags, so a crash before the push still pushes the target on the
+                    # next sync instead of reverting this rename (crash tests, mixed-04).
+                    state.set_synced_flags(fid, action.uid, action.synced_flags)
             checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
 
