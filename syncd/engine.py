@@ -18,6 +18,7 @@ import datetime as dt
 import fnmatch
 import logging
 import os
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -36,7 +37,7 @@ from syncd.core.model import (
     RemoteMessage,
     SyncedMessage,
 )
-from syncd.core.plan import plan_folder
+from syncd.core.plan import pair_actions, plan_folder
 from syncd.errors import AccountError, FolderError, SyncdError
 from syncd.faults import checkpoint
 
@@ -167,38 +168,70 @@ class AccountSync:
         self.maildir = Maildir(account.maildir, account.layout)
         self.clock = clock
         self.session: ImapSession | None = None
+        self._remote_folders: list[RemoteFolder] | None = None
+        # Checked between folders and download groups: the daemon's SIGTERM finishes the
+        # current batch, not the whole sync.
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # --- the whole account ----------------------------------------------------------------
-    def run(self) -> AccountResult:
+    def run(self, only_folders: frozenset[str] | None = None, *,
+            keep_open: bool = False) -> AccountResult:
+        """Sync every selected folder (or only `only_folders`). With keep_open the connection
+        stays up for the next run (the daemon); a broken one is dropped and made anew."""
         started = time.monotonic()
         result = AccountResult(self.account.name)
+        only = only_folders if only_folders is not None else self.options.only_folders
         try:
-            self.session = self.connect()
-            for folder_result in self._sync_folders():
+            if self.session is None:
+                self.session = self.connect()
+            for folder_result in self._sync_folders(only):
                 result.folders.append(folder_result)
         except AccountError as exc:
             result.error = str(exc).removeprefix(f"{self.account.name}: ")
+            self.close()
         except (OSError, EOFError) as exc:
             result.error = f"connection lost: {exc}"
+            self.close()
         except Exception as exc:
             from imapclient.exceptions import IMAPClientError
 
+            self.close()
             if not isinstance(exc, IMAPClientError):
                 raise
             result.error = f"server error: {exc}"
+        except BaseException:
+            self.close()
+            raise
         finally:
-            if self.session is not None:
-                self.session.close()
-                self.session = None
+            if not keep_open:
+                self.close()
             result.seconds = time.monotonic() - started
         return result
 
-    def _sync_folders(self) -> Iterable[FolderResult]:
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+            self._remote_folders = None
+
+    def _list_remote(self, refresh: bool) -> list[RemoteFolder]:
+        if refresh or self._remote_folders is None:
+            account = self.account
+            self._remote_folders = [
+                f for f in self._session().list_folders()
+                if folder_selected(f.name, account.folders.include, account.folders.exclude)]
+        return list(self._remote_folders)
+
+    def _sync_folders(self, only: frozenset[str] | None) -> Iterable[FolderResult]:
         session = self._session()
         account = self.account
-        remote = [f for f in session.list_folders()
-                  if folder_selected(f.name, account.folders.include, account.folders.exclude)]
+        # A targeted sync (an IDLE or filesystem event in the daemon) reuses the folder list
+        # of the last full one: one round trip less on the path that must stay under a second.
+        remote = self._list_remote(refresh=only is None)
         by_name = {f.name: f for f in remote}
+        if only is not None and not set(only) <= set(by_name):
+            remote = self._list_remote(refresh=True)
+            by_name = {f.name: f for f in remote}
         delimiter = next((f.delimiter for f in remote if f.delimiter), None) or "/"
 
         results: list[FolderResult] = []
@@ -206,7 +239,7 @@ class AccountSync:
             self.maildir.ensure_root()
         # Local folders the server does not have: create them there (never delete a folder).
         known = {f.remote_name for f in self.state.folders()}
-        for components in self.maildir.list_folders():
+        for components in self.maildir.list_folders() if only is None else ():
             name = "INBOX" if components == ("INBOX",) else delimiter.join(components)
             if name in by_name or not folder_selected(name, account.folders.include,
                                                       account.folders.exclude):
@@ -226,15 +259,19 @@ class AccountSync:
                                    special_use=None)
             remote.append(created)
             by_name[name] = created
+            if self._remote_folders is not None:
+                self._remote_folders.append(created)
             log.info("%s: created folder %r on the server", account.name, name)
             results.append(FolderResult(name, created_remote=True))
 
         selectable = [f for f in remote if not f.noselect]
-        if self.options.only_folders is not None:
-            selectable = [f for f in selectable if f.name in self.options.only_folders]
+        if only is not None:
+            selectable = [f for f in selectable if f.name in only]
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
         for folder in selectable:
+            if self.should_stop():
+                break
             folder_result = merged.get(folder.name) or FolderResult(folder.name)
             if folder_result.error:
                 continue
@@ -245,7 +282,7 @@ class AccountSync:
             except OSError as exc:
                 # A local problem (disk full, permissions) stops this folder only; a dead
                 # connection stops the account.
-                if isinstance(exc, ConnectionError | TimeoutError):
+                if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
                     raise
                 folder_result.error = f"local error: {exc}"
             except Exception as exc:
@@ -326,6 +363,8 @@ class AccountSync:
             self.state.reset_folder(fstate.id)
             checkpoint("uidvalidity.reset")
         self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result)
+        if self.should_stop():
+            return result  # interrupted between batches: the cursors must not claim completion
         self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
                                highestmodseq=info.highestmodseq, last_sync=self.clock())
         checkpoint("folder.cursors")
@@ -442,40 +481,8 @@ class AccountSync:
         checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
 
-        # Local flag renames, then one commit.
-        renamed = []
-        for action in by_kind[A.SetLocalFlags]:
-            try:
-                folder.set_flags(action.key, action.flags)
-            except FileNotFoundError:
-                continue  # deleted meanwhile; the next sync sees the deletion
-            renamed.append(action)
-            checkpoint("local-flags.rename")
-        if renamed:
-            folder.sync()
-            with state.transaction():
-                for action in renamed:
-                    # synced_flags, not flags: with a PushFlags still to come it is the server's
-                    # present flags, so a crash before the push still pushes the target on the
-                    # next sync instead of reverting this rename (crash tests, mixed-04).
-                    state.set_synced_flags(fid, action.uid, action.synced_flags)
-            checkpoint("local-flags.commit")
-        result.local_flag_changes += len(renamed)
-
-        # Server flag changes, grouped so equal changes share one STORE.
-        pushes = by_kind[A.PushFlags]
-        if pushes:
-            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-            for action in pushes:
-                groups[(action.add, action.remove)].append(action.uid)
-            for (add, remove), uids in groups.items():
-                session.store_flags(uids, add, remove)
-                checkpoint("push-flags.store")
-            with state.transaction():
-                for action in pushes:
-                    state.set_synced_flags(fid, action.uid, action.flags)
-            checkpoint("push-flags.commit")
-            result.remote_flag_changes += len(pushes)
+        self._apply_flags([*by_kind[A.SetLocalFlags], *by_kind[A.PushFlags]], fid, folder,
+                          result)
 
         # Server expunged: remove local files.
         deletes = by_kind[A.DeleteLocal]
@@ -521,6 +528,54 @@ class AccountSync:
         if uploads:
             self._upload(uploads, fstate, folder, result)
 
+    def _apply_flags(self, actions: list[A.Action], fid: int, folder: MaildirFolder,
+                     result: FolderResult) -> None:
+        """SetLocalFlags (renames, one commit), then PushFlags (STOREs, one commit), then
+        RecordFlags; a uid's SetLocalFlags before its PushFlags, as the plan requires."""
+        session = self._session()
+        state = self.state
+        by_kind: dict[type, list] = defaultdict(list)
+        for action in actions:
+            by_kind[type(action)].append(action)
+        # Local flag renames, then one commit.
+        renamed = []
+        for action in by_kind[A.SetLocalFlags]:
+            try:
+                folder.set_flags(action.key, action.flags)
+            except FileNotFoundError:
+                continue  # deleted meanwhile; the next sync sees the deletion
+            renamed.append(action)
+            checkpoint("local-flags.rename")
+        if renamed:
+            folder.sync()
+            with state.transaction():
+                for action in renamed:
+                    # synced_flags, not flags: with a PushFlags still to come it is the server's
+                    # present flags, so a crash before the push still pushes the target on the
+                    # next sync instead of reverting this rename (crash tests, mixed-04).
+                    state.set_synced_flags(fid, action.uid, action.synced_flags)
+            checkpoint("local-flags.commit")
+        result.local_flag_changes += len(renamed)
+
+        # Server flag changes, grouped so equal changes share one STORE.
+        pushes = by_kind[A.PushFlags]
+        if pushes:
+            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+            for action in pushes:
+                groups[(action.add, action.remove)].append(action.uid)
+            for (add, remove), uids in groups.items():
+                session.store_flags(uids, add, remove)
+                checkpoint("push-flags.store")
+            with state.transaction():
+                for action in pushes:
+                    state.set_synced_flags(fid, action.uid, action.flags)
+            checkpoint("push-flags.commit")
+            result.remote_flag_changes += len(pushes)
+        if by_kind[A.RecordFlags]:
+            with state.transaction():
+                for action in by_kind[A.RecordFlags]:
+                    state.set_synced_flags(fid, action.uid, action.flags)
+
     def _download(self, downloads: list[A.Download], fstate: FolderState,
                   folder: MaildirFolder, result: FolderResult, paired_keys: set[str],
                   local_flags: dict[str, str]) -> None:
@@ -530,8 +585,9 @@ class AccountSync:
         total_bytes = sum(a.size or 0 for a in downloads)
         self.reporter.folder_started(self.account.name, fstate.remote_name, len(downloads),
                                      total_bytes)
+        paired_flags: list[A.Action] = []
         start = 0
-        while start < len(downloads):
+        while start < len(downloads) and not self.should_stop():
             # One group: intents (one commit) -> fetch -> write+fsync each -> dir fsync ->
             # rows + cleared intents (one commit).
             group: list[A.Download] = []
@@ -555,8 +611,16 @@ class AccountSync:
                 if candidate is not None:
                     # Same bytes already here under another name (a crash between APPEND and
                     # its record, or a state rebuilt from scratch): pair, do not duplicate.
-                    rows.append(SyncedMessage(uid, candidate, local_flags.get(candidate, ""),
-                                              action.size, None))
+                    # As a planned Pair (see A.Download): record the merge base now, bring
+                    # both sides to the union of their flags once the downloads are done.
+                    # Recording the local flags instead left the sides apart and made the next
+                    # merge drop a local-only flag (crash tests, "initial" scenario).
+                    pair, *flag_actions = pair_actions(uid, candidate,
+                                                       local_flags.get(candidate, ""),
+                                                       action.flags, size=action.size)
+                    assert isinstance(pair, A.Pair)
+                    rows.append(SyncedMessage(uid, candidate, pair.flags, action.size, None))
+                    paired_flags.extend(flag_actions)
                     paired_keys.add(candidate)
                     result.paired += 1
                     continue
@@ -575,6 +639,8 @@ class AccountSync:
                 state.put_messages(fid, rows)
                 state.clear_intents(intent_ids)
             checkpoint("download.commit")
+        if paired_flags:
+            self._apply_flags(paired_flags, fid, folder, result)
 
     def _content_match(self, folder: MaildirFolder, action: A.Download, data: bytes,
                        paired_keys: set[str]) -> str | None:
