@@ -7,20 +7,18 @@ or bad config.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncd import __version__
 from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
+from syncd.locks import account_lock
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings, Settings
@@ -95,19 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SyncdError as exc:
         if args.debug:
             log.exception("failed")
-        print(f"syncd: {exc}", file=sys.stderr)
+        _complain(f"syncd: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("syncd: interrupted", file=sys.stderr)
+        _complain("syncd: interrupted", priority=4)
         return 130
     except Exception as exc:
         if args.debug:
             raise
         from syncd.secrets import redact
 
-        print(f"syncd: internal error: {redact(f'{type(exc).__name__}: {exc}')} "
-              "(run with --debug for details)", file=sys.stderr)
+        _complain(f"syncd: internal error: {redact(f'{type(exc).__name__}: {exc}')} "
+                  "(run with --debug for details)")
         return 1
+
+
+def _complain(text: str, *, priority: int = 3) -> None:
+    """An error (or warning) line on stderr: redacted, and under the journal with a syslog
+    priority prefix like every log line, so journald files it as an error, not as info."""
+    from syncd.logs import under_journal
+    from syncd.secrets import redact
+
+    prefix = f"<{priority}>" if under_journal(sys.stderr) else ""
+    print(f"{prefix}{redact(text)}", file=sys.stderr)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -134,23 +142,6 @@ def _password_source(account: AccountSettings) -> Callable[[], str]:
     from syncd.secrets import get_password
 
     return lambda: get_password(account)
-
-
-@contextlib.contextmanager
-def account_lock(account: AccountSettings, state_dir: Path) -> Iterator[None]:
-    """One syncd process per account at a time (a `sync` beside a running daemon, or two
-    overlapping `sync`s, would race on the Maildir and the state)."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / f"{account.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AccountError(account.name, "another syncd process is syncing this account "
-                               "(is the daemon running?)", cause="busy") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- sync ---------------------------------------------------------------------------------
@@ -184,7 +175,7 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
     state_dir = settings.general.state_dir
     started = time.time()
     try:
-        with account_lock(account, state_dir):
+        with account_lock(account.name, state_dir):
             if account.protocol == "pop3":
                 result = _sync_pop3(settings, account, args)
             else:
@@ -293,9 +284,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         from syncd.service.daemon import run_daemon
     except ImportError:
-        print("syncd run: the daemon (IDLE, watching, scheduling) is not part of this version "
-              "yet; run `syncd sync` periodically (e.g. from a systemd timer) meanwhile.",
-              file=sys.stderr)
+        _complain("syncd run: the daemon (IDLE, watching, scheduling) is not part of this "
+                  "version yet; run `syncd sync` periodically (e.g. from a systemd timer) "
+                  "meanwhile.")
         return 1
     return run_daemon(settings, config_path=args.config, debug=args.debug)
 
@@ -327,7 +318,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             else:
                 _check_pop3(account)
         except AccountError as exc:
-            print(f"{exc.account}: FAILED ({exc.cause}): {str(exc).split(': ', 1)[-1]}")
+            from syncd.secrets import redact
+
+            detail = redact(str(exc).removeprefix(f"{exc.account}: "))
+            print(f"{exc.account}: FAILED ({exc.cause}): {detail}")
             failed = True
     return 1 if failed else 0
 
@@ -400,7 +394,7 @@ def cmd_password(args: argparse.Namespace) -> int:
     except ConfigError:
         settings = None
     if settings is not None and name not in settings.accounts:
-        print(f"syncd: warning: account {name!r} is not in the config", file=sys.stderr)
+        _complain(f"syncd: warning: account {name!r} is not in the config", priority=4)
     password = getpass.getpass(f"Password for account {name!r}: ")
     if not password:
         raise UsageError("empty password; nothing stored")

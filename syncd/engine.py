@@ -110,6 +110,7 @@ class AccountResult:
     account: str
     folders: list[FolderResult] = field(default_factory=list)
     error: str | None = None
+    error_cause: str | None = None  # AccountError.cause: auth, dns, refused, timeout, ...
     seconds: float = 0.0
 
     @property
@@ -188,6 +189,7 @@ class AccountSync:
                 result.folders.append(folder_result)
         except AccountError as exc:
             result.error = str(exc).removeprefix(f"{self.account.name}: ")
+            result.error_cause = exc.cause
             self.close()
         except (OSError, EOFError) as exc:
             result.error = f"connection lost: {exc}"

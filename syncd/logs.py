@@ -62,5 +62,6 @@ def setup_logging(level: str = "info", *, debug: bool = False,
     # catches every registered secret besides.
     for name in ("imapclient", "imapclient.protocol", "imapclient.imaplib"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
-    for name in ("apscheduler", "watchdog"):
-        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.INFO if debug else logging.WARNING)
+    # watchdog logs a harmless ERROR when its inotify thread is stopped during shutdown.
+    logging.getLogger("watchdog").setLevel(logging.DEBUG if debug else logging.CRITICAL)

@@ -194,7 +194,20 @@ class ImapSession:
                         name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
                         "to continue in plaintext (use tls: implicit, or a server that offers "
                         "STARTTLS)", cause="tls")
-                client.starttls(context)
+                if client._imap.state != "NONAUTH":
+                    # A PREAUTH greeting: the session is already authenticated, in plaintext.
+                    raise AccountError(
+                        name, f"{account.host}:{account.port} greeted with PREAUTH (an "
+                        "unencrypted, already authenticated session); refusing to continue "
+                        "without TLS", cause="tls")
+                try:
+                    client.starttls(context)
+                except IMAPClientError as exc:
+                    # The server announced STARTTLS and then refused it (NO/BAD): never fall
+                    # back to plaintext. TLS handshake failures are ssl errors, mapped below.
+                    raise AccountError(
+                        name, f"{account.host}:{account.port} refused STARTTLS ({exc}); "
+                        "refusing to continue in plaintext", cause="tls") from None
                 # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
                 client._cached_capabilities = None
             secret = password()
@@ -265,6 +278,15 @@ class ImapSession:
 
     def status_all(self, names: Sequence[str]) -> dict[str, FolderStatus]:
         """Status of many folders. With LIST-STATUS this is one round trip for all of them."""
+        if self.selected is not None:
+            # STATUS of the selected mailbox reports this session's view, which lags until the
+            # session syncs it (RFC 3501 6.3.10): leave the mailbox first (never CLOSE, which
+            # would expunge \Deleted messages).
+            if "UNSELECT" in self.capabilities:
+                self.client.unselect_folder()
+            else:
+                self.client.noop()
+            self.selected = None
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if self.condstore:
             items.append("HIGHESTMODSEQ")

@@ -1,0 +1,287 @@
+"""The composition root of `syncd run`: load config, start one worker per account, IDLE
+watchers, the filesystem watcher and the scheduler; handle signals, sd_notify and the status
+file. It only schedules and wires; all syncing happens in the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncd.errors import ConfigError, SyncdError
+from syncd.locks import account_lock, daemon_lock
+from syncd.service import sdnotify
+from syncd.service.idle import IdleWatcher
+from syncd.service.watch import DEBOUNCE, MaildirWatcher
+from syncd.service.worker import AccountWorker
+from syncd.status import update_account
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from syncd.config import AccountSettings, Settings
+    from syncd.engine import AccountResult
+
+log = logging.getLogger("syncd.daemon")
+
+STOP_GRACE = 4.0  # SIGTERM -> exit 0 within 5 s
+TICK = 1.0
+CLOCK_JUMP = 20.0  # wall clock moved this much more than the monotonic one: we were asleep
+
+
+class AccountRuntime:
+    """Everything the daemon runs for one account."""
+
+    def __init__(self, daemon: Daemon, account: AccountSettings) -> None:
+        self.account = account
+        self.daemon = daemon
+        self.locks = contextlib.ExitStack()
+        self.worker = AccountWorker(daemon.settings, account, on_result=daemon.on_result,
+                                    on_synced_folders=daemon.on_synced_folders)
+        self.idle: list[IdleWatcher] = []
+
+    def start(self) -> None:
+        self.locks.enter_context(account_lock(self.account.name,
+                                              self.daemon.settings.general.state_dir))
+        self.worker.start()
+        self.worker.request(None, "startup")
+        if self.account.protocol == "imap":
+            from syncd.adapters.imap import ImapSession
+            from syncd.secrets import get_password
+
+            account = self.account
+            for folder in account.idle:
+                watcher = IdleWatcher(
+                    account, folder,
+                    connect=lambda: ImapSession.connect(account, lambda: get_password(account)),
+                    on_change=self.daemon.on_remote_change)
+                self.idle.append(watcher)
+                watcher.start()
+
+    def stop(self) -> None:
+        for watcher in self.idle:
+            watcher.stop()
+        self.worker.stop()
+
+    def join(self, deadline: float) -> None:
+        self.worker.join(max(0.0, deadline - time.monotonic()))
+        for watcher in self.idle:
+            watcher.join(max(0.0, min(0.5, deadline - time.monotonic())))
+        self.locks.close()
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.accounts: dict[str, AccountRuntime] = {}
+        self.watcher = MaildirWatcher(self.on_local_change)
+        self.scheduler: BackgroundScheduler | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._status_lock = threading.Lock()
+
+    # --- events (any thread) --------------------------------------------------------------
+    def on_remote_change(self, account: str, folder: str) -> None:
+        runtime = self.accounts.get(account)
+        if runtime is not None:
+            runtime.worker.request(folder, "idle")
+
+    def on_local_change(self, account: str, folder: str) -> None:
+        runtime = self.accounts.get(account)
+        if runtime is not None:
+            runtime.worker.request(folder, "local", delay=DEBOUNCE)
+
+    def on_synced_folders(self, account: str, folders: dict[str, str]) -> None:
+        if account in self.accounts:
+            self.watcher.set_account(account, folders)
+
+    def on_result(self, worker: AccountWorker, result: AccountResult) -> None:
+        now = time.time()
+        folders: dict[str, dict[str, Any]] = {}
+        for f in result.folders:
+            entry: dict[str, Any] = {"last_attempt": now, "error": f.error or f.guard}
+            if not (f.error or f.guard):
+                entry["last_sync"] = now
+            folders[f.folder] = entry
+        fields: dict[str, Any] = {"last_attempt": now, "error": result.error,
+                                  "connection": worker.connection, "folders": folders,
+                                  "daemon": True}
+        if result.ok:
+            fields["last_sync"] = now
+        with self._status_lock:
+            try:
+                update_account(self.settings.general.state_dir, result.account, **fields)
+            except OSError as exc:
+                log.warning("cannot write the status file: %s", exc)
+        command = self.settings.general.on_new_mail
+        if command:
+            from syncd.hooks import run_new_mail_hook
+
+            for f in result.folders:
+                if f.new_mail:
+                    run_new_mail_hook(command, result.account, f.folder, f.new_mail,
+                                      wait=False)
+
+    # --- lifecycle (main thread) ----------------------------------------------------------
+    def run(self) -> int:
+        state_dir = self.settings.general.state_dir
+        with daemon_lock(state_dir):
+            self._install_signals()
+            self.watcher.start()
+            self._start_scheduler()
+            for account in self.settings.accounts.values():
+                self._start_account(account)
+            sdnotify.notify("READY=1\nSTATUS=first sync under way")
+            log.info("syncd running: %d account(s)", len(self.accounts))
+            self._loop()
+            self._shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _start_account(self, account: AccountSettings) -> None:
+        runtime = AccountRuntime(self, account)
+        try:
+            runtime.start()
+        except SyncdError as exc:
+            log.error("%s", exc)
+            runtime.stop()
+            runtime.locks.close()
+            return
+        self.accounts[account.name] = runtime
+        self._schedule(account)
+        # Watch what the state already knows at once; the first full sync refreshes it.
+        known = self._known_folders(account)
+        if known:
+            self.watcher.set_account(account.name, known)
+
+    def _known_folders(self, account: AccountSettings) -> dict[str, str]:
+        if account.protocol != "imap" or not account.state_path.exists():
+            return {}
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"file:{account.state_path}?mode=ro", uri=True, timeout=5)
+            try:
+                return dict(conn.execute("SELECT remote_name, local_path FROM folder"))
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return {}
+
+    def _stop_account(self, name: str) -> None:
+        runtime = self.accounts.pop(name, None)
+        if runtime is None:
+            return
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                self.scheduler.remove_job(f"poll-{name}")
+        self.watcher.remove_account(name)
+        runtime.stop()
+        runtime.join(time.monotonic() + STOP_GRACE)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+            daemon=True)
+        self.scheduler.start()
+
+    def _schedule(self, account: AccountSettings) -> None:
+        """Polls (POP3 fetches, the periodic full check of every IMAP folder) only enqueue."""
+        assert self.scheduler is not None
+        name = account.name
+        self.scheduler.add_job(
+            lambda: self.accounts[name].worker.request(None, "poll")
+            if name in self.accounts else None,
+            "interval", seconds=max(5.0, account.poll_interval), id=f"poll-{name}",
+            replace_existing=True)
+
+    def _loop(self) -> None:
+        watchdog = sdnotify.watchdog_interval()
+        last_ping = time.monotonic()
+        last_status = ""
+        offset = time.time() - time.monotonic()
+        while not self._stop.is_set():
+            self._stop.wait(TICK)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            now_offset = time.time() - time.monotonic()
+            if abs(now_offset - offset) > CLOCK_JUMP:
+                log.info("the clock jumped by %.0f s (suspend?); reconnecting",
+                         now_offset - offset)
+                self.reconnect_all("wake")
+            offset = now_offset
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+                sdnotify.notify("WATCHDOG=1")
+                last_ping = time.monotonic()
+            status = self._status_line()
+            if status != last_status:
+                sdnotify.notify(f"STATUS={status}")
+                last_status = status
+
+    def _status_line(self) -> str:
+        states = [f"{name}: {rt.worker.connection}" for name, rt in self.accounts.items()]
+        return "; ".join(states) or "no accounts"
+
+    def reconnect_all(self, reason: str) -> None:
+        for runtime in self.accounts.values():
+            for watcher in runtime.idle:
+                watcher.reconnect()
+            runtime.worker.reconnect_now(reason)
+
+    def reload(self) -> None:
+        from syncd.config import load_config
+
+        try:
+            settings = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        if settings.general != self.settings.general:
+            log.warning("reload: changes under `general` take effect after a restart "
+                        "(only accounts are reloaded)")
+            settings = settings.model_copy(update={"general": self.settings.general})
+        old = self.settings.accounts
+        self.settings = settings
+        for name in [n for n in old if n not in settings.accounts
+                     or settings.accounts[n] != old[n]]:
+            log.info("reload: stopping account %s", name)
+            self._stop_account(name)
+        for name, account in settings.accounts.items():
+            if name not in self.accounts:
+                log.info("reload: starting account %s", name)
+                self._start_account(account)
+        log.info("configuration reloaded: %d account(s)", len(self.accounts))
+
+    def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        deadline = time.monotonic() + STOP_GRACE
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        self.watcher.stop()
+        for runtime in self.accounts.values():
+            runtime.stop()
+        for runtime in self.accounts.values():
+            runtime.join(deadline)
+        stuck = [name for name, rt in self.accounts.items() if rt.worker.is_alive()]
+        if stuck:
+            # Every state commit is crash-safe, so leaving a stuck network read behind loses
+            # nothing; the next start recovers.
+            log.warning("exiting while still busy: %s", ", ".join(stuck))
+        log.info("syncd stopped")
+
+
+def run_daemon(settings: Settings, *, config_path: Path | None, debug: bool = False) -> int:
+    del debug
+    return Daemon(settings, config_path).run()

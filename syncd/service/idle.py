@@ -1,0 +1,143 @@
+"""IDLE watchers: one connection per watched folder, each in its own thread. They never sync;
+they only tell the account's worker which folder changed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from syncd.errors import AccountError
+from syncd.service.worker import AUTH_RETRY, next_backoff
+
+if TYPE_CHECKING:
+    from syncd.adapters.imap import ImapSession
+    from syncd.config import AccountSettings
+
+log = logging.getLogger("syncd.idle")
+
+# RFC 2177: servers may drop an IDLE after 30 minutes; re-issue well before.
+IDLE_RENEW = 25 * 60.0
+# How often the IDLE loop wakes to look at the stop flag (no traffic is sent).
+POLL_STEP = 1.0
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """TCP keep-alives find a dead connection (a laptop that changed networks) in about 90 s
+    instead of waiting for the next IDLE renewal."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass
+
+
+def is_change(response: object) -> bool:
+    """Anything but a keep-alive status line ("* OK Still here") means the folder changed."""
+    if isinstance(response, tuple) and response:
+        head = response[0]
+        if isinstance(head, bytes) and head.upper() == b"BYE":
+            raise ConnectionError("the server closed the connection (BYE)")
+        keepalive = (b"OK", b"NO", b"BAD", b"CAPABILITY")
+        return not (isinstance(head, bytes) and head.upper() in keepalive)
+    return False
+
+
+class IdleWatcher(threading.Thread):
+    def __init__(self, account: AccountSettings, folder: str, *,
+                 connect: Callable[[], ImapSession], on_change: Callable[[str, str], None],
+                 on_state: Callable[[str, str, str], None] | None = None) -> None:
+        super().__init__(name=f"idle-{account.name}-{folder}", daemon=True)
+        self.account = account
+        self.folder = folder
+        self.connect = connect
+        self.on_change = on_change
+        self.on_state = on_state
+        self._halt = threading.Event()
+        self._reconnect = threading.Event()
+        self.session: ImapSession | None = None
+        self.state = "starting"
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def reconnect(self) -> None:
+        """Drop the connection and make a new one at once (wake from suspend)."""
+        self._reconnect.set()
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(self.account.name, self.folder, state)
+
+    def run(self) -> None:
+        backoff: float | None = None
+        first = True
+        while not self._halt.is_set():
+            try:
+                self._reconnect.clear()
+                self.session = self.connect()
+                sock = self.session.client.socket()
+                enable_keepalive(sock)
+                self.session.client.select_folder(self.folder, readonly=True)
+                backoff = None
+                self._set_state("idle")
+                if not first:
+                    # Events may have been missed while we were away.
+                    self.on_change(self.account.name, self.folder)
+                first = False
+                self._idle_loop()
+            except AccountError as exc:
+                wait = AUTH_RETRY if exc.cause == "auth" else next_backoff(backoff)
+                backoff = wait
+                self._set_state(f"offline: {exc.cause}")
+                log.info("%s/%s: IDLE connection failed: %s (retry in %.0f s)",
+                         self.account.name, self.folder, exc, wait)
+                self._sleep(wait)
+            except Exception as exc:  # a watcher must survive whatever a server does
+                backoff = next_backoff(backoff)
+                self._set_state("offline")
+                log.info("%s/%s: IDLE connection lost: %s (retry in %.0f s)",
+                         self.account.name, self.folder, exc or type(exc).__name__, backoff)
+                self._sleep(backoff)
+            finally:
+                self._close()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._halt.is_set() and not self._reconnect.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._halt.wait(min(remaining, POLL_STEP))
+
+    def _idle_loop(self) -> None:
+        assert self.session is not None
+        client = self.session.client
+        while not self._halt.is_set() and not self._reconnect.is_set():
+            client.idle()
+            started = time.monotonic()
+            changed = False
+            while not self._halt.is_set() and not self._reconnect.is_set():
+                if time.monotonic() - started > IDLE_RENEW:
+                    break
+                responses = client.idle_check(timeout=POLL_STEP)
+                if any(is_change(r) for r in responses):
+                    changed = True
+                    break
+            client.idle_done()
+            if changed:
+                self.on_change(self.account.name, self.folder)
+
+    def _close(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.close()
+            self.session = None

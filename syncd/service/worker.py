@@ -1,0 +1,224 @@
+"""One AccountWorker thread per account: it alone owns the account's connection and state.
+Everything else (IDLE watchers, the filesystem watcher, the scheduler, SIGHUP) only calls
+request(); requests coalesce, so a burst of events costs one sync."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from syncd.engine import AccountResult
+
+if TYPE_CHECKING:
+    from syncd.adapters.state import StateStore
+    from syncd.config import AccountSettings, Settings
+    from syncd.engine import AccountSync
+
+log = logging.getLogger("syncd.worker")
+
+BACKOFF_START = 2.0
+BACKOFF_CAP = 300.0
+AUTH_RETRY = 900.0  # a wrong password is retried slowly, never hammered
+
+
+def next_backoff(previous: float | None, *, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with ±25% jitter, capped: 2, 4, 8, ... 300 s."""
+    base = BACKOFF_START if previous is None else min(BACKOFF_CAP, previous * 2)
+    return min(BACKOFF_CAP, base * (0.75 + 0.5 * rng()))
+
+
+@dataclass
+class Pending:
+    full: bool = False
+    folders: set[str] = field(default_factory=set)
+    reasons: set[str] = field(default_factory=set)
+    due: float | None = None  # monotonic time the coalesced request may run
+
+    def empty(self) -> bool:
+        return not self.full and not self.folders
+
+
+class AccountWorker(threading.Thread):
+    def __init__(self, settings: Settings, account: AccountSettings, *,
+                 on_result: Callable[[AccountWorker, AccountResult], None] | None = None,
+                 on_synced_folders: Callable[[str, dict[str, str]], None] | None = None
+                 ) -> None:
+        super().__init__(name=f"worker-{account.name}", daemon=True)
+        self.settings = settings
+        self.account = account
+        self.on_result = on_result
+        self.on_synced_folders = on_synced_folders
+        self._cond = threading.Condition()
+        self._pending = Pending()
+        self._stopping = threading.Event()
+        self._retry_at: float | None = None  # monotonic; None = not backing off
+        self._backoff: float | None = None
+        self.connection = "starting"
+        self.last_result: AccountResult | None = None
+        self.syncs = 0
+
+    # --- called from other threads --------------------------------------------------------
+    def request(self, folder: str | None = None, reason: str = "", delay: float = 0.0) -> None:
+        """Ask for a sync of one folder (None: the whole account), at the earliest after
+        `delay` seconds (debounce)."""
+        with self._cond:
+            if folder is None:
+                self._pending.full = True
+            else:
+                self._pending.folders.add(folder)
+            if reason:
+                self._pending.reasons.add(reason)
+            due = time.monotonic() + delay
+            if self._pending.due is None or due < self._pending.due:
+                self._pending.due = due
+            self._cond.notify()
+
+    def reconnect_now(self, reason: str) -> None:
+        """The network changed (wake from suspend, a watcher saw the server come back):
+        forget the backoff and sync everything."""
+        with self._cond:
+            self._retry_at = None
+            self._backoff = None
+        self.request(None, reason)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # --- the thread -----------------------------------------------------------------------
+    def _take(self) -> Pending | None:
+        """Block until a request is due (or we stop); return it, or None to stop."""
+        with self._cond:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if not self._pending.empty():
+                    waits = [self._pending.due or now]
+                    if self._retry_at is not None:
+                        waits.append(self._retry_at)
+                    ready = max(waits)
+                    if ready <= now:
+                        taken, self._pending = self._pending, Pending()
+                        return taken
+                    self._cond.wait(ready - now)
+                else:
+                    self._cond.wait()
+            return None
+
+    def run(self) -> None:
+        runner = self._make_runner()
+        try:
+            while True:
+                taken = self._take()
+                if taken is None:
+                    break
+                folders = None if taken.full else frozenset(taken.folders)
+                try:
+                    result = runner(folders)
+                except Exception as exc:  # a bug must not kill the account's thread forever
+                    log.exception("%s: sync failed unexpectedly", self.account.name)
+                    result = AccountResult(self.account.name, error=f"internal error: {exc}")
+                self._after(result, taken)
+        finally:
+            closer = getattr(runner, "close", None)
+            if closer is not None:
+                closer()
+
+    def _after(self, result: AccountResult, taken: Pending) -> None:
+        self.syncs += 1
+        self.last_result = result
+        if result.error:
+            auth = result.error_cause == "auth"
+            with self._cond:
+                self._backoff = AUTH_RETRY if auth else next_backoff(self._backoff)
+                self._retry_at = time.monotonic() + self._backoff
+                # What we could not do is still to do: keep it queued for the retry.
+                self._pending.full = self._pending.full or taken.full
+                self._pending.folders |= taken.folders
+                self._pending.due = self._pending.due or time.monotonic()
+            self.connection = (f"{'auth failed' if auth else 'offline'}, retry in "
+                               f"{self._backoff:.0f} s")
+            log.warning("%s: %s (retry in %.0f s)", self.account.name, result.error,
+                        self._backoff)
+        else:
+            with self._cond:
+                self._backoff = None
+                self._retry_at = None
+            self.connection = "connected" if self.account.protocol == "imap" else "idle"
+            if any(f.changed for f in result.folders):
+                log.info("%s", result.summary())
+        if self.on_result is not None:
+            self.on_result(self, result)
+
+    def _make_runner(self) -> Callable[[frozenset[str] | None], AccountResult]:
+        if self.account.protocol == "pop3":
+            return self._pop3_runner()
+        return ImapRunner(self, self.settings, self.account)
+
+    def _pop3_runner(self) -> Callable[[frozenset[str] | None], AccountResult]:
+        from syncd.pop3sync import sync_pop3_account
+
+        def run(_folders: frozenset[str] | None) -> AccountResult:
+            return sync_pop3_account(self.settings, self.account)
+
+        return run
+
+
+class ImapRunner:
+    """Keeps one AccountSync (and its connection and state store) for the worker's life."""
+
+    def __init__(self, worker: AccountWorker, settings: Settings,
+                 account: AccountSettings) -> None:
+        self.worker = worker
+        self.account = account
+        self.settings = settings
+        self._state: StateStore | None = None
+        self._sync: AccountSync | None = None
+
+    def _ensure(self) -> AccountSync:
+        if self._sync is None:
+            from syncd.adapters.imap import ImapSession
+            from syncd.adapters.state import StateStore
+            from syncd.engine import AccountSync
+            from syncd.secrets import get_password
+
+            state, rebuilt = StateStore.open_or_rebuild(self.account.state_path)
+            if rebuilt:
+                log.warning("%s: the state database was corrupt; moved aside and rebuilt by "
+                            "pairing messages by content", self.account.name)
+            self._state = state
+            account = self.account
+            self._sync = AccountSync(
+                account, state,
+                lambda: ImapSession.connect(account, lambda: get_password(account)))
+            self._sync.should_stop = lambda: self.worker.stopping
+        return self._sync
+
+    def __call__(self, folders: frozenset[str] | None) -> AccountResult:
+        sync = self._ensure()
+        result = sync.run(folders, keep_open=True)
+        if folders is None and not result.error and self.worker.on_synced_folders is not None:
+            assert self._state is not None
+            self.worker.on_synced_folders(
+                self.account.name,
+                {f.remote_name: f.local_path for f in self._state.folders()})
+        return result
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+        if self._state is not None:
+            self._state.close()
+
+
+def describe(worker: AccountWorker) -> dict[str, Any]:
+    return {"connection": worker.connection, "syncs": worker.syncs}
