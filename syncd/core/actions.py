@@ -16,7 +16,10 @@ class Download:
 
     ``pair_candidates`` are unpaired local keys of the same size without a Message-ID: if the
     fetched body equals one of them byte for byte (after CRLF -> LF), the engine pairs instead of
-    delivering a duplicate.
+    delivering a duplicate. It pairs with the first candidate (in the given order) that matches
+    and that no earlier Download of the run has paired, and executes
+    ``syncd.core.plan.pair_actions(uid, key, local_flags, self.flags, ...)`` for it: the pair is
+    recorded and both sides are brought to the union of their flags, exactly as a planned Pair.
     """
 
     uid: int
@@ -40,20 +43,43 @@ class Upload:
 @dataclass(frozen=True, slots=True)
 class Pair:
     """Record that ``uid`` and local ``key`` are one message (no transfer); ``flags`` become the
-    synced flags. Flag differences are carried by SetLocalFlags/PushFlags in the same plan."""
+    synced flags. Flag differences are carried by SetLocalFlags/PushFlags in the same plan.
+
+    ``flags`` is deliberately the merge *base*, not the target: when the sides differ, the
+    SetLocalFlags/PushFlags that follow move both sides to the target and record it. If the run
+    stops after the Pair alone, the next three-way merge against this base still yields the
+    same target (a target recorded too early would read as a deletion of flags on one side).
+    ``size`` and ``message_id`` are stored in the state row so that a later UIDVALIDITY change
+    can re-pair the message without reading it again.
+    """
 
     uid: int
     key: str
     flags: Flags
+    size: int | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SetLocalFlags:
-    """Rename the local file so its info suffix says ``flags``."""
+    """Rename the local file so its info suffix says ``flags``, then record ``synced`` as the
+    state row's synced flags (``None``: record ``flags``).
+
+    When a PushFlags for the same uid follows in the plan, ``synced`` is the server's flags as
+    planned: if the run stops between the rename and the push, the next merge (local = target,
+    server = synced) still pushes the target instead of reverting the local file. The plan lists
+    a uid's SetLocalFlags before its PushFlags; the engine must keep that order.
+    """
 
     uid: int
     key: str
     flags: Flags
+    synced: Flags | None = None
+
+    @property
+    def synced_flags(self) -> Flags:
+        """The flags to record in the state row once the rename is done."""
+        return self.flags if self.synced is None else self.synced
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +91,16 @@ class PushFlags:
     key: str
     add: Flags
     remove: Flags
+    flags: Flags
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFlags:
+    """Both sides already carry ``flags`` (each changed the same way, or a UIDVALIDITY re-pair
+    found them equal): only the state row's synced flags change. No I/O."""
+
+    uid: int
+    key: str
     flags: Flags
 
 
@@ -87,20 +123,45 @@ class DeleteRemote:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """Gone on both sides: drop the state row."""
+    """Drop the state row of ``uid``/``key``; nothing else.
+
+    Used when the message is gone on both sides, for every old row on a UIDVALIDITY change, and
+    before a Download of the same uid when the local folder went missing (the row is stale; the
+    message is downloaded afresh)."""
 
     uid: int
     key: str
 
 
-Action = Download | Upload | Pair | SetLocalFlags | PushFlags | DeleteLocal | DeleteRemote | Forget
+Action = (
+    Download
+    | Upload
+    | Pair
+    | RecordFlags
+    | SetLocalFlags
+    | PushFlags
+    | DeleteLocal
+    | DeleteRemote
+    | Forget
+)
 
 
 @dataclass(frozen=True, slots=True)
 class FolderPlan:
+    """The actions for one folder, in execution order: Forget, Pair, RecordFlags, SetLocalFlags,
+    PushFlags, DeleteLocal, DeleteRemote, Download, Upload (each kind by uid, Uploads by key).
+
+    The order matters in three places: a Forget precedes a Pair/Download that reuses its key or
+    uid (UIDVALIDITY change; missing local folder: ``Forget(uid, old_key)`` then
+    ``Download(uid)`` means "drop the stale row, download again"); a uid's SetLocalFlags
+    precedes its PushFlags (see SetLocalFlags); Downloads precede the ``unless_paired`` Uploads
+    they may pair.
+    """
+
     actions: tuple[Action, ...]
     # Set when the mass-deletion guard held: why, in one sentence. The plan then contains no
-    # DeleteRemote actions.
+    # DeleteRemote actions. Also set when the local folder is missing (policy.local_folder_missing):
+    # then its known messages are downloaded again instead of deleted on the server.
     guard: str | None = None
 
     def count(self, kind: type) -> int:

@@ -59,11 +59,23 @@ class FolderPolicy:
     # vanish locally in one go.
     guard_min_count: int = 5
     guard_share: float = 0.5
+    # The guard held at this folder's last sync and no --force-deletions has confirmed since.
+    # Keeps it holding while any known message is still missing locally: new mail synced in
+    # the meantime adds known messages, so the share alone would decay and let the deletions
+    # through unconfirmed. The engine sets it to ``plan.guard is not None and not
+    # local_folder_missing`` after each sync (clearing it when the guard no longer holds).
+    guard_held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class FolderSnapshot:
-    """Everything the planner knows about one folder at one moment."""
+    """Everything the planner knows about one folder at one moment.
+
+    ``size``/``message_id`` must be filled for local files and server messages the state does
+    not know. When ``uidvalidity_changed`` they must be filled for every server message and
+    should be for every local file too (the planner falls back to the old state row's values
+    for a local file without them; with neither, the file cannot be re-paired and is uploaded).
+    """
 
     synced: tuple[SyncedMessage, ...]
     local: tuple[LocalMessage, ...]
@@ -71,3 +83,32 @@ class FolderSnapshot:
     # True when UIDVALIDITY changed: every synced UID is void and must be re-paired.
     uidvalidity_changed: bool = False
     policy: FolderPolicy = field(default_factory=FolderPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Known:
+    """What the state remembers of one POP3 UIDL: delivered locally at ``downloaded_at`` (unix
+    time); ``deleted`` once syncd decided to DELE it (it may still be listed if the session
+    that sent DELE never reached QUIT)."""
+
+    deleted: bool
+    downloaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Plan:
+    """What one POP3 session should do; message numbers are the session's own.
+
+    ``retrieve``: RETR, deliver durably, record the UIDL, and then DELE as well when
+    ``delete_retrieved``. ``delete_only``: DELE without RETR (already on disk).
+    ``skipped_too_big``: (msgnum, uidl, size) over max_message_size, left on the server.
+    """
+
+    retrieve: tuple[int, ...] = ()
+    delete_only: tuple[int, ...] = ()
+    skipped_too_big: tuple[tuple[int, str, int], ...] = ()
+    delete_retrieved: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.retrieve or self.delete_only)

@@ -1,0 +1,425 @@
+"""The pure planner: a folder snapshot in, the actions that bring it into step out.
+
+Nothing here does I/O or reads a clock; the engine gathers the snapshot, calls
+``plan_folder`` and executes the plan. Everything is O(n) dictionary work plus one sort per
+action kind, so planning stays cheap for large folders.
+
+Decisions worth knowing (DESIGN.md Part 2):
+
+- Flags merge three ways per flag against the last synced flags (``flags.merge``).
+- A deletion on one side beats a flag change on the other, in both directions.
+- Mass-deletion guard: local files that vanish wholesale are not expunged on the server
+  (``FolderPlan.guard`` says why); a missing local folder is never a deletion: its messages are
+  downloaded again (``Forget(uid, old_key)`` then ``Download(uid)``), even with
+  ``force_deletions``.
+- A server message and a local file the state does not know are paired, not transferred, when
+  (Message-ID, size) agree; with no Message-ID on either side the engine compares content
+  (``Download.pair_candidates`` / ``Upload.unless_paired``). A fresh pair gets the union of both
+  sides' flags (neither side is older); a re-pair after a UIDVALIDITY change merges against the
+  old synced flags of the local file.
+- UIDVALIDITY change: every old row is forgotten, nothing is deleted anywhere; server messages
+  re-pair with local files by content or are downloaded; local files that match nothing are
+  uploaded, including ones the old state knew (the server lost them: uploading restores them,
+  and it cannot duplicate since no server message matched).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from syncd.core.actions import (
+    Action,
+    DeleteLocal,
+    DeleteRemote,
+    Download,
+    FolderPlan,
+    Forget,
+    Pair,
+    PushFlags,
+    RecordFlags,
+    SetLocalFlags,
+    Upload,
+)
+from syncd.core.flags import LETTER_TO_IMAP, Flags, merge, normalize
+from syncd.core.model import (
+    FolderPolicy,
+    FolderSnapshot,
+    LocalMessage,
+    Pop3Known,
+    Pop3Plan,
+    RemoteMessage,
+    SyncedMessage,
+)
+
+__all__ = [
+    "describe",
+    "pair_actions",
+    "plan_folder",
+    "plan_pop3",
+    "plan_summary",
+]
+
+# Summary keys, in the order the plan lists the kinds.
+_KIND_NAMES: dict[type, str] = {
+    Forget: "forget",
+    Pair: "pair",
+    RecordFlags: "record_flags",
+    SetLocalFlags: "set_local_flags",
+    PushFlags: "push_flags",
+    DeleteLocal: "delete_local",
+    DeleteRemote: "delete_remote",
+    Download: "download",
+    Upload: "upload",
+}
+
+
+@dataclass(slots=True)
+class _Out:
+    """Actions collected per kind; ``actions()`` sorts each kind and concatenates them."""
+
+    forget: list[Forget] = field(default_factory=list)
+    pair: list[Pair] = field(default_factory=list)
+    record: list[RecordFlags] = field(default_factory=list)
+    set_local: list[SetLocalFlags] = field(default_factory=list)
+    push: list[PushFlags] = field(default_factory=list)
+    delete_local: list[DeleteLocal] = field(default_factory=list)
+    delete_remote: list[DeleteRemote] = field(default_factory=list)
+    download: list[Download] = field(default_factory=list)
+    upload: list[Upload] = field(default_factory=list)
+
+    def add(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            match action:
+                case Forget():
+                    self.forget.append(action)
+                case Pair():
+                    self.pair.append(action)
+                case RecordFlags():
+                    self.record.append(action)
+                case SetLocalFlags():
+                    self.set_local.append(action)
+                case PushFlags():
+                    self.push.append(action)
+                case DeleteLocal():
+                    self.delete_local.append(action)
+                case DeleteRemote():
+                    self.delete_remote.append(action)
+                case Download():
+                    self.download.append(action)
+                case Upload():
+                    self.upload.append(action)
+
+    def actions(self) -> tuple[Action, ...]:
+        def by_uid(action: Action) -> tuple[int, str]:
+            return (getattr(action, "uid", 0), getattr(action, "key", ""))
+
+        ordered: list[Action] = []
+        for group in (self.forget, self.pair, self.record, self.set_local, self.push,
+                      self.delete_local, self.delete_remote, self.download):
+            ordered.extend(sorted(group, key=by_uid))
+        ordered.extend(sorted(self.upload, key=lambda action: action.key))
+        return tuple(ordered)
+
+
+def _union(a: Flags, b: Flags) -> Flags:
+    return normalize(set(a) | set(b))
+
+
+def _common(a: Flags, b: Flags) -> Flags:
+    return normalize(set(a) & set(b))
+
+
+def _minus(a: Flags, b: Flags) -> Flags:
+    return normalize(set(a) - set(b))
+
+
+def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
+                  target: Flags) -> list[Action]:
+    """Bring both sides of a pair from (local, remote) to ``target``; ``base`` is what the state
+    row says now. Emits nothing when all four agree."""
+    set_needed = target != local
+    push_needed = target != remote
+    actions: list[Action] = []
+    if set_needed:
+        # With a push still to come, record the server's present flags: should the run stop
+        # between the two, merge(remote, target, remote) == target, so the next sync pushes
+        # instead of undoing the rename.
+        actions.append(SetLocalFlags(uid, key, target, synced=remote if push_needed else None))
+    if push_needed:
+        actions.append(PushFlags(uid, key, add=_minus(target, remote),
+                                 remove=_minus(remote, target), flags=target))
+    if not set_needed and not push_needed and target != base:
+        actions.append(RecordFlags(uid, key, target))
+    return actions
+
+
+def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
+                 old_synced: Flags | None = None, size: int | None = None,
+                 message_id: str | None = None) -> tuple[Action, ...]:
+    """Pair server ``uid`` with local ``key`` and bring both to one set of flags.
+
+    Without history (``old_synced`` None) neither side is older, so the target is the union of
+    both (mbsync's rule for a fresh pair). With the old synced flags of the local file (a re-pair
+    after a UIDVALIDITY change) the target is the usual three-way merge. The engine also calls
+    this when a Download's content check pairs with one of its ``pair_candidates``.
+    """
+    if old_synced is None:
+        # merge(local & remote, local, remote) == local | remote: the intersection is the base
+        # that makes a later merge reach the union even if the run stops after the Pair.
+        base, target = _common(local_flags, remote_flags), _union(local_flags, remote_flags)
+    else:
+        base = normalize(old_synced)
+        target = merge(base, local_flags, remote_flags)
+    if target == local_flags == remote_flags:
+        base = target  # nothing to move: record the final flags at once
+    return (Pair(uid, key, base, size=size, message_id=message_id),
+            *_flag_actions(uid, key, base, local_flags, remote_flags, target))
+
+
+@dataclass(frozen=True, slots=True)
+class _Unpaired:
+    """A local file the (valid) state does not pair, with what identifies its content."""
+
+    message: LocalMessage
+    size: int | None
+    message_id: str | None
+    old_synced: Flags | None  # the old row's flags (UIDVALIDITY change), else None
+
+
+def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
+               unpaired: Iterable[_Unpaired]) -> None:
+    """Rules 4 and 5: pair new server messages with unpaired local files, download the rest,
+    upload the local files left over."""
+    by_identity: dict[tuple[str, int], deque[_Unpaired]] = {}
+    no_id_by_size: dict[int, list[str]] = {}
+    leftovers: dict[str, _Unpaired] = {}
+    for entry in sorted(unpaired, key=lambda e: e.message.key):
+        leftovers[entry.message.key] = entry
+        if entry.size is None:
+            continue  # unknown content: can only be uploaded
+        if entry.message_id is not None:
+            by_identity.setdefault((entry.message_id, entry.size), deque()).append(entry)
+        else:
+            no_id_by_size.setdefault(entry.size, []).append(entry.message.key)
+
+    hash_candidates: set[str] = set()
+    # Ascending uids meet ascending keys: duplicate Message-IDs pair in order.
+    for remote in sorted(new_remote, key=lambda m: m.uid):
+        size, message_id = remote.size, remote.message_id
+        if size is not None and message_id is not None:
+            queue = by_identity.get((message_id, size))
+            if queue:
+                entry = queue.popleft()
+                del leftovers[entry.message.key]
+                out.add(pair_actions(remote.uid, entry.message.key, entry.message.flags,
+                                     remote.flags, old_synced=entry.old_synced, size=size,
+                                     message_id=message_id))
+                continue
+        candidates: tuple[str, ...] = ()
+        if size is not None and message_id is None:
+            candidates = tuple(no_id_by_size.get(size, ()))
+            hash_candidates.update(candidates)
+        out.add((Download(remote.uid, remote.flags, size=size, pair_candidates=candidates),))
+
+    for key, entry in leftovers.items():
+        out.add((Upload(key, entry.message.flags, unless_paired=key in hash_candidates),))
+
+
+def _guard_reason(vanished: int, known: int, policy: FolderPolicy) -> str | None:
+    """Why local deletions must not reach the server, or None when they may."""
+    if vanished == 0 or policy.force_deletions:
+        return None
+    if policy.guard_held or (vanished >= policy.guard_min_count
+                             and vanished > policy.guard_share * known):
+        return (f"{vanished} of {known} known messages vanished locally; not deleting them on "
+                "the server (use --force-deletions to confirm)")
+    return None
+
+
+def _missing_reason(count: int) -> str:
+    noun = "message is" if count == 1 else "messages are"
+    return (f"the local folder is missing; its {count} known {noun} kept on the server and "
+            "downloaded again")
+
+
+def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
+    policy = snapshot.policy
+    local_by_key = {m.key: m for m in snapshot.local}
+    remote_by_uid = {m.uid: m for m in snapshot.remote}
+    synced_uids: set[int] = set()
+    synced_keys: set[str] = set()
+    vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
+
+    for row in snapshot.synced:
+        synced_uids.add(row.uid)
+        synced_keys.add(row.key)
+        remote = remote_by_uid.get(row.uid)
+        local = local_by_key.get(row.key)
+        if remote is None:
+            # Expunged on the server: that wins over any local flag change.
+            out.add((DeleteLocal(row.uid, row.key) if local else Forget(row.uid, row.key),))
+        elif local is None:
+            vanished.append((row, remote))  # decided below, all together (the guard)
+        else:
+            target = merge(row.flags, local.flags, remote.flags)
+            out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
+                                  target))
+
+    guard: str | None = None
+    if vanished and policy.local_folder_missing:
+        # Not a deletion: the directory (or the whole maildir) is gone. Drop the stale rows and
+        # fetch the messages again; force_deletions does not change this.
+        guard = _missing_reason(len(vanished))
+        for row, remote in vanished:
+            out.add((Forget(row.uid, row.key),
+                     Download(remote.uid, remote.flags,
+                              size=remote.size if remote.size is not None else row.size)))
+    else:
+        guard = _guard_reason(len(vanished), len(snapshot.synced), policy)
+        if guard is None:
+            # The local deletion wins over a server-side flag change.
+            out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder)
+                    for row, _ in vanished)
+        # else: keep the rows untouched, so the next sync detects the same deletions again and
+        # the user can confirm them with --force-deletions.
+
+    new_remote = (m for m in snapshot.remote if m.uid not in synced_uids)
+    unpaired = (_Unpaired(m, m.size, m.message_id, None)
+                for m in snapshot.local if m.key not in synced_keys)
+    _match_new(out, new_remote, unpaired)
+    return guard
+
+
+def _plan_uidvalidity(snapshot: FolderSnapshot, out: _Out) -> str | None:
+    # Every old UID is void, so nothing can be deleted on either side: a server message we do
+    # not find again may just have been renumbered beyond recognition.
+    old_by_key: dict[str, SyncedMessage] = {}
+    for row in snapshot.synced:
+        out.add((Forget(row.uid, row.key),))
+        old_by_key[row.key] = row
+
+    def unpaired(local: LocalMessage) -> _Unpaired:
+        old = old_by_key.get(local.key)
+        if local.size is not None or old is None:
+            return _Unpaired(local, local.size, local.message_id, old.flags if old else None)
+        # The engine did not re-read a known file: identify it by what the old row recorded.
+        return _Unpaired(local, old.size, old.message_id, old.flags)
+
+    _match_new(out, snapshot.remote, (unpaired(m) for m in snapshot.local))
+    if snapshot.policy.local_folder_missing and snapshot.synced:
+        return _missing_reason(len(snapshot.synced))
+    return None
+
+
+def plan_folder(snapshot: FolderSnapshot) -> FolderPlan:
+    """The actions that bring one folder into step; see the module docstring for the rules.
+
+    A plan computed right after a perfectly executed plan is empty (idempotency), except for a
+    guard that still holds: then the plan repeats the guard's reason and has no actions for the
+    guarded messages.
+    """
+    out = _Out()
+    if snapshot.uidvalidity_changed:
+        guard = _plan_uidvalidity(snapshot, out)
+    else:
+        guard = _plan_incremental(snapshot, out)
+    return FolderPlan(actions=out.actions(), guard=guard)
+
+
+def plan_summary(plan: FolderPlan) -> dict[str, int]:
+    """Count per action kind; every kind is present (zero when absent), in plan order."""
+    counts = dict.fromkeys(_KIND_NAMES.values(), 0)
+    for action in plan.actions:
+        counts[_KIND_NAMES[type(action)]] += 1
+    return counts
+
+
+def _imap_names(letters: Flags) -> str:
+    return " ".join(LETTER_TO_IMAP[letter] for letter in normalize(letters))
+
+
+def _flags_text(letters: Flags) -> str:
+    return f"flags {letters}" if letters else "no flags"
+
+
+def _describe_action(action: Action) -> str:
+    match action:
+        case Download():
+            text = f"download UID {action.uid}"
+            if action.size is not None:
+                text += f" ({action.size} bytes)"
+            text += f" with {_flags_text(action.flags)}"
+            if action.pair_candidates:
+                text += (f", or pair it with one of {len(action.pair_candidates)} local file(s) "
+                         "if the content is the same")
+            return text
+        case Upload():
+            text = f"upload {action.key} with {_flags_text(action.flags)}"
+            if action.unless_paired:
+                text += ", unless a downloaded message turns out to be the same"
+            return text
+        case Pair():
+            return f"pair UID {action.uid} with local {action.key} (already on both sides)"
+        case RecordFlags():
+            return (f"record {_flags_text(action.flags)} for UID {action.uid} "
+                    "(both sides already agree)")
+        case SetLocalFlags():
+            return f"set local {action.key} (UID {action.uid}) to {_flags_text(action.flags)}"
+        case PushFlags():
+            changes = []
+            if action.add:
+                changes.append(f"add {_imap_names(action.add)}")
+            if action.remove:
+                changes.append(f"remove {_imap_names(action.remove)}")
+            return f"server UID {action.uid}: {', '.join(changes)}"
+        case DeleteLocal():
+            return f"delete local {action.key} (UID {action.uid} was expunged on the server)"
+        case DeleteRemote():
+            where = (f"move UID {action.uid} to {action.trash_folder}" if action.trash_folder
+                     else f"expunge UID {action.uid} on the server")
+            return f"{where} ({action.key} was deleted locally)"
+        case Forget():
+            return f"forget UID {action.uid} / {action.key} (state only)"
+    raise TypeError(f"not an action: {action!r}")  # pragma: no cover
+
+
+def describe(plan: FolderPlan) -> list[str]:
+    """Human lines for ``--dry-run``: the guard first (if any), then one line per action."""
+    lines = [f"not propagated: {plan.guard}"] if plan.guard else []
+    lines.extend(_describe_action(action) for action in plan.actions)
+    return lines
+
+
+def plan_pop3(listed: Sequence[tuple[int, str, int]], known: Mapping[str, Pop3Known], *,
+              leave_on_server: bool, delete_after: float | None, now: float,
+              max_message_size: int | None, max_messages: int | None) -> Pop3Plan:
+    """Decide one POP3 session from its UIDL/LIST listing ``(msgnum, uidl, size)``.
+
+    A UIDL already delivered is never retrieved again. Without ``leave_on_server`` delivered
+    messages are deleted (those still listed: a previous DELE never reached QUIT) and new ones
+    are deleted right after delivery (``delete_retrieved``). With it, delivered messages are
+    deleted only once older than ``delete_after`` seconds (never when None). A UIDL listed twice
+    (a broken server) is handled once: the first listing wins, the others are left alone.
+    ``max_messages`` bounds retrievals per session; the rest wait for the next one.
+    """
+    retrieve: list[int] = []
+    delete_only: list[int] = []
+    too_big: list[tuple[int, str, int]] = []
+    seen: set[str] = set()
+    for msgnum, uidl, size in sorted(listed):
+        if uidl in seen:
+            continue
+        seen.add(uidl)
+        record = known.get(uidl)
+        if record is not None:
+            if record.deleted or not leave_on_server or (
+                    delete_after is not None and now - record.downloaded_at > delete_after):
+                delete_only.append(msgnum)
+        elif max_message_size is not None and size > max_message_size:
+            too_big.append((msgnum, uidl, size))
+        elif max_messages is None or len(retrieve) < max_messages:
+            retrieve.append(msgnum)
+    return Pop3Plan(retrieve=tuple(retrieve), delete_only=tuple(delete_only),
+                    skipped_too_big=tuple(too_big), delete_retrieved=not leave_on_server)
