@@ -1,19 +1,116 @@
-"""Thin POP3 adapter on poplib: implicit TLS or STLS with verified certificates, USER/PASS or
-AUTH PLAIN, STAT, UIDL, RETR, DELE, QUIT. No sync decisions here."""
+"""Thin POP3 adapter on poplib: implicit TLS or STLS with verified certificates, USER/PASS,
+AUTH PLAIN (and a SASL hook for other mechanisms, e.g. XOAUTH2 later), STAT, UIDL, LIST,
+pipelined RETR/DELE, QUIT. No sync decisions here: ``syncd.pop3sync`` makes them.
+
+Why not poplib's own ``retr``: it reads the whole message into a list of lines (memory grows
+with the message) and waits for each reply before the next command (one round trip per
+message). Here poplib only connects, secures and logs in; afterwards commands go through a
+:class:`Pipeline` that, when the server offers PIPELINING (RFC 2449), keeps a window of
+commands in flight and reads the replies as they stream in, and a multi-line reader that
+un-dot-stuffs the body chunk by chunk into whatever consumes it, so memory stays flat however
+big the message is. Without PIPELINING the same code sends one command at a time.
+
+Connection problems after login are raised as :class:`Pop3ConnectionLost` (an
+``AccountError``), malformed replies as :class:`Pop3ProtocolError`, so that callers can tell
+them apart from local I/O errors (``OSError``: a full disk is not the server's fault).
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import poplib
+import re
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from syncd.adapters.imap import describe_connect_error, ssl_context_for
 from syncd.errors import AccountError
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings
+
+T = TypeVar("T")
+
+#: A status line longer than this is not a status line (RFC 2449 allows 512 octets; leave room
+#: for chatty servers, but never buffer an unbounded "line" from a broken peer).
+MAX_STATUS_LINE = 8192
+#: Commands kept in flight with PIPELINING. Each command is ~12 bytes, so even a full window
+#: is far below any socket buffer: sending can never block on a server that is itself blocked
+#: writing replies we have not read yet (the deadlock RFC 2449 section 6.6 warns about).
+DEFAULT_WINDOW = 64
+# A UIDL is 1-70 characters in 0x21-0x7E (RFC 1939 section 7).
+_UIDL_RE = re.compile(rb"^\s*(\d+)\s+([\x21-\x7e]{1,70})\s*$")
+_LIST_RE = re.compile(rb"^\s*(\d+)\s+(\d+)")
+_LF = 0x0A
+_CR = 0x0D
+_DOT_BYTE = 0x2E
+
+
+class Pop3ProtocolError(AccountError):
+    """The server said something that is not POP3 (or not what the command allows)."""
+
+    def __init__(self, account: str, message: str) -> None:
+        super().__init__(account, message, cause="protocol")
+
+
+class Pop3ConnectionLost(AccountError):
+    """The connection broke (reset, closed, timed out, TLS error) after login."""
+
+    def __init__(self, account: str, message: str, *, cause: str = "network") -> None:
+        super().__init__(account, message, cause=cause)
+
+
+class Pop3CommandFailed(AccountError):
+    """A single-reply command got -ERR where the caller cannot carry on (e.g. LIST)."""
+
+    def __init__(self, account: str, message: str) -> None:
+        super().__init__(account, message, cause="protocol")
+
+
+class SaslMechanism(Protocol):
+    """A SASL mechanism with an initial response (RFC 5034). OAuth2 (XOAUTH2/OAUTHBEARER)
+    plugs in here later: ``name`` is the mechanism, ``initial_response`` the raw (not yet
+    base64) client response, computed when it is needed so a token is fetched late."""
+
+    name: str
+
+    def initial_response(self, username: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainMechanism:
+    """AUTH PLAIN with the password from ``password`` (called once, after TLS is up)."""
+
+    password: Callable[[], str]
+    name: str = "PLAIN"
+
+    def initial_response(self, username: str) -> bytes:
+        return f"\0{username}\0{self.password()}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ListedMessage:
+    """One message of the session's listing. ``uidl`` is None when the server has no UIDL."""
+
+    number: int
+    uidl: str | None
+    size: int
+
+
+@dataclass(slots=True)
+class Reply(Generic[T]):
+    """One reply of a pipelined command. For a multi-line command that succeeded, ``body``
+    yields the un-dot-stuffed data (server bytes, CRLF kept) and must be consumed before the
+    next reply is asked for (the pipeline drains it otherwise)."""
+
+    tag: T
+    ok: bool
+    text: str
+    body: Iterator[bytes] | None = None
 
 
 class Pop3Session:
@@ -26,7 +123,11 @@ class Pop3Session:
         self.capabilities = capabilities
 
     @classmethod
-    def connect(cls, account: AccountSettings, password: Callable[[], str]) -> Pop3Session:
+    def connect(cls, account: AccountSettings, password: Callable[[], str], *,
+                sasl: SaslMechanism | None = None) -> Pop3Session:
+        """Connect, secure (implicit TLS or STLS; never a silent fallback to plaintext) and
+        log in: ``sasl`` if given, else AUTH PLAIN when offered, else USER/PASS. The password
+        is asked for only once the channel is secure."""
         name = account.name
         try:
             context = ssl_context_for(account.tls_ca_file)
@@ -39,7 +140,7 @@ class Pop3Session:
                                                       context=context, timeout=account.timeout)
             else:
                 client = poplib.POP3(account.host, account.port, timeout=account.timeout)
-        except Exception as exc:  # noqa: BLE001 - mapped to a one-line cause
+        except Exception as exc:
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
         try:
@@ -51,19 +152,28 @@ class Pop3Session:
                         "continue in plaintext (use tls: implicit, or a server that offers STLS)",
                         cause="tls")
                 client.stls(context)
+                # RFC 2595: capabilities learned before TLS are void (they could be forged).
                 capabilities = _capabilities(client)
-            secret = password()
+            mechanisms = [m.upper() for m in capabilities.get("SASL", [])]
             try:
-                if "SASL" in capabilities and "PLAIN" in [m.upper() for m in
-                                                          capabilities["SASL"]]:
-                    _auth_plain(client, account.username, secret)
+                if sasl is not None:
+                    _authenticate(client, sasl, account.username)
+                elif "PLAIN" in mechanisms:
+                    _authenticate(client, PlainMechanism(password), account.username)
                 else:
                     client.user(account.username)
-                    client.pass_(secret)
-            except poplib.error_proto:
+                    client.pass_(password())
+            except poplib.error_proto as exc:
+                detail = _text(exc)
+                if "[SYS/" in detail.upper() or "[IN-USE]" in detail.upper():
+                    # RFC 3206: not a credentials problem; say what the server said.
+                    raise AccountError(name, f"login as {account.username!r} on "
+                                       f"{account.host} refused: {detail}",
+                                       cause="auth") from None
                 raise AccountError(
                     name, f"login as {account.username!r} on {account.host} failed: wrong "
                     "username or password", cause="auth") from None
+            # Capabilities may change after login (RFC 2449 section 5); ask again.
             return cls(account, client, _capabilities(client) or capabilities)
         except AccountError:
             _close_quietly(client)
@@ -71,10 +181,16 @@ class Pop3Session:
         except poplib.error_proto as exc:
             _close_quietly(client)
             raise AccountError(name, f"{account.host}: {_text(exc)}", cause="protocol") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _close_quietly(client)
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
+
+    # -- simple commands (poplib) -----------------------------------------------------------
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.capabilities
 
     def stat(self) -> tuple[int, int]:
         count, size = self.client.stat()
@@ -90,23 +206,289 @@ class Pop3Session:
         return True
 
     def quit(self) -> None:
-        self.client.quit()
+        """QUIT: the server commits the DELEs of this session (RFC 1939 UPDATE state). An -ERR
+        here means it did not; raised as Pop3CommandFailed."""
+        try:
+            self.client.quit()
+        except poplib.error_proto as exc:
+            raise Pop3CommandFailed(
+                self.account.name, f"{self.account.host} did not confirm QUIT ({_text(exc)}): "
+                "deletions of this session were not committed") from None
+        except (OSError, EOFError) as exc:
+            raise self._lost(exc, "QUIT") from None
 
     def close(self) -> None:
         _close_quietly(self.client)
 
+    # -- streaming / pipelined commands ----------------------------------------------------
 
-def _auth_plain(client: poplib.POP3, username: str, secret: str) -> None:
-    token = base64.b64encode(f"\0{username}\0{secret}".encode()).decode("ascii")
-    # poplib has no AUTH; the initial response goes on the command line (RFC 5034).
-    client._shortcmd(f"AUTH PLAIN {token}")
+    def pipeline(self, window: int | None = None) -> Pipeline[T]:
+        """A command pipeline: ``window`` commands in flight when the server offers
+        PIPELINING (default DEFAULT_WINDOW), exactly one otherwise."""
+        if not self.pipelining:
+            window = 1
+        return Pipeline(self, window or DEFAULT_WINDOW)
+
+    def listing(self) -> list[ListedMessage]:
+        """Every message of the maildrop: number, UIDL (None if the server has no UIDL) and
+        size, from UIDL and LIST (sent together with PIPELINING). Messages are ordered by
+        number. A LIST failure is fatal; a UIDL failure only means "no UIDL"."""
+        pipe: Pipeline[str] = self.pipeline()
+        pipe.submit("UIDL", multiline=True, tag="UIDL")
+        pipe.submit("LIST", multiline=True, tag="LIST")
+        uidls: dict[int, str] | None = None
+        sizes: dict[int, int] = {}
+        while pipe:
+            reply = pipe.next_reply()
+            if reply.tag == "UIDL":
+                if reply.ok and reply.body is not None:
+                    uidls = {}
+                    for line in _lines(reply.body):
+                        match = _UIDL_RE.match(line)
+                        if match is None:
+                            raise Pop3ProtocolError(
+                                self.account.name, f"{self.account.host}: malformed UIDL "
+                                f"line {line[:80]!r}")
+                        uidls[int(match.group(1))] = match.group(2).decode("ascii")
+            else:
+                if not reply.ok or reply.body is None:
+                    raise Pop3CommandFailed(self.account.name,
+                                            f"{self.account.host}: LIST failed: {reply.text}")
+                for line in _lines(reply.body):
+                    match = _LIST_RE.match(line)
+                    if match is None:
+                        raise Pop3ProtocolError(
+                            self.account.name,
+                            f"{self.account.host}: malformed LIST line {line[:80]!r}")
+                    sizes[int(match.group(1))] = int(match.group(2))
+        numbers = sorted(set(sizes) | set(uidls or ()))
+        return [ListedMessage(n, uidls.get(n) if uidls is not None else None, sizes.get(n, 0))
+                for n in numbers]
+
+    # -- low level, used by Pipeline ---------------------------------------------------------
+
+    def _send(self, lines: Iterable[str]) -> None:
+        data = b"".join(line.encode("ascii") + b"\r\n" for line in lines)
+        try:
+            self.client.sock.sendall(data)
+        except OSError as exc:
+            raise self._lost(exc, "sending commands") from None
+
+    def _read_status(self, command: str) -> tuple[bool, str]:
+        try:
+            line = self.client.file.readline(MAX_STATUS_LINE + 1)
+        except OSError as exc:
+            raise self._lost(exc, command) from None
+        if not line:
+            raise Pop3ConnectionLost(
+                self.account.name, f"{self.account.host} closed the connection (during "
+                f"{command})")
+        if len(line) > MAX_STATUS_LINE:
+            raise Pop3ProtocolError(self.account.name,
+                                    f"{self.account.host}: reply to {command} too long")
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        if text.startswith("+OK"):
+            return True, text[3:].strip()
+        if text.startswith("-ERR"):
+            return False, text[4:].strip()
+        raise Pop3ProtocolError(self.account.name,
+                                f"{self.account.host}: unexpected reply to {command}: "
+                                f"{text[:80]!r}")
+
+    def _body(self, command: str) -> Iterator[bytes]:
+        """Yield the data of a multi-line reply in chunks, un-dot-stuffed, up to and not
+        including the terminating ".CRLF" (which is consumed). Bytes after the terminator (the
+        next pipelined reply) stay in poplib's buffer: we only ever ``peek`` and then ``read``
+        exactly what belongs to this reply, so poplib's own calls (QUIT) keep working.
+
+        The scanner is a small state machine over line starts, so a "." or ".\\r" split across
+        two reads is handled without holding more than the current chunk."""
+        reader = self.client.file
+        state = _BOL
+        while True:
+            try:
+                chunk = reader.peek(1 << 16)
+            except OSError as exc:
+                raise self._lost(exc, command) from None
+            if not chunk:
+                raise Pop3ConnectionLost(
+                    self.account.name, f"{self.account.host} closed the connection in the "
+                    f"middle of {command}")
+            out, state, used, done = _scan(chunk, state)
+            try:
+                reader.read(used)  # consume exactly what was scanned (already buffered)
+            except OSError as exc:  # pragma: no cover - the bytes are in the buffer
+                raise self._lost(exc, command) from None
+            if out:
+                yield out
+            if done:
+                return
+
+    def _lost(self, exc: BaseException, during: str) -> Pop3ConnectionLost:
+        cause, message = describe_connect_error(exc, self.account.host, self.account.port)
+        return Pop3ConnectionLost(self.account.name, f"{message} (during {during})",
+                                  cause=cause)
+
+
+# Scanner states: at the beginning of a line; in a line; after a leading "."; after ".\r".
+_BOL, _TEXT, _AFTER_DOT, _AFTER_DOT_CR = range(4)
+
+
+def _scan(chunk: bytes, state: int) -> tuple[bytes, int, int, bool]:
+    """Scan one chunk of a multi-line reply. Returns (data to emit, new state, bytes used,
+    terminator seen). Only line starts need attention, so the common case is one ``find`` of
+    "\\n." per chunk, not a loop per line."""
+    pieces: list[bytes] = []
+    i = 0
+    n = len(chunk)
+    while i < n:
+        if state == _BOL:
+            if chunk[i] == _DOT_BYTE:
+                state = _AFTER_DOT
+                i += 1
+                continue
+            state = _TEXT
+        elif state == _AFTER_DOT:
+            byte = chunk[i]
+            if byte == _LF:  # ".\n": a lenient terminator (some servers send bare LFs)
+                return b"".join(pieces), _BOL, i + 1, True
+            if byte == _CR:
+                state = _AFTER_DOT_CR
+                i += 1
+                continue
+            state = _TEXT  # a stuffed dot: dropped, the line goes on with this byte
+        elif state == _AFTER_DOT_CR:
+            if chunk[i] == _LF:
+                return b"".join(pieces), _BOL, i + 1, True
+            pieces.append(b"\r")  # ".\r" + something else: the dot was stuffing
+            state = _TEXT
+        # In a line: copy up to the next line that starts with a dot (the only place where
+        # anything needs changing), or to the end of the chunk.
+        j = chunk.find(b"\n.", i)
+        if j < 0:
+            pieces.append(chunk[i:])
+            state = _BOL if chunk[n - 1] == _LF else _TEXT
+            return b"".join(pieces), state, n, False
+        pieces.append(chunk[i:j + 1])
+        i = j + 1
+        state = _BOL
+    return b"".join(pieces), state, n, False
+
+
+def _lines(body: Iterator[bytes]) -> Iterator[bytes]:
+    """Split a (small) multi-line reply such as UIDL or LIST into lines without line ends.
+    Only the tail of the last incomplete line is held between chunks."""
+    tail = b""
+    for chunk in body:
+        data = tail + chunk
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        for part in parts:
+            yield part.rstrip(b"\r")
+    if tail.strip():
+        yield tail.rstrip(b"\r")
+
+
+@dataclass(slots=True)
+class _Command(Generic[T]):
+    line: str
+    multiline: bool
+    tag: T
+
+
+class Pipeline(Generic[T]):
+    """Commands with their replies, in order. ``submit`` queues; ``next_reply`` sends what the
+    window allows and returns the next reply. With a window of 1 this is the classic
+    one-command-at-a-time dialogue (servers without PIPELINING).
+
+    Sending happens in bursts: the window is refilled only once half of it has drained, so a
+    stream of small replies costs one write per half window, not one per command.
+    """
+
+    def __init__(self, session: Pop3Session, window: int) -> None:
+        self.session = session
+        self.window = max(1, window)
+        self._queued: deque[_Command[T]] = deque()
+        self._in_flight: deque[_Command[T]] = deque()
+        self._open_body: Iterator[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._in_flight)
+
+    def __bool__(self) -> bool:
+        return bool(self._queued or self._in_flight)
+
+    def submit(self, line: str, *, multiline: bool, tag: T) -> None:
+        self._queued.append(_Command(line, multiline, tag))
+
+    def discard_queued(self, keep: Callable[[T], bool] | None = None) -> list[T]:
+        """Drop commands not sent yet (all, or those for which ``keep`` is false); returns
+        their tags. Commands in flight cannot be recalled: their replies still come."""
+        dropped: list[T] = []
+        kept: deque[_Command[T]] = deque()
+        for command in self._queued:
+            if keep is not None and keep(command.tag):
+                kept.append(command)
+            else:
+                dropped.append(command.tag)
+        self._queued = kept
+        return dropped
+
+    def next_reply(self) -> Reply[T]:
+        self._drain_body()
+        if not self._in_flight and not self._queued:
+            raise IndexError("no command pending")
+        if len(self._in_flight) <= self.window // 2 and self._queued:
+            burst: list[str] = []
+            while self._queued and len(self._in_flight) < self.window:
+                command = self._queued.popleft()
+                self._in_flight.append(command)
+                burst.append(command.line)
+            self.session._send(burst)
+        command = self._in_flight.popleft()
+        ok, text = self.session._read_status(command.line)
+        body = None
+        if ok and command.multiline:
+            body = self._open_body = self.session._body(command.line)
+        return Reply(command.tag, ok, text, body)
+
+    def _drain_body(self) -> None:
+        """The caller did not read the previous body to its end (it chose to skip the message
+        or failed locally): read and drop the rest, or the next status line would be body."""
+        body, self._open_body = self._open_body, None
+        if body is not None:
+            for _chunk in body:
+                pass
+
+    def drain(self) -> list[Reply[T]]:
+        """Read every outstanding reply (bodies discarded); returns them in order."""
+        replies = []
+        while self:
+            reply = self.next_reply()
+            replies.append(reply)
+        self._drain_body()
+        return replies
+
+
+def _authenticate(client: poplib.POP3, mechanism: SaslMechanism, username: str) -> None:
+    """AUTH with an initial response (RFC 5034). A "+ challenge" instead of a verdict means
+    the server rejects the response (XOAUTH2 sends its error details this way): answer with
+    the empty response the mechanism expects, then the -ERR follows and is raised."""
+    token = base64.b64encode(mechanism.initial_response(username)).decode("ascii")
+    # poplib has no AUTH; "_putcmd" and "_getresp" are its documented-by-use internals.
+    client._putcmd(f"AUTH {mechanism.name} {token}")
+    reply = client._getresp()  # raises error_proto on -ERR
+    if reply.startswith(b"+ ") or reply == b"+":
+        client._putcmd("")
+        client._getresp()
 
 
 def _capabilities(client: poplib.POP3) -> dict[str, list[str]]:
     try:
-        return client.capa()
+        caps = client.capa()
     except poplib.error_proto:
         return {}
+    return {name.upper(): args for name, args in caps.items()}
 
 
 def _text(exc: BaseException) -> str:
@@ -115,7 +497,19 @@ def _text(exc: BaseException) -> str:
 
 
 def _close_quietly(client: poplib.POP3) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the connection may already be gone
         client.close()
-    except Exception:  # noqa: BLE001 - the connection may already be gone
-        pass
+
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "ListedMessage",
+    "Pipeline",
+    "PlainMechanism",
+    "Pop3CommandFailed",
+    "Pop3ConnectionLost",
+    "Pop3ProtocolError",
+    "Pop3Session",
+    "Reply",
+    "SaslMechanism",
+]
