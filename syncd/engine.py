@@ -605,37 +605,45 @@ class AccountSync:
             checkpoint("download.intents")
             by_uid = {a.uid: a for a in group}
             rows: list[SyncedMessage] = []
-            for uid, raw, internaldate in session.fetch_bodies(
-                    [(a.uid, a.size) for a in group]):
-                action = by_uid[uid]
-                data = crlf_to_lf(raw)
-                candidate = self._content_match(folder, action, data, paired_keys)
-                if candidate is not None:
-                    # Same bytes already here under another name (a crash between APPEND and
-                    # its record, or a state rebuilt from scratch): pair, do not duplicate.
-                    # As a planned Pair (see A.Download): record the merge base now, bring
-                    # both sides to the union of their flags once the downloads are done.
-                    # Recording the local flags instead left the sides apart and made the next
-                    # merge drop a local-only flag (crash tests, "initial" scenario).
-                    pair, *flag_actions = pair_actions(uid, candidate,
-                                                       local_flags.get(candidate, ""),
-                                                       action.flags, size=action.size)
-                    assert isinstance(pair, A.Pair)
-                    rows.append(SyncedMessage(uid, candidate, pair.flags, action.size, None))
-                    paired_flags.extend(flag_actions)
-                    paired_keys.add(candidate)
-                    result.paired += 1
-                    continue
-                mtime = internaldate.timestamp() if isinstance(internaldate, dt.datetime) \
-                    else None
-                folder.deliver(data, action.flags, mtime=mtime, key=keys[uid])
-                checkpoint("download.deliver")
-                rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size, None))
-                result.downloaded += 1
-                result.downloaded_bytes += len(raw)
-                if "S" not in action.flags:
-                    result.new_mail += 1
-                self.reporter.advance(self.account.name, 1, len(raw))
+            staged = []
+            try:
+                for uid, raw, internaldate in session.fetch_bodies(
+                        [(a.uid, a.size) for a in group]):
+                    action = by_uid[uid]
+                    data = crlf_to_lf(raw)
+                    candidate = self._content_match(folder, action, data, paired_keys)
+                    if candidate is not None:
+                        # Same bytes already here under another name (a crash between APPEND
+                        # and its record, or a state rebuilt from scratch): pair, do not
+                        # duplicate. As a planned Pair (see A.Download): record the merge base
+                        # now, bring both sides to the union of their flags once the downloads
+                        # are done. Recording the local flags instead left the sides apart and
+                        # made the next merge drop a local-only flag (crash tests, "initial").
+                        pair, *flag_actions = pair_actions(uid, candidate,
+                                                           local_flags.get(candidate, ""),
+                                                           action.flags, size=action.size)
+                        assert isinstance(pair, A.Pair)
+                        rows.append(SyncedMessage(uid, candidate, pair.flags, action.size,
+                                                  None))
+                        paired_flags.extend(flag_actions)
+                        paired_keys.add(candidate)
+                        result.paired += 1
+                        continue
+                    mtime = internaldate.timestamp() \
+                        if isinstance(internaldate, dt.datetime) else None
+                    staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
+                    rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size))
+                    result.downloaded_bytes += len(raw)
+                    if "S" not in action.flags:
+                        result.new_mail += 1
+                    self.reporter.advance(self.account.name, 1, len(raw))
+            except BaseException:
+                folder.discard(staged)  # never leave half a batch in tmp/
+                raise
+            # tmp files -> one flush for the whole group -> links -> directory fsync -> rows.
+            folder.publish(staged)
+            checkpoint("download.publish")
+            result.downloaded += len(staged)
             folder.sync()
             with state.transaction():
                 state.put_messages(fid, rows)

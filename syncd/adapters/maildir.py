@@ -22,9 +22,10 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -140,6 +141,55 @@ def _new_key() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A message written to tmp/ but not yet durable nor visible (see MaildirFolder.stage)."""
+
+    tmp_path: Path
+    flags: Flags
+    fixed: bool  # the key was chosen by the caller (recorded in an intent): never rename it
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
+# Above this many files one syncfs beats per-file fsyncs (measured on ext4: ~0.6 ms per file
+# with syncfs vs ~3.5 ms per fsync).
+SYNCFS_MIN_FILES = 4
+
+
+def flush_files(paths: Sequence[Path], directory: Path) -> None:
+    """Make the data of these files durable: one syncfs(2) on their filesystem where Linux
+    offers it, else fsync of each file."""
+    if _SYNCFS is not None and len(paths) >= SYNCFS_MIN_FILES:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:
+                import ctypes
+
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(directory))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class MaildirFolder:
@@ -314,6 +364,53 @@ class MaildirFolder:
         with contextlib.suppress(FileNotFoundError):  # gone already after a rename fallback
             os.unlink(tmp_path)
         return key
+
+    def stage(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
+              key: str | None = None) -> Staged:
+        """First half of a batched delivery: write the message to tmp/ without fsync. Nothing
+        is visible to mail readers until publish()."""
+        flags = _check_flags(flags)
+        if key is not None:
+            _check_key(key)
+        tmp_path, fd = self._open_tmp(self.path / "tmp", key)
+        try:
+            try:
+                chunks: Iterable[bytes] = (
+                    (data,) if isinstance(data, bytes | bytearray | memoryview) else data)
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                if mtime is not None:
+                    os.utime(fd, (time.time(), mtime))
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise
+        return Staged(tmp_path, flags, key is not None)
+
+    def publish(self, staged: Sequence[Staged]) -> list[str]:
+        """Second half: make every staged file's data durable at once (one syncfs instead of
+        one fsync per message: the group commit that makes initial syncs fast), then link each
+        into cur/ or new/. Returns the keys, in order. Like deliver(), the directories are
+        fsynced by sync()."""
+        if not staged:
+            return []
+        flush_files([item.tmp_path for item in staged], self.path)
+        keys = []
+        for item in staged:
+            key = self._link_into_place(item.tmp_path, item.flags, fixed=item.fixed)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.tmp_path)
+            keys.append(key)
+        return keys
+
+    def discard(self, staged: Sequence[Staged]) -> None:
+        for item in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(item.tmp_path)
 
     def _open_tmp(self, tmp_dir: Path, key: str | None = None) -> tuple[Path, int]:
         if key is not None:
