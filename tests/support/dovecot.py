@@ -34,6 +34,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -392,6 +393,8 @@ class Dovecot:
         self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
         self._ports_used = False  # once started, the ports are kept across restarts
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_fd: int | None = None
         self._lock = threading.RLock()
         self._users: dict[str, User] = {}
         self._counter = itertools.count(1)
@@ -428,6 +431,8 @@ class Dovecot:
         with self._lock:
             if self.running:
                 return self
+            if self._proc is not None:  # the master died on its own: clean up after it first
+                self.stop()
             self._preflight()
             self._prepare_dirs()
             self.ensure_certs()
@@ -471,7 +476,8 @@ class Dovecot:
                 while proc.poll() is None and time.monotonic() < deadline:
                     # The master waits for its children; a login process it forks during the
                     # shutdown (for a connection still in the backlog) would wait 5 s for the
-                    # dead auth process. So end every child now, and the log process last.
+                    # dead auth process. So end every child now except the log process, which
+                    # the master ends last (the remaining log lines still get written).
                     children = self._descendants(master)
                     seen.update(children)
                     now = time.monotonic()
@@ -494,11 +500,22 @@ class Dovecot:
             self._terminate(leftovers, timeout=5.0)
             with contextlib.suppress(FileNotFoundError):
                 (self.workdir / "run" / "master.pid").unlink()
+            self._stop_watchdog()
 
     def restart(self) -> Dovecot:
         """Stop (ending every client connection) and start again on the same ports and data."""
         self.stop()
         return self.start()
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[Dovecot]:
+        """A server outage: stopped inside the block (clients get BYE), started again after it,
+        on the same ports and with the same data."""
+        self.stop()
+        try:
+            yield self
+        finally:
+            self.start()
 
     def pids(self) -> list[int]:
         """PIDs of the master and every live process of this instance."""
@@ -588,9 +605,8 @@ class Dovecot:
             "  separator = /",
             "}",
             f"mailbox_list_index = {'yes' if self.mailbox_list_index else 'no'}",
-            "mail_max_userip_connections = 200",
-            "default_process_limit = 1000",
-            "default_client_limit = 4000",
+            # syncd opens several connections per account (IDLE watchers, parallel fetches)
+            "mail_max_userip_connections = 100",
         ]
         if self.imap_capability is not None:
             lines.append(f"imap_capability = {self.imap_capability}")
@@ -647,11 +663,51 @@ class Dovecot:
                     raise _PortInUse
                 raise HarnessError(f"Dovecot exited at start:\n{self._diagnostics()}")
             if self._serving():
+                self._start_watchdog()
                 return
             if time.monotonic() > deadline:
                 self.stop()
                 raise HarnessError(f"Dovecot did not come up in 20 s:\n{self._diagnostics()}")
             time.sleep(0.02)
+
+    def _start_watchdog(self) -> None:
+        """A tiny process that stops this instance if we die without calling stop().
+
+        It waits for EOF on a pipe whose only writer is this process, so it also fires when
+        we are killed with SIGKILL (e.g. by a CI timeout), when atexit handlers never run.
+        """
+        assert self._proc is not None
+        st = _proc_stat(self._proc.pid)
+        read_end, write_end = os.pipe()  # not inherited by other children (close_fds)
+        try:
+            self._watchdog = subprocess.Popen(
+                [
+                    sys.executable, "-I", "-S", "-c",
+                    "import os; exec(os.environ['SYNCD_DOVECOT_WATCHDOG'])",
+                    str(self._proc.pid), str(st[2] if st else 0),
+                    f"dovecot-{self.instance_name}/",
+                ],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={"SYNCD_DOVECOT_WATCHDOG": _WATCHDOG, "PATH": os.environ.get("PATH", "")},
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(read_end)
+        self._watchdog_fd = write_end
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog_fd is not None:
+            os.close(self._watchdog_fd)  # EOF: it finds nothing left to stop and exits
+            self._watchdog_fd = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
 
     def _serving(self) -> bool:
         """All four ports listen, and imap-login answers with a greeting."""
@@ -1226,6 +1282,67 @@ class Dovecot:
             if time.monotonic() > deadline:
                 raise HarnessError(f"{pattern!r} did not appear in {self.log_file} in {timeout} s")
             time.sleep(0.05)
+
+
+# Run by the watchdog process (python -I -S -c): argv = master PID, its start time, the title
+# prefix of the instance's processes. Waits for EOF on stdin, then stops what is left.
+_WATCHDOG = r"""
+import os, signal, sys, time
+
+master, master_start, marker = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+while os.read(0, 4096):
+    pass
+
+
+def start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if rest[0] in ("Z", "X") else int(rest[19])
+
+
+def instance():
+    found = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if not f.read().startswith(marker):
+                        continue
+            except OSError:
+                continue
+            st = start_time(int(name))
+            if st is not None:
+                found[int(name)] = st
+    return found
+
+
+def kill(procs, sig):
+    for pid, st in procs.items():
+        if start_time(pid) == st:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def wait(procs, secs):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if all(start_time(pid) != st for pid, st in procs.items()):
+            return
+        time.sleep(0.05)
+
+
+for procs in ({master: master_start}, "the rest"):
+    if procs == "the rest":  # orphaned sessions outlive the master
+        procs = instance()
+    kill(procs, signal.SIGTERM)
+    wait(procs, 10)
+    kill(procs, signal.SIGKILL)
+"""
 
 
 class _PortInUse(Exception):

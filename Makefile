@@ -1,0 +1,87 @@
+# syncd developer entry points. On a fresh Debian machine, as root:
+#   make demo   a throwaway Dovecot with sample mail, a config for it, and `syncd check`
+#   make test   the whole test suite (ruff, then pytest against a private Dovecot)
+# Both install what is missing first (system packages with apt-get, then .venv).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.NOTPARALLEL:
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.syncd-installed
+DEMO_ARGS ?=
+PYTEST_ARGS ?= -q
+
+# Commands the tests and the demo use, and the Debian packages that provide them.
+TOOLS        := dovecot doveadm openssl mbsync offlineimap neomutt tmux
+APT_PACKAGES := dovecot-imapd dovecot-pop3d openssl isync offlineimap3 neomutt tmux systemd
+
+# dovecot and doveadm live in /usr/sbin, which is not on every user's PATH.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+
+.PHONY: help deps system-deps venv test lint demo clean distclean
+
+help:
+	@echo "make demo       start a throwaway Dovecot, write demo/config.yaml, run syncd check"
+	@echo "make test       ruff + the whole pytest suite (PYTEST_ARGS='-q -x' ...)"
+	@echo "make deps       install missing system packages (as root, apt-get) and build $(VENV)"
+	@echo "make lint       ruff check"
+	@echo "make clean      remove demo/ and caches; make distclean also removes $(VENV)"
+
+deps: system-deps venv
+
+# Idempotent: does nothing when every tool is there. apt-get tries to start dovecot.service,
+# which a container's policy-rc.d refuses; that error is harmless, so the result is judged by
+# whether the tools exist afterwards.
+system-deps:
+	@missing=""; \
+	for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	extra=""; \
+	if [ ! -x $(PY) ] && ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	  missing="$$missing python3-venv"; extra="python3 python3-venv"; \
+	fi; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make: missing:$$missing. Run 'make deps' as root (apt-get install $(APT_PACKAGES) $$extra)." >&2; \
+	  exit 1; \
+	fi; \
+	echo "make: installing system packages (missing:$$missing)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update || exit 1; \
+	apt-get install -y $(APT_PACKAGES) $$extra || \
+	  echo "make: apt-get install reported an error (a refused service start is harmless); checking the tools" >&2; \
+	still=""; \
+	for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || still="$$still $$t"; done; \
+	if [ -n "$$still" ]; then echo "make: still missing after apt-get:$$still" >&2; exit 1; fi
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# pytest exits 5 when it collects no tests; make treats that as a failure, as it should.
+test: deps
+	$(VENV)/bin/ruff check syncd tests bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check syncd tests bench
+
+demo: deps
+	$(PY) -m tests.support.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf demo build .pytest_cache .ruff_cache .hypothesis bench/work
+	rm -rf *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
