@@ -109,6 +109,11 @@ def describe_connect_error(exc: BaseException, host: str, port: int) -> tuple[st
     return "protocol", f"{where}: {exc}"
 
 
+_BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}")
+_UID_ITEM = re.compile(rb"[( ]UID (\d+)")
+_INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
+_FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
+_SIZE_ITEM = re.compile(rb"RFC822\.SIZE (\d+)")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 _COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
 
@@ -157,6 +162,7 @@ class ImapSession:
     def __init__(self, account: AccountSettings, client: IMAPClient) -> None:
         self.account = account
         self.client = client
+        _quiet_imaplib(client)
         self.capabilities: frozenset[str] = frozenset(
             c.decode("ascii", "replace").upper() for c in client.capabilities()
         )
@@ -187,6 +193,7 @@ class ImapSession:
         except Exception as exc:
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
+        _quiet_imaplib(client)
         try:
             if account.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
@@ -373,11 +380,23 @@ class ImapSession:
             modifiers = [f"CHANGEDSINCE {changedsince}"]
             if self.qresync:
                 modifiers.append("VANISHED")
-        response = self._fetch("1:*", ["FLAGS"], modifiers)
-        vanished = self._take_vanished() if changedsince is not None and self.qresync \
-            else frozenset()
-        flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ())) for uid, data in response.items()
-                 if b"FLAGS" in data}
+        records = self._fetch_records(
+            "1:*", "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
+        flags: dict[int, Flags] = {}
+        parsed = records is not None
+        for text, _literal in records or ():
+            uid = _UID_ITEM.search(text)
+            found = _FLAGS_ITEM.search(text)
+            if uid is None or found is None:
+                parsed = False
+                break
+            flags[int(uid.group(1))] = flagmap.from_imap(found.group(1).split())
+        if not parsed:
+            response = self._fetch("1:*", ["FLAGS"], modifiers)
+            flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ()))
+                     for uid, data in response.items() if b"FLAGS" in data}
+        vanished = (self._take_vanished() if changedsince is not None and self.qresync
+                    else frozenset())
         return FlagChanges(flags=flags, vanished=vanished)
 
     def _take_vanished(self) -> frozenset[int]:
@@ -400,6 +419,21 @@ class ImapSession:
         result: dict[int, tuple[int, str | None]] = {}
         ordered = sorted(uids)
         for chunk in _chunks(ordered, UID_SET_CHUNK):
+            records = self._fetch_records(
+                format_uid_set(chunk),
+                "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            fast: dict[int, tuple[int, str | None]] = {}
+            for text, literal in records or ():
+                uid = _UID_ITEM.search(text)
+                size = _SIZE_ITEM.search(text)
+                if uid is None or size is None:
+                    fast = {}
+                    records = None
+                    break
+                fast[int(uid.group(1))] = (int(size.group(1)), parse_message_id(literal or b""))
+            if records is not None:
+                result.update(fast)
+                continue
             response = self._fetch(
                 format_uid_set(chunk), ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
             for uid, data in response.items():
@@ -427,6 +461,13 @@ class ImapSession:
 
     def _fetch_body_batch(self, uids: list[int]
                           ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+        fast = self._fetch_bodies_fast(format_uid_set(uids))
+        if fast is not None:
+            for uid in uids:
+                item = fast.pop(uid, None)
+                if item is not None:
+                    yield uid, item[0], item[1]
+            return
         response = self._fetch(format_uid_set(uids), ["BODY.PEEK[]", "INTERNALDATE"])
         for uid in uids:
             data = response.pop(uid, None)
@@ -436,6 +477,63 @@ class ImapSession:
             if body is None:
                 continue
             yield uid, body, data.get(b"INTERNALDATE")
+
+    def _fetch_records(self, uid_set: str, items: str, modifiers: str | None = None
+                       ) -> list[tuple[bytes, bytes | None]] | None:
+        """UID FETCH read straight from imaplib's response list as (text, literal) per message,
+        the text being everything outside the one literal. imapclient's general parser
+        tokenizes every response byte by byte in Python, which was most of the CPU of an
+        initial sync; regexes over the short texts do the same for the flat responses syncd
+        asks for. None when a response has a shape we do not expect (the caller then uses the
+        general parser)."""
+        imap = self.client._imap
+        args = ["UID", "FETCH", uid_set, items] + ([modifiers] if modifiers else [])
+        tag = imap._command(*args)
+        typ, data = imap._command_complete("FETCH", tag)
+        self.client._checkok("fetch", typ, data)
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        records: list[tuple[bytes, bytes | None]] = []
+        pending: tuple[bytes, bytes] | None = None
+        for item in data:
+            if isinstance(item, tuple) and len(item) == 2:
+                if pending is not None:
+                    return None  # two literals in one response: not a shape we asked for
+                pending = (item[0], item[1])
+            elif isinstance(item, bytes):
+                if pending is not None:
+                    records.append((pending[0] + b" " + item, pending[1]))
+                    pending = None
+                else:
+                    records.append((item, None))
+            elif item is None:
+                continue
+            else:
+                return None
+        if pending is not None:
+            records.append((pending[0], pending[1]))
+        return records
+
+    def _fetch_bodies_fast(self, uid_set: str
+                           ) -> dict[int, tuple[bytes, dt.datetime | None]] | None:
+        records = self._fetch_records(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
+        if records is None:
+            return None
+        from imapclient.datetime_util import parse_to_datetime
+
+        result: dict[int, tuple[bytes, dt.datetime | None]] = {}
+        for text, literal in records:
+            uid = _UID_ITEM.search(text)
+            if uid is None:
+                return None
+            if literal is None or not _BODY_LITERAL.search(text):
+                continue  # an unsolicited FETCH (flags of another client's change)
+            internaldate = None
+            date = _INTERNALDATE_ITEM.search(text)
+            if date is not None:
+                with contextlib.suppress(ValueError):
+                    internaldate = parse_to_datetime(date.group(1))
+            result[int(uid.group(1))] = (literal, internaldate)
+        return result
 
     # --- changes --------------------------------------------------------------------------
     def store_flags(self, uids: Sequence[int], add: Flags, remove: Flags) -> None:
@@ -482,6 +580,14 @@ class ImapSession:
                 self.client.copy(uid_set, target)
                 self.expunge(chunk)
         self.client._imap.untagged_responses.pop("VANISHED", None)
+
+
+def _quiet_imaplib(client: IMAPClient) -> None:
+    """imapclient turns imaplib's debug level up to 5, and imaplib then formats the repr of
+    every response, message bodies included, before the logger can drop it: a third of the CPU
+    of an initial sync. Keep that only when protocol traces are actually wanted (--debug)."""
+    wanted = logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG)
+    client._imap.debug = 5 if wanted else 0
 
 
 def parse_message_id(header: bytes) -> str | None:
