@@ -112,7 +112,7 @@ accounts:
     tls_ca_file: {dc.ca_file}
     username: {demo.pop3_user.name}
     password_command: "printf {PASSWORD}"
-    leave_on_server: true
+    leave_on_server: false   # download, then delete from the server (the default)
     poll_interval: 10m
 """
     demo.config.write_text(text)
@@ -140,9 +140,91 @@ def step_check(demo: Demo) -> int:
     return run_syncd(demo, "check")
 
 
-# Later issues append steps here, e.g. ("sync", step_sync), ("daemon", step_daemon).
+def _tree(demo: Demo, limit: int = 14) -> None:
+    """A short listing of the local Maildirs: folder, files per cur/new."""
+    shown = 0
+    for account_dir in sorted(p for p in demo.maildir_root.iterdir() if p.is_dir()):
+        for cur in sorted(account_dir.rglob("cur")):
+            folder = cur.parent
+            n_cur = sum(1 for _ in cur.iterdir())
+            n_new = sum(1 for _ in (folder / "new").iterdir())
+            print(f"  {_rel(folder):<48} cur {n_cur:>3}  new {n_new:>3}")
+            shown += 1
+            if shown >= limit:
+                return
+
+
+def step_sync(demo: Demo) -> int:
+    """`syncd sync`: both accounts in parallel; then the Maildirs it made."""
+    rc = run_syncd(demo, "sync")
+    print("\nLocal Maildirs now:")
+    _tree(demo)
+    return rc
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def step_daemon(demo: Demo) -> int:
+    """`syncd run`: a message delivered on the server arrives through IDLE; a flag set
+    locally (as mutt would, by renaming the file) reaches the server; then `syncd status`."""
+    dc, user = demo.dovecot, demo.imap_user
+    inbox = demo.maildir_root / "demo-imap" / "INBOX"
+    cmd = [*syncd_command(), "--config", str(demo.config), "run"]
+    print(f"\n$ syncd --config {_rel(demo.config)} run   (in the background)", flush=True)
+    daemon = subprocess.Popen(cmd, cwd=REPO)
+    status = 0
+    try:
+        def count() -> int:
+            return sum(1 for d in ("cur", "new") for _ in (inbox / d).iterdir())
+
+        before = count()
+        time.sleep(2.0)  # the daemon's first sync and IDLE set-up
+        print("\n- a new message is APPENDed on the server ...", flush=True)
+        dc.append(user, "INBOX", make_message(900, subject="Delivered while syncd runs"))
+        took = _wait(lambda: count() > before)
+        if took is None:
+            print("  ... did not arrive within 10 s", flush=True)
+            status = 1
+        else:
+            print(f"  ... and is in {_rel(inbox)}/new after {took * 1000:.0f} ms", flush=True)
+        new_files = sorted((inbox / "new").iterdir())
+        if new_files:
+            target = new_files[-1]
+            key = target.name.split(":2,")[0]
+            print(f"- marking it read locally (mv new/{key} cur/{key}:2,S) ...", flush=True)
+            os.rename(target, inbox / "cur" / f"{key}:2,S")
+
+            def seen_on_server() -> bool:
+                flags = dc.flags(user, "INBOX")
+                return "\\Seen" in flags[max(flags)]
+
+            took = _wait(seen_on_server)
+            if took is None:
+                print("  ... the server did not show \\Seen within 10 s", flush=True)
+                status = 1
+            else:
+                print(f"  ... the server shows \\Seen after {took * 1000:.0f} ms", flush=True)
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    return run_syncd(demo, "status") or status
+
+
 STEPS: list[tuple[str, Callable[[Demo], int]]] = [
     ("check", step_check),
+    ("sync", step_sync),
+    ("daemon", step_daemon),
 ]
 
 
