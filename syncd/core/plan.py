@@ -9,7 +9,9 @@ Decisions worth knowing (DESIGN.md Part 2):
 - Flags merge three ways per flag against the last synced flags (``flags.merge``).
 - A deletion on one side beats a flag change on the other, in both directions.
 - Mass-deletion guard: local files that vanish wholesale are not expunged on the server
-  (``FolderPlan.guard`` says why); a missing local folder is never a deletion: its messages are
+  (``FolderPlan.guard`` says why) and their rows are kept, so every later sync re-detects them
+  until --force-deletions (``policy.guard_held`` keeps the guard from decaying as new mail adds
+  known messages); a missing local folder is never a deletion: its messages are
   downloaded again (``Forget(uid, old_key)`` then ``Download(uid)``), even with
   ``force_deletions``.
 - A server message and a local file the state does not know are paired, not transferred, when
