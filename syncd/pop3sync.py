@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -70,6 +72,17 @@ GROUP_COUNT = 100
 GROUP_BYTES = 32 * 1024 * 1024
 # Content-path messages are held in memory up to this size, then spill to a temporary file.
 SPOOL_MEMORY = 1024 * 1024
+# Parallel delivery. The floor of a Maildir delivery is one fsync per message file, and a
+# single thread pays each one in full (measured: 2-9 ms per file on ext4, worse on a busy
+# disk); concurrent fsyncs share journal commits (16 threads: ~0.5 ms per file). So messages
+# up to POOLED_MAX are read into memory and written by DELIVERY_THREADS workers while the main
+# thread reads the next replies; bigger ones stream straight to disk in the main thread.
+# At most MAX_PENDING are waiting, so memory stays bounded (<= MAX_PENDING * POOLED_MAX).
+# The durability order is unchanged: a group is recorded only after all its writes finished
+# and the directory fsync that follows them.
+DELIVERY_THREADS = 8
+POOLED_MAX = 256 * 1024
+MAX_PENDING = 32
 _CHUNK = 1 << 16
 
 # How a retrieved message is handled: "keyed" (a unique UIDL: streamed straight into the
@@ -150,6 +163,8 @@ class _Delivered:
     number: int
     server_bytes: int
     new: bool  # False: paired with a file already in the Maildir (nothing written)
+    # A delivery still being written by a worker thread (None: done in this thread).
+    pending: Future[str] | None = None
 
 
 class Pop3Run:
@@ -171,6 +186,8 @@ class Pop3Run:
         self.known: dict[str, Pop3Known] = {}
         self.keys: dict[int, tuple[str, int]] = {}  # msgnum -> (pre-chosen key, intent id)
         self.group: list[_Delivered] = []
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: deque[Future[str]] = deque()  # pooled deliveries, oldest first
         self.group_bytes = 0
         self.to_delete: list[int] = []  # msgnums whose identity is committed and marked
         self.dup_uidls: frozenset[str] = frozenset()
@@ -291,6 +308,8 @@ class Pop3Run:
         for n, mode in work:
             pipe.submit(f"RETR {n}", multiline=True, tag=(n, mode))
         position = {n: i for i, (n, _mode) in enumerate(work)}
+        if DELIVERY_THREADS > 1 and len(work) > 1:
+            self.pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="pop3-deliver")
         try:
             while pipe:
                 reply = pipe.next_reply()
@@ -307,7 +326,7 @@ class Pop3Run:
                     self._add_intents(work[start:start + GROUP_COUNT], by_number)
                 if mode == "keyed":
                     assert listed.uidl is not None
-                    self._deliver(number, listed.uidl, reply.body)
+                    self._deliver(number, listed.uidl, reply.body, listed.size)
                 else:
                     self._content(number, listed, reply.body, mode)
                     if self.new_budget is not None and self.new_budget <= 0:
@@ -323,6 +342,11 @@ class Pop3Run:
             with contextlib.suppress(Exception):
                 self._commit_group(delete_retrieved)
             raise
+        finally:
+            # No worker may still be writing once we return (or raise): wait for them.
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
         self._commit_group(delete_retrieved)
         # Intents of messages that were not delivered (refused, known, paired) are void.
         if self.keys:
@@ -346,10 +370,30 @@ class Pop3Run:
             self.keys[n] = (key, intent_id)
         faults.checkpoint("pop3.intents")
 
-    def _deliver(self, number: int, identity: str, body: Iterable[bytes]) -> None:
+    def _deliver(self, number: int, identity: str, body: Iterable[bytes], size: int) -> None:
+        """Deliver one message under its pre-chosen key: streamed to disk here, or (small
+        ones, when a pool is running) read into memory and handed to a worker."""
         key, _intent_id = self.keys[number]
         counter = _Counter()
-        written = self.inbox.deliver(_crlf_to_lf(body, counter), "", key=key)
+        stream = _crlf_to_lf(body, counter)
+        if self.pool is not None and size <= POOLED_MAX:
+            chunks: list[bytes] = []
+            held = 0
+            for chunk in stream:
+                chunks.append(chunk)
+                held += len(chunk)
+                if held > 4 * POOLED_MAX:
+                    break  # LIST understated the size: stream the rest to disk right here
+            else:
+                while len(self.pending) >= MAX_PENDING:
+                    self.pending.popleft().exception()  # wait; failures surface at commit
+                future = self.pool.submit(self.inbox.deliver, b"".join(chunks), "", key=key)
+                self.pending.append(future)
+                self._grouped(_Delivered(identity, key, number, counter.server_bytes, True,
+                                         future))
+                return
+            stream = itertools.chain(chunks, stream)
+        written = self.inbox.deliver(stream, "", key=key)
         self._grouped(_Delivered(identity, written, number, counter.server_bytes, True))
         faults.checkpoint("pop3.delivered")
 
@@ -418,6 +462,26 @@ class Pop3Run:
         if not self.group:
             return
         group, self.group, self.group_bytes = self.group, [], 0
+        # Pooled writes first: a failed one (disk full...) is left out and raised after the
+        # others are recorded (its intent is cleared on the next run: no file, no delivery).
+        failure: BaseException | None = None
+        done: list[_Delivered] = []
+        for item in group:
+            if item.pending is not None:
+                error = item.pending.exception()
+                if error is not None:
+                    failure = failure or error
+                    continue
+                item.key = item.pending.result()
+                item.pending = None
+                faults.checkpoint("pop3.delivered")
+            done.append(item)
+        self.pending.clear()
+        group = done
+        if not group:
+            if failure is not None:
+                raise failure
+            return
         self.inbox.sync()
         faults.checkpoint("pop3.dir_synced")
         intent_ids = [self.keys.pop(d.number)[1] for d in group if d.number in self.keys]
@@ -437,6 +501,8 @@ class Pop3Run:
         self.result.paired += len(group) - len(new)
         if delete_retrieved:
             self.to_delete.extend(item.number for item in group)
+        if failure is not None:
+            raise failure
 
     # -- deleting -----------------------------------------------------------------------
 

@@ -39,9 +39,11 @@ T = TypeVar("T")
 #: for chatty servers, but never buffer an unbounded "line" from a broken peer).
 MAX_STATUS_LINE = 8192
 #: Commands kept in flight with PIPELINING. Each command is ~12 bytes, so even a full window
-#: is far below any socket buffer: sending can never block on a server that is itself blocked
-#: writing replies we have not read yet (the deadlock RFC 2449 section 6.6 warns about).
-DEFAULT_WINDOW = 64
+#: (~3 kB) is far below any socket buffer: sending can never block on a server that is itself
+#: blocked writing replies we have not read yet (the deadlock RFC 2449 section 6.6 warns
+#: about). It has to cover a round trip's worth of replies: on a 20 ms link, 64 left the pipe
+#: empty while a group commit ran (2000 messages: 6.2 s; with 256: 4.0 s; no latency: 2.3 s).
+DEFAULT_WINDOW = 256
 # A UIDL is 1-70 characters in 0x21-0x7E (RFC 1939 section 7).
 _UIDL_RE = re.compile(rb"^\s*(\d+)\s+([\x21-\x7e]{1,70})\s*$")
 _LIST_RE = re.compile(rb"^\s*(\d+)\s+(\d+)")
@@ -401,8 +403,9 @@ class Pipeline(Generic[T]):
     window allows and returns the next reply. With a window of 1 this is the classic
     one-command-at-a-time dialogue (servers without PIPELINING).
 
-    Sending happens in bursts: the window is refilled only once half of it has drained, so a
-    stream of small replies costs one write per half window, not one per command.
+    Sending happens in bursts: the window is refilled once an eighth of it has drained, so a
+    stream of small replies costs one write per burst, not one per command, while the pipe
+    never runs dry.
     """
 
     def __init__(self, session: Pop3Session, window: int) -> None:
@@ -438,7 +441,7 @@ class Pipeline(Generic[T]):
         self._drain_body()
         if not self._in_flight and not self._queued:
             raise IndexError("no command pending")
-        if len(self._in_flight) <= self.window // 2 and self._queued:
+        if len(self._in_flight) <= self.window - max(1, self.window // 8) and self._queued:
             burst: list[str] = []
             while self._queued and len(self._in_flight) < self.window:
                 command = self._queued.popleft()

@@ -109,9 +109,15 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def close(self) -> None:
+        # shutdown() wakes the accept() thread (close() alone does not; the descriptor could
+        # then be reused by another listener and accepted on by this stale thread).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(timeout=5)
         self.listener.close()
 
     def _accept(self) -> None:

@@ -10,6 +10,7 @@ from the server side).
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -119,7 +120,13 @@ class FakePop3Server:
         self.thread.start()
 
     def close(self) -> None:
+        """Stop accepting. shutdown() first: a thread blocked in accept() is not woken by
+        close() alone, and could later accept on a reused descriptor (another test's
+        listener) and serve that test from this mailbox."""
         self._stop = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
         self.sock.close()
 
     def _serve(self) -> None:
