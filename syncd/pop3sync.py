@@ -196,11 +196,15 @@ class Pop3Run:
         self.local_index: dict[str, str] | None = None  # sha256 identity -> local key
         self.aliases: dict[str, str] = {}  # sha256 identity -> the UIDL it was recorded as
         self.new_budget: int | None = None  # new "content" deliveries max_messages still allows
+        self.inbox_missing = False
         self.retr_errors: list[str] = []
 
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> None:
+        # A missing INBOX (a wiped or never-mounted maildir) is not "the user deleted all that
+        # mail": what the server still keeps is downloaded again (DESIGN.md Part 2, 5).
+        self.inbox_missing = not self.inbox.exists()
         if not self.dry_run:
             self.inbox.create()
             self.inbox.clean_tmp()
@@ -245,6 +249,10 @@ class Pop3Run:
         account = self.account
         listed = session.listing()
         rows = self.state.pop3_rows()
+        if self.inbox_missing and any(not r.deleted for r in rows):
+            log.warning("%s: the INBOX maildir %s was missing; messages kept on the server are "
+                        "downloaded again", account.name, self.inbox.path)
+            rows = [r for r in rows if r.deleted]
         self.known = {r.uidl: Pop3Known(r.deleted, r.downloaded_at) for r in rows}
         counts = Counter(m.uidl for m in listed if m.uidl is not None)
         self.dup_uidls = frozenset(u for u, c in counts.items() if c > 1)

@@ -32,6 +32,7 @@ from syncd.errors import AccountError
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings
+    from syncd.oauth import OAuthSasl
 
 T = TypeVar("T")
 
@@ -160,6 +161,8 @@ class Pop3Session:
             try:
                 if sasl is not None:
                     _authenticate(client, sasl, account.username)
+                elif account.auth == "oauth2":
+                    _oauth2_login(client, account, mechanisms)
                 elif "PLAIN" in mechanisms:
                     _authenticate(client, PlainMechanism(password), account.username)
                 else:
@@ -484,6 +487,48 @@ def _authenticate(client: poplib.POP3, mechanism: SaslMechanism, username: str) 
     if reply.startswith(b"+ ") or reply == b"+":
         client._putcmd("")
         client._getresp()
+
+
+#: RFC 5034 section 4: an AUTH command line with its initial response is at most 255 octets;
+#: longer responses (OAuth2 access tokens are often JWTs of a kilobyte or more) are sent after
+#: the server's "+" continuation instead.
+MAX_AUTH_LINE = 255
+
+
+def _oauth2_login(client: poplib.POP3, account: AccountSettings,
+                  mechanisms: list[str]) -> None:
+    """AUTH XOAUTH2 / OAUTHBEARER (whichever the server lists) with an OAuth2 access token,
+    refreshed and retried once if rejected. A rejection arrives as a "+" challenge carrying
+    the error JSON, answered with the mechanism's error response, then -ERR."""
+    from syncd.oauth import SaslRejected, choose_mechanism, login_with_oauth2
+
+    mechanism = choose_mechanism(mechanisms)
+
+    def authenticate(sasl: OAuthSasl) -> None:
+        response = base64.b64encode(sasl.initial_response(account.username)).decode("ascii")
+        try:
+            command = f"AUTH {mechanism} {response}"
+            if len(command) + 2 <= MAX_AUTH_LINE:
+                client._putcmd(command)
+            else:
+                client._putcmd(f"AUTH {mechanism}")
+                if not _is_challenge(client._getresp()):
+                    raise SaslRejected("the server did not ask for the response")
+                client._putcmd(response)
+            reply = client._getresp()  # raises error_proto on -ERR
+            if _is_challenge(reply):
+                with contextlib.suppress(ValueError):
+                    sasl.record_challenge(base64.b64decode(reply[1:].strip(), validate=True))
+                client._putcmd(base64.b64encode(sasl.error_response()).decode("ascii"))
+                client._getresp()
+        except poplib.error_proto as exc:
+            raise SaslRejected(_text(exc)) from None
+
+    login_with_oauth2(account, mechanism, account.host, account.port, authenticate)
+
+
+def _is_challenge(reply: bytes) -> bool:
+    return reply.startswith(b"+ ") or reply == b"+"  # "+OK" is a verdict, not a challenge
 
 
 def _capabilities(client: poplib.POP3) -> dict[str, list[str]]:

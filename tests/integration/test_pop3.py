@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import socket
 import threading
 import time
@@ -462,3 +463,22 @@ def test_pipelining_pays_off_over_a_slow_link(dovecot: Dovecot, user: User, tmp_
     # One round trip per RETR and per DELE without pipelining: at least 2 * n * 10 ms.
     assert timings["one-at-a-time"] > 2 * n * 0.010
     assert timings["pipelined"] < timings["one-at-a-time"] / 2
+
+
+def test_missing_inbox_is_downloaded_again(dovecot: Dovecot, user: User,
+                                           tmp_path: Path) -> None:
+    """leave_on_server: a wiped maildir is not "the user deleted all that mail"."""
+    messages = [make_message(i) for i in range(6)]
+    dovecot.seed(user, "INBOX", messages)
+    config = write_pop3_config(tmp_path, dovecot, user, leave_on_server="true")
+    assert sync_direct(config).folders[0].downloaded == 6
+    # One message deleted locally by the user stays deleted (POP3 has no way back)...
+    victim = next((inbox(tmp_path) / "new").iterdir())
+    victim.unlink()
+    assert sync_direct(config).folders[0].downloaded == 0
+    # ...but the whole INBOX gone is a lost disk, not six deletions.
+    shutil.rmtree(inbox(tmp_path))
+    result = sync_direct(config)
+    assert result.ok and result.folders[0].downloaded == 6, result.summary()
+    assert local_bodies(tmp_path) == expected(messages)
+    assert sync_direct(config).folders[0].downloaded == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from syncd.adapters.pop3 import (
 )
 from syncd.config import AccountSettings, Settings, parse_config
 from syncd.errors import AccountError
-from syncd.pop3sync import sync_pop3_account
+from syncd.pop3sync import _Counter, _crlf_to_lf, sync_pop3_account
 
 # ---------------------------------------------------------------------------------------------
 # the scanner
@@ -88,6 +89,17 @@ def test_scanner_edge_cases() -> None:
     assert unstuff_chunked(b".\rx\r\n.\r\n", [2]) == (b"\rx\r\n", 8)
     # Some servers end lines with bare LF.
     assert unstuff_chunked(b"a\n..b\n.\n+OK", [3]) == (b"a\n.b\n", 8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=60).map(lambda b: b.replace(b"a", b"\r").replace(b"b", b"\n")),
+       cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=6))
+def test_crlf_to_lf_is_exact_across_chunks(data: bytes, cuts: list[int]) -> None:
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    counter = _Counter()
+    assert b"".join(_crlf_to_lf(chunks, counter)) == data.replace(b"\r\n", b"\n")
+    assert counter.server_bytes == len(data)
 
 
 # ---------------------------------------------------------------------------------------------
