@@ -161,7 +161,8 @@ class Pop3Session:
             try:
                 if sasl is not None:
                     _authenticate(client, sasl, account.username)
-                elif account.auth == "oauth2":
+                elif getattr(account, "auth", "password") == "oauth2":
+                    # getattr: settings from before the auth key existed have no such field.
                     _oauth2_login(client, account, mechanisms)
                 elif "PLAIN" in mechanisms:
                     _authenticate(client, PlainMechanism(password), account.username)
