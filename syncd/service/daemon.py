@@ -5,6 +5,7 @@ file. It only schedules and wires; all syncing happens in the workers."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import signal
 import threading
@@ -58,7 +59,8 @@ class AccountRuntime:
                 watcher = IdleWatcher(
                     account, folder,
                     connect=lambda: ImapSession.connect(account, lambda: get_password(account)),
-                    on_change=self.daemon.on_remote_change)
+                    on_change=self.daemon.on_remote_change,
+                    on_reconnect=self.daemon.on_server_back)
                 self.idle.append(watcher)
                 watcher.start()
 
@@ -90,6 +92,14 @@ class Daemon:
         runtime = self.accounts.get(account)
         if runtime is not None:
             runtime.worker.request(folder, "idle")
+
+    def on_server_back(self, account: str, folder: str) -> None:
+        """An IDLE watcher reconnected after losing its connection: the server is reachable
+        again, so push what waited (local changes made offline) now, not after the backoff."""
+        runtime = self.accounts.get(account)
+        if runtime is not None:
+            log.info("%s: the server is reachable again", account)
+            runtime.worker.reconnect_now("server back")
 
     def on_local_change(self, account: str, folder: str) -> None:
         runtime = self.accounts.get(account)
@@ -143,6 +153,10 @@ class Daemon:
         return 0
 
     def _install_signals(self) -> None:
+        # SIGUSR1 dumps every thread's stack to stderr (the journal): a stuck daemon can be
+        # diagnosed without stopping it.
+        with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
@@ -212,7 +226,13 @@ class Daemon:
         last_status = ""
         offset = time.time() - time.monotonic()
         while not self._stop.is_set():
-            self._stop.wait(TICK)
+            timeout = TICK
+            if watchdog is not None:
+                # Wake up for the next ping on time, not up to a TICK late: a ping due a hair
+                # after a wake-up would otherwise wait a whole TICK more (and with
+                # WatchdogSec=1s, a TICK is all systemd allows).
+                timeout = max(0.0, min(TICK, last_ping + watchdog - time.monotonic()))
+            self._stop.wait(timeout)
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -222,7 +242,7 @@ class Daemon:
                          now_offset - offset)
                 self.reconnect_all("wake")
             offset = now_offset
-            if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+            if watchdog is not None and time.monotonic() - last_ping >= watchdog - 0.01:
                 sdnotify.notify("WATCHDOG=1")
                 last_ping = time.monotonic()
             status = self._status_line()

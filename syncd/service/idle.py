@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -39,6 +40,26 @@ def enable_keepalive(sock: socket.socket) -> None:
         pass
 
 
+def connection_closed(sock: socket.socket) -> bool:
+    """True when the peer has closed or reset the TCP connection.
+
+    imapclient's idle_check() takes EOF and socket errors for "no more responses", so without
+    this a dead IDLE connection looks like silence (and the loop spins: the socket stays
+    readable). Peeks at the TCP stream beneath TLS: b"" is EOF, an error is a reset; data
+    means a response is on its way."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        data = socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):
+        return True
+    return data == b""
+
+
 def is_change(response: object) -> bool:
     """Anything but a keep-alive status line ("* OK Still here") means the folder changed."""
     if isinstance(response, tuple) and response:
@@ -53,13 +74,17 @@ def is_change(response: object) -> bool:
 class IdleWatcher(threading.Thread):
     def __init__(self, account: AccountSettings, folder: str, *,
                  connect: Callable[[], ImapSession], on_change: Callable[[str, str], None],
-                 on_state: Callable[[str, str, str], None] | None = None) -> None:
+                 on_state: Callable[[str, str, str], None] | None = None,
+                 on_reconnect: Callable[[str, str], None] | None = None) -> None:
         super().__init__(name=f"idle-{account.name}-{folder}", daemon=True)
         self.account = account
         self.folder = folder
         self.connect = connect
         self.on_change = on_change
         self.on_state = on_state
+        # Called instead of on_change when the connection is back after a loss: the server is
+        # reachable again, so the worker need not wait out its backoff.
+        self.on_reconnect = on_reconnect
         self._halt = threading.Event()
         self._reconnect = threading.Event()
         self.session: ImapSession | None = None
@@ -79,7 +104,10 @@ class IdleWatcher(threading.Thread):
 
     def run(self) -> None:
         backoff: float | None = None
-        first = True
+        # What to announce once IDLE is up: at start, a change that landed between the
+        # worker's first sync and our IDLE would otherwise wait for the next poll; after a
+        # lost connection, events may have been missed while we were away.
+        notice = "start"
         while not self._halt.is_set():
             try:
                 self._reconnect.clear()
@@ -89,12 +117,10 @@ class IdleWatcher(threading.Thread):
                 self.session.client.select_folder(self.folder, readonly=True)
                 backoff = None
                 self._set_state("idle")
-                if not first:
-                    # Events may have been missed while we were away.
-                    self.on_change(self.account.name, self.folder)
-                first = False
-                self._idle_loop()
+                self._idle_loop(notice)
+                notice = "reconnect"
             except AccountError as exc:
+                notice = "reconnect"
                 wait = AUTH_RETRY if exc.cause == "auth" else next_backoff(backoff)
                 backoff = wait
                 self._set_state(f"offline: {exc.cause}")
@@ -102,6 +128,7 @@ class IdleWatcher(threading.Thread):
                          self.account.name, self.folder, exc, wait)
                 self._sleep(wait)
             except Exception as exc:  # a watcher must survive whatever a server does
+                notice = "reconnect"
                 backoff = next_backoff(backoff)
                 self._set_state("offline")
                 log.info("%s/%s: IDLE connection lost: %s (retry in %.0f s)",
@@ -118,11 +145,17 @@ class IdleWatcher(threading.Thread):
                 return
             self._halt.wait(min(remaining, POLL_STEP))
 
-    def _idle_loop(self) -> None:
+    def _idle_loop(self, notice: str | None) -> None:
         assert self.session is not None
         client = self.session.client
+        sock = client.socket()
         while not self._halt.is_set() and not self._reconnect.is_set():
             client.idle()
+            if notice is not None:
+                # IDLE is up: from here on no change goes unnoticed; sync what came before.
+                callback = self.on_reconnect if notice == "reconnect" else None
+                (callback or self.on_change)(self.account.name, self.folder)
+                notice = None
             started = time.monotonic()
             changed = False
             while not self._halt.is_set() and not self._reconnect.is_set():
@@ -132,6 +165,8 @@ class IdleWatcher(threading.Thread):
                 if any(is_change(r) for r in responses):
                     changed = True
                     break
+                if not responses and connection_closed(sock):
+                    raise ConnectionError("the server closed the connection")
             client.idle_done()
             if changed:
                 self.on_change(self.account.name, self.folder)

@@ -205,7 +205,18 @@ class ImapRunner:
 
     def __call__(self, folders: frozenset[str] | None) -> AccountResult:
         sync = self._ensure()
+        reused = sync.session is not None
         result = sync.run(folders, keep_open=True)
+        if result.error and reused and result.error_cause != "auth" and not self.worker.stopping:
+            # The connection kept open since the last sync may have died meanwhile (the
+            # server's 30-minute autologout, a NAT timeout, a server restart): one immediate
+            # retry on a fresh connection, so that only a real outage costs a backoff.
+            log.info("%s: the kept-open connection failed (%s); reconnecting",
+                     self.account.name, result.error)
+            first = result
+            result = sync.run(folders, keep_open=True)
+            # Keep what the failed attempt did (its downloads count for on_new_mail).
+            result.folders[:0] = [f for f in first.folders if f.changed]
         if folders is None and not result.error and self.worker.on_synced_folders is not None:
             assert self._state is not None
             self.worker.on_synced_folders(
