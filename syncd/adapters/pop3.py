@@ -115,6 +115,15 @@ class Reply(Generic[T]):
     text: str
     body: Iterator[bytes] | None = None
 
+    def write_to(self, sink: Callable[[bytes], object]) -> int:
+        """Stream the body into ``sink`` chunk by chunk (nothing is held); returns the
+        number of bytes written. A reply without a body writes nothing."""
+        total = 0
+        for chunk in self.body or ():
+            sink(chunk)
+            total += len(chunk)
+        return total
+
 
 class Pop3Session:
     """One authenticated POP3 connection for one account."""
