@@ -69,7 +69,63 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Store the account's password in the system keyring "
                          "(service 'syncd', user = account name). Prompted, never echoed.")
     ps.add_argument("account", metavar="ACCOUNT")
+
+    p = sub.add_parser("auth", help="sign in to an OAuth2 account (Microsoft 365, Gmail, ...)",
+                       description="Sign in to an account with `auth: oauth2` and keep the "
+                       "refresh token in the system keyring (service 'syncd', user "
+                       "'ACCOUNT:oauth2'). The default flow is the provider's: a device code "
+                       "(open a URL on any device and enter a code; works on a headless "
+                       "machine) for Microsoft, the browser for Google.")
+    p.add_argument("account", metavar="ACCOUNT")
+    flow = p.add_mutually_exclusive_group()
+    flow.add_argument("--browser", action="store_true",
+                      help="sign in with a browser (redirect to 127.0.0.1 on a random port, "
+                      "PKCE)")
+    flow.add_argument("--device", action="store_true",
+                      help="sign in with a device code (prints a URL and a code)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not log in to the server afterwards")
+
+    p = sub.add_parser("init", help="add an account to the config (asks, or takes flags)",
+                       description="Add an account to the config file (created if missing; "
+                       "an existing file keeps its comments), then run `check` on it. "
+                       "Asks the few questions needed, or takes flags. Known providers "
+                       "(presets) fill in the servers; for other domains imap.DOMAIN, "
+                       "pop.DOMAIN and smtp.DOMAIN are guessed.")
+    p.add_argument("--name", help="account name (default: from the address's domain)")
+    p.add_argument("--email", help="the account's email address")
+    p.add_argument("--provider", choices=sorted(_preset_names()),
+                   help="provider preset (default: guessed from the address)")
+    p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
+    p.add_argument("--username", help="login name (default: the email address)")
+    p.add_argument("--host", help="mail server (instead of a preset or the guess)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--tls", choices=("implicit", "starttls"))
+    p.add_argument("--tls-ca-file", metavar="FILE", help="trust this CA too")
+    p.add_argument("--smtp-host", help="SMTP server for mutt-config")
+    p.add_argument("--auth", choices=("password", "oauth2"))
+    p.add_argument("--password-command", metavar="CMD",
+                   help="command printing the password (default: the keyring)")
+    p.add_argument("--client-id", help="OAuth2 application (client) ID")
+    p.add_argument("--client-secret", help="OAuth2 client secret (Google)")
+    p.add_argument("--tenant", help="Microsoft tenant (default: from the preset)")
+    p.add_argument("--non-interactive", action="store_true",
+                   help="ask nothing: use the flags and the guesses")
+    p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
+
+    p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
+                       description="Print neomutt settings for an account's Maildir: folder, "
+                       "spoolfile, mailboxes for every synced folder, record/postponed/trash "
+                       "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
+                       "`syncd check`), and smtp_url.")
+    p.add_argument("account", metavar="ACCOUNT")
     return parser
+
+
+def _preset_names() -> list[str]:
+    from syncd.presets import ACCOUNT_PRESETS
+
+    return list(ACCOUNT_PRESETS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "check": cmd_check,
             "password": cmd_password,
+            "auth": cmd_auth,
+            "init": cmd_init,
+            "mutt-config": cmd_mutt_config,
         }[args.command]
         return handler(args)
     except SyncdError as exc:
@@ -181,10 +240,13 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
             else:
                 result = _sync_imap(settings, account, args, reporter)
     except AccountError as exc:
-        result = AccountResult(account.name, error=str(exc).removeprefix(f"{account.name}: "))
+        result = AccountResult(account.name, error=str(exc).removeprefix(f"{account.name}: "),
+                               error_cause=exc.cause)
     except OSError as exc:
         result = AccountResult(account.name, error=f"local error: {exc}")
-    if not args.dry_run:
+    # A sync refused because the daemon owns the account says nothing about the account's
+    # health: keep the daemon's status.
+    if not args.dry_run and result.error_cause != "busy":
         _record_status(state_dir, result, started)
     return result
 
@@ -312,18 +374,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config {source}: OK, {len(settings.accounts)} account(s)")
     failed = False
     for account in accounts:
-        try:
-            if account.protocol == "imap":
-                _check_imap(account)
-            else:
-                _check_pop3(account)
-        except AccountError as exc:
-            from syncd.secrets import redact
-
-            detail = redact(str(exc).removeprefix(f"{exc.account}: "))
-            print(f"{exc.account}: FAILED ({exc.cause}): {detail}")
-            failed = True
+        failed |= not _check_account(account)
     return 1 if failed else 0
+
+
+def _check_account(account: AccountSettings) -> bool:
+    """Log in and report (the body of `check` for one account); False if it failed."""
+    try:
+        if account.protocol == "imap":
+            _check_imap(account)
+        else:
+            _check_pop3(account)
+    except AccountError as exc:
+        from syncd.secrets import redact
+
+        detail = redact(str(exc).removeprefix(f"{exc.account}: "))
+        print(f"{exc.account}: FAILED ({exc.cause}): {detail}")
+        return False
+    return True
+
+
+def _login_label(account: AccountSettings, mechanism: str | None = None) -> str:
+    if account.auth != "oauth2":
+        return ""
+    return f" (OAuth2{', ' + mechanism if mechanism else ''})"
 
 
 def _tls_label(account: AccountSettings) -> str:
@@ -339,11 +413,15 @@ def _check_imap(account: AccountSettings) -> None:
     session = ImapSession.connect(account, _password_source(account))
     try:
         print(f"{account.name}: OK — IMAP {account.host}:{account.port} over "
-              f"{_tls_label(account)}, logged in as {account.username}")
+              f"{_tls_label(account)}, logged in as {account.username}"
+              f"{_login_label(account, session.auth_mechanism)}")
         caps = " ".join(f"{c}{'' if session.has(c) else ' (no)'}"
                         for c in INTERESTING_CAPABILITIES)
         print(f"  capabilities: {caps}")
         folders = session.list_folders()
+        from syncd.muttconfig import save_roles
+
+        save_roles(account, folders)  # Sent/Drafts/Trash for `syncd mutt-config`
         maildir = Maildir(account.maildir, account.layout)
         print(f"  folders ({len(folders)}), layout {account.layout}:")
         width = max((len(f.name) for f in folders), default=0)
@@ -370,7 +448,8 @@ def _check_pop3(account: AccountSettings) -> None:
         count, size = session.stat()
         uidl = session.has_uidl()
         print(f"{account.name}: OK — POP3 {account.host}:{account.port} over "
-              f"{_tls_label(account)}, logged in as {account.username}")
+              f"{_tls_label(account)}, logged in as {account.username}"
+              f"{_login_label(account)}")
         print(f"  {count} message(s), {size} bytes; UIDL "
               f"{'supported' if uidl else 'NOT supported (content hashes are used)'}; "
               f"PIPELINING {'yes' if 'PIPELINING' in session.capabilities else 'no'}")
@@ -395,9 +474,125 @@ def cmd_password(args: argparse.Namespace) -> int:
         settings = None
     if settings is not None and name not in settings.accounts:
         _complain(f"syncd: warning: account {name!r} is not in the config", priority=4)
+    elif settings is not None and settings.accounts[name].auth == "oauth2":
+        raise UsageError(f"account {name!r} signs in with OAuth2 (auth: oauth2), not a "
+                         f"password: run `syncd auth {name}`")
     password = getpass.getpass(f"Password for account {name!r}: ")
     if not password:
         raise UsageError("empty password; nothing stored")
     set_password(name, password)
     print(f"stored the password for {name!r} in the keyring (service 'syncd')")
+    return 0
+
+
+# --- auth ---------------------------------------------------------------------------------
+def cmd_auth(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    account = _select_accounts(settings, [args.account])[0]
+    if account.auth != "oauth2":
+        raise UsageError(f"account {account.name!r} uses auth: password; to sign in with "
+                         f"OAuth2 set auth: oauth2 and an oauth2 mapping (see the README), or "
+                         f"store a password with `syncd password set {account.name}`")
+    _sign_in(account, args.browser, args.device)
+    if args.no_check:
+        return 0
+    return 0 if _check_account(account) else 1
+
+
+def _sign_in(account: AccountSettings, browser: bool = False, device: bool = False) -> None:
+    from syncd.oauth import sign_in
+    from syncd.secrets import oauth2_keyring_user
+
+    options: dict[str, Any] = {}
+    choice = True if browser else False if device else None
+    if choice is not False and sys.stdin is not None and sys.stdin.isatty():
+        from syncd.oauth import resolve
+
+        if choice or resolve(account).default_flow == "browser":
+            options["paste"] = sys.stdin
+    sign_in(account, browser=choice, out=sys.stdout, **options)
+    print(f"{account.name}: signed in; the refresh token is stored in the keyring (service "
+          f"'syncd', user '{oauth2_keyring_user(account.name)}')", flush=True)
+
+
+# --- init ---------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    from syncd.config import default_config_path
+    from syncd.initconfig import AccountAnswers, add_account, ask, fill_defaults
+
+    interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
+    if not interactive and not args.email:
+        raise UsageError("syncd init --non-interactive needs --email (and whatever else the "
+                         "guesses cannot know)")
+    oauth2 = {key: value for key, value in (("client_id", args.client_id),
+                                             ("client_secret", args.client_secret),
+                                             ("tenant", args.tenant)) if value}
+    answers = AccountAnswers(
+        name=args.name or "", email=args.email or "", provider=args.provider,
+        protocol=args.protocol or "imap", username=args.username, host=args.host,
+        port=args.port, tls=args.tls, tls_ca_file=args.tls_ca_file, smtp_host=args.smtp_host,
+        auth=args.auth, password_command=args.password_command, oauth2=oauth2)
+    if interactive:
+        answers = ask(answers, input, print)
+    elif not answers.name:
+        from syncd.initconfig import default_name
+
+        answers.name = default_name(answers.email)
+    answers = fill_defaults(answers)
+    from syncd.presets import ACCOUNT_PRESETS
+
+    preset = ACCOUNT_PRESETS.get(answers.provider or "")
+    wants_oauth2 = (answers.auth or (preset.auth if preset else "password")) == "oauth2"
+    if wants_oauth2 and not answers.oauth2.get("client_id"):
+        raise UsageError(f"{answers.provider or 'this account'} signs in with OAuth2: pass "
+                         f"--client-id (see the README for getting one), or --auth password "
+                         f"for an app password")
+    path = (args.config or default_config_path()).expanduser()
+    settings = add_account(path, answers)
+    account = settings.accounts[answers.name]
+    print(f"added account {account.name!r} to {path}: {account.protocol.upper()} "
+          f"{account.host}:{account.port}, user {account.username}"
+          f"{', OAuth2' if account.auth == 'oauth2' else ''}")
+    if preset is not None and preset.note and not interactive:
+        print(f"note: {preset.note}")
+    from syncd.logs import setup_logging
+
+    setup_logging(settings.general.log_level, debug=args.debug)
+    if account.auth == "oauth2":
+        if not interactive:
+            print(f"next: `syncd auth {account.name}` to sign in (then `syncd check "
+                  f"{account.name}`)")
+            return 0
+        _sign_in(account)
+    elif account.password_command is None:
+        from syncd.secrets import set_password
+
+        if not interactive:
+            print(f"next: `syncd password set {account.name}` to store the password, then "
+                  f"`syncd check {account.name}`")
+            return 0
+        import getpass
+
+        password = getpass.getpass(f"Password for {account.username} (stored in the "
+                                   f"keyring): ")
+        if password:
+            set_password(account.name, password)
+    if args.no_check:
+        return 0
+    print(f"checking {account.name}...")
+    if _check_account(account):
+        print(f"next: `syncd sync {account.name}`, and `syncd mutt-config {account.name}` for "
+              f"neomutt")
+        return 0
+    print(f"the account was added; fix it in {path} and run `syncd check {account.name}`")
+    return 1
+
+
+# --- mutt-config --------------------------------------------------------------------------
+def cmd_mutt_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    account = _select_accounts(settings, [args.account])[0]
+    from syncd.muttconfig import render
+
+    sys.stdout.write(render(account))
     return 0

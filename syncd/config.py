@@ -368,6 +368,83 @@ class GeneralSettings(_Model):
         return data
 
 
+def _endpoint_url(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    url = value.strip()
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise _fail("must be an https:// URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        # Tokens and refresh tokens travel in these requests: plaintext only on this machine.
+        raise _fail("must be an https:// URL (plain http is only accepted for 127.0.0.1 / "
+                    "localhost)")
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+EndpointURL = Annotated[str, BeforeValidator(_endpoint_url)]
+AccountProvider = Literal["outlook", "office365", "gmail", "fastmail", "icloud", "yahoo"]
+OAuth2ProviderName = Literal["microsoft", "google", "custom"]
+
+
+class OAuth2Settings(_Model):
+    """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
+    (``syncd.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
+
+    provider: Annotated[OAuth2ProviderName, BeforeValidator(_lower)]
+    client_id: Text
+    client_secret: Text | None = None
+    tenant: Text | None = None
+    scopes: Patterns | None = None
+    token_endpoint: EndpointURL | None = None
+    device_authorization_endpoint: EndpointURL | None = None
+    authorization_endpoint: EndpointURL | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping):
+            cls._check_keys(data, info)
+        return data
+
+    @model_validator(mode="after")
+    def _after(self) -> OAuth2Settings:
+        if self.provider == "custom":
+            if self.token_endpoint is None:
+                raise _fail("provider custom needs token_endpoint (and "
+                            "device_authorization_endpoint and/or authorization_endpoint)",
+                            "token_endpoint")
+            if self.device_authorization_endpoint is None and self.authorization_endpoint is None:
+                raise _fail("provider custom needs device_authorization_endpoint (for the "
+                            "device flow) or authorization_endpoint (for the browser flow)",
+                            "provider")
+            if not self.scopes:
+                raise _fail("provider custom needs scopes (the scopes that grant IMAP/POP3 "
+                            "access, plus what your provider needs for a refresh token)",
+                            "scopes")
+        if self.tenant is not None and self.provider != "microsoft":
+            raise _fail("tenant only applies to provider microsoft", "tenant")
+        if self.scopes is not None and not self.scopes:
+            raise _fail("must list at least one scope", "scopes")
+        return self
+
+
 IMAP_ONLY_KEYS = frozenset({"folders", "idle", "trash_folder"})
 POP3_ONLY_KEYS = frozenset(
     {"leave_on_server", "delete_after", "max_message_size", "max_messages_per_poll"})
@@ -377,6 +454,49 @@ _DEFAULT_PORTS = {("imap", True): 993, ("imap", False): 143, ("pop3", True): 995
 _DEFAULT_POLL = {"imap": 300.0, "pop3": 600.0}
 
 
+def _apply_preset(data: dict[str, Any]) -> None:
+    """Fill what ``provider:`` implies, under the keys the user did not set. An unknown
+    provider is left for the field validator to report (with the list of presets)."""
+    from syncd.presets import ACCOUNT_PRESETS
+
+    name = data.get("provider")
+    preset = ACCOUNT_PRESETS.get(name.lower()) if isinstance(name, str) else None
+    if isinstance(name, str) and preset is None:
+        # Reported before anything the preset would have filled in ("missing host").
+        raise _fail(f"unknown provider {name[:40]!r} (presets: {', '.join(ACCOUNT_PRESETS)})"
+                    f"{_suggest(name.lower(), ACCOUNT_PRESETS)}", "provider")
+    if preset is None:
+        if "auth" not in data and isinstance(data.get("oauth2"), Mapping):
+            data["auth"] = "oauth2"
+        return
+    protocol = data.setdefault("protocol", "imap")
+    server = preset.server(protocol) if protocol in ("imap", "pop3") else None
+    if server is None and protocol in ("imap", "pop3") and "host" not in data:
+        raise _fail(f"provider {preset.name} ({preset.label}) offers no {protocol.upper()}; "
+                    f"use protocol: imap", "protocol")
+    if server is not None and "host" not in data:
+        data["host"] = server.host
+        data.setdefault("tls", server.tls)
+        if "port" not in data and data["tls"] == server.tls:
+            data["port"] = server.port
+    if preset.smtp is not None and "smtp_host" not in data:
+        data["smtp_host"] = preset.smtp.host
+        data.setdefault("smtp_port", preset.smtp.port)
+    oauth2 = data.get("oauth2")
+    if "auth" not in data:
+        if preset.auth == "oauth2" and oauth2 is None:
+            raise _fail(f"provider {preset.name} signs in with OAuth2: add "
+                        f"oauth2: {{client_id: YOUR-APP-ID}} (see the README), or set "
+                        f"auth: password if the account has an app password", "provider")
+        data["auth"] = "oauth2" if isinstance(oauth2, Mapping) else preset.auth
+    if isinstance(oauth2, Mapping) and preset.oauth2_provider is not None:
+        oauth2 = dict(oauth2)
+        oauth2.setdefault("provider", preset.oauth2_provider)
+        if preset.tenant is not None and oauth2.get("provider") == preset.oauth2_provider:
+            oauth2.setdefault("tenant", preset.tenant)
+        data["oauth2"] = oauth2
+
+
 class AccountSettings(_Model):
     """One account. ``name`` (the key under ``accounts``) and ``state_dir`` (from ``general``)
     are filled in by the loader."""
@@ -384,6 +504,9 @@ class AccountSettings(_Model):
     _internal_keys: ClassVar[frozenset[str]] = frozenset({"name", "state_dir"})
 
     name: str
+    # A preset (syncd.presets.ACCOUNT_PRESETS) fills protocol, host, port, tls, auth and the
+    # SMTP server; explicit keys override it.
+    provider: Annotated[AccountProvider, BeforeValidator(_lower)] | None = None
     protocol: Literal["imap", "pop3"]
     host: Annotated[str, BeforeValidator(_host)]
     port: Int = Field(ge=1, le=65535)
@@ -391,7 +514,12 @@ class AccountSettings(_Model):
     tls_ca_file: ConfigPath | None = None
     allow_insecure: bool = False
     username: Text
+    auth: Annotated[Literal["password", "oauth2"], BeforeValidator(_lower)] = "password"
     password_command: Text | None = None
+    oauth2: OAuth2Settings | None = None
+    # Only for `syncd mutt-config` (syncd itself never sends mail).
+    smtp_host: Annotated[str, BeforeValidator(_host)] | None = None
+    smtp_port: Int | None = Field(None, ge=1, le=65535)
     maildir: ConfigPath
     layout: Literal["verbatim", "maildir++"] = "verbatim"
     folders: FolderFilter = FolderFilter()
@@ -426,6 +554,7 @@ class AccountSettings(_Model):
         cls._check_keys(data, info)
         ctx = _context(info)
         data = dict(data)
+        _apply_preset(data)
         protocol = data.get("protocol")
         if protocol in ("imap", "pop3"):
             other, foreign = (("a POP3", POP3_ONLY_KEYS) if protocol == "imap"
@@ -460,6 +589,16 @@ class AccountSettings(_Model):
             raise _fail("delete_after only applies with leave_on_server: true (otherwise "
                         "messages are deleted from the server as soon as they are downloaded)",
                         "delete_after")
+        if self.auth == "oauth2":
+            if self.oauth2 is None:
+                raise _fail("auth: oauth2 needs an oauth2 mapping with at least client_id "
+                            "(and provider: microsoft, google or custom)", "auth")
+            if self.password_command is not None:
+                raise _fail("password_command is not used with auth: oauth2 (the refresh "
+                            "token from `syncd auth` is kept in the keyring)",
+                            "password_command")
+        elif self.oauth2 is not None:
+            raise _fail("oauth2 settings are only used with auth: oauth2", "oauth2")
         return self
 
 
@@ -673,6 +812,7 @@ def _dotted(loc: Loc) -> str:
 # Values of these keys are safe to quote back in an error (never secrets, hosts or users).
 _ECHO_KEYS = frozenset({
     "protocol", "tls", "layout", "log_level", "port", "allow_insecure", "leave_on_server",
+    "provider", "auth", "smtp_port",
     "connections", "timeout", "poll_interval", "delete_after", "max_message_size",
     "max_messages_per_poll",
 })
@@ -682,9 +822,14 @@ _TEXT_GENERAL: frozenset[Loc] = frozenset(
     (key,) for key in ("maildir_root", "state_dir", "log_level", "on_new_mail"))
 _TEXT_ACCOUNT: frozenset[Loc] = frozenset({
     *((key,) for key in ("protocol", "host", "tls", "tls_ca_file", "username",
-                         "password_command", "maildir", "layout", "trash_folder", "idle")),
+                         "password_command", "maildir", "layout", "trash_folder", "idle",
+                         "provider", "auth", "smtp_host")),
     ("idle", "*"), ("folders", "include"), ("folders", "include", "*"),
     ("folders", "exclude"), ("folders", "exclude", "*"),
+    *(("oauth2", key) for key in ("provider", "client_id", "client_secret", "tenant",
+                                  "token_endpoint", "device_authorization_endpoint",
+                                  "authorization_endpoint", "scopes")),
+    ("oauth2", "scopes", "*"),
 })
 
 _TOP_KEYS = ("general", "accounts")

@@ -9,6 +9,7 @@ echo one), nor the command line (users do write ``password_command: echo hunter2
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -28,10 +29,14 @@ if TYPE_CHECKING:
 __all__ = [
     "KEYRING_SERVICE",
     "RedactingFilter",
+    "delete_refresh_token",
     "get_password",
+    "get_refresh_token",
+    "oauth2_keyring_user",
     "redact",
     "register_secret",
     "set_password",
+    "set_refresh_token",
 ]
 
 KEYRING_SERVICE = "syncd"
@@ -294,3 +299,47 @@ def set_password(account_name: str, password: str, *, timeout: float = 60.0) -> 
     register_secret(password)
     _bounded(account_name, "to store the password",
              lambda: keyring.set_password(KEYRING_SERVICE, account_name, password), timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# OAuth2 refresh tokens (written by `syncd auth`, read by syncd.oauth.TokenProvider)
+# ---------------------------------------------------------------------------------------------
+
+
+def oauth2_keyring_user(account_name: str) -> str:
+    """The keyring user under which an account's refresh token is kept (service ``syncd``).
+    Distinct from the password entry (user = account name), so switching an account between
+    password and OAuth2 never mixes the two up."""
+    return f"{account_name}:oauth2"
+
+
+def get_refresh_token(account_name: str, *, timeout: float = 30.0) -> str | None:
+    """The stored refresh token, or None if the account has not been signed in."""
+    token = _bounded(account_name, "to read the OAuth2 refresh token",
+                     lambda: keyring.get_password(KEYRING_SERVICE,
+                                                  oauth2_keyring_user(account_name)),
+                     timeout)
+    if token:
+        register_secret(token)
+    return token or None
+
+
+def set_refresh_token(account_name: str, token: str, *, timeout: float = 60.0) -> None:
+    if not token:
+        raise SecretError(account_name, "refusing to store an empty refresh token")
+    register_secret(token)
+    _bounded(account_name, "to store the OAuth2 refresh token",
+             lambda: keyring.set_password(KEYRING_SERVICE, oauth2_keyring_user(account_name),
+                                          token),
+             timeout)
+
+
+def delete_refresh_token(account_name: str, *, timeout: float = 60.0) -> None:
+    """Forget the stored refresh token (if any)."""
+    import keyring.errors
+
+    def delete() -> None:
+        with contextlib.suppress(keyring.errors.PasswordDeleteError):
+            keyring.delete_password(KEYRING_SERVICE, oauth2_keyring_user(account_name))
+
+    _bounded(account_name, "to delete the OAuth2 refresh token", delete, timeout)

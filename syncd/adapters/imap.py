@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from imapclient import IMAPClient
 
     from syncd.config import AccountSettings
+    from syncd.oauth import OAuthSasl, TokenProvider
 
 log = logging.getLogger("syncd.imap")
 
@@ -151,6 +152,32 @@ def format_uid_set(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _oauth2_login(client: IMAPClient, account: AccountSettings,
+                  tokens: TokenProvider | None) -> str:
+    """AUTHENTICATE with an OAuth2 access token; refreshed and retried once if rejected.
+    Returns the mechanism used."""
+    from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+    from syncd.oauth import SaslRejected, choose_mechanism, login_with_oauth2
+
+    advertised = [c.decode("ascii", "replace")[5:] for c in client.capabilities()
+                  if c.upper().startswith(b"AUTH=")]
+    mechanism = choose_mechanism(advertised)
+
+    def authenticate(sasl: OAuthSasl) -> None:
+        try:
+            client.sasl_login(mechanism, sasl.imap_callback(account.username))
+        except IMAPClientError as exc:
+            if isinstance(exc, IMAPClientAbortError) or isinstance(exc.__context__,
+                                                                   IMAPClientAbortError):
+                # The connection broke: not a verdict on the token (mapped to "network").
+                raise ConnectionError("the connection broke during AUTHENTICATE") from None
+            raise SaslRejected(str(exc)) from None
+
+    login_with_oauth2(account, mechanism, account.host, account.port, authenticate, tokens)
+    return mechanism
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -167,16 +194,22 @@ class ImapSession:
             c.decode("ascii", "replace").upper() for c in client.capabilities()
         )
         self.selected: str | None = None
+        self.auth_mechanism = "LOGIN"  # or the SASL mechanism used (OAUTHBEARER, XOAUTH2)
         self.qresync = False
         self.condstore = False
         self._enable_extensions()
 
     # --- connection -----------------------------------------------------------------------
     @classmethod
-    def connect(cls, account: AccountSettings, password: Callable[[], str]) -> ImapSession:
+    def connect(cls, account: AccountSettings, password: Callable[[], str], *,
+                tokens: TokenProvider | None = None) -> ImapSession:
         """Connect, secure and log in. Every failure is an AccountError naming the account and
         the cause; no plaintext LOGIN is ever sent on an unverified or unencrypted connection
-        unless the config says `tls: none` with `allow_insecure: true`."""
+        unless the config says `tls: none` with `allow_insecure: true`.
+
+        With `auth: oauth2` the login is SASL OAUTHBEARER or XOAUTH2 (whichever the server
+        advertises) with an access token from ``tokens`` (default: the account's shared
+        TokenProvider); ``password`` is then not called."""
         from imapclient import IMAPClient
         from imapclient.exceptions import IMAPClientError, LoginError
 
@@ -217,16 +250,22 @@ class ImapSession:
                         "refusing to continue in plaintext", cause="tls") from None
                 # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
                 client._cached_capabilities = None
-            secret = password()
-            try:
-                client.login(account.username, secret)
-            except LoginError:
-                raise AccountError(
-                    name, f"login as {account.username!r} on {account.host} failed: wrong "
-                    "username or password (or the server refuses password logins)",
-                    cause="auth") from None
+            mechanism = "LOGIN"
+            if account.auth == "oauth2":
+                mechanism = _oauth2_login(client, account, tokens)
+            else:
+                secret = password()
+                try:
+                    client.login(account.username, secret)
+                except LoginError:
+                    raise AccountError(
+                        name, f"login as {account.username!r} on {account.host} failed: wrong "
+                        "username or password (or the server refuses password logins)",
+                        cause="auth") from None
             client._cached_capabilities = None
-            return cls(account, client)
+            session = cls(account, client)
+            session.auth_mechanism = mechanism
+            return session
         except AccountError:
             _close_quietly(client)
             raise

@@ -1,0 +1,213 @@
+"""`syncd mutt-config ACCOUNT`: a neomutt snippet for an account's Maildir.
+
+Offline by design (it reads local files only):
+
+- the folders: the account's state database (every folder syncd syncs), else the folders
+  found in the local maildir;
+- the special-use folders (Sent, Drafts, Trash): what the server said in its LIST
+  (``\\Sent``, ``\\Drafts``, ``\\Trash``, RFC 6154), recorded by ``syncd check`` in
+  ``<state_dir>/<account>.folders.json``; else well-known names (``Sent Items``,
+  ``[Gmail]/Sent Mail``, ...);
+- ``smtp_url`` from the account's SMTP server (a provider preset, or ``smtp_host``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from syncd.adapters.imap import RemoteFolder
+    from syncd.config import AccountSettings
+
+__all__ = ["ROLES", "render", "roles_path", "save_roles"]
+
+#: neomutt variable -> (special-use flag, well-known names to fall back on, lower case).
+ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "record": ("\\Sent", ("sent", "sent items", "sent messages", "sent mail", "[gmail]/sent mail",
+                          "[google mail]/sent mail", "inbox/sent", "inbox.sent", "gesendet",
+                          "gesendete elemente", "envoyés", "éléments envoyés")),
+    "postponed": ("\\Drafts", ("drafts", "draft", "[gmail]/drafts", "[google mail]/drafts",
+                               "inbox/drafts", "inbox.drafts", "entwürfe", "brouillons")),
+    "trash": ("\\Trash", ("trash", "deleted items", "deleted messages", "bin", "[gmail]/trash",
+                          "[gmail]/bin", "[google mail]/trash", "[google mail]/bin",
+                          "inbox/trash", "inbox.trash", "papierkorb", "gelöschte elemente",
+                          "corbeille")),
+}
+
+
+def roles_path(account: AccountSettings) -> Path:
+    return account.state_dir / f"{account.name}.folders.json"
+
+
+def save_roles(account: AccountSettings, folders: Iterable[RemoteFolder]) -> None:
+    """Record the server's folder list with special-use flags (called by `syncd check`).
+    Best effort: a read-only state directory only costs mutt-config its exact answer."""
+    data = {"folders": [{"name": f.name, "delimiter": f.delimiter, "special_use": f.special_use,
+                         "noselect": f.noselect} for f in folders]}
+    path = roles_path(account)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".folders-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _load_roles(account: AccountSettings) -> list[dict[str, object]] | None:
+    try:
+        data = json.loads(roles_path(account).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    folders = data.get("folders") if isinstance(data, dict) else None
+    return [f for f in folders if isinstance(f, dict)] if isinstance(folders, list) else None
+
+
+def _state_folders(account: AccountSettings) -> dict[str, Path] | None:
+    """remote name -> local path, from the state database (read-only; None if absent)."""
+    path = account.state_path
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = conn.execute("SELECT remote_name, local_path FROM folder").fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return {str(name): Path(local) for name, local in rows}
+
+
+def _local_folders(account: AccountSettings) -> dict[str, Path]:
+    from syncd.adapters.maildir import Maildir
+
+    maildir = Maildir(account.maildir, account.layout)
+    result: dict[str, Path] = {}
+    for name in maildir.list_folders():
+        result["/".join(name)] = maildir.local_path(name)
+    return result
+
+
+def _local_path(account: AccountSettings, name: str, delimiter: str | None) -> Path:
+    from syncd.adapters.maildir import Maildir
+
+    parts = ("INBOX",) if name.upper() == "INBOX" else (
+        tuple(name.split(delimiter)) if delimiter else (name,))
+    return Maildir(account.maildir, account.layout).local_path(parts)
+
+
+def _quote(value: str) -> str:
+    """A muttrc double-quoted string: backslash, quote, backtick and $ escaped (no command
+    or variable expansion of folder names)."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+               .replace("$", "\\$"))
+    return f'"{escaped}"'
+
+
+def _mailbox(root: Path, path: Path) -> str:
+    """``+relative`` under $folder where possible (shorter, survives moving the tree)."""
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        return str(path)
+    return "+" + str(relative) if str(relative) != "." else str(root)
+
+
+def _pick_roles(account: AccountSettings, folders: Mapping[str, Path]) -> dict[str, Path]:
+    """neomutt variable -> local path of the matching folder."""
+    chosen: dict[str, Path] = {}
+    server = _load_roles(account)
+    if server is not None:
+        for variable, (flag, _names) in ROLES.items():
+            for entry in server:
+                if str(entry.get("special_use") or "").lower() == flag.lower():
+                    name = str(entry.get("name"))
+                    delimiter = entry.get("delimiter")
+                    chosen[variable] = folders.get(name) or _local_path(
+                        account, name, delimiter if isinstance(delimiter, str) else None)
+                    break
+    by_name = {name.lower(): path for name, path in folders.items()}
+    for variable, (_flag, names) in ROLES.items():
+        if variable in chosen:
+            continue
+        for candidate in names:
+            if candidate in by_name:
+                chosen[variable] = by_name[candidate]
+                break
+    return chosen
+
+
+def render(account: AccountSettings) -> str:
+    """The snippet for ``account`` (text ending in a newline)."""
+    root = account.maildir
+    folders = _state_folders(account)
+    source = "syncd's state"
+    if not folders:
+        folders = _local_folders(account)
+        source = "the local maildir"
+    inbox = next((path for name, path in folders.items() if name.upper() == "INBOX"), None)
+    if inbox is None:
+        inbox = _local_path(account, "INBOX", None)
+        folders = {"INBOX": inbox, **folders}
+    lines = [
+        f"# neomutt settings for syncd account {account.name!r}",
+        f"# generated by `syncd mutt-config {account.name}`; folders from {source}",
+        "# use it with:  source /path/to/this/file   (in your neomuttrc)",
+        "set mbox_type = Maildir",
+        f"set folder = {_quote(str(root))}",
+        f"set spoolfile = {_quote(_mailbox(root, inbox))}",
+    ]
+    if account.protocol == "imap":
+        roles = _pick_roles(account, folders)
+        for variable in ("record", "postponed", "trash"):
+            path = roles.get(variable)
+            if path is None:
+                lines.append(f"# {variable}: no {ROLES[variable][0]} folder found "
+                             f"(run `syncd check {account.name}` first to ask the server)")
+            elif variable == "trash" and account.trash_folder:
+                # syncd already moves deleted messages to trash_folder on the server; neomutt
+                # moving them too would leave two copies there.
+                lines.append(f"# trash: not set, syncd's trash_folder ({account.trash_folder}) "
+                             f"already keeps deleted messages")
+            else:
+                lines.append(f"set {variable} = {_quote(_mailbox(root, path))}")
+    else:
+        lines.append("# POP3 account: only INBOX is fetched; record/postponed stay local")
+    if "@" in account.username:
+        lines.append(f"set from = {_quote(account.username)}")
+    lines += _smtp_lines(account)
+    ordered = sorted(folders.items(), key=lambda item: (item[0].upper() != "INBOX", item[0]))
+    boxes = " ".join(_quote(_mailbox(root, path)) for _name, path in ordered)
+    lines.append(f"mailboxes {boxes}")
+    return "\n".join(lines) + "\n"
+
+
+def _smtp_lines(account: AccountSettings) -> list[str]:
+    if not account.smtp_host:
+        return ["# smtp_url: no SMTP server known for this account (set smtp_host in the "
+                "syncd config, or set smtp_url here)"]
+    port = account.smtp_port or 465
+    # Port 465 is TLS from the first byte (smtps://); others (587) upgrade with STARTTLS.
+    scheme = "smtps" if port == 465 else "smtp"
+    user = quote(account.username, safe="")
+    lines = [f"set smtp_url = {_quote(f'{scheme}://{user}@{account.smtp_host}:{port}/')}",
+             "set ssl_force_tls = yes"]
+    if account.auth == "oauth2":
+        lines.append("# sending needs OAuth2 too: see smtp_authenticators and "
+                     "smtp_oauth_refresh_command in the neomutt manual")
+    return lines
