@@ -85,3 +85,39 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# --- benchmarks (bench/README.md) ---------------------------------------------------------------
+#   make bench        the full comparison of issue 6 (20,000 messages; about 1.5 hours),
+#                     results in bench/results/<date>-<host>.md and .png
+#   make bench-quick  5,000 messages, syncd and mbsync, one run each (a few minutes): prints
+#                     initial-sync msgs/s, no-change resync time and peak RSS
+# BENCH_ARGS adds flags, e.g. make bench BENCH_ARGS='--messages 5000 --no-latency'.
+BENCH_ARGS ?=
+BENCH_TOOLS    := mbsync offlineimap getmail fetchmail safecat
+BENCH_PACKAGES := isync offlineimap3 getmail6 fetchmail safecat
+BENCH_STAMP    := $(VENV)/.syncd-bench-installed
+
+.PHONY: bench bench-quick bench-deps
+
+bench-deps: deps $(BENCH_STAMP)
+	@missing=""; \
+	for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make: missing:$$missing. Run as root (apt-get install $(BENCH_PACKAGES))." >&2; \
+	  exit 1; \
+	fi; \
+	echo "make: installing the benchmark peers (missing:$$missing)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update || exit 1; \
+	apt-get install -y $(BENCH_PACKAGES) || exit 1
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench: bench-deps
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: bench-deps
+	$(PY) -m bench.run --quick $(BENCH_ARGS)

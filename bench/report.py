@@ -1,0 +1,305 @@
+"""The results as markdown (tables with syncd/peer ratios and issue 6's goals) and a PNG chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+SCENARIO_TITLE = {"initial": "initial sync", "resync": "no-change resync",
+                  "incremental": "incremental + sync", "pop3": "download-and-delete"}
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _row(rows: list[dict], part: str, network: str, scenario: str, tool: str) -> dict | None:
+    for r in rows:
+        if (r["part"], r["network"], r["scenario"], r["tool"]) == (part, network, scenario,
+                                                                     tool):
+            return r
+    return None
+
+
+def _wall(r: dict | None) -> float | None:
+    if r is None or not r["walls"] or any(rc != 0 for rc in r["returncodes"]):
+        return None
+    return _median(r["walls"])
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def goals(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(goal, measured, PASS/MISS/n/a) for each goal of issue 6 that this run measured."""
+    rows = results["rows"]
+    out: list[tuple[str, str, str]] = []
+
+    def ratio_goal(label: str, part: str, network: str, scenario: str, peer: str,
+                   limit: float) -> None:
+        s = _wall(_row(rows, part, network, scenario, "syncd"))
+        p = _wall(_row(rows, part, network, scenario, peer))
+        if _row(rows, part, network, scenario, peer) is None:
+            return
+        if s is None or p is None:
+            out.append((label, f"syncd {_fmt(s)} s, {peer} {_fmt(p)} s", "n/a"))
+            return
+        ratio = s / p
+        out.append((label, f"syncd {s:.2f} s / {peer} {p:.2f} s = {ratio:.2f} (limit "
+                    f"{limit:g})", "PASS" if ratio <= limit else "MISS"))
+
+    networks = sorted({r["network"] for r in rows}, key=lambda n: n != "loopback")
+    for net in networks:
+        ratio_goal(f"initial sync ≤ mbsync ({net})", "imap", net, "initial", "mbsync", 1.0)
+        ratio_goal(f"initial sync ≤ offlineimap / 5 ({net})", "imap", net, "initial",
+                   "offlineimap", 0.2)
+    for net in networks:
+        limit = 1.0 if net == "loopback" else 0.5
+        ratio_goal(f"no-change resync ≤ {limit:g} × mbsync ({net})", "imap", net, "resync",
+                   "mbsync", limit)
+    for net in networks:
+        ratio_goal(f"incremental ≤ mbsync ({net})", "imap", net, "incremental", "mbsync", 1.0)
+    rss = [max(r["rss_mb"]) for r in rows if r["part"] == "imap" and r["tool"] == "syncd"
+           and r["scenario"] == "initial" and r["rss_mb"]]
+    if rss:
+        out.append(("peak RSS of syncd during initial sync < 100 MB", f"{max(rss):.0f} MB",
+                    "PASS" if max(rss) < 100 else "MISS"))
+    small = _row(rows, "scaling", "loopback", "initial", "syncd")
+    big = _row(rows, "imap", "loopback", "initial", "syncd")
+    if small and big and small["rss_mb"] and big["rss_mb"]:
+        a, b = max(small["rss_mb"]), max(big["rss_mb"])
+        out.append((f"peak RSS flat from {small['messages']} to {big['messages']} messages "
+                    "(≤ 1.2×)", f"{a:.0f} MB → {b:.0f} MB ({b / a:.2f}×)",
+                    "PASS" if b / a <= 1.2 else "MISS"))
+    small = _row(rows, "scaling", "loopback", "resync", "syncd")
+    big = _row(rows, "imap", "loopback", "resync", "syncd")
+    if small and big and _wall(small) and _wall(big):
+        a, b = _wall(small), _wall(big)
+        assert a is not None and b is not None
+        out.append((f"no-change resync nearly constant, {small['messages']} → "
+                    f"{big['messages']} messages (≤ 1.5×)",
+                    f"{a:.2f} s → {b:.2f} s ({b / a:.2f}×)", "PASS" if b / a <= 1.5 else "MISS"))
+    for net in networks:
+        for peer in ("getmail", "fetchmail"):
+            if net == "loopback":
+                ratio_goal(f"POP3 ≤ {peer} ({net})", "pop3", net, "pop3", peer, 1.0)
+        if net != "loopback":
+            ratio_goal(f"POP3 ≤ fetchmail / 4 ({net})", "pop3", net, "pop3", "fetchmail", 0.25)
+    for d in results["daemon"]:
+        net = d["network"]
+        for key, label in (("append_latencies", "server APPEND → Maildir file"),
+                           ("flag_latencies", "local rename → server flag")):
+            p95 = _pct(d[key], 95)
+            if p95 is None:
+                out.append((f"daemon {label} p95 < 1 s ({net})", d["note"] or "not measured",
+                            "n/a"))
+            else:
+                ok = p95 < 1.0 and not d["timeouts"]
+                out.append((f"daemon {label} p95 < 1 s ({net})",
+                            f"{p95 * 1000:.0f} ms over {len(d[key])} events"
+                            + (f", {d['timeouts']} timeouts" if d["timeouts"] else ""),
+                            "PASS" if ok else "MISS"))
+        if d["idle_seconds"]:
+            pct = 100 * d["idle_cpu"] / d["idle_seconds"]
+            out.append((f"daemon idle CPU < 1% ({net})",
+                        f"{pct:.2f}% ({d['idle_cpu']:.2f} CPU s in {d['idle_seconds']:.0f} s)",
+                        "PASS" if pct < 1 else "MISS"))
+    bad = [r for r in rows if r["correct"] != "ok"]
+    out.append(("correctness: counts and flags equal on both sides, every run",
+                "all ok" if not bad else "; ".join(
+                    f"{r['tool']} {r['network']} {r['scenario']}: {r['correct']}"
+                    for r in bad)[:300], "PASS" if not bad else "MISS"))
+    return out
+
+
+def _table(rows: list[dict], part: str, network: str) -> list[str]:
+    lines = [
+        "| scenario | tool | runs | wall s (median) | msgs/s | MB/s | peak RSS MB | CPU s "
+        "| syncd/tool (wall) | correct |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    selected = [r for r in rows if r["part"] == part and r["network"] == network]
+    for r in selected:
+        wall = _wall(r)
+        syncd = _wall(_row(rows, part, network, r["scenario"], "syncd"))
+        ratio = "–" if r["tool"] == "syncd" or wall is None or syncd is None \
+            else f"{syncd / wall:.2f}"
+        msgs = "–" if wall is None else f"{r['messages'] / wall:,.0f}"
+        mbs = "–" if wall is None or not r["bytes"] else f"{r['bytes'] / 1e6 / wall:.1f}"
+        correct = r["correct"] if r["correct"] else "–"
+        if r["note"]:
+            correct += f" ({r['note']})"
+        if r["returncodes"] and any(rc != 0 for rc in r["returncodes"]):
+            correct = f"exit {r['returncodes'][-1]}; " + correct
+        runs = len(r["walls"])
+        spread = ""
+        if runs > 1:
+            spread = f" ({min(r['walls']):.2f}–{max(r['walls']):.2f})"
+        lines.append(
+            f"| {SCENARIO_TITLE.get(r['scenario'], r['scenario'])} | {r['tool']} | {runs} "
+            f"| {_fmt(wall)}{spread} | {msgs} | {mbs} "
+            f"| {_fmt(max(r['rss_mb']) if r['rss_mb'] else None, 0)} "
+            f"| {_fmt(_median(r['cpus']), 1)} | {ratio} | {correct} |")
+    return lines
+
+
+def markdown(results: dict[str, Any], png_name: str) -> str:
+    info = results["info"]
+    args = info["args"]
+    rows = results["rows"]
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    imap_rows = [r for r in rows if r["part"] == "imap" and r["scenario"] == "initial"]
+    corpus_mb = imap_rows[0]["bytes"] / 1e6 if imap_rows else 0
+    out = [
+        f"# syncd benchmark: {info['date']} on {info['host']}",
+        "",
+        f"`python -m bench.run {' '.join(_argv(args))}` — {info['cpus']} CPUs, Linux "
+        f"{info['kernel']}, Python {info['python']}, Dovecot {info.get('dovecot', '?')}; "
+        f"{versions}. syncd at commit {info.get('commit', '?')}. The whole run took "
+        f"{info['duration'] / 60:.1f} min.",
+        "",
+        f"Corpus: {args['messages']:,} messages, {corpus_mb:,.0f} MB as stored in a Maildir, "
+        "over INBOX, Archive, Sent, Lists/python, Lists/rust (under a \\Noselect parent) and "
+        "Überweisungen; ~60% 2-8 KB text, ~30% 10-60 KB multipart/alternative, ~10% 100 KB-2 MB "
+        "with an attachment; ~70% \\Seen, some \\Answered and \\Flagged (bench/corpus.py, "
+        f"seed {args['seed']}). Incremental: "
+        "200 new server messages + 1,000 server flag changes + 500 local flag changes + 100 "
+        "local deletions (scaled down below 5,000 messages), then one sync. MB/s counts Maildir "
+        "bytes; msgs/s for a no-change resync is messages checked per second; for incremental, "
+        "changes per second. Wall time is the median of the runs (range in brackets); peak "
+        "RSS is the maximum over the runs. \"syncd/tool\" < 1 means syncd was faster. The "
+        "20ms rows go through bench/proxy.py, which delays each direction by 10 ms.",
+        "",
+        f"![chart]({png_name})",
+        "",
+        "## Goals (issue 6)",
+        "",
+        "| goal | measured | result |",
+        "|---|---|---|",
+    ]
+    for goal, measured, verdict in goals(results):
+        mark = {"PASS": "PASS", "MISS": "**MISS**", "n/a": "n/a"}[verdict]
+        out.append(f"| {goal} | {measured} | {mark} |")
+    networks = sorted({r["network"] for r in rows}, key=lambda n: n != "loopback")
+    for part, title in (("imap", "IMAP ↔ Maildir"), ("pop3", "POP3 download-and-delete"),
+                        ("scaling", "syncd at a smaller size (scaling)")):
+        for net in networks:
+            if any(r["part"] == part and r["network"] == net for r in rows):
+                suffix = f", {args['pop3_messages']:,} messages" if part == "pop3" else ""
+                out += ["", f"## {title}: {net}{suffix}", "", *_table(rows, part, net)]
+    if results["daemon"]:
+        out += ["", "## syncd daemon (`syncd run`)", "",
+                "Server APPEND (another IMAP session) until the file is in the Maildir; local "
+                "rename (\\Flagged toggled) until the server reports the flag (polled every "
+                "5 ms). Events are sequential, 100 ms apart, after two warm-up events.", "",
+                "| network | events | APPEND→file p50 | p95 | rename→flag p50 | p95 | timeouts "
+                "| idle CPU | RSS MB | note |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for d in results["daemon"]:
+            a, f = d["append_latencies"], d["flag_latencies"]
+            ms = (lambda v: "–" if v is None else f"{v * 1000:.0f} ms")  # noqa: E731
+            idle = (f"{100 * d['idle_cpu'] / d['idle_seconds']:.2f}% over "
+                    f"{d['idle_seconds']:.0f} s" if d["idle_seconds"] else "–")
+            out.append(f"| {d['network']} | {len(a)}/{len(f)} | {ms(_pct(a, 50))} "
+                       f"| {ms(_pct(a, 95))} | {ms(_pct(f, 50))} | {ms(_pct(f, 95))} "
+                       f"| {d['timeouts']} | {idle} | {d['rss_mb']:.0f} | {d['note']} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _argv(args: dict[str, Any]) -> list[str]:
+    parts = [f"--messages {args['messages']}", f"--peers {','.join(args['tools'][1:]) or '-'}",
+             f"--repeats {args['repeats']}"]
+    if args.get("quick"):
+        parts.insert(0, "--quick")
+    if args.get("no_latency"):
+        parts.append("--no-latency")
+    if args.get("skip"):
+        parts.append(f"--skip {','.join(args['skip'])}")
+    return parts
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    networks = sorted({r["network"] for r in rows if r["part"] != "scaling"},
+                      key=lambda n: n != "loopback")
+    panels = [
+        ("imap", "initial", "Initial sync: MB/s (higher is better)", "mbs"),
+        ("imap", "resync", "No-change resync: seconds", "wall"),
+        ("imap", "incremental", "Incremental: seconds", "wall"),
+        ("imap", "initial", "Initial sync: peak RSS MB", "rss"),
+        ("pop3", "pop3", "POP3 download-and-delete: seconds", "wall"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    colors = {"syncd": "#2a7ab9", "mbsync": "#e08a2c", "offlineimap": "#5aa05a",
+              "getmail": "#9467bd", "fetchmail": "#c44e52"}
+    for ax, (part, scenario, title, metric) in zip(axes.flat, panels, strict=False):
+        tools = []
+        for r in rows:
+            if r["part"] == part and r["scenario"] == scenario and r["tool"] not in tools:
+                tools.append(r["tool"])
+        width = 0.8 / max(1, len(tools))
+        for k, tool in enumerate(tools):
+            values = []
+            for net in networks:
+                r = _row(rows, part, net, scenario, tool)
+                wall = _wall(r)
+                if r is None or wall is None:
+                    values.append(0.0)
+                elif metric == "mbs":
+                    values.append(r["bytes"] / 1e6 / wall)
+                elif metric == "rss":
+                    values.append(max(r["rss_mb"]))
+                else:
+                    values.append(wall)
+            xs = [i + (k - (len(tools) - 1) / 2) * width for i in range(len(networks))]
+            bars = ax.bar(xs, values, width, label=tool, color=colors.get(tool))
+            for bar, v in zip(bars, values, strict=True):
+                ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(networks)), networks)
+        ax.set_title(title, fontsize=10)
+        if tools:
+            ax.legend(fontsize=8)
+    ax = axes.flat[5]
+    daemon = results["daemon"]
+    if daemon:
+        labels, p50, p95 = [], [], []
+        for d in daemon:
+            for key, name in (("append_latencies", "APPEND→file"),
+                              ("flag_latencies", "rename→flag")):
+                labels.append(f"{name}\n{d['network']}")
+                p50.append(1000 * (_pct(d[key], 50) or 0))
+                p95.append(1000 * (_pct(d[key], 95) or 0))
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], p50, 0.4, label="p50", color="#2a7ab9")
+        ax.bar([x + 0.2 for x in xs], p95, 0.4, label="p95", color="#9ecae1")
+        ax.axhline(1000, color="#c44e52", lw=1, ls="--", label="goal (p95)")
+        ax.set_xticks(list(xs), labels, fontsize=8)
+        ax.set_title("syncd daemon latency: ms", fontsize=10)
+        ax.legend(fontsize=8)
+    else:
+        ax.axis("off")
+    info = results["info"]
+    fig.suptitle(f"syncd benchmark, {info['args']['messages']:,} messages — {info['date']}, "
+                 f"{info['host']}", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

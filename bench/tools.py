@@ -1,0 +1,306 @@
+"""The contenders: how each one is configured, run and read back.
+
+IMAP <-> Maildir: syncd, mbsync (isync 1.4), offlineimap3. POP3 download-and-delete: syncd,
+getmail6, fetchmail (with safecat, a C Maildir MDA). Every tool verifies the server
+certificate against the fixture CA; none has certificate checks turned off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests.support.dovecot import Dovecot, User, imap_utf7_decode
+from tests.support.syncd_env import write_config
+
+REPO = Path(__file__).resolve().parents[1]
+SYNCD = Path(sys.executable).with_name("syncd")
+
+IMAP_TOOLS = ("syncd", "mbsync", "offlineimap")
+POP3_TOOLS = ("syncd", "getmail", "fetchmail")
+DEBIAN_PACKAGE = {"mbsync": "isync", "offlineimap": "offlineimap3", "getmail": "getmail6",
+                  "fetchmail": "fetchmail"}
+EXECUTABLE = {"mbsync": "mbsync", "offlineimap": "offlineimap", "getmail": "getmail",
+              "fetchmail": "fetchmail"}
+VERSION_ARGS = {"mbsync": ["--version"], "offlineimap": ["--version"],
+                "getmail": ["--version"], "fetchmail": ["--version"]}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects: Dovecot itself, or the latency proxy in front of it."""
+
+    imaps_port: int
+    pop3s_port: int
+    ca_file: Path
+    host: str = "127.0.0.1"
+
+
+class Tool:
+    name: str
+    protocol = "imap"
+
+    def __init__(self, root: Path, endpoint: Endpoint, user: User) -> None:
+        self.root = root
+        self.endpoint = endpoint
+        self.user = user
+        self.env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": str(root),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+        }
+
+    # where the messages land; everything under root is the tool's (mail, state, config)
+    @property
+    def mail_root(self) -> Path:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """A fresh start: no local mail, no state; the config written."""
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.write_config()
+
+    def write_config(self) -> None:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def folder_dirs(self) -> dict[str, Path]:
+        """Server folder name -> local Maildir folder, found by walking ``mail_root``."""
+        return discover_folders(self.mail_root)
+
+
+def discover_folders(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if "cur" in dirnames and "new" in dirnames:
+            rel = here.relative_to(root).as_posix()
+            name = "INBOX" if rel in (".", "") or rel.upper() == "INBOX" else rel
+            if "&" in name:
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    name = imap_utf7_decode(name)
+            found[name] = here
+        dirnames[:] = [d for d in dirnames if d not in ("cur", "new", "tmp")]
+    return found
+
+
+# ------------------------------------------------------------------------------- IMAP tools
+
+
+class Syncd(Tool):
+    name = "syncd"
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "Mail" / self.account
+
+    account = "bench"
+
+    def write_config(self) -> None:
+        # write_config takes the Dovecot fixture for its ports and CA: point it at the endpoint
+        shim = SimpleNamespace(imaps_port=self.endpoint.imaps_port,
+                               imap_port=self.endpoint.imaps_port,
+                               pop3s_port=self.endpoint.pop3s_port,
+                               pop3_port=self.endpoint.pop3s_port,
+                               ca_file=self.endpoint.ca_file)
+        self.account_info = write_config(self.root, shim, self.user, name=self.account,
+                                         protocol=self.protocol)  # type: ignore[arg-type]
+        self.config = self.account_info.config
+
+    def command(self) -> list[str]:
+        return [str(SYNCD), "--config", str(self.config), "sync"]
+
+    def daemon_command(self) -> list[str]:
+        return [str(SYNCD), "--config", str(self.config), "run"]
+
+
+class Mbsync(Tool):
+    name = "mbsync"
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    def write_config(self) -> None:
+        self.config = self.root / "mbsyncrc"
+        self.mail_root.mkdir(exist_ok=True)
+        self.config.write_text(f"""\
+IMAPAccount bench
+Host {self.endpoint.host}
+Port {self.endpoint.imaps_port}
+User {self.user.name}
+Pass {self.user.password}
+SSLType IMAPS
+CertificateFile {self.endpoint.ca_file}
+
+IMAPStore bench-remote
+Account bench
+
+MaildirStore bench-local
+Path {self.mail_root}/
+Inbox {self.mail_root}/INBOX
+SubFolders Verbatim
+
+Channel bench
+Far :bench-remote:
+Near :bench-local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+
+    def command(self) -> list[str]:
+        return ["mbsync", "-c", str(self.config), "-q", "-a"]
+
+
+class OfflineImap(Tool):
+    name = "offlineimap"
+    #: "In most cases, setting this value to 2 or 3 will speed up the sync ... You should
+    #: probably never set it to a value more than 5." (offlineimap.conf)
+    maxconnections = 3
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    def write_config(self) -> None:
+        self.config = self.root / "offlineimaprc"
+        self.mail_root.mkdir(exist_ok=True)
+        self.config.write_text(f"""\
+[general]
+accounts = bench
+metadata = {self.root}/meta
+ui = quiet
+maxsyncaccounts = 1
+
+[Account bench]
+localrepository = bench-local
+remoterepository = bench-remote
+utf8foldernames = yes
+
+[Repository bench-local]
+type = Maildir
+localfolders = {self.mail_root}
+sep = /
+
+[Repository bench-remote]
+type = IMAP
+remotehost = {self.endpoint.host}
+remoteport = {self.endpoint.imaps_port}
+remoteuser = {self.user.name}
+remotepass = {self.user.password}
+ssl = yes
+sslcacertfile = {self.endpoint.ca_file}
+maxconnections = {self.maxconnections}
+""")
+
+    def command(self) -> list[str]:
+        return ["offlineimap", "-c", str(self.config), "-u", "quiet", "-o"]
+
+
+# ------------------------------------------------------------------------------- POP3 tools
+
+
+class SyncdPop3(Syncd):
+    protocol = "pop3"
+    account = "pop"
+
+
+class Getmail(Tool):
+    name = "getmail"
+    protocol = "pop3"
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    #: getmail refuses to deliver as root; it forks a delivery child per message, which
+    #: switches to this user (the Maildir belongs to it).
+    delivery_user = "mail"
+
+    def write_config(self) -> None:
+        import pwd
+
+        for sub in ("cur", "new", "tmp"):
+            (self.mail_root / sub).mkdir(parents=True, exist_ok=True)
+        pw = pwd.getpwnam(self.delivery_user)
+        for d in (self.mail_root, *(self.mail_root / s for s in ("cur", "new", "tmp"))):
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        (self.root / "getmail").mkdir(exist_ok=True)
+        self.config = self.root / "getmailrc"
+        self.config.write_text(f"""\
+[retriever]
+type = SimplePOP3SSLRetriever
+server = {self.endpoint.host}
+port = {self.endpoint.pop3s_port}
+username = {self.user.name}
+password = {self.user.password}
+ca_certs = {self.endpoint.ca_file}
+
+[destination]
+type = Maildir
+path = {self.mail_root}/
+user = {self.delivery_user}
+
+[options]
+delete = true
+read_all = true
+verbose = 0
+""")
+
+    def command(self) -> list[str]:
+        return ["getmail", f"--rcfile={self.config}", f"--getmaildir={self.root / 'getmail'}",
+                "--quiet"]
+
+
+class Fetchmail(Tool):
+    name = "fetchmail"
+    protocol = "pop3"
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    def write_config(self) -> None:
+        for sub in ("cur", "new", "tmp"):
+            (self.mail_root / sub).mkdir(parents=True, exist_ok=True)
+        self.config = self.root / "fetchmailrc"
+        self.config.write_text(f"""\
+set no syslog
+set no bouncemail
+poll {self.endpoint.host} with proto POP3 port {self.endpoint.pop3s_port}
+  user "{self.user.name}" there with password "{self.user.password}" is "root" here
+  options ssl sslcertck sslcertfile "{self.endpoint.ca_file}" nokeep fetchall
+  mda "/usr/bin/safecat {self.mail_root}/tmp {self.mail_root}/new"
+""")
+        os.chmod(self.config, 0o600)
+        self.env["FETCHMAILHOME"] = str(self.root)
+
+    def command(self) -> list[str]:
+        return ["fetchmail", "-f", str(self.config), "--silent", "--nodetach"]
+
+
+def make_tool(name: str, protocol: str, root: Path, endpoint: Endpoint, user: User) -> Tool:
+    classes: dict[tuple[str, str], type[Tool]] = {
+        ("syncd", "imap"): Syncd, ("mbsync", "imap"): Mbsync,
+        ("offlineimap", "imap"): OfflineImap, ("syncd", "pop3"): SyncdPop3,
+        ("getmail", "pop3"): Getmail, ("fetchmail", "pop3"): Fetchmail,
+    }
+    return classes[(name, protocol)](root, endpoint, user)
+
+
+def direct_endpoint(dc: Dovecot) -> Endpoint:
+    return Endpoint(imaps_port=dc.imaps_port, pop3s_port=dc.pop3s_port, ca_file=dc.ca_file)
