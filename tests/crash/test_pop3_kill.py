@@ -186,6 +186,7 @@ def _delivered(tmp_path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
     seed = int(os.environ.get("SYNCD_KILL_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\nkill -9 test: SYNCD_KILL_SEED={seed}")

@@ -435,6 +435,7 @@ def _no_pipelining(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Pop3Session, "pipelining", property(lambda self: False))
 
 
+@pytest.mark.slow
 def test_pipelining_pays_off_over_a_slow_link(dovecot: Dovecot, user: User, tmp_path: Path,
                                               proxy_factory: Callable[..., Proxy],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
