@@ -63,9 +63,10 @@ def fill_defaults(answers: AccountAnswers) -> AccountAnswers:
         preset = preset_for_address(answers.email)
         if preset is not None:
             answers.provider = preset.name
-    if answers.provider is None and answers.host is None:
+    if answers.provider is None:
         guessed = guess_servers(answers.email)
-        answers.host = guessed[answers.protocol].host
+        if answers.host is None:
+            answers.host = guessed[answers.protocol].host
         if answers.smtp_host is None:
             answers.smtp_host = guessed["smtp"].host
     return answers

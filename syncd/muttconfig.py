@@ -192,8 +192,13 @@ def render(account: AccountSettings) -> str:
         lines.append(f"set from = {_quote(account.username)}")
     lines += _smtp_lines(account)
     ordered = sorted(folders.items(), key=lambda item: (item[0].upper() != "INBOX", item[0]))
-    boxes = " ".join(_quote(_mailbox(root, path)) for _name, path in ordered)
-    lines.append(f"mailboxes {boxes}")
+    # neomutt rejects a `mailboxes` entry that does not exist (yet): list what is on disk.
+    present = [path for _name, path in ordered if (path / "cur").is_dir()]
+    if present:
+        lines.append("mailboxes " + " ".join(_quote(_mailbox(root, p)) for p in present))
+    if len(present) < len(ordered):
+        lines.append(f"# not on disk yet (run `syncd sync {account.name}`, then this again): "
+                     + ", ".join(name for name, path in ordered if path not in present))
     return "\n".join(lines) + "\n"
 
 

@@ -335,12 +335,16 @@ def test_refresh_before_real_expiry(tmp_path: Path, servers: dict[str, Dovecot],
     assert "oauth2 failed" not in dc.log_text(mark)
 
 
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_refresh_after_a_rejected_token(tmp_path: Path, servers: dict[str, Dovecot],
                                         idp: FakeIdP, oauth_user: User, file_keyring: Path,
-                                        caplog: pytest.LogCaptureFixture) -> None:
-    account = account_of(write_config(tmp_path, servers["both"], oauth_user, idp))
+                                        caplog: pytest.LogCaptureFixture,
+                                        protocol: str) -> None:
+    account = account_of(write_config(tmp_path, servers["both"], oauth_user, idp,
+                                      protocol=protocol))
+    session_class = ImapSession if protocol == "imap" else Pop3Session
     store_refresh_token(idp, file_keyring)
-    ImapSession.connect(account, lambda: "").close()
+    session_class.connect(account, lambda: "").close()
     tokens = oauth.token_provider(account)
     assert tokens.refreshes == 1
     idp.revoke_access_tokens()  # the server no longer accepts the cached token
@@ -350,7 +354,7 @@ def test_refresh_after_a_rejected_token(tmp_path: Path, servers: dict[str, Dovec
 
     def connect() -> None:
         try:
-            ImapSession.connect(account, lambda: "").close()
+            session_class.connect(account, lambda: "").close()
         except BaseException as exc:
             errors.append(exc)
 
@@ -362,8 +366,8 @@ def test_refresh_after_a_rejected_token(tmp_path: Path, servers: dict[str, Dovec
             thread.join(30)
     assert errors == []
     assert tokens.refreshes == 2
-    assert "rejected the OAuth2 access token (status invalid_token); refreshing it and trying once more" \
-        in caplog.text
+    assert ("rejected the OAuth2 access token (status invalid_token); refreshing it and "
+            "trying once more") in caplog.text
 
 
 def test_rotated_refresh_token_is_stored(tmp_path: Path, servers: dict[str, Dovecot],
@@ -377,18 +381,22 @@ def test_rotated_refresh_token_is_stored(tmp_path: Path, servers: dict[str, Dove
     assert new != old and new in idp.refresh and old in idp.revoked
 
 
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_a_token_the_server_keeps_rejecting(tmp_path: Path, servers: dict[str, Dovecot],
                                             idp: FakeIdP, oauth_user: User,
-                                            file_keyring: Path) -> None:
+                                            file_keyring: Path, protocol: str) -> None:
     """Tokens for another user (the mailbox does not accept this app): one retry, then one
-    clear error, cause auth."""
-    account = account_of(write_config(tmp_path, servers["xoauth2"], oauth_user, idp))
+    clear error, cause auth. The server's reason (the JSON of the SASL error challenge)
+    is in it."""
+    account = account_of(write_config(tmp_path, servers["xoauth2"], oauth_user, idp,
+                                      protocol=protocol))
     store_refresh_token(idp, file_keyring)
     idp.user = "someone-else"
     for grant in idp.refresh.values():
         grant.user = "someone-else"
+    session_class = ImapSession if protocol == "imap" else Pop3Session
     with pytest.raises(AccountError) as caught:
-        ImapSession.connect(account, lambda: "")
+        session_class.connect(account, lambda: "")
     assert caught.value.cause == "auth"
     assert str(caught.value).startswith(
         f"{NAME}: OAuth2 login (XOAUTH2) as {oauth_user.name!r} on 127.0.0.1 failed: the server "
