@@ -543,6 +543,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     preset = ACCOUNT_PRESETS.get(answers.provider or "")
     wants_oauth2 = (answers.auth or (preset.auth if preset else "password")) == "oauth2"
+    if wants_oauth2 and preset is None:
+        raise UsageError("OAuth2 needs a provider: use --provider (outlook, office365, gmail), "
+                         "or add the account with --auth password and then write its oauth2 "
+                         "settings (provider: custom, endpoints, scopes) into the config")
     if wants_oauth2 and not answers.oauth2.get("client_id"):
         raise UsageError(f"{answers.provider or 'this account'} signs in with OAuth2: pass "
                          f"--client-id (see the README for getting one), or --auth password "

@@ -9,7 +9,6 @@ echo one), nor the command line (users do write ``password_command: echo hunter2
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "KEYRING_SERVICE",
     "RedactingFilter",
-    "delete_refresh_token",
     "get_password",
     "get_refresh_token",
     "oauth2_keyring_user",
@@ -333,13 +331,3 @@ def set_refresh_token(account_name: str, token: str, *, timeout: float = 60.0) -
                                           token),
              timeout)
 
-
-def delete_refresh_token(account_name: str, *, timeout: float = 60.0) -> None:
-    """Forget the stored refresh token (if any)."""
-    import keyring.errors
-
-    def delete() -> None:
-        with contextlib.suppress(keyring.errors.PasswordDeleteError):
-            keyring.delete_password(KEYRING_SERVICE, oauth2_keyring_user(account_name))
-
-    _bounded(account_name, "to delete the OAuth2 refresh token", delete, timeout)

@@ -330,3 +330,52 @@ def test_add_account_refuses_duplicates_and_broken_files(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="the account was not added"):
         add_account(path, answers)
     assert path.read_text() == "accounts:\n"
+
+
+def scripted(replies: list[str]) -> tuple[list[str], object]:
+    asked: list[str] = []
+    answers = iter(replies)
+
+    def prompt(text: str) -> str:
+        asked.append(text)
+        return next(answers)
+
+    return asked, prompt
+
+
+def test_init_questions_for_an_oauth2_preset() -> None:
+    from syncd.initconfig import ask
+
+    asked, prompt = scripted(["me@contoso.com", "work", "office365", "", "", "app-id-1"])
+    said: list[str] = []
+    answers = ask(AccountAnswers(name="", email=""), prompt, said.append)  # type: ignore[arg-type]
+    assert (answers.name, answers.provider, answers.protocol, answers.username) == (
+        "work", "office365", "imap", "me@contoso.com")
+    assert answers.oauth2 == {"client_id": "app-id-1"}
+    assert asked[1] == "Account name (for syncd commands and the maildir) [contoso]: "
+    assert any("Microsoft accepts only OAuth2" in line for line in said)
+    settings = parse_config("accounts:\n" + account_block(fill_defaults(answers)))
+    assert settings.accounts["work"].oauth2.tenant == "organizations"  # type: ignore[union-attr]
+    # Google asks for the client secret too; "password" means an app password instead.
+    _asked, prompt = scripted(["me@gmail.com", "", "", "", "", "cid", "csecret"])
+    answers = ask(AccountAnswers(name="", email=""), prompt, said.append)  # type: ignore[arg-type]
+    assert answers.provider == "gmail"
+    assert answers.oauth2 == {"client_id": "cid", "client_secret": "csecret"}
+    _asked, prompt = scripted(["me@gmail.com", "", "", "", "", "password"])
+    answers = ask(AccountAnswers(name="", email=""), prompt, said.append)  # type: ignore[arg-type]
+    assert answers.auth == "password" and answers.oauth2 == {}
+
+
+def test_init_questions_repeat_until_valid() -> None:
+    from syncd.initconfig import ask
+
+    _asked, prompt = scripted(["not an address", "me@example.org", "bad name!", "ok",
+                              "aol", "other", "smtp", "imap", "", "", ""])
+    said: list[str] = []
+    answers = ask(AccountAnswers(name="", email=""), prompt, said.append)  # type: ignore[arg-type]
+    assert (answers.email, answers.name, answers.provider, answers.host, answers.smtp_host) == (
+        "me@example.org", "ok", None, "imap.example.org", "smtp.example.org")
+    assert said[:4] == ["  that is not an email address",
+                        "  letters, digits, '.', '_' or '-' only",
+                        "  one of outlook, office365, gmail, fastmail, icloud, yahoo, or other",
+                        "  imap or pop3"]
