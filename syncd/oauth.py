@@ -231,6 +231,14 @@ def sign_in_expired(account: str, detail: str = "") -> AccountError:
                                  f"`syncd auth {account}` to sign in again", cause="auth")
 
 
+class _Refused(Exception):
+    """The token endpoint refused the refresh token (invalid_grant)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class TokenProvider:
     """Access tokens for one account: cached, refreshed before expiry, thread-safe.
 
@@ -289,31 +297,23 @@ class TokenProvider:
         register_secret(refresh)
         if refresh == self._dead_refresh:
             raise sign_in_expired(self.name)
-        config = self.config
-        now = self.clock()
-        what = "cannot refresh the OAuth2 access token"
+        now = self.clock()  # the token's life is counted from before the request
         try:
-            with _session(config) as session:
-                token = session.refresh_token(config.token_endpoint, refresh_token=refresh,
-                                              scope=config.scope or None)
-        except Exception as exc:
-            from authlib.common.errors import AuthlibBaseError
-
-            if isinstance(exc, AuthlibBaseError):
-                error, detail = _oauth_error(exc)
-                if error == "invalid_grant":
-                    self._dead_refresh = refresh
-                    raise sign_in_expired(self.name, detail) from None
-                if error in ("invalid_client", "unauthorized_client"):
-                    raise AccountError(self.name, f"{what}: the provider rejected client_id "
-                                                  f"{config.client_id!r} ({error}: {detail})",
-                                       cause="auth") from None
-                raise AccountError(self.name, f"{what}: {error or 'error'}"
-                                              f"{': ' + detail if detail else ''}",
-                                   cause="protocol") from None
-            if _is_http_problem(exc):
-                raise _http_failure(self.name, config.token_endpoint, exc, what) from None
-            raise
+            token = self._request(refresh)
+        except _Refused as refused:
+            # Another syncd process (`syncd sync` beside the daemon) may have rotated the
+            # refresh token a moment ago: try the one in the keyring now, once.
+            current = self._load(self.name)
+            if not current or current == refresh:
+                self._dead_refresh = refresh
+                raise sign_in_expired(self.name, refused.detail) from None
+            register_secret(current)
+            refresh = current
+            try:
+                token = self._request(refresh)
+            except _Refused as again:
+                self._dead_refresh = refresh
+                raise sign_in_expired(self.name, again.detail) from None
         self.refreshes += 1
         self._adopt(token, now)
         new_refresh = token.get("refresh_token")
@@ -325,6 +325,33 @@ class TokenProvider:
                 log.warning("%s: could not store the new refresh token: %s", self.name, exc)
         assert self._access is not None
         return self._access
+
+    def _request(self, refresh: str) -> Mapping[str, Any]:
+        """One refresh_token grant. Raises _Refused for invalid_grant, AccountError for the
+        rest."""
+        config = self.config
+        what = "cannot refresh the OAuth2 access token"
+        try:
+            with _session(config) as session:
+                return session.refresh_token(config.token_endpoint, refresh_token=refresh,
+                                             scope=config.scope or None)
+        except Exception as exc:
+            from authlib.common.errors import AuthlibBaseError
+
+            if isinstance(exc, AuthlibBaseError):
+                error, detail = _oauth_error(exc)
+                if error == "invalid_grant":
+                    raise _Refused(detail) from None
+                if error in ("invalid_client", "unauthorized_client"):
+                    raise AccountError(self.name, f"{what}: the provider rejected client_id "
+                                                  f"{config.client_id!r} ({error}: {detail})",
+                                       cause="auth") from None
+                raise AccountError(self.name, f"{what}: {error or 'error'}"
+                                              f"{': ' + detail if detail else ''}",
+                                   cause="protocol") from None
+            if _is_http_problem(exc):
+                raise _http_failure(self.name, config.token_endpoint, exc, what) from None
+            raise
 
     def _adopt(self, token: Mapping[str, Any], now: float) -> None:
         access = token.get("access_token")

@@ -381,6 +381,31 @@ def test_rotated_refresh_token_is_stored(tmp_path: Path, servers: dict[str, Dove
     assert new != old and new in idp.refresh and old in idp.revoked
 
 
+def test_refresh_token_rotated_by_another_process(tmp_path: Path,
+                                                  servers: dict[str, Dovecot], idp: FakeIdP,
+                                                  oauth_user: User, file_keyring: Path) -> None:
+    """`syncd sync` beside the daemon: one process rotates the refresh token just after the
+    other read the old one from the keyring. The refused refresh is retried once with the
+    token now in the keyring, and is not reported as a revoked sign-in."""
+    idp.rotate_refresh = True
+    account = account_of(write_config(tmp_path, servers["both"], oauth_user, idp))
+    old = str(store_refresh_token(idp, file_keyring)["refresh_token"])
+    other_process = oauth.TokenProvider(account)
+    reads: list[str | None] = []
+
+    def stale_then_current(name: str) -> str | None:
+        reads.append(old if not reads else FileKeyring().get_password("syncd", f"{name}:oauth2"))
+        return reads[-1]
+
+    this_process = oauth.TokenProvider(account, load=stale_then_current)
+    other_process.access_token()  # rotates: `old` is now refused
+    assert old in idp.revoked
+    token = this_process.access_token()
+    assert token in idp.live_access_tokens()
+    assert reads[0] == old and reads[1] != old
+    assert read_all(file_keyring)["syncd", f"{NAME}:oauth2"] in idp.refresh
+
+
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_a_token_the_server_keeps_rejecting(tmp_path: Path, servers: dict[str, Dovecot],
                                             idp: FakeIdP, oauth_user: User,
