@@ -287,14 +287,12 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
 
 def _sync_pop3(settings: Settings, account: AccountSettings,
                args: argparse.Namespace) -> AccountResult:
-    try:
-        from syncd.pop3sync import sync_pop3_account
-    except ImportError:
-        from syncd.engine import AccountResult
+    from syncd.pop3sync import sync_pop3_account
 
-        return AccountResult(account.name, error="POP3 syncing is not implemented in this "
-                             "version yet (check works; sync comes with POP3 support)")
-    return sync_pop3_account(settings, account, dry_run=args.dry_run)
+    result = sync_pop3_account(settings, account, dry_run=args.dry_run)
+    if not args.dry_run:
+        _run_new_mail_hook(settings, result)
+    return result
 
 
 def _run_new_mail_hook(settings: Settings, result: AccountResult) -> None:
