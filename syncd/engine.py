@@ -14,6 +14,7 @@ Ordering rules that make kill -9 at any instant safe:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fnmatch
 import logging
@@ -170,6 +171,9 @@ class AccountSync:
         self.clock = clock
         self.session: ImapSession | None = None
         self._remote_folders: list[RemoteFolder] | None = None
+        # Folders this run moved messages into (trash_folder): their STATUS, taken before the
+        # move, must not let the status shortcut skip them.
+        self._moved_into: set[str] = set()
         # Checked between folders and download groups: the daemon's SIGTERM finishes the
         # current batch, not the whole sync.
         self.should_stop: Callable[[], bool] = lambda: False
@@ -269,6 +273,11 @@ class AccountSync:
         selectable = [f for f in remote if not f.noselect]
         if only is not None:
             selectable = [f for f in selectable if f.name in only]
+        # The trash folder last, so that what this run moves there is synced down in the same
+        # run; otherwise the next sync, right after this one, would still download it (not
+        # idempotent; crash tests, "trash" scenario).
+        selectable.sort(key=lambda f: f.name == account.trash_folder)
+        self._moved_into = set()
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
         for folder in selectable:
@@ -278,7 +287,9 @@ class AccountSync:
             if folder_result.error:
                 continue
             try:
-                self.sync_folder(folder, statuses.get(folder.name), folder_result)
+                status = None if folder.name in self._moved_into \
+                    else statuses.get(folder.name)
+                self.sync_folder(folder, status, folder_result)
             except FolderError as exc:
                 folder_result.error = str(exc).split(": ", 1)[-1]
             except OSError as exc:
@@ -360,11 +371,10 @@ class AccountSync:
         if uidvalidity_changed:
             log.warning("%s/%s: UIDVALIDITY changed (%s -> %s); re-pairing by content",
                         self.account.name, name, fstate.uidvalidity, info.uidvalidity)
-            # The old UIDs are void. The plan re-pairs by content; the rows must go first so
-            # the new UIDs do not collide with stale ones.
-            self.state.reset_folder(fstate.id)
-            checkpoint("uidvalidity.reset")
-        self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result)
+        # reset: the old UIDs are void; their rows go in the same commit as the re-pairings
+        # (see execute).
+        self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result,
+                     reset=uidvalidity_changed)
         if self.should_stop():
             return result  # interrupted between batches: the cursors must not claim completion
         self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
@@ -460,7 +470,7 @@ class AccountSync:
     # --- executing a plan -----------------------------------------------------------------
     def execute(self, plan: A.FolderPlan, fstate: FolderState, folder: MaildirFolder,
                 remote: dict[int, RemoteMessage], local_flags: dict[str, str],
-                result: FolderResult) -> None:
+                result: FolderResult, *, reset: bool = False) -> None:
         session = self._session()
         state = self.state
         fid = fstate.id
@@ -470,6 +480,13 @@ class AccountSync:
 
         # State-only actions first: they move no data and make later steps' rows consistent.
         with state.transaction():
+            if reset:
+                # UIDVALIDITY changed: drop every old row (and the cursors) in the same commit
+                # that records the re-pairings, so the new UIDs never collide with stale ones.
+                # Resetting in a commit of its own lost the old synced flags when a crash came
+                # before this one: the re-pairing then fell back to the union of both sides and
+                # undid flags removed on one side (crash tests, "uidvalidity" scenario).
+                state.reset_folder(fid)
             for action in by_kind[A.Forget]:
                 state.delete_message(fid, action.uid)
             for action in by_kind[A.Pair]:
@@ -510,6 +527,7 @@ class AccountSync:
                 if trash == fstate.remote_name:
                     to_expunge += to_trash  # deleting inside the trash itself
                 else:
+                    self._moved_into.add(trash)
                     session.move(to_trash, trash)
                     checkpoint("delete-remote.move")
             session.expunge(to_expunge)
@@ -717,6 +735,13 @@ class AccountSync:
         selected = False
         for intent in intents:
             key = intent.key
+            if intent.op == "download" and key and "/" not in key and not key.startswith("."):
+                # A kill while its group was staged (or between the link and the unlink of
+                # the tmp name) leaves tmp/<key> behind. Nothing else writes that name and
+                # nothing would ever remove it: each kill left up to a group's worth of
+                # messages in tmp/ (crash tests, kill -9 during an initial sync).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder.path / "tmp" / key)
             if key is None or key in known_keys or key not in entries:
                 continue
             if intent.op == "download" and intent.uid is not None:
