@@ -354,7 +354,8 @@ class AccountSync:
                                  {} if uidvalidity_changed else synced_by_key)
         policy = FolderPolicy(trash_folder=self.account.trash_folder,
                               force_deletions=self.options.force_deletions,
-                              local_folder_missing=local_folder_missing)
+                              local_folder_missing=local_folder_missing,
+                              guard_held=fstate is not None and fstate.guard_held)
         plan = plan_folder(FolderSnapshot(synced=tuple(synced), local=tuple(local),
                                           remote=tuple(remote.values()),
                                           uidvalidity_changed=uidvalidity_changed,
@@ -368,6 +369,9 @@ class AccountSync:
             result.plan_lines = describe(plan)
             return result
         assert fstate is not None
+        held = plan.guard is not None and not local_folder_missing
+        if held != fstate.guard_held:
+            self.state.set_guard_held(fstate.id, held)
         if uidvalidity_changed:
             log.warning("%s/%s: UIDVALIDITY changed (%s -> %s); re-pairing by content",
                         self.account.name, name, fstate.uidvalidity, info.uidvalidity)

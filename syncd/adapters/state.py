@@ -59,6 +59,9 @@ class FolderState:
     uidnext: int | None
     highestmodseq: int | None
     last_sync: float | None  # unix time of the last successful sync
+    # The mass-deletion guard held at the last sync and was not confirmed: it keeps holding,
+    # however much new mail dilutes the share of vanished messages, until --force-deletions.
+    guard_held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
             deleted INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    ("ALTER TABLE folder ADD COLUMN guard_held INTEGER NOT NULL DEFAULT 0",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -348,18 +352,29 @@ class StateStore:
 
     # folders
 
-    _FOLDER_COLS = "id, remote_name, local_path, uidvalidity, uidnext, highestmodseq, last_sync"
+    _FOLDER_COLS = ("id, remote_name, local_path, uidvalidity, uidnext, highestmodseq, "
+                    "last_sync, guard_held")
+
+    @staticmethod
+    def _folder_state(row: tuple) -> FolderState:
+        return FolderState(*row[:-1], guard_held=bool(row[-1]))
 
     @_guard
     def folders(self) -> list[FolderState]:
         rows = self._conn.execute(f"SELECT {self._FOLDER_COLS} FROM folder ORDER BY id")
-        return [FolderState(*row) for row in rows]
+        return [self._folder_state(row) for row in rows]
 
     @_guard
     def folder(self, remote_name: str) -> FolderState | None:
         row = self._conn.execute(f"SELECT {self._FOLDER_COLS} FROM folder WHERE remote_name = ?",
                                  (remote_name,)).fetchone()
-        return FolderState(*row) if row else None
+        return self._folder_state(row) if row else None
+
+    @_guard
+    def set_guard_held(self, folder_id: int, held: bool) -> None:
+        with self.transaction():
+            self._conn.execute("UPDATE folder SET guard_held = ? WHERE id = ?",
+                               (int(held), folder_id))
 
     @_guard
     def ensure_folder(self, remote_name: str, local_path: str) -> FolderState:

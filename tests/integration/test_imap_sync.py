@@ -227,9 +227,17 @@ def test_mass_deletion_guard(dovecot: Dovecot, user: User, tmp_path: Path) -> No
     assert dovecot.count(user, "INBOX") == 20  # the server is intact
     rc, out, _ = sync(account)
     assert rc == 1  # still refused: nothing was forgotten
+    # New mail must not dilute the guard ("20 of 50 known" is no longer "most") until the
+    # user confirms.
+    dovecot.seed(user, "INBOX", [make_message(100 + i) for i in range(30)])
+    rc, out, _ = sync(account)
+    assert rc == 1 and "force-deletions" in out, out
+    assert dovecot.count(user, "INBOX") == 50
     rc, out, err = sync(account, "--force-deletions", account.name)
     assert rc == 0, out + err
-    assert dovecot.count(user, "INBOX") == 0
+    assert dovecot.count(user, "INBOX") == 30  # the 20 confirmed deletions; new mail stays
+    assert_folder_in_sync(dovecot, user, account, "INBOX")
+    assert_quiet(account)
 
 
 def test_missing_folder_dir_or_maildir_is_redownloaded(dovecot: Dovecot, user: User,
