@@ -19,7 +19,9 @@ import datetime as dt
 import fnmatch
 import logging
 import os
+import queue
 import ssl
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -49,7 +51,7 @@ log = logging.getLogger("syncd.engine")
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
 DOWNLOAD_COMMIT_COUNT = 200
-DOWNLOAD_COMMIT_BYTES = 32 * 1024 * 1024
+DOWNLOAD_COMMIT_BYTES = 8 * 1024 * 1024
 
 
 class Reporter(Protocol):
@@ -136,6 +138,50 @@ class AccountResult:
         if problems:
             text += " — " + "; ".join(problems)
         return text
+
+
+class BodyPrefetcher:
+    """Fetches download groups' bodies on the session in a thread, at most one group ahead of
+    the writer, so network transfer overlaps with writing and flushing; memory stays bounded
+    by two groups. The writer must not use the session until close()."""
+
+    def __init__(self, session: ImapSession,
+                 groups: list[list[tuple[int, int | None]]]) -> None:
+        self._groups = groups
+        self._session = session
+        self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imap-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for group in self._groups:
+                if self._halt.is_set():
+                    return
+                self._put((True, list(self._session.fetch_bodies(group))))
+        except BaseException as exc:  # handed to the writer, which raises it
+            self._put((False, exc))
+
+    def _put(self, item: tuple[bool, object]) -> None:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next_group(self) -> list[tuple[int, bytes, dt.datetime | None]]:
+        ok, value = self._queue.get()
+        if not ok:
+            assert isinstance(value, BaseException)
+            raise value
+        return value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._halt.set()
+        # Whatever it is fetching now completes (or times out) before the session is reused.
+        self._thread.join()
 
 
 def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
@@ -604,75 +650,90 @@ class AccountSync:
                   folder: MaildirFolder, result: FolderResult, paired_keys: set[str],
                   local_flags: dict[str, str]) -> None:
         session = self._session()
-        state = self.state
         fid = fstate.id
         total_bytes = sum(a.size or 0 for a in downloads)
         self.reporter.folder_started(self.account.name, fstate.remote_name, len(downloads),
                                      total_bytes)
         paired_flags: list[A.Action] = []
-        start = 0
-        while start < len(downloads) and not self.should_stop():
-            # One group: intents (one commit) -> fetch -> write+fsync each -> dir fsync ->
-            # rows + cleared intents (one commit).
-            group: list[A.Download] = []
-            group_bytes = 0
-            while start < len(downloads) and len(group) < DOWNLOAD_COMMIT_COUNT \
-                    and group_bytes < DOWNLOAD_COMMIT_BYTES:
-                group.append(downloads[start])
-                group_bytes += downloads[start].size or 0
-                start += 1
-            keys = {a.uid: folder.new_key() for a in group}
-            intent_ids = state.add_intents(
-                fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
-            checkpoint("download.intents")
-            by_uid = {a.uid: a for a in group}
-            rows: list[SyncedMessage] = []
-            staged = []
-            try:
-                for uid, raw, internaldate in session.fetch_bodies(
-                        [(a.uid, a.size) for a in group]):
-                    action = by_uid[uid]
-                    data = crlf_to_lf(raw)
-                    candidate = self._content_match(folder, action, data, paired_keys)
-                    if candidate is not None:
-                        # Same bytes already here under another name (a crash between APPEND
-                        # and its record, or a state rebuilt from scratch): pair, do not
-                        # duplicate. As a planned Pair (see A.Download): record the merge base
-                        # now, bring both sides to the union of their flags once the downloads
-                        # are done. Recording the local flags instead left the sides apart and
-                        # made the next merge drop a local-only flag (crash tests, "initial").
-                        pair, *flag_actions = pair_actions(uid, candidate,
-                                                           local_flags.get(candidate, ""),
-                                                           action.flags, size=action.size)
-                        assert isinstance(pair, A.Pair)
-                        rows.append(SyncedMessage(uid, candidate, pair.flags, action.size,
-                                                  None))
-                        paired_flags.extend(flag_actions)
-                        paired_keys.add(candidate)
-                        result.paired += 1
-                        continue
-                    mtime = internaldate.timestamp() \
-                        if isinstance(internaldate, dt.datetime) else None
-                    staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
-                    rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size))
-                    result.downloaded_bytes += len(raw)
-                    if "S" not in action.flags:
-                        result.new_mail += 1
-                    self.reporter.advance(self.account.name, 1, len(raw))
-            except BaseException:
-                folder.discard(staged)  # never leave half a batch in tmp/
-                raise
-            # tmp files -> one flush for the whole group -> links -> directory fsync -> rows.
-            folder.publish(staged)
-            checkpoint("download.publish")
-            result.downloaded += len(staged)
-            folder.sync()
-            with state.transaction():
-                state.put_messages(fid, rows)
-                state.clear_intents(intent_ids)
-            checkpoint("download.commit")
+        groups: list[list[A.Download]] = [[]]
+        group_bytes = 0
+        for action in downloads:
+            if groups[-1] and (len(groups[-1]) >= DOWNLOAD_COMMIT_COUNT
+                               or group_bytes >= DOWNLOAD_COMMIT_BYTES):
+                groups.append([])
+                group_bytes = 0
+            groups[-1].append(action)
+            group_bytes += action.size or 0
+        # The next group's bodies come over the network while this one is written and
+        # flushed. Fetching stores nothing, so it may run ahead of the group's intents.
+        prefetch = BodyPrefetcher(session, [[(a.uid, a.size) for a in g] for g in groups])
+        try:
+            for group in groups:
+                if self.should_stop():
+                    break
+                self._download_group(group, prefetch.next_group(), fid, folder, result,
+                                     paired_keys, local_flags, paired_flags)
+        finally:
+            prefetch.close()
         if paired_flags:
             self._apply_flags(paired_flags, fid, folder, result)
+
+    def _download_group(self, group: list[A.Download],
+                        bodies: list[tuple[int, bytes, dt.datetime | None]], fid: int,
+                        folder: MaildirFolder, result: FolderResult, paired_keys: set[str],
+                        local_flags: dict[str, str], paired_flags: list[A.Action]) -> None:
+        """One group commit: intents (one commit) -> stage each body in tmp/ -> one flush ->
+        links -> directory fsync -> rows and cleared intents (one commit)."""
+        state = self.state
+        keys = {a.uid: folder.new_key() for a in group}
+        intent_ids = state.add_intents(
+            fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
+        checkpoint("download.intents")
+        by_uid = {a.uid: a for a in group}
+        rows: list[SyncedMessage] = []
+        staged = []
+        try:
+            for uid, raw, internaldate in bodies:
+                action = by_uid[uid]
+                data = crlf_to_lf(raw)
+                candidate = self._content_match(folder, action, data, paired_keys)
+                if candidate is not None:
+                    # Same bytes already here under another name (a crash between APPEND
+                    # and its record, or a state rebuilt from scratch): pair, do not
+                    # duplicate. As a planned Pair (see A.Download): record the merge base
+                    # now, bring both sides to the union of their flags once the downloads
+                    # are done. Recording the local flags instead left the sides apart and
+                    # made the next merge drop a local-only flag (crash tests, "initial").
+                    pair, *flag_actions = pair_actions(uid, candidate,
+                                                       local_flags.get(candidate, ""),
+                                                       action.flags, size=action.size)
+                    assert isinstance(pair, A.Pair)
+                    rows.append(SyncedMessage(uid, candidate, pair.flags, action.size,
+                                              None))
+                    paired_flags.extend(flag_actions)
+                    paired_keys.add(candidate)
+                    result.paired += 1
+                    continue
+                mtime = internaldate.timestamp() \
+                    if isinstance(internaldate, dt.datetime) else None
+                staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
+                rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size))
+                result.downloaded_bytes += len(raw)
+                if "S" not in action.flags:
+                    result.new_mail += 1
+                self.reporter.advance(self.account.name, 1, len(raw))
+        except BaseException:
+            folder.discard(staged)  # never leave half a batch in tmp/
+            raise
+        # tmp files -> one flush for the whole group -> links -> directory fsync -> rows.
+        folder.publish(staged)
+        checkpoint("download.publish")
+        result.downloaded += len(staged)
+        folder.sync()
+        with state.transaction():
+            state.put_messages(fid, rows)
+            state.clear_intents(intent_ids)
+        checkpoint("download.commit")
 
     def _content_match(self, folder: MaildirFolder, action: A.Download, data: bytes,
                        paired_keys: set[str]) -> str | None:
