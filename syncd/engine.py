@@ -52,6 +52,9 @@ log = logging.getLogger("syncd.engine")
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
 DOWNLOAD_COMMIT_COUNT = 200
 DOWNLOAD_COMMIT_BYTES = 8 * 1024 * 1024
+# A folder missing at least this many messages locally gets its own connection (when the
+# account allows more than one): first syncs of several big folders run side by side.
+BULK_FOLDER_MESSAGES = 500
 
 
 class Reporter(Protocol):
@@ -326,34 +329,113 @@ class AccountSync:
         self._moved_into = set()
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
+        bulk = self._bulk_folders(selectable, statuses)
+        if len(bulk) >= 2:
+            self._sync_in_parallel(bulk, statuses, merged)
+            selectable = [f for f in selectable if f not in bulk]
         for folder in selectable:
             if self.should_stop():
                 break
             folder_result = merged.get(folder.name) or FolderResult(folder.name)
             if folder_result.error:
                 continue
-            try:
-                status = None if folder.name in self._moved_into \
-                    else statuses.get(folder.name)
-                self.sync_folder(folder, status, folder_result)
-            except FolderError as exc:
-                folder_result.error = str(exc).split(": ", 1)[-1]
-            except OSError as exc:
-                # A local problem (disk full, permissions) stops this folder only; a dead
-                # connection stops the account.
-                if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
-                    raise
-                folder_result.error = f"local error: {exc}"
-            except Exception as exc:
-                from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
-
-                if isinstance(exc, IMAPClientAbortError) or not isinstance(exc,
-                                                                          IMAPClientError):
-                    raise
-                folder_result.error = f"server refused: {exc}"
+            status = None if folder.name in self._moved_into else statuses.get(folder.name)
+            self._sync_guarded(folder, status, folder_result)
             merged.setdefault(folder.name, folder_result)
         # \Noselect parents are directories only: make sure they exist locally for navigation.
         return list(merged.values())
+
+    def _sync_guarded(self, folder: RemoteFolder, status: FolderStatus | None,
+                      folder_result: FolderResult) -> None:
+        """sync_folder, with the errors that concern only this folder recorded in its result;
+        those that concern the whole account (a dead connection, a bug) propagate."""
+        try:
+            self.sync_folder(folder, status, folder_result)
+        except FolderError as exc:
+            folder_result.error = str(exc).split(": ", 1)[-1]
+        except OSError as exc:
+            # A local problem (disk full, permissions) stops this folder only; a dead
+            # connection stops the account.
+            if isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
+                raise
+            folder_result.error = f"local error: {exc}"
+        except Exception as exc:
+            from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+            if isinstance(exc, IMAPClientAbortError) or not isinstance(exc,
+                                                                      IMAPClientError):
+                raise
+            folder_result.error = f"server refused: {exc}"
+
+    def _bulk_folders(self, selectable: list[RemoteFolder],
+                      statuses: dict[str, FolderStatus]) -> list[RemoteFolder]:
+        """Folders with so much to download that they are worth their own connection (a
+        first sync), biggest first; none in a dry run or with `connections: 1`."""
+        if self.options.dry_run or self.account.connections < 2:
+            return []
+        known = {f.remote_name: f for f in self.state.folders()}
+        sizes: list[tuple[int, RemoteFolder]] = []
+        for folder in selectable:
+            status = statuses.get(folder.name)
+            if folder.name == self.account.trash_folder or status is None:
+                continue  # the trash folder is synced last (it receives moves)
+            fstate = known.get(folder.name)
+            have = self.state.message_count(fstate.id) if fstate is not None else 0
+            missing = (status.messages or 0) - have
+            if missing >= BULK_FOLDER_MESSAGES:
+                sizes.append((missing, folder))
+        sizes.sort(key=lambda item: -item[0])
+        return [folder for _, folder in sizes]
+
+    def _sync_in_parallel(self, bulk: list[RemoteFolder], statuses: dict[str, FolderStatus],
+                          merged: dict[str, FolderResult]) -> None:
+        """Big initial syncs: up to `connections` folders at once, each extra worker with its
+        own connection and its own state connection (SQLite serialises the commits)."""
+        from syncd.adapters.state import StateStore
+
+        todo: queue.Queue[RemoteFolder] = queue.Queue()
+        for folder in bulk:
+            merged[folder.name] = FolderResult(folder.name)
+            todo.put(folder)
+        failures: list[BaseException] = []
+
+        def drain(worker: AccountSync) -> None:
+            while not self.should_stop():
+                try:
+                    folder = todo.get_nowait()
+                except queue.Empty:
+                    return
+                worker._sync_guarded(folder, statuses.get(folder.name), merged[folder.name])
+
+        def extra() -> None:
+            state = StateStore(self.state.path)
+            worker = AccountSync(self.account, state, self.connect, options=self.options,
+                                 reporter=self.reporter, clock=self.clock)
+            worker.should_stop = self.should_stop
+            worker._moved_into = self._moved_into  # its moves into the trash count too
+            try:
+                worker.session = self.connect()
+                drain(worker)
+            except BaseException as exc:  # the main thread reports it
+                failures.append(exc)
+            finally:
+                worker.close()
+                state.close()
+
+        threads = [threading.Thread(target=extra, name=f"sync-{self.account.name}-{n}",
+                                    daemon=True)
+                   for n in range(min(self.account.connections, len(bulk)) - 1)]
+        for thread in threads:
+            thread.start()
+        try:
+            drain(self)
+        finally:
+            for thread in threads:
+                thread.join()
+        for folder in bulk:
+            result = merged[folder.name]
+            if failures and not result.changed and result.error is None:
+                result.error = f"not synced: {failures[0]}"
 
     def _session(self) -> ImapSession:
         assert self.session is not None
