@@ -854,7 +854,31 @@ def load_config(path: Path | str | None = None) -> Settings:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("the file is not valid UTF-8", line=line, path=shown) from None
-    return parse_config(text, shown)
+    settings = parse_config(text, shown)
+    _warn_if_readable_by_others(path, settings)
+    return settings
+
+
+def _warn_if_readable_by_others(path: Path, settings: Settings) -> None:
+    """A config that holds secrets (an OAuth2 client_secret) or says how to get them (a
+    password_command) should not be readable by other users (fault suite, security)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & 0o044:
+        return
+    keys = [f"accounts.{name}.{key}" for name, account in settings.accounts.items()
+            for key, present in (("password_command", account.password_command is not None),
+                                 ("oauth2.client_secret", account.oauth2 is not None
+                                  and account.oauth2.client_secret is not None))
+            if present]
+    if keys:
+        import logging
+
+        logging.getLogger("syncd.config").warning(
+            "%s is readable by other users (mode %03o) and contains %s: run chmod 600 %s",
+            path, mode & 0o777, ", ".join(keys), path)
 
 
 def parse_config(text: str, path: str = "<config>") -> Settings:

@@ -226,6 +226,7 @@ class AccountSync:
         # Checked between folders and download groups: the daemon's SIGTERM finishes the
         # current batch, not the whole sync.
         self.should_stop: Callable[[], bool] = lambda: False
+        self._in_folder: str | None = None  # the folder being synced (for error messages)
 
     # --- the whole account ----------------------------------------------------------------
     def run(self, only_folders: frozenset[str] | None = None, *,
@@ -234,6 +235,7 @@ class AccountSync:
         stays up for the next run (the daemon); a broken one is dropped and made anew."""
         started = time.monotonic()
         result = AccountResult(self.account.name)
+        self._in_folder = None
         only = only_folders if only_folders is not None else self.options.only_folders
         try:
             if self.session is None:
@@ -245,7 +247,7 @@ class AccountSync:
             result.error_cause = exc.cause
             self.close()
         except (OSError, EOFError) as exc:
-            result.error = f"connection lost: {exc}"
+            result.error = f"connection lost{self._during()}: {exc}"
             self.close()
         except Exception as exc:
             from imapclient.exceptions import IMAPClientError
@@ -253,7 +255,7 @@ class AccountSync:
             self.close()
             if not isinstance(exc, IMAPClientError):
                 raise
-            result.error = f"server error: {exc}"
+            result.error = f"server error{self._during()}: {exc}"
         except BaseException:
             self.close()
             raise
@@ -262,6 +264,10 @@ class AccountSync:
                 self.close()
             result.seconds = time.monotonic() - started
         return result
+
+    def _during(self) -> str:
+        # Errors that end the whole account still name the folder they happened in.
+        return f" (in folder {self._in_folder!r})" if self._in_folder else ""
 
     def close(self) -> None:
         if self.session is not None:
@@ -326,6 +332,19 @@ class AccountSync:
         # run; otherwise the next sync, right after this one, would still download it (not
         # idempotent; crash tests, "trash" scenario).
         selectable.sort(key=lambda f: f.name == account.trash_folder)
+        # Two server folders must never share one local folder: each would take the other's
+        # messages for new local mail and upload them (a server listing both "INBOX" and
+        # "Inbox", which both mean INBOX; fault suite, hostile folder names). The exact
+        # "INBOX" keeps it; the other is reported and left alone.
+        claimed: dict[str, str] = {}
+        for folder in sorted(selectable, key=lambda f: f.name != "INBOX"):
+            path = str(self.maildir.local_path(_components(folder)))
+            if path in claimed:
+                results.append(FolderResult(
+                    folder.name, error=f"maps to the same local folder as {claimed[path]!r} "
+                    f"({path}); not synced"))
+            else:
+                claimed[path] = folder.name
         self._moved_into = set()
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
@@ -350,7 +369,9 @@ class AccountSync:
         """sync_folder, with the errors that concern only this folder recorded in its result;
         those that concern the whole account (a dead connection, a bug) propagate."""
         try:
+            self._in_folder = folder.name
             self.sync_folder(folder, status, folder_result)
+            self._in_folder = None
         except FolderError as exc:
             folder_result.error = str(exc).split(": ", 1)[-1]
         except OSError as exc:
@@ -633,7 +654,7 @@ class AccountSync:
         result.paired += len(by_kind[A.Pair])
 
         self._apply_flags([*by_kind[A.SetLocalFlags], *by_kind[A.PushFlags]], fid, folder,
-                          result)
+                          result, local_flags)
 
         # Server expunged: remove local files.
         deletes = by_kind[A.DeleteLocal]
@@ -650,6 +671,14 @@ class AccountSync:
 
         # Local deletions: expunge (or move to trash) on the server.
         remote_deletes = by_kind[A.DeleteRemote]
+        if remote_deletes:
+            # Look again before deleting anything on the server: a file a MUA renamed while
+            # the scan read the directory (new/ -> cur/, or a flag rename inside cur/) can be
+            # missing from that scan without being gone; it was expunged and then uploaded
+            # again without its server flags (fault suite, concurrent local changes). One
+            # fresh scan; what is really gone is still gone.
+            present = folder.scan()
+            remote_deletes = [a for a in remote_deletes if a.key not in present]
         if remote_deletes:
             to_trash = [a.uid for a in remote_deletes if a.trash_folder]
             to_expunge = [a.uid for a in remote_deletes if not a.trash_folder]
@@ -681,7 +710,7 @@ class AccountSync:
             self._upload(uploads, fstate, folder, result)
 
     def _apply_flags(self, actions: list[A.Action], fid: int, folder: MaildirFolder,
-                     result: FolderResult) -> None:
+                     result: FolderResult, local_flags: dict[str, str] | None = None) -> None:
         """SetLocalFlags (renames, one commit), then PushFlags (STOREs, one commit), then
         RecordFlags; a uid's SetLocalFlags before its PushFlags, as the plan requires."""
         session = self._session()
@@ -691,9 +720,15 @@ class AccountSync:
             by_kind[type(action)].append(action)
         # Local flag renames, then one commit.
         renamed = []
+        changed_meanwhile: set[int] = set()
         for action in by_kind[A.SetLocalFlags]:
             try:
-                folder.set_flags(action.key, action.flags)
+                # expect: the flags the plan saw. A MUA that renamed the file since must not
+                # have its change overwritten (fault suite, concurrent local changes).
+                if not folder.set_flags(action.key, action.flags,
+                                        expect=(local_flags or {}).get(action.key)):
+                    changed_meanwhile.add(action.uid)  # left for the next sync to merge
+                    continue
             except FileNotFoundError:
                 continue  # deleted meanwhile; the next sync sees the deletion
             renamed.append(action)
@@ -709,8 +744,10 @@ class AccountSync:
             checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
 
-        # Server flag changes, grouped so equal changes share one STORE.
-        pushes = by_kind[A.PushFlags]
+        # Server flag changes, grouped so equal changes share one STORE. Not for a message
+        # whose local file changed under us: the push would record a target that misses the
+        # local change, and the next merge would then revert the server's.
+        pushes = [a for a in by_kind[A.PushFlags] if a.uid not in changed_meanwhile]
         if pushes:
             groups: dict[tuple[str, str], list[int]] = defaultdict(list)
             for action in pushes:
@@ -758,7 +795,7 @@ class AccountSync:
         finally:
             prefetch.close()
         if paired_flags:
-            self._apply_flags(paired_flags, fid, folder, result)
+            self._apply_flags(paired_flags, fid, folder, result, local_flags)
 
     def _download_group(self, group: list[A.Download],
                         bodies: list[tuple[int, bytes, dt.datetime | None]], fid: int,

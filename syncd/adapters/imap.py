@@ -205,6 +205,8 @@ class ImapSession:
         self.account = account
         self.client = client
         _quiet_imaplib(client)
+        self.guard = ReplyGuard.install(client)
+        self.guard.where = lambda: account.host
         self.capabilities: frozenset[str] = frozenset(
             c.decode("ascii", "replace").upper() for c in client.capabilities()
         )
@@ -242,6 +244,7 @@ class ImapSession:
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None
         _quiet_imaplib(client)
+        ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
         try:
             if account.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
@@ -397,18 +400,30 @@ class ImapSession:
                                    cause="protocol") from None
 
     def select(self, name: str) -> SelectInfo:
-        response = self.client.select_folder(name)
+        from imapclient.exceptions import ProtocolError
+
+        try:
+            response = self.client.select_folder(name)
+        except (ValueError, TypeError):  # imapclient's int() of a garbage number
+            raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
         self.client._imap.untagged_responses.pop("VANISHED", None)
         modseq = response.get(b"HIGHESTMODSEQ")
         if b"NOMODSEQ" in response:
             modseq = None
-        return SelectInfo(
-            uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
-            exists=int(response.get(b"EXISTS", 0)),
-            highestmodseq=int(modseq) if modseq is not None else None,
-        )
+        try:
+            return SelectInfo(
+                uidvalidity=_positive(response[b"UIDVALIDITY"]),
+                uidnext=_positive(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+                exists=_positive(response.get(b"EXISTS", 0), zero=True),
+                highestmodseq=_positive(modseq) if modseq is not None else None,
+            )
+        except (KeyError, ValueError, TypeError):
+            # A SELECT reply without a usable UIDVALIDITY (or with garbage numbers) gives
+            # nothing to sync against: a folder error, not a crash (fault suite, hostile
+            # servers).
+            raise ProtocolError(f"SELECT {name!r}: no valid UIDVALIDITY/UIDNEXT/EXISTS in the "
+                                "reply") from None
 
     # --- fetches --------------------------------------------------------------------------
     def _fetch(self, uid_set: str, items: Sequence[str],
@@ -504,14 +519,18 @@ class ImapSession:
         bounded by count and bytes. Messages the server no longer has are silently absent."""
         batch: list[int] = []
         batch_bytes = 0
+        largest: int | None = 0
         for uid, size in wanted:
             batch.append(uid)
             batch_bytes += size or 0
+            largest = None if size is None or largest is None else max(largest, size)
             if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
-                yield from self._fetch_body_batch(batch)
-                batch, batch_bytes = [], 0
+                with self.guard.expecting(largest, batch_bytes):
+                    yield from self._fetch_body_batch(batch)
+                batch, batch_bytes, largest = [], 0, 0
         if batch:
-            yield from self._fetch_body_batch(batch)
+            with self.guard.expecting(largest, batch_bytes):
+                yield from self._fetch_body_batch(batch)
 
     def _fetch_body_batch(self, uids: list[int]
                           ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
@@ -636,6 +655,117 @@ class ImapSession:
         self.client._imap.untagged_responses.pop("VANISHED", None)
 
 
+# Limits on what a server may make us hold (fault suite, hostile servers). imaplib reads a
+# literal of whatever size the server announces in one allocation, keeps every untagged line
+# until someone pops it, and reports an over-long line as a plain error after which the
+# connection is out of step. Each of these let a broken or hostile server exhaust memory or
+# desynchronise the session.
+#: A literal outside a body fetch (a header field, a folder name) is small.
+LITERAL_LIMIT = 1024 * 1024
+#: No message literal is ever accepted above this, whatever RFC822.SIZE says.
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+#: Bytes of one command's reply (lines and literals) beyond what its literals may take: the
+#: flags of a million messages are ~50 MB.
+REPLY_LIMIT = 96 * 1024 * 1024
+#: Unsolicited status responses (OK, NO, EXISTS, ...) kept per kind; older ones are dropped.
+UNTAGGED_KEEP = 256
+_KEEP_ALL = frozenset({"FETCH", "VANISHED", "SEARCH", "ESEARCH", "LIST", "LSUB", "STATUS",
+                       "ENABLED", "NAMESPACE", "ID", "SORT", "THREAD"})
+_READ_CHUNK = 1024 * 1024
+
+
+class ReplyGuard:
+    """Bounds what one IMAP connection reads: each literal (to LITERAL_LIMIT, or during a body
+    fetch to about what RFC822.SIZE announced), the bytes of each reply, and the unsolicited
+    responses kept. A reply over a limit ends the connection (imaplib's abort: the session is
+    dropped and made anew), never a half-read stream that later replies would be parsed from.
+    """
+
+    def __init__(self, imap: object) -> None:
+        self.imap = imap
+        self.literal_limit = LITERAL_LIMIT
+        self.reply_limit = REPLY_LIMIT
+        self.received = 0  # bytes since the last command was sent
+        self.where: Callable[[], str] = lambda: "the server"
+        cls = type(imap)
+        self._read = cls.read.__get__(imap)
+        self._readline = cls.readline.__get__(imap)
+        self._send = cls.send.__get__(imap)
+        self._append = cls._append_untagged.__get__(imap)
+
+    @classmethod
+    def install(cls, client: IMAPClient) -> ReplyGuard:
+        imap = client._imap
+        guard = getattr(imap, "_syncd_guard", None)
+        if guard is None:
+            guard = cls(imap)
+            imap._syncd_guard = guard
+            imap.read = guard.read
+            imap.readline = guard.readline
+            imap.send = guard.send
+            imap._append_untagged = guard.append_untagged
+        return guard
+
+    @contextlib.contextmanager
+    def expecting(self, largest: int | None, total: int) -> Iterator[None]:
+        """Literals of messages whose largest announced size is ``largest`` (None: unknown)."""
+        saved = self.literal_limit, self.reply_limit
+        limit = MAX_MESSAGE_BYTES if largest is None \
+            else min(MAX_MESSAGE_BYTES, 2 * largest + LITERAL_LIMIT)
+        self.literal_limit = max(self.literal_limit, limit)
+        self.reply_limit = REPLY_LIMIT + 2 * max(total, limit)
+        try:
+            yield
+        finally:
+            self.literal_limit, self.reply_limit = saved
+
+    def _abort(self, message: str) -> BaseException:
+        return self.imap.abort(f"{self.where()}: {message}; connection dropped")
+
+    def _count(self, n: int) -> None:
+        self.received += n
+        if self.received > self.reply_limit:
+            raise self._abort(f"more than {self.reply_limit} bytes in reply to one command")
+
+    def send(self, data: bytes) -> None:
+        self.received = 0
+        self._send(data)
+
+    def readline(self) -> bytes:
+        try:
+            line = self._readline()
+        except self.imap.abort:
+            raise
+        except self.imap.error as exc:  # "got more than 1000000 bytes": mid-line, out of step
+            raise self._abort(f"over-long line from the server ({exc})") from None
+        self._count(len(line))
+        return line
+
+    def read(self, size: int) -> bytes:
+        if size > self.literal_limit:
+            raise self._abort(f"the server announced a literal of {size} bytes, more than the "
+                              f"{self.literal_limit} expected")
+        self._count(size)
+        if size <= _READ_CHUNK:
+            return self._read(size)
+        # In pieces, so that memory follows what actually arrives, not what was announced.
+        parts = []
+        remaining = size
+        while remaining:
+            part = self._read(min(remaining, _READ_CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
+
+    def append_untagged(self, typ: str, dat: object) -> None:
+        kept = self.imap.untagged_responses.get(typ)
+        if kept is not None and typ not in _KEEP_ALL and len(kept) >= 2 * UNTAGGED_KEEP:
+            del kept[:-UNTAGGED_KEEP]  # nobody reads old EXISTS/OK/ALERT lines
+        self._append(typ, dat)
+
+
 def _quiet_imaplib(client: IMAPClient) -> None:
     """imapclient turns imaplib's debug level up to 5, and imaplib then formats the repr of
     every response, message bodies included, before the logger can drop it: a third of the CPU
@@ -656,6 +786,14 @@ def parse_message_id(header: bytes) -> str | None:
     return None
 
 
+def _positive(value: object, *, zero: bool = False) -> int:
+    """A number from a server reply; ValueError unless it is one (and > 0 unless zero)."""
+    number = int(value)  # type: ignore[call-overload]
+    if number < 0 or (number == 0 and not zero):
+        raise ValueError(f"not a valid number: {value!r}")
+    return number
+
+
 def _pairs(items: Sequence[object]) -> Iterator[tuple[object, object]]:
     it = iter(items)
     return zip(it, it, strict=False)
@@ -664,7 +802,10 @@ def _pairs(items: Sequence[object]) -> Iterator[tuple[object, object]]:
 def _status_from(raw: dict) -> FolderStatus:
     def get(key: str) -> int | None:
         value = raw.get(key.encode()) if key.encode() in raw else raw.get(key)
-        return int(value) if value is not None else None
+        try:
+            return int(value) if value is not None else None
+        except (ValueError, TypeError):
+            return None  # garbage from a broken server: STATUS is only a hint (fault suite)
 
     return FolderStatus(uidvalidity=get("UIDVALIDITY"), uidnext=get("UIDNEXT"),
                         messages=get("MESSAGES"), highestmodseq=get("HIGHESTMODSEQ"))

@@ -469,26 +469,33 @@ class MaildirFolder:
             with contextlib.suppress(FileNotFoundError):
                 _fsync_dir(self.path / sub)
 
-    def set_flags(self, key: str, flags: Flags) -> None:
+    def set_flags(self, key: str, flags: Flags, *, expect: Flags | None = None) -> bool:
         """Rename the file of key so that it carries flags (moving new/ -> cur/ when needed).
         Letters the file had that syncd does not know are kept. Missing file: FileNotFoundError.
         A flagless message in new/ that stays flagless stays in new/; a message in cur/ keeps
-        its ":2," suffix even when it loses all flags (that is where MUAs keep seen mail)."""
+        its ":2," suffix even when it loses all flags (that is where MUAs keep seen mail).
+
+        ``expect``: the flags the caller last saw on the file. If another program has changed
+        them since (mutt renaming it while a sync runs), nothing is renamed and False is
+        returned: overwriting would silently undo that change (fault suite, concurrent local
+        changes); the next sync merges it."""
         wanted = _check_flags(flags)
         for path in self._retrying(key):
             sub = path.parent.name
             _key, info = _split_name(path.name)
+            if expect is not None and (from_info(info) if info is not None else "") != expect:
+                return False
             kept = ""
             if info is not None and info.startswith("2,"):
                 # Keyword letters of other tools (Dovecot's lowercase a-z, ...) are theirs.
                 kept = "".join(c for c in info[2:] if c not in KNOWN_LETTERS)
             letters = "".join(sorted(set(wanted + kept)))
             if sub == "new" and not letters and info is None:
-                return  # flagless and already in the right place
+                return True  # flagless and already in the right place
             new_name = f"{key}{_INFO_SEP}2,{letters}"
             target = self.path / "cur" / new_name
             if sub == "cur" and path.name == new_name:
-                return
+                return True
             try:
                 # rename() replaces an existing target; a target with this exact name can only
                 # be this same message (same key), so the result is still one copy of it.
@@ -496,7 +503,8 @@ class MaildirFolder:
             except FileNotFoundError:
                 continue  # moved under us: look it up again
             self._where[key] = ("cur", new_name)
-            return
+            return True
+        raise AssertionError("unreachable")  # _retrying raises when it runs out
 
     def remove(self, key: str) -> bool:
         """Unlink the file of key; False if it was already gone."""

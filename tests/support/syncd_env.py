@@ -63,6 +63,9 @@ accounts:
     layout: {layout}
 {extra}"""
     config.write_text(text)
+    # As a careful user keeps it: syncd warns about a config with a password_command that
+    # other users can read (fault suite, security).
+    config.chmod(0o600)
     return Account(config=config, name=name, maildir=maildir_root / name, state_dir=state_dir,
                    layout=layout, user=user)
 
