@@ -202,15 +202,17 @@ def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: 
         before = _delivered(tmp_path)
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        # Wait for the download to start (interpreter start-up and login take a while), then
-        # kill at a random moment of it: mid-RETR, mid-fsync, mid-commit, mid-DELE...
-        deadline = time.monotonic() + 20
-        while (proc.poll() is None and _delivered(tmp_path) == before
+        # Kill when a random number of the remaining messages has landed (the download is
+        # too fast for a timer to hit it reliably): mid-RETR, mid-fsync, mid-commit,
+        # mid-DELE... Now and then a little later, which may land in the DELE/QUIT phase.
+        remaining = KILL_MESSAGES - before
+        target = before + rng.randint(1, max(1, remaining - 1))
+        deadline = time.monotonic() + 30
+        while (proc.poll() is None and _delivered(tmp_path) < target
                and time.monotonic() < deadline):
-            time.sleep(0.005)
-        # Mostly early kills (mid-RETR, mid-fsync, mid-commit); now and then a late one, which
-        # may land in the DELE/QUIT phase at the end.
-        time.sleep(rng.uniform(0.0, 0.8) if rng.random() < 0.7 else rng.uniform(0.0, 6.0))
+            time.sleep(0.001)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_mid_run += 1
