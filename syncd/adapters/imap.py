@@ -309,6 +309,17 @@ class ImapSession:
         self.qresync = "QRESYNC" in enabled
         self.condstore = self.qresync or "CONDSTORE" in enabled
 
+    def notify_every_folder(self) -> None:
+        """NOTIFY (RFC 5465): report new mail, expunges and flag changes of every personal
+        folder on this connection, as STATUS responses (nothing should be selected)."""
+        import imaplib
+
+        imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
+        typ, data = self.client._imap._simple_command(
+            "NOTIFY", "SET (personal (MessageNew MessageExpunge FlagChange))")
+        if typ != "OK":
+            raise AccountError(self.account.name, f"NOTIFY refused: {data}", cause="protocol")
+
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
 

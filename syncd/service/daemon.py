@@ -10,9 +10,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd.engine import folder_selected
 from syncd.errors import ConfigError, SyncdError
 from syncd.locks import account_lock, daemon_lock
 from syncd.service import sdnotify
@@ -44,6 +46,9 @@ class AccountRuntime:
         self.worker = AccountWorker(daemon.settings, account, on_result=daemon.on_result,
                                     on_synced_folders=daemon.on_synced_folders)
         self.idle: list[IdleWatcher] = []
+        self._watcher: Callable[..., IdleWatcher] | None = None
+        self._watchers_lock = threading.Lock()  # the NOTIFY/IDLE decision adds watchers late
+        self._stopped = False
 
     def start(self) -> None:
         self.locks.enter_context(account_lock(self.account.name,
@@ -55,18 +60,44 @@ class AccountRuntime:
             from syncd.secrets import get_password
 
             account = self.account
-            for folder in account.idle:
-                watcher = IdleWatcher(
+            if not account.idle:
+                return  # polling only
+
+            def watcher(folder: str, *, first: bool) -> IdleWatcher:
+                return IdleWatcher(
                     account, folder,
                     connect=lambda: ImapSession.connect(account, lambda: get_password(account)),
                     on_change=self.daemon.on_remote_change,
-                    on_reconnect=self.daemon.on_server_back)
-                self.idle.append(watcher)
-                watcher.start()
+                    on_reconnect=self.daemon.on_server_back,
+                    notify=first, on_mode=self._watch_mode if first else None)
+
+            # The first watcher finds out whether the server offers NOTIFY: then its one
+            # connection watches every folder; otherwise each `idle:` folder gets its own.
+            self._watcher = watcher
+            first = watcher(account.idle[0], first=True)
+            self.idle.append(first)
+            first.start()
+
+    def _watch_mode(self, mode: str) -> None:
+        log.info("%s: watching %s", self.account.name,
+                 "every folder with NOTIFY" if mode == "notify"
+                 else f"{', '.join(self.account.idle)} with IDLE")
+        if mode != "idle":
+            return
+        assert self._watcher is not None
+        with self._watchers_lock:
+            if self._stopped:
+                return
+            for folder in self.account.idle[1:]:
+                extra = self._watcher(folder, first=False)
+                self.idle.append(extra)
+                extra.start()
 
     def stop(self) -> None:
-        for watcher in self.idle:
-            watcher.stop()
+        with self._watchers_lock:
+            self._stopped = True
+            for watcher in self.idle:
+                watcher.stop()
         self.worker.stop()
 
     def join(self, deadline: float) -> None:
@@ -88,12 +119,16 @@ class Daemon:
         self._status_lock = threading.Lock()
 
     # --- events (any thread) --------------------------------------------------------------
-    def on_remote_change(self, account: str, folder: str) -> None:
+    def on_remote_change(self, account: str, folder: str | None) -> None:
         runtime = self.accounts.get(account)
-        if runtime is not None:
-            runtime.worker.request(folder, "idle")
+        if runtime is None:
+            return
+        filters = runtime.account.folders
+        if folder is not None and not folder_selected(folder, filters.include, filters.exclude):
+            return  # NOTIFY reports every folder; excluded ones are none of our business
+        runtime.worker.request(folder, "idle")
 
-    def on_server_back(self, account: str, folder: str) -> None:
+    def on_server_back(self, account: str, folder: str | None) -> None:
         """An IDLE watcher reconnected after losing its connection: the server is reachable
         again, so push what waited (local changes made offline) now, not after the backoff."""
         runtime = self.accounts.get(account)

@@ -71,17 +71,40 @@ def is_change(response: object) -> bool:
     return False
 
 
+def changed_folder(response: object) -> str | None:
+    """The folder a NOTIFY event names (`* STATUS "Lists/a" (...)`), decoded; None for
+    events of the selected folder (EXISTS, EXPUNGE, FETCH, VANISHED)."""
+    if (isinstance(response, tuple) and len(response) >= 2 and isinstance(response[0], bytes)
+            and response[0].upper() == b"STATUS"):
+        from imapclient.imap_utf7 import decode
+
+        name = response[1]
+        if isinstance(name, bytes):
+            return decode(name)
+        return str(name)
+    return None
+
+
 class IdleWatcher(threading.Thread):
+    """IDLE on one folder; or, where the server offers NOTIFY (RFC 5465) and `notify` is set,
+    one connection that reports changes in every folder (then no other watcher is needed)."""
+
     def __init__(self, account: AccountSettings, folder: str, *,
-                 connect: Callable[[], ImapSession], on_change: Callable[[str, str], None],
+                 connect: Callable[[], ImapSession],
+                 on_change: Callable[[str, str | None], None],
                  on_state: Callable[[str, str, str], None] | None = None,
-                 on_reconnect: Callable[[str, str], None] | None = None) -> None:
+                 on_reconnect: Callable[[str, str | None], None] | None = None,
+                 notify: bool = False,
+                 on_mode: Callable[[str], None] | None = None) -> None:
         super().__init__(name=f"idle-{account.name}-{folder}", daemon=True)
         self.account = account
         self.folder = folder
         self.connect = connect
         self.on_change = on_change
         self.on_state = on_state
+        self.allow_notify = notify
+        self.on_mode = on_mode  # told once whether this watcher runs "notify" or "idle"
+        self.mode: str | None = None
         # Called instead of on_change when the connection is back after a loss: the server is
         # reachable again, so the worker need not wait out its backoff.
         self.on_reconnect = on_reconnect
@@ -114,7 +137,10 @@ class IdleWatcher(threading.Thread):
                 self.session = self.connect()
                 sock = self.session.client.socket()
                 enable_keepalive(sock)
-                self.session.client.select_folder(self.folder, readonly=True)
+                # With NOTIFY nothing is selected: Dovecot reports the selected folder's
+                # changes only once IDLE ends, but every other folder's at once (STATUS).
+                if self._choose_mode() == "idle":
+                    self.session.client.select_folder(self.folder, readonly=True)
                 backoff = None
                 self._set_state("idle")
                 self._idle_loop(notice)
@@ -137,6 +163,16 @@ class IdleWatcher(threading.Thread):
             finally:
                 self._close()
 
+    def _choose_mode(self) -> str:
+        assert self.session is not None
+        mode = "notify" if self.allow_notify and self.session.has("NOTIFY") else "idle"
+        if mode == "notify":
+            self.session.notify_every_folder()
+        if self.mode is None and self.on_mode is not None:
+            self.on_mode(mode)
+        self.mode = mode
+        return mode
+
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._halt.is_set() and not self._reconnect.is_set():
@@ -152,24 +188,33 @@ class IdleWatcher(threading.Thread):
         while not self._halt.is_set() and not self._reconnect.is_set():
             client.idle()
             if notice is not None:
-                # IDLE is up: from here on no change goes unnoticed; sync what came before.
+                # IDLE is up: from here on no change goes unnoticed; sync what came before
+                # (with NOTIFY that is every folder: None).
                 callback = self.on_reconnect if notice == "reconnect" else None
-                (callback or self.on_change)(self.account.name, self.folder)
+                (callback or self.on_change)(self.account.name,
+                                             None if self.mode == "notify" else self.folder)
                 notice = None
             started = time.monotonic()
-            changed = False
+            changed: set[str] = set()
             while not self._halt.is_set() and not self._reconnect.is_set():
                 if time.monotonic() - started > IDLE_RENEW:
                     break
                 responses = client.idle_check(timeout=POLL_STEP)
-                if any(is_change(r) for r in responses):
-                    changed = True
+                for response in responses:
+                    if is_change(response):
+                        changed.add(changed_folder(response) or self.folder)
+                if changed:
                     break
                 if not responses and connection_closed(sock):
                     raise ConnectionError("the server closed the connection")
-            client.idle_done()
-            if changed:
-                self.on_change(self.account.name, self.folder)
+            # Responses that arrive while DONE is on its way come back from idle_done():
+            # dropping them lost events that landed in that instant.
+            _text, late = client.idle_done()
+            for response in late:
+                if is_change(response):
+                    changed.add(changed_folder(response) or self.folder)
+            for folder in sorted(changed):
+                self.on_change(self.account.name, folder)
 
     def _close(self) -> None:
         if self.session is not None:
