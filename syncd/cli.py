@@ -341,13 +341,8 @@ def _print_plan(result: AccountResult) -> None:
 # --- run ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
-    try:
-        from syncd.service.daemon import run_daemon
-    except ImportError:
-        _complain("syncd run: the daemon (IDLE, watching, scheduling) is not part of this "
-                  "version yet; run `syncd sync` periodically (e.g. from a systemd timer) "
-                  "meanwhile.")
-        return 1
+    from syncd.service.daemon import run_daemon
+
     return run_daemon(settings, config_path=args.config, debug=args.debug)
 
 

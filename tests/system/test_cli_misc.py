@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -274,21 +273,6 @@ def test_status_after_sync(account: Account, dovecot: Dovecot, pw_user: User,
     assert rc == 0, out + err
     assert "test" in out and "INBOX" in out and "Work/Projects" in out
     assert "1/3" in out and "1/1" in out
-
-
-# --------------------------------------------------------------------------------------------
-# run
-
-
-def test_run_says_it_is_not_implemented(account: Account, leakcheck: LeakCheck) -> None:
-    if importlib.util.find_spec("syncd.service.daemon") is not None:
-        pytest.skip("the daemon exists now; its own tests cover `syncd run`")
-    result = _syncd(["--config", str(account.config), "run"], stderr=subprocess.PIPE,
-                    timeout=60)
-    leakcheck.record(result.stdout, result.stderr)
-    assert result.returncode != 0
-    assert re.search(r"not (part of this version|implemented)", result.stderr), result.stderr
-    assert "Traceback" not in result.stderr
 
 
 # --------------------------------------------------------------------------------------------
