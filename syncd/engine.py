@@ -51,7 +51,7 @@ log = logging.getLogger("syncd.engine")
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
 DOWNLOAD_COMMIT_COUNT = 200
-DOWNLOAD_COMMIT_BYTES = 4 * 1024 * 1024
+DOWNLOAD_COMMIT_BYTES = 2 * 1024 * 1024
 # A folder missing at least this many messages locally gets its own connection (when the
 # account allows more than one): first syncs of several big folders run side by side.
 BULK_FOLDER_MESSAGES = 500

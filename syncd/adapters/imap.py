@@ -39,7 +39,7 @@ INTERESTING_CAPABILITIES = (
 # Bound each UID FETCH of bodies by count and by bytes so memory stays flat however large the
 # folder is (imaplib holds one response in memory).
 FETCH_BATCH_COUNT = 500
-FETCH_BATCH_BYTES = 4 * 1024 * 1024
+FETCH_BATCH_BYTES = 2 * 1024 * 1024
 # Flag/metadata fetches and STOREs: how many UIDs go into one command line.
 UID_SET_CHUNK = 5000
 
