@@ -300,36 +300,15 @@ def _sync_pop3(settings: Settings, account: AccountSettings,
 
 
 def _run_new_mail_hook(settings: Settings, result: AccountResult) -> None:
-    command = settings.general.on_new_mail
-    if not command:
-        return
-    try:
-        from syncd.hooks import run_new_mail_hook
-    except ImportError:
-        return
-    for folder in result.folders:
-        if folder.new_mail:
-            run_new_mail_hook(command, result.account, folder.folder, folder.new_mail)
+    from syncd.hooks import run_new_mail_hooks
+
+    run_new_mail_hooks(settings.general.on_new_mail, result, wait=True)
 
 
 def _record_status(state_dir: Path, result: AccountResult, started: float) -> None:
-    from syncd.status import update_account
+    from syncd.status import record_result
 
-    now = time.time()
-    folders = {}
-    for f in result.folders:
-        entry: dict[str, Any] = {"last_attempt": now, "error": f.error or f.guard}
-        if not (f.error or f.guard):
-            entry["last_sync"] = now
-        folders[f.folder] = entry
-    fields: dict[str, Any] = {"last_attempt": started, "error": result.error,
-                              "folders": folders}
-    if result.ok:
-        fields["last_sync"] = now
-    try:
-        update_account(state_dir, result.account, **fields)
-    except OSError as exc:
-        log.warning("cannot write the status file in %s: %s", state_dir, exc)
+    record_result(state_dir, result, started=started)
 
 
 def _print_plan(result: AccountResult) -> None:

@@ -7,6 +7,10 @@ import os
 import shlex
 import subprocess
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from syncd.engine import AccountResult
 
 log = logging.getLogger("syncd.hooks")
 
@@ -48,3 +52,13 @@ def run_new_mail_hook(command: str, account: str, folder: str, count: int, *,
     if wait:
         thread.join(timeout + 5)
     return thread
+
+
+def run_new_mail_hooks(command: str | None, result: AccountResult, *, wait: bool) -> None:
+    """The hook once per folder that received unseen mail in this sync."""
+    if not command:
+        return
+    for folder in result.folders:
+        if folder.new_mail:
+            run_new_mail_hook(command, result.account, folder.folder, folder.new_mail,
+                              wait=wait)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from syncd import faults
-from syncd.adapters.maildir import Maildir, MaildirFolder
+from syncd.adapters.maildir import Maildir, MaildirFolder, crlf_to_lf_stream
 from syncd.adapters.pop3 import ListedMessage, Pipeline, Pop3Session
 from syncd.adapters.state import StateStore, StateTooNew
 from syncd.core.model import Pop3Known, Pop3Plan
@@ -619,21 +619,14 @@ class _Counter:
 
 
 def _crlf_to_lf(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
-    """Server bytes -> file bytes (CRLF -> LF, nothing else), streamed; a CR ending one chunk
-    and the LF starting the next are one CRLF. Counts the server bytes on the way."""
-    pending_cr = False
-    for chunk in chunks:
-        counter.server_bytes += len(chunk)
-        if pending_cr:
-            chunk = b"\r" + chunk
-        pending_cr = chunk.endswith(b"\r")
-        if pending_cr:
-            chunk = chunk[:-1]
-        out = chunk.replace(b"\r\n", b"\n")
-        if out:
-            yield out
-    if pending_cr:
-        yield b"\r"
+    """Server bytes -> file bytes (crlf_to_lf_stream), counting the server bytes on the way."""
+
+    def counted() -> Iterator[bytes]:
+        for chunk in chunks:
+            counter.server_bytes += len(chunk)
+            yield chunk
+
+    return crlf_to_lf_stream(counted())
 
 
 def _hash_file(folder: MaildirFolder, key: str) -> str:

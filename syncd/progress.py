@@ -6,22 +6,17 @@ import threading
 from types import TracebackType
 from typing import Any, TextIO
 
+from syncd.engine import NullReporter
 
-class NullProgress:
+
+class NullProgress(NullReporter):
+    """No progress output (not a terminal); a context manager like RichProgress."""
+
     def __enter__(self) -> NullProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-    def folder_started(self, account: str, folder: str, messages: int, size: int) -> None:
-        pass
-
-    def advance(self, account: str, messages: int, size: int) -> None:
-        pass
-
-    def folder_done(self, account: str, folder: str) -> None:
-        pass
 
 
 class RichProgress:

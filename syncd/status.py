@@ -10,11 +10,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from syncd.engine import AccountResult
+
+log = logging.getLogger("syncd.status")
 
 STATUS_FILE = "status.json"
 
@@ -58,6 +64,27 @@ def update_account(state_dir: Path, account: str, **fields: Any) -> None:
                 known.setdefault(name, {}).update(values)
         data["updated"] = time.time()
         _write_atomic(status_path(state_dir), json.dumps(data, indent=1, sort_keys=True))
+
+
+def record_result(state_dir: Path, result: AccountResult, *, started: float | None = None,
+                  **extra: Any) -> None:
+    """Record one sync's outcome (per account and folder); a status file that cannot be
+    written is a warning, never a failed sync."""
+    now = time.time()
+    folders: dict[str, dict[str, Any]] = {}
+    for f in result.folders:
+        entry: dict[str, Any] = {"last_attempt": now, "error": f.error or f.guard}
+        if not (f.error or f.guard):
+            entry["last_sync"] = now
+        folders[f.folder] = entry
+    fields: dict[str, Any] = {"last_attempt": started or now, "error": result.error,
+                              "folders": folders, **extra}
+    if result.ok:
+        fields["last_sync"] = now
+    try:
+        update_account(state_dir, result.account, **fields)
+    except OSError as exc:
+        log.warning("cannot write the status file in %s: %s", state_dir, exc)
 
 
 def _write_atomic(path: Path, text: str) -> None:

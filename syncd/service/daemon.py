@@ -12,16 +12,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from syncd.engine import folder_selected
 from syncd.errors import ConfigError, SyncdError
+from syncd.hooks import run_new_mail_hooks
 from syncd.locks import account_lock, daemon_lock
 from syncd.service import sdnotify
 from syncd.service.idle import IdleWatcher
 from syncd.service.watch import DEBOUNCE, MaildirWatcher
 from syncd.service.worker import AccountWorker
-from syncd.status import update_account
+from syncd.status import record_result
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -146,31 +147,10 @@ class Daemon:
             self.watcher.set_account(account, folders)
 
     def on_result(self, worker: AccountWorker, result: AccountResult) -> None:
-        now = time.time()
-        folders: dict[str, dict[str, Any]] = {}
-        for f in result.folders:
-            entry: dict[str, Any] = {"last_attempt": now, "error": f.error or f.guard}
-            if not (f.error or f.guard):
-                entry["last_sync"] = now
-            folders[f.folder] = entry
-        fields: dict[str, Any] = {"last_attempt": now, "error": result.error,
-                                  "connection": worker.connection, "folders": folders,
-                                  "daemon": True}
-        if result.ok:
-            fields["last_sync"] = now
         with self._status_lock:
-            try:
-                update_account(self.settings.general.state_dir, result.account, **fields)
-            except OSError as exc:
-                log.warning("cannot write the status file: %s", exc)
-        command = self.settings.general.on_new_mail
-        if command:
-            from syncd.hooks import run_new_mail_hook
-
-            for f in result.folders:
-                if f.new_mail:
-                    run_new_mail_hook(command, result.account, f.folder, f.new_mail,
-                                      wait=False)
+            record_result(self.settings.general.state_dir, result,
+                          connection=worker.connection, daemon=True)
+        run_new_mail_hooks(self.settings.general.on_new_mail, result, wait=False)
 
     # --- lifecycle (main thread) ----------------------------------------------------------
     def run(self) -> int:
