@@ -475,6 +475,22 @@ class AccountSync:
         if fstate is not None and not dry:
             self.recover(fstate, local_folder)
 
+        # Nothing changed on either side: STATUS equals the cursors and the Maildir
+        # directories are as the last sync left them. Two stats and no per-message work, so a
+        # no-change sync costs the same for 100 messages or 100,000.
+        if (self.options.use_status_shortcut and fstate is not None and status is not None
+                and fstate.last_sync is not None and not fstate.guard_held
+                and not self.options.force_deletions
+                and self._remote_unchanged(fstate, status, session)
+                and status.messages == self.state.message_count(fstate.id)
+                and local_folder.unchanged_since(fstate.local_stamp)):
+            if not dry:
+                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
+                                       uidnext=fstate.uidnext,
+                                       highestmodseq=fstate.highestmodseq,
+                                       last_sync=self.clock())
+            return result
+
         synced = self.state.messages(fstate.id) if fstate is not None else []
         missing = not local_folder.exists()
         local_folder_missing = missing and bool(synced)
@@ -492,6 +508,7 @@ class AccountSync:
                                        uidnext=fstate.uidnext,
                                        highestmodseq=fstate.highestmodseq,
                                        last_sync=self.clock())
+                self.state.set_local_stamp(fstate.id, local_folder.stamp())
             return result
 
         info = session.select(name)
@@ -532,8 +549,22 @@ class AccountSync:
             return result  # interrupted between batches: the cursors must not claim completion
         self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
                                highestmodseq=info.highestmodseq, last_sync=self.clock())
+        # Taken after everything this sync did to the folder; a mail reader's change from now
+        # on moves an mtime and makes the next sync look.
+        self.state.set_local_stamp(fstate.id, local_folder.stamp())
         checkpoint("folder.cursors")
         return result
+
+    @staticmethod
+    def _remote_unchanged(fstate: FolderState, status: FolderStatus,
+                          session: ImapSession) -> bool:
+        """STATUS matches the cursors of the last completed sync. HIGHESTMODSEQ is what covers
+        flag changes; without CONDSTORE we cannot know, so never."""
+        if fstate.highestmodseq is None or not session.condstore \
+                or status.highestmodseq is None:
+            return False
+        return (status.uidvalidity == fstate.uidvalidity and status.uidnext == fstate.uidnext
+                and status.highestmodseq == fstate.highestmodseq)
 
     def _unchanged(self, fstate: FolderState, status: FolderStatus,
                    synced: list[SyncedMessage], entries: dict[str, LocalEntry],
@@ -541,13 +572,9 @@ class AccountSync:
         """True when neither side can have changed since the last completed sync: the server's
         STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
         cannot know, so never), and the Maildir holds exactly the synced files and flags."""
-        if fstate.last_sync is None or fstate.highestmodseq is None:
+        if fstate.last_sync is None or not self._remote_unchanged(fstate, status, session):
             return False
-        if not session.condstore or status.highestmodseq is None:
-            return False
-        if (status.uidvalidity != fstate.uidvalidity or status.uidnext != fstate.uidnext
-                or status.highestmodseq != fstate.highestmodseq
-                or status.messages != len(synced)):
+        if status.messages != len(synced):
             return False
         if len(entries) != len(synced):
             return False

@@ -463,6 +463,33 @@ class MaildirFolder:
             return key
         raise FileExistsError(errno.EEXIST, "could not find a free message name", str(self.path))
 
+    def stamp(self) -> str | None:
+        """A cheap fingerprint of the folder's contents: the mtimes of cur/ and new/ (every
+        delivery, rename and unlink changes them) and when it was taken; None if missing."""
+        try:
+            cur = os.stat(self.path / "cur").st_mtime_ns
+            new = os.stat(self.path / "new").st_mtime_ns
+        except OSError:
+            return None
+        return f"{cur} {new} {time.time():.3f}"
+
+    def unchanged_since(self, stamp: str | None, *, slack: float = 1.0) -> bool:
+        """True when cur/ and new/ are as they were when `stamp` was taken, so neither a scan
+        nor the state rows are needed. Only a stamp whose mtimes were already `slack` seconds
+        old when it was taken counts: a change within the same clock tick as the stamped one
+        would leave the mtime as it was (the 'racy' case git's index knows too)."""
+        if not stamp:
+            return False
+        try:
+            cur_ns, new_ns, taken = stamp.split()
+            cur = os.stat(self.path / "cur").st_mtime_ns
+            new = os.stat(self.path / "new").st_mtime_ns
+        except (OSError, ValueError):
+            return False
+        if (str(cur), str(new)) != (cur_ns, new_ns):
+            return False
+        return max(cur, new) / 1e9 < float(taken) - slack
+
     def sync(self) -> None:
         """fsync cur/ and new/ (and tmp/) directories: makes preceding delivers/renames durable."""
         for sub in _SUBDIRS:

@@ -62,6 +62,9 @@ class FolderState:
     # The mass-deletion guard held at the last sync and was not confirmed: it keeps holding,
     # however much new mail dilutes the share of vanished messages, until --force-deletions.
     guard_held: bool = False
+    # "<cur mtime ns> <new mtime ns> <unix time recorded>": the Maildir directories as the last
+    # completed sync left them (see MaildirFolder.stamp); None = unknown.
+    local_stamp: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
     ),
     ("ALTER TABLE folder ADD COLUMN guard_held INTEGER NOT NULL DEFAULT 0",),
+    ("ALTER TABLE folder ADD COLUMN local_stamp TEXT",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -353,11 +357,11 @@ class StateStore:
     # folders
 
     _FOLDER_COLS = ("id, remote_name, local_path, uidvalidity, uidnext, highestmodseq, "
-                    "last_sync, guard_held")
+                    "last_sync, guard_held, local_stamp")
 
     @staticmethod
     def _folder_state(row: tuple) -> FolderState:
-        return FolderState(*row[:-1], guard_held=bool(row[-1]))
+        return FolderState(*row[:-2], guard_held=bool(row[-2]), local_stamp=row[-1])
 
     @_guard
     def folders(self) -> list[FolderState]:
@@ -369,6 +373,12 @@ class StateStore:
         row = self._conn.execute(f"SELECT {self._FOLDER_COLS} FROM folder WHERE remote_name = ?",
                                  (remote_name,)).fetchone()
         return self._folder_state(row) if row else None
+
+    @_guard
+    def set_local_stamp(self, folder_id: int, stamp: str | None) -> None:
+        with self.transaction():
+            self._conn.execute("UPDATE folder SET local_stamp = ? WHERE id = ?",
+                               (stamp, folder_id))
 
     @_guard
     def set_guard_held(self, folder_id: int, held: bool) -> None:
@@ -405,8 +415,8 @@ class StateStore:
         with self.transaction():
             self._conn.execute("DELETE FROM message WHERE folder_id = ?", (folder_id,))
             self._conn.execute(
-                "UPDATE folder SET uidvalidity = NULL, uidnext = NULL, highestmodseq = NULL "
-                "WHERE id = ?", (folder_id,))
+                "UPDATE folder SET uidvalidity = NULL, uidnext = NULL, highestmodseq = NULL, "
+                "local_stamp = NULL WHERE id = ?", (folder_id,))
 
     # messages
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,39 @@ def test_state_lost_repairs_by_content(dovecot: Dovecot, user: User, tmp_path: P
     assert dovecot.count(user, "INBOX") == 6
     assert_folder_in_sync(dovecot, user, account, "INBOX")
     assert_quiet(account)
+
+
+def test_no_change_sync_reads_neither_maildir_nor_messages(
+        dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CONDSTORE and untouched Maildir directories a sync does no per-message work at
+    all; a change made right after a sync (same second) is still seen."""
+    from syncd.adapters.maildir import MaildirFolder
+
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(30)])
+    account = write_config(tmp_path, dovecot, user)
+    synced_ok(account)
+    scans: list[Path] = []
+    original = MaildirFolder.scan
+
+    def counting(self: MaildirFolder) -> dict:  # type: ignore[type-arg]
+        scans.append(self.path)
+        return original(self)
+
+    monkeypatch.setattr(MaildirFolder, "scan", counting)
+    # A change right after the sync, inside the stamp's clock tick: must not be missed.
+    path = find_local(account, "INBOX", b"test message 3 ")
+    rename_flags(path, "F")
+    synced_ok(account)
+    uid = uid_of(dovecot, user, "INBOX", b"test message 3 ")
+    assert dovecot.messages(user, "INBOX")[uid].flags == {"\\Flagged"}
+    time.sleep(1.2)  # let the stamp age past its racy window
+    synced_ok(account)  # full look once more, stamp is now trustworthy
+    scans.clear()
+    assert_quiet(account)
+    assert scans == [], "a no-change sync scanned the Maildir"
+    # Any local change moves a directory mtime and is seen again.
+    find_local(account, "INBOX", b"test message 4 ").unlink()
+    synced_ok(account)
+    assert scans, "a local deletion went unnoticed"
+    assert dovecot.count(user, "INBOX") == 29
+    assert_folder_in_sync(dovecot, user, account, "INBOX")
