@@ -541,7 +541,7 @@ class Bench:
                     if "pop3" not in args.skip else None)
         daemon_user = (self.corpus_user("c", min(args.messages, 2000))
                        if "daemon" not in args.skip else None)
-        networks = ["loopback"] + ([] if args.no_latency else ["20ms"])
+        networks = args.networks
         for network in networks:
             delay = NETWORKS[network]
             proxy = (measure.Proxy([self.dc.imaps_port, self.dc.pop3s_port], delay,
@@ -635,6 +635,30 @@ def tool_versions(tools: list[str]) -> dict[str, str]:
     return versions
 
 
+def merge(base: dict, new: dict) -> dict:
+    """``base`` with the rows (and daemon results) that ``new`` measured replaced by new's."""
+    keys = {(r["part"], r["network"], r["scenario"], r["tool"]) for r in new["rows"]}
+    rows = [r for r in base["rows"]
+            if (r["part"], r["network"], r["scenario"], r["tool"]) not in keys]
+    daemon_nets = {d["network"] for d in new["daemon"]}
+    daemon = [d for d in base["daemon"] if d["network"] not in daemon_nets] + new["daemon"]
+    order = {k: i for i, k in enumerate((r["part"], r["network"], r["scenario"], r["tool"])
+                                         for r in base["rows"])}
+    rows = sorted(rows + new["rows"], key=lambda r: order.get(
+        (r["part"], r["network"], r["scenario"], r["tool"]), len(order)))
+    info = dict(base["info"])
+    what = ", ".join(f"{t} {n} {s}" for _, n, s, t in sorted(keys))
+    info["notes"] = [*info.get("notes", []),
+                     f"Re-measured on {new['info']['date']} (syncd at commit "
+                     f"{new['info'].get('commit', '?')}; {new['info']['duration'] / 60:.1f} min): "
+                     f"{what}" + (f"; daemon {', '.join(sorted(daemon_nets))}"
+                                  if daemon_nets else "") + "."]
+    merged = dict(base, info=info, rows=rows, daemon=daemon)
+    if new.get("notes_md"):
+        merged["notes_md"] = new["notes_md"]
+    return merged
+
+
 def _git_describe() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
@@ -656,6 +680,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="small and fast (< 3 minutes): 5k messages, 1 run each, 500 POP3 "
                    "messages, 20 daemon events, 10 s idle")
     p.add_argument("--no-latency", action="store_true", help="loopback only (no 20 ms proxy)")
+    p.add_argument("--networks", default="loopback,20ms",
+                   help="comma-separated: loopback, 20ms (default both)")
     p.add_argument("--skip", default="", help=f"comma-separated parts to skip: {PARTS}")
     p.add_argument("--repeats", type=int, help="runs per measurement, median (default 3)")
     p.add_argument("--feasible", type=float, default=None,
@@ -669,6 +695,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=None,
                    help="where the .md/.png/.json go (default bench/results; quick: the work "
                    "dir's results/)")
+    p.add_argument("--notes", help="a markdown file appended to the report")
+    p.add_argument("--merge-into", metavar="JSON",
+                   help="replace the rows this run measures in an earlier results .json and "
+                   "rewrite its .md/.png (e.g. to re-measure syncd after an engine change)")
     args = p.parse_args(argv)
     q = args.quick
     defaults = {"messages": 5000 if q else 20000, "repeats": 1 if q else 3,
@@ -684,6 +714,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown peer(s) {unknown}; known: {sorted(EXECUTABLE)}")
     args.tools = ["syncd", *names]
+    args.networks = [x.strip() for x in args.networks.split(",") if x.strip()]
+    if set(args.networks) - set(NETWORKS) or not args.networks:
+        p.error(f"--networks takes {sorted(NETWORKS)}")
+    if args.no_latency:
+        args.networks = [n for n in args.networks if n == "loopback"]
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     if args.skip - set(PARTS):
         p.error(f"unknown part(s) in --skip: {sorted(args.skip - set(PARTS))}")
@@ -730,13 +765,16 @@ def main(argv: list[str] | None = None) -> int:
     info["duration"] = time.monotonic() - started
     results = {"info": info, "rows": [asdict(r) for r in bench.rows],
                "daemon": [asdict(d) for d in bench.daemon]}
-    out_dir = Path(args.results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{dt.date.today().isoformat()}-{socket.gethostname()}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    text = report.markdown(results, png_name=f"{stem}.png")
-    report.chart(results, out_dir / f"{stem}.png")
-    (out_dir / f"{stem}.md").write_text(text)
+    if args.notes:
+        results["notes_md"] = Path(args.notes).read_text()
+    if args.merge_into:
+        results = merge(json.loads(Path(args.merge_into).read_text()), results)
+        out_dir, stem = Path(args.merge_into).parent, Path(args.merge_into).stem
+    else:
+        out_dir = Path(args.results_dir)
+        stem = f"{dt.date.today().isoformat()}-{socket.gethostname()}"
+    md = report.write(results, out_dir, stem)
+    text = md.read_text()
     print()
     print(text)
     for network in NETWORKS:
@@ -748,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"syncd, {init.messages} messages, {network}: initial sync "
                   f"{init.messages / init.wall:.0f} msgs/s ({init.bytes / 1e6 / init.wall:.1f} "
                   f"MB/s), no-change resync {resync.wall:.2f} s, peak RSS {init.rss:.0f} MB")
-    print(f"written: {out_dir / (stem + '.md')} and .png, .json "
+    print(f"written: {md} and .png, .json "
           f"({info['duration'] / 60:.1f} min)")
     return 0
 
