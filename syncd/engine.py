@@ -144,9 +144,9 @@ class AccountResult:
 
 
 class BodyPrefetcher:
-    """Fetches download groups' bodies on the session in a thread, at most one group ahead of
-    the writer, so network transfer overlaps with writing and flushing; memory stays bounded
-    by two groups. The writer must not use the session until close()."""
+    """Fetches download groups' bodies on the session in a thread, one group ahead of the
+    writer, so network transfer overlaps with writing and flushing; memory stays bounded by
+    two groups. The writer must not use the session until close()."""
 
     def __init__(self, session: ImapSession,
                  groups: list[list[tuple[int, int | None]]]) -> None:
@@ -154,6 +154,7 @@ class BodyPrefetcher:
         self._session = session
         self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
         self._halt = threading.Event()
+        self._taken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imap-prefetch", daemon=True)
         self._thread.start()
 
@@ -170,12 +171,18 @@ class BodyPrefetcher:
         while not self._halt.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
-                return
+                break
             except queue.Full:
                 continue
+        # Fetch the next group only once the writer has taken this one: at most two groups
+        # (the one being written, the one arriving) are in memory.
+        while not self._halt.is_set() and not self._taken.wait(0.2):
+            pass
+        self._taken.clear()
 
     def next_group(self) -> list[tuple[int, bytes, dt.datetime | None]]:
         ok, value = self._queue.get()
+        self._taken.set()
         if not ok:
             assert isinstance(value, BaseException)
             raise value
