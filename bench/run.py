@@ -539,7 +539,7 @@ class Bench:
         imap_user = self.corpus_user("c", args.messages) if {"imap"} - set(args.skip) else None
         pop_user = (self.corpus_user("p", args.pop3_messages, folder="INBOX")
                     if "pop3" not in args.skip else None)
-        daemon_user = (self.corpus_user("c", min(args.messages, 2000))
+        daemon_user = (self.corpus_user("c", min(args.messages, args.daemon_messages))
                        if "daemon" not in args.skip else None)
         networks = args.networks
         for network in networks:
@@ -678,7 +678,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default all; quick: mbsync)")
     p.add_argument("--quick", action="store_true",
                    help="small and fast (< 3 minutes): 5k messages, 1 run each, 500 POP3 "
-                   "messages, 20 daemon events, 10 s idle")
+                   "messages, 10 daemon events on a 500-message account, 10 s idle")
     p.add_argument("--no-latency", action="store_true", help="loopback only (no 20 ms proxy)")
     p.add_argument("--networks", default="loopback,20ms",
                    help="comma-separated: loopback, 20ms (default both)")
@@ -689,6 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pop3-messages", type=int, help="POP3 mailbox size (default 5000)")
     p.add_argument("--daemon-events", type=int, help="events per daemon latency (default 100)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 60)")
+    p.add_argument("--daemon-messages", type=int,
+                   help="mailbox size of the daemon account (default 2000; quick 500)")
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     p.add_argument("--timeout", type=float, default=1800, help="per-run limit in seconds")
     p.add_argument("--workdir", default=str(REPO / "bench" / "work"))
@@ -702,7 +704,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     defaults = {"messages": 5000 if q else 20000, "repeats": 1 if q else 3,
-                "pop3_messages": 500 if q else 5000, "daemon_events": 20 if q else 100,
+                "pop3_messages": 500 if q else 5000, "daemon_events": 10 if q else 100,
+                "daemon_messages": 500 if q else 2000,
                 "idle_seconds": 10.0 if q else 60.0, "feasible": 90.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
