@@ -297,8 +297,9 @@ def test_imap_starttls(tmp_path: Path, dovecot: Dovecot, pw_user: User) -> None:
     assert all(caps.get(cap) for cap in DOVECOT_CAPS), caps
     assert "INBOX" in _folder_map(out)
     # Dovecot says how the login was protected: over TLS, not merely "secured" (loopback).
-    log = dovecot.log_text(mark)
-    assert re.search(rf"imap-login: Info: Login: user=<{pw_user.name}>.*\bTLS\b", log), log
+    # Dovecot's log process writes asynchronously: wait for the line rather than race it.
+    dovecot.wait_for_log(rf"imap-login: Info: Login: user=<{pw_user.name}>.*\bTLS\b",
+                         since=mark)
 
 
 @pytest.mark.parametrize("tls", ["implicit", "starttls"])
@@ -321,8 +322,8 @@ def test_pop3(tmp_path: Path, dovecot: Dovecot, pw_user: User, tls: str) -> None
     assert "UIDL supported" in out
     assert str(account.maildir) in out
     assert_no_secret(pw_user.password, out, err)
-    log = dovecot.log_text(mark)
-    assert re.search(rf"pop3-login: Info: Login: user=<{pw_user.name}>.*\bTLS\b", log), log
+    dovecot.wait_for_log(rf"pop3-login: Info: Login: user=<{pw_user.name}>.*\bTLS\b",
+                         since=mark)
     # check does not take mail: everything is still on the server.
     assert len(dovecot.messages(pw_user, "INBOX")) == 3
 
