@@ -16,7 +16,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?= -q
 
 # Commands the tests and the demo use, and the Debian packages that provide them.
-TOOLS        := dovecot doveadm openssl mbsync offlineimap neomutt tmux
+TOOLS        := dovecot doveadm openssl mbsync offlineimap neomutt tmux systemd-analyze
 APT_PACKAGES := dovecot-imapd dovecot-pop3d openssl isync offlineimap3 neomutt tmux systemd
 
 # dovecot and doveadm live in /usr/sbin, which is not on every user's PATH.
