@@ -41,7 +41,7 @@ from syncd.core.model import (
     SyncedMessage,
 )
 from syncd.core.plan import pair_actions, plan_folder
-from syncd.errors import AccountError, FolderError, SyncdError
+from syncd.errors import AccountError, FolderError
 from syncd.faults import checkpoint
 
 if TYPE_CHECKING:
@@ -990,12 +990,6 @@ class AccountSync:
                      fstate.remote_name, len(rows))
 
 
-def sync_account(account: AccountSettings, state: StateStore,
-                 connect: Callable[[], ImapSession], options: SyncOptions | None = None,
-                 reporter: Reporter | None = None) -> AccountResult:
-    return AccountSync(account, state, connect, options=options, reporter=reporter).run()
-
-
 __all__ = [
     "AccountResult",
     "AccountSync",
@@ -1003,7 +997,5 @@ __all__ = [
     "NullReporter",
     "Reporter",
     "SyncOptions",
-    "SyncdError",
     "folder_selected",
-    "sync_account",
 ]

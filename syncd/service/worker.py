@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from syncd.engine import AccountResult
 
@@ -229,7 +229,3 @@ class ImapRunner:
             self._sync.close()
         if self._state is not None:
             self._state.close()
-
-
-def describe(worker: AccountWorker) -> dict[str, Any]:
-    return {"connection": worker.connection, "syncs": worker.syncs}
