@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
 import re
-import secrets
 import socket
 import stat
 import sys
@@ -126,18 +126,114 @@ def _split_name(name: str) -> tuple[str, str | None]:
     return key, (info if sep else None)
 
 
+@functools.cache
 def _hostname() -> str:
+    """The host part of unique names, looked up once per process: it was a gethostname(2)
+    per delivered message."""
     # The maildir spec's escapes: "/" and ":" cannot appear in a unique name.
     host = socket.gethostname() or "localhost"
     return host.replace("/", r"\057").replace(":", r"\072")
 
 
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# A forked child must not reuse its parent's PID in names (the PID is what keeps two
+# processes' counters apart); getpid(2) per message was not free either.
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _new_key() -> str:
-    now = time.time()
-    seconds = int(now)
-    usec = int((now - seconds) * 1_000_000)
-    return (f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}"
+    now = time.time_ns()
+    seconds, nanos = divmod(now, 1_000_000_000)
+    return (f"{seconds}.M{nanos // 1000}P{_pid}Q{next(_counter)}R{os.urandom(8).hex()}"
             f".{_hostname()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# umask and no-replace renames
+
+
+def _read_umask() -> int:
+    """The process umask, without changing it even for an instant where Linux reports it
+    (os.umask() can only read it by setting it, and a file another thread creates in between
+    would get the wrong mode)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+_umask: int | None = None
+
+
+def _needs_fchmod() -> bool:
+    """Whether open(..., FILE_MODE) can come out with fewer bits than FILE_MODE. Read once (the
+    umask is process-wide and syncd never changes it); refresh_umask() re-reads it."""
+    global _umask
+    if _umask is None:
+        _umask = _read_umask()
+    return bool(_umask & FILE_MODE)
+
+
+def refresh_umask() -> None:
+    """Forget the cached umask (for a process, or a test, that changes it)."""
+    global _umask
+    _umask = None
+
+
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2()
+# errno values meaning "this kernel/filesystem cannot do RENAME_NOREPLACE" (not "the target
+# exists"): the caller then links instead.
+_NOREPLACE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
+                                    errno.EOPNOTSUPP, errno.EPERM})
+
+
+def _rename_noreplace(src: str, dst: str) -> bool:
+    """rename(src, dst) unless dst exists (FileExistsError then), atomically: one syscall
+    where link(2) + unlink(2) took two. False when the platform or the filesystem cannot do
+    it (nothing was changed; use link + unlink)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                  _RENAME_NOREPLACE) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err in _NOREPLACE_UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), src, None, dst)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +243,7 @@ def _new_key() -> str:
 class Staged:
     """A message written to tmp/ but not yet durable nor visible (see MaildirFolder.stage)."""
 
-    tmp_path: Path
+    tmp_path: str
     flags: Flags
     fixed: bool  # the key was chosen by the caller (recorded in an intent): never rename it
 
@@ -170,7 +266,7 @@ _SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
 SYNCFS_MIN_FILES = 4
 
 
-def flush_files(paths: Sequence[Path], directory: Path) -> None:
+def flush_files(paths: Sequence[Path | str], directory: Path | str) -> None:
     """Make the data of these files durable: one syncfs(2) on their filesystem where Linux
     offers it, else fsync of each file."""
     if _SYNCFS is not None and len(paths) >= SYNCFS_MIN_FILES:
@@ -190,6 +286,19 @@ def flush_files(paths: Sequence[Path], directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview | Iterable[bytes]) -> None:
+    chunks: Iterable[bytes] = (
+        (data,) if isinstance(data, bytes | bytearray | memoryview) else data)
+    for chunk in chunks:
+        written = os.write(fd, chunk)
+        if written < len(chunk):
+            # os.write may write less than asked (signals, pipes, quotas): the rest follows
+            # (checked rather than slicing a memoryview for every message).
+            view = memoryview(chunk)[written:]
+            while view:
+                view = view[os.write(fd, view):]
 
 
 class MaildirFolder:
@@ -322,9 +431,9 @@ class MaildirFolder:
 
     def deliver(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
                 size_hint: int | None = None, key: str | None = None) -> str:
-        """Write data to tmp/ (0600), fsync, then link into cur/ (with ":2,<flags>") or new/
-        (flagless) without ever overwriting, unlink the tmp file; set mtime if given. Returns the
-        new key. Does NOT fsync the directories: call sync() once per batch before recording.
+        """Write data to tmp/ (0600), fsync, then move it into cur/ (with ":2,<flags>") or new/
+        (flagless) without ever overwriting; set mtime if given. Returns the new key. Does NOT
+        fsync the directories: call sync() once per batch before recording.
 
         ``data`` may be one bytes object or an iterable of chunks (streamed, never joined).
         ``size_hint`` is accepted for callers that know the size; it is not needed (we never
@@ -334,19 +443,12 @@ class MaildirFolder:
         """
         del size_hint
         flags = _check_flags(flags)
-        tmp_dir = self.path / "tmp"
         if key is not None:
             _check_key(key)
-        tmp_path, fd = self._open_tmp(tmp_dir, key)
+        tmp_path, fd = self._open_tmp(key)
         try:
             try:
-                chunks: Iterable[bytes] = (
-                    (data,) if isinstance(data, bytes | bytearray | memoryview) else data)
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:  # os.write may write less than asked (signals, pipes, quotas)
-                        written = os.write(fd, view)
-                        view = view[written:]
+                _write_all(fd, data)
                 if mtime is not None:
                     # Set before the fsync so that the fsync covers it too. atime is "now" so
                     # that clean_tmp (which looks at both) never takes a delivery in progress
@@ -355,14 +457,15 @@ class MaildirFolder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            key = self._link_into_place(tmp_path, flags, fixed=key is not None)
+            key, consumed = self._link_into_place(tmp_path, flags, fixed=key is not None)
         except BaseException:
             # A half-written tmp file is garbage (ENOSPC, a dropped connection mid-stream, ...).
             with contextlib.suppress(OSError):
                 os.unlink(tmp_path)
             raise
-        with contextlib.suppress(FileNotFoundError):  # gone already after a rename fallback
-            os.unlink(tmp_path)
+        if not consumed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_path)
         return key
 
     def stage(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
@@ -372,15 +475,10 @@ class MaildirFolder:
         flags = _check_flags(flags)
         if key is not None:
             _check_key(key)
-        tmp_path, fd = self._open_tmp(self.path / "tmp", key)
+        tmp_path, fd = self._open_tmp(key)
         try:
             try:
-                chunks: Iterable[bytes] = (
-                    (data,) if isinstance(data, bytes | bytearray | memoryview) else data)
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                _write_all(fd, data)
                 if mtime is not None:
                     os.utime(fd, (time.time(), mtime))
             finally:
@@ -393,7 +491,7 @@ class MaildirFolder:
 
     def publish(self, staged: Sequence[Staged]) -> list[str]:
         """Second half: make every staged file's data durable at once (one syncfs instead of
-        one fsync per message: the group commit that makes initial syncs fast), then link each
+        one fsync per message: the group commit that makes initial syncs fast), then move each
         into cur/ or new/. Returns the keys, in order. Like deliver(), the directories are
         fsynced by sync()."""
         if not staged:
@@ -401,9 +499,10 @@ class MaildirFolder:
         flush_files([item.tmp_path for item in staged], self.path)
         keys = []
         for item in staged:
-            key = self._link_into_place(item.tmp_path, item.flags, fixed=item.fixed)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(item.tmp_path)
+            key, consumed = self._link_into_place(item.tmp_path, item.flags, fixed=item.fixed)
+            if not consumed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(item.tmp_path)
             keys.append(key)
         return keys
 
@@ -412,36 +511,56 @@ class MaildirFolder:
             with contextlib.suppress(OSError):
                 os.unlink(item.tmp_path)
 
-    def _open_tmp(self, tmp_dir: Path, key: str | None = None) -> tuple[Path, int]:
-        if key is not None:
-            # A tmp file of this key can only be the debris of an interrupted earlier attempt.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_dir / key)
-        for _attempt in range(100):
-            tmp_path = tmp_dir / (key or _new_key())
+    def _open_tmp(self, key: str | None = None) -> tuple[str, int]:
+        """Create tmp/<name> (O_EXCL, 0600) and return its path (a str: no pathlib in the
+        per-message loop) and an fd open for writing."""
+        tmp_dir = f"{self.path}/tmp/"
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+        for attempt in range(100):
+            tmp_path = tmp_dir + (key or _new_key())
             try:
-                fd = os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
-                             FILE_MODE)
+                fd = os.open(tmp_path, flags, FILE_MODE)
             except FileExistsError:
+                if key is not None and attempt == 0:
+                    # A tmp file of this key can only be the debris of an interrupted earlier
+                    # attempt (the key was recorded in our intent). Removed only when found:
+                    # an unlink before every open was a syscall per message for a rare case.
+                    os.unlink(tmp_path)
+                    continue
+                if key is not None:
+                    raise
                 continue
-            try:
-                os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away (never adds)
-            except BaseException:
-                os.close(fd)
-                os.unlink(tmp_path)
-                raise
+            # Skipped when the umask cannot take bits of FILE_MODE away (the usual 022/077):
+            # one syscall per message less. A umask that can (e.g. 0277) still gets 0600.
+            if _needs_fchmod():
+                try:
+                    os.fchmod(fd, FILE_MODE)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(tmp_path)
+                    raise
             return tmp_path, fd
-        raise FileExistsError(errno.EEXIST, "could not find a free name in tmp/", str(tmp_dir))
+        raise FileExistsError(errno.EEXIST, "could not find a free name in tmp/", tmp_dir)
 
-    def _link_into_place(self, tmp_path: Path, flags: str, *, fixed: bool = False) -> str:
-        """Hard-link tmp_path to its final name; a link never replaces an existing file, which is
-        what makes delivery safe against any name clash. Returns the key used."""
-        key = tmp_path.name
+    def _link_into_place(self, tmp_path: str, flags: str, *,
+                         fixed: bool = False) -> tuple[str, bool]:
+        """Move tmp_path to its final name without ever replacing an existing file, which is
+        what makes delivery safe against any name clash. Returns the key used and whether the
+        tmp name is gone already (a rename consumed it; after a link the caller unlinks it).
+
+        In order of preference: renameat2(RENAME_NOREPLACE) (one atomic syscall), link(2) (then
+        unlink: the classic maildir way, for kernels and filesystems without the former), and a
+        checked rename on filesystems without hard links."""
+        key = tmp_path.rpartition("/")[2]
+        base = f"{self.path}/"
         for _attempt in range(100):
             sub = "cur" if flags else "new"
             name = f"{key}{_INFO_SEP}2,{flags}" if flags else key
-            target = self.path / sub / name
+            target = f"{base}{sub}/{name}"
             try:
+                if _rename_noreplace(tmp_path, target):
+                    self._where[key] = (sub, name)
+                    return key, True
                 os.link(tmp_path, target)
             except FileExistsError:
                 if fixed:
@@ -456,11 +575,16 @@ class MaildirFolder:
                                      errno.EMLINK, errno.ENOSYS):
                     raise
                 if os.path.lexists(target):
+                    if fixed:
+                        raise FileExistsError(errno.EEXIST, "message name taken",
+                                              target) from None
                     key = _new_key()
                     continue
-                os.rename(tmp_path, target)  # consumes the tmp name; deliver tolerates that
+                os.rename(tmp_path, target)
+                self._where[key] = (sub, name)
+                return key, True
             self._where[key] = (sub, name)
-            return key
+            return key, False
         raise FileExistsError(errno.EEXIST, "could not find a free message name", str(self.path))
 
     def stamp(self) -> str | None:

@@ -189,6 +189,7 @@ def test_deliver_without_hard_links_falls_back(folder: MaildirFolder,
         raise OSError(errno.EPERM, "no hard links here")
 
     monkeypatch.setattr(md.os, "link", no_link)
+    monkeypatch.setattr(md, "_RENAMEAT2", None)  # no renameat2 either (old kernel, FUSE)
     key = folder.deliver(b"x", "S")
     assert (folder.path / "cur" / f"{key}:2,S").read_bytes() == b"x"
     assert os.listdir(folder.path / "tmp") == []
@@ -203,9 +204,165 @@ def test_deliver_rejects_bad_flags(folder: MaildirFolder) -> None:
 
 def test_hostname_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(md.socket, "gethostname", lambda: "evil/host:name")
-    key = md._new_key()
+    md._hostname.cache_clear()
+    try:
+        key = md._new_key()
+    finally:
+        md._hostname.cache_clear()
     assert "/" not in key and ":" not in key
     assert key.endswith(r".evil\057host\072name")
+
+
+def test_hostname_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(md.socket, "gethostname", lambda: calls.append(1) or "h")
+    md._hostname.cache_clear()
+    try:
+        keys = {md._new_key() for _ in range(50)}
+    finally:
+        md._hostname.cache_clear()
+    assert len(calls) == 1 and len(keys) == 50
+    assert all(KEY_RE.match(k) and k.endswith(".h") for k in keys)
+
+
+def test_forked_child_uses_its_own_pid_in_keys() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report a key and leave without running any cleanup
+        os.write(write_end, md._new_key().encode())
+        os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_key = pipe.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert f"P{pid}Q" in child_key
+    assert f"P{os.getpid()}Q" in md._new_key()
+
+
+# ---------------------------------------------------------------------------------------------
+# the no-replace rename and its fallbacks; the umask
+
+
+def test_delivery_is_one_rename_where_the_kernel_offers_it(
+        folder: MaildirFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    if md._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+
+    def no_link(src: object, dst: object) -> None:
+        raise AssertionError("link(2) used although renameat2 works")
+
+    monkeypatch.setattr(md.os, "link", no_link)
+    key = folder.deliver(b"x", "S")
+    staged = folder.stage(b"y", "")
+    [key2] = folder.publish([staged])
+    assert (folder.path / "cur" / f"{key}:2,S").read_bytes() == b"x"
+    assert (folder.path / "new" / key2).read_bytes() == b"y"
+    assert os.listdir(folder.path / "tmp") == []
+
+
+def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:
+    if md._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    (tmp_path / "a").write_bytes(b"new")
+    (tmp_path / "b").write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        md._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "a").read_bytes() == b"new"
+    assert (tmp_path / "b").read_bytes() == b"precious"
+    with pytest.raises(FileNotFoundError):
+        md._rename_noreplace(str(tmp_path / "missing"), str(tmp_path / "c"))
+    assert md._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert (tmp_path / "c").read_bytes() == b"new" and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("how", ["no renameat2", "filesystem says EINVAL"])
+def test_without_rename_noreplace_delivery_links(
+        how: str, folder: MaildirFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    if how == "no renameat2":
+        monkeypatch.setattr(md, "_RENAMEAT2", None)
+    else:
+        def einval(*args: object) -> int:
+            import ctypes
+
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+        if md._RENAMEAT2 is None:
+            pytest.skip("no renameat2 here")
+        monkeypatch.setattr(md, "_RENAMEAT2", einval)
+    linked = []
+    real_link = os.link
+    monkeypatch.setattr(md.os, "link", lambda s, d: (linked.append(d), real_link(s, d)))
+    existing = folder.path / "new" / "1.a"
+    existing.write_bytes(b"precious")
+    names = iter(["1.a", "2.b"])
+    monkeypatch.setattr(md, "_new_key", lambda: next(names))
+    key = folder.deliver(b"mine", "")  # tmp/1.a, new/1.a taken: becomes 2.b
+    assert key == "2.b" and len(linked) == 2
+    assert existing.read_bytes() == b"precious"
+    assert (folder.path / "new" / "2.b").read_bytes() == b"mine"
+    [k] = folder.publish([folder.stage(b"staged", "F", key="3.c")])
+    assert k == "3.c" and (folder.path / "cur" / "3.c:2,F").read_bytes() == b"staged"
+    assert os.listdir(folder.path / "tmp") == []
+
+
+def test_fixed_key_clash_raises_with_every_method(folder: MaildirFolder,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (folder.path / "cur" / "k1:2,S").write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        folder.publish([folder.stage(b"other", "S", key="k1")])
+    monkeypatch.setattr(md, "_RENAMEAT2", None)
+    with pytest.raises(FileExistsError):
+        folder.deliver(b"other", "S", key="k1")
+    assert (folder.path / "cur" / "k1:2,S").read_bytes() == b"precious"
+
+
+def test_fixed_key_replaces_debris_in_tmp(folder: MaildirFolder) -> None:
+    (folder.path / "tmp" / "k2").write_bytes(b"half a message from a killed run")
+    key = folder.deliver(b"whole", "", key="k2")
+    assert key == "k2" and (folder.path / "new" / "k2").read_bytes() == b"whole"
+    assert os.listdir(folder.path / "tmp") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o277, 0o377, 0o177])
+def test_file_mode_is_0600_whatever_the_umask(umask: int, folder: MaildirFolder) -> None:
+    old = os.umask(umask)
+    md.refresh_umask()
+    try:
+        key = folder.deliver(b"x", "S")
+        [key2] = folder.publish([folder.stage(b"y", "")])
+    finally:
+        os.umask(old)
+        md.refresh_umask()
+    assert mode_of(folder.path / "cur" / f"{key}:2,S") == 0o600
+    assert mode_of(folder.path / "new" / key2) == 0o600
+
+
+def test_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert md._read_umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_fchmod_skipped_only_when_the_umask_cannot_remove_bits(
+        folder: MaildirFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fchmod
+    monkeypatch.setattr(md.os, "fchmod", lambda fd, mode: (calls.append(mode), real(fd, mode)))
+    for umask, expected in ((0o022, []), (0o277, [0o600])):
+        old = os.umask(umask)
+        md.refresh_umask()
+        try:
+            calls.clear()
+            folder.deliver(b"x", "")
+        finally:
+            os.umask(old)
+            md.refresh_umask()
+        assert calls == expected
 
 
 def test_sync_fsyncs_without_error(folder: MaildirFolder) -> None:
