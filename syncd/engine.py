@@ -521,7 +521,11 @@ class AccountSync:
         info = session.select(name)
         uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                                and fstate.uidvalidity != info.uidvalidity)
-        remote = self._remote_view(fstate, info, synced, uidvalidity_changed)
+        # Message-IDs only serve pairing local files the state does not know with server
+        # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
+        unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in entries)
+        remote = self._remote_view(fstate, info, synced, uidvalidity_changed,
+                                   message_ids=unpaired_local)
         # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
         local = self._local_view(local_folder, entries,
                                  {} if uidvalidity_changed else synced_by_key)
@@ -592,8 +596,8 @@ class AccountSync:
         return True
 
     def _remote_view(self, fstate: FolderState | None, info: SelectInfo,
-                     synced: list[SyncedMessage], uidvalidity_changed: bool
-                     ) -> dict[int, RemoteMessage]:
+                     synced: list[SyncedMessage], uidvalidity_changed: bool, *,
+                     message_ids: bool = True) -> dict[int, RemoteMessage]:
         """Every message on the server with its flags; size and Message-ID for UIDs the state
         does not know. With CONDSTORE only what changed since the last sync is fetched."""
         session = self._session()
@@ -631,7 +635,7 @@ class AccountSync:
         known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
         new_uids = [uid for uid in view if uid not in known_uids]
         if new_uids:
-            meta = session.fetch_meta(new_uids)
+            meta = session.fetch_meta(new_uids, message_ids=message_ids)
             for uid in new_uids:
                 if uid in meta:
                     size, message_id = meta[uid]

@@ -514,14 +514,17 @@ class ImapSession:
         """Every UID in the selected folder (expunge detection without QRESYNC)."""
         return set(self.client.search("ALL"))
 
-    def fetch_meta(self, uids: Iterable[int]) -> dict[int, tuple[int, str | None]]:
-        """UID -> (RFC822.SIZE, Message-ID) for pairing."""
+    def fetch_meta(self, uids: Iterable[int], *, message_ids: bool = True
+                   ) -> dict[int, tuple[int, str | None]]:
+        """UID -> (RFC822.SIZE, Message-ID) for pairing. ``message_ids=False``: sizes only
+        (Message-ID None), when there is nothing local to pair with: the server then need not
+        parse every header (an initial sync into an empty Maildir)."""
         result: dict[int, tuple[int, str | None]] = {}
         ordered = sorted(uids)
+        header = " BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" if message_ids else ""
         for chunk in _chunks(ordered, UID_SET_CHUNK):
             records = self._fetch_records(
-                format_uid_set(chunk),
-                "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                format_uid_set(chunk), f"(UID RFC822.SIZE{header})")
             fast: dict[int, tuple[int, str | None]] = {}
             for text, literal in records or ():
                 uid = _UID_ITEM.search(text)
@@ -530,18 +533,22 @@ class ImapSession:
                     fast = {}
                     records = None
                     break
-                fast[int(uid.group(1))] = (int(size.group(1)), parse_message_id(literal or b""))
+                fast[int(uid.group(1))] = (int(size.group(1)),
+                                           parse_message_id(literal) if literal else None)
             if records is not None:
                 result.update(fast)
                 continue
             response = self._fetch(
-                format_uid_set(chunk), ["RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                format_uid_set(chunk),
+                ["RFC822.SIZE", *(["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"] if message_ids
+                                  else [])])
             for uid, data in response.items():
-                header = b""
+                fields = b""
                 for key, value in data.items():
                     if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
-                        header = value
-                result[uid] = (int(data.get(b"RFC822.SIZE", 0)), parse_message_id(header))
+                        fields = value
+                result[uid] = (int(data.get(b"RFC822.SIZE", 0)),
+                               parse_message_id(fields) if fields else None)
         return result
 
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]]

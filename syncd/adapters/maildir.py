@@ -503,6 +503,10 @@ class MaildirFolder:
             if not consumed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(item.tmp_path)
+            # Bulk deliveries are not remembered as location hints: over an initial sync the
+            # hints grew with the folder (~250 bytes a message) and nothing in that sync looks
+            # the new files up again; path_of() finds them anyway (new/<key>, else a scan).
+            self._where.pop(key, None)
             keys.append(key)
         return keys
 

@@ -376,3 +376,36 @@ def test_no_change_sync_reads_neither_maildir_nor_messages(
     assert scans, "a local deletion went unnoticed"
     assert dovecot.count(user, "INBOX") == 29
     assert_folder_in_sync(dovecot, user, account, "INBOX")
+
+
+def test_message_ids_fetched_only_when_local_files_need_pairing(
+        dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An initial sync into an empty Maildir has nothing to pair: sizes only, no header fetch.
+    Once local files without state exist (state lost), Message-IDs are fetched and pair them."""
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(6)])
+    account = write_config(tmp_path, dovecot, user)
+    calls: list[bool] = []
+    sizes: list[dict[int, tuple[int, str | None]]] = []
+    original = ImapSession.fetch_meta
+
+    def recording(self: ImapSession, uids: list[int], *, message_ids: bool = True) -> dict:
+        calls.append(message_ids)
+        sizes.append(original(self, uids, message_ids=message_ids))
+        return sizes[-1]
+
+    monkeypatch.setattr(ImapSession, "fetch_meta", recording)
+    out = synced_ok(account)
+    assert "+6 down" in out and calls == [False], (out, calls)
+    assert all(mid is None for _size, mid in sizes[0].values())
+    server = dovecot.messages(user, "INBOX")
+    assert {uid: size for uid, (size, _mid) in sizes[0].items()} == {
+        uid: m.size for uid, m in server.items()}
+
+    calls.clear()
+    sizes.clear()
+    (account.state_dir / f"{account.name}.sqlite3").unlink()
+    out = synced_ok(account)
+    assert "+0 down +0 up" in out and calls == [True], (out, calls)
+    assert all(mid for _size, mid in sizes[0].values())
+    assert_folder_in_sync(dovecot, user, account, "INBOX")
+    assert_quiet(account)
