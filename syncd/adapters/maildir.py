@@ -966,6 +966,14 @@ def unescape_component(text: str) -> str:
 
 def crlf_to_lf(data: bytes) -> bytes:
     """Server bytes -> file bytes: CRLF becomes LF; nothing else changes."""
+    # replace(b"\r\n", b"\n") restarts its search at every line (~0.4 GB/s: the biggest
+    # single cost of an initial sync). Deleting every CR is a memchr loop (~2 GB/s) and gives
+    # the same bytes exactly when every CR starts a CRLF, i.e. when as many CRs went as there
+    # are CRLFs (one counting pass). A message with a lone CR takes the slow way.
+    out = data.replace(b"\r", b"")
+    removed = len(data) - len(out)
+    if removed == 0 or removed == data.count(b"\r\n"):
+        return out
     return data.replace(b"\r\n", b"\n")
 
 
@@ -981,7 +989,7 @@ def crlf_to_lf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
         pending_cr = chunk.endswith(b"\r")
         if pending_cr:
             chunk = chunk[:-1]
-        out = chunk.replace(b"\r\n", b"\n")
+        out = crlf_to_lf(chunk)
         if out:
             yield out
     if pending_cr:

@@ -617,6 +617,16 @@ def test_clean_tmp(folder: MaildirFolder) -> None:
 
 def test_crlf_to_lf() -> None:
     assert crlf_to_lf(b"a\r\nb\nc\r\r\n\r") == b"a\nb\nc\r\n\r"
+    assert crlf_to_lf(b"a\r\nb\r\n") == b"a\nb\n"  # the fast path: every CR starts a CRLF
+    assert crlf_to_lf(b"a\rb\nc\r\n") == b"a\rb\nc\n"  # as many CRs as LFs, one lone
+    assert crlf_to_lf(b"") == b"" and crlf_to_lf(b"\r") == b"\r"
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r", b"\n\r", b"ab", b""]),
+                max_size=40))
+def test_crlf_to_lf_is_exactly_crlf_replaced(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    assert crlf_to_lf(data) == data.replace(b"\r\n", b"\n")
 
 
 def test_lf_to_crlf() -> None:
