@@ -154,6 +154,39 @@ _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 _COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
 
 
+_INTERNALDATE = re.compile(
+    rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_MONTHS = {name: number for number, name in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+     b"dec"), start=1)}
+_ZONES: dict[int, dt.timezone] = {}
+
+
+def parse_internaldate(text: bytes) -> dt.datetime | None:
+    """An INTERNALDATE ("17-Jul-1996 02:44:25 -0700") as an aware datetime; None if it is not
+    a valid one. The RFC 3501 form is matched directly: imapclient's general date parser cost
+    ~50 us a message. Anything else goes to that parser."""
+    match = _INTERNALDATE.fullmatch(text)
+    month = _MONTHS.get(match.group(2).lower()) if match is not None else None
+    if match is None or month is None:
+        from imapclient.datetime_util import parse_to_datetime
+
+        try:
+            return parse_to_datetime(text)
+        except ValueError:
+            return None
+    day, _, year, hour, minute, second, sign, zone_h, zone_m = match.groups()
+    offset = (int(zone_h) * 60 + int(zone_m)) * (-1 if sign == b"-" else 1)
+    zone = _ZONES.get(offset)
+    if zone is None:
+        zone = _ZONES.setdefault(offset, dt.timezone(dt.timedelta(minutes=offset)))
+    try:
+        return dt.datetime(int(year), month, int(day), int(hour), int(minute), int(second),
+                           tzinfo=zone)
+    except ValueError:
+        return None  # 31-Feb, hour 25, ...
+
+
 def parse_uid_set(text: str | bytes) -> set[int]:
     """'1:3,7' -> {1, 2, 3, 7} (ranges in either order)."""
     if isinstance(text, bytes):
@@ -629,8 +662,6 @@ class ImapSession:
         records = self._fetch_records(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
         if records is None:
             return None
-        from imapclient.datetime_util import parse_to_datetime
-
         result: dict[int, tuple[bytes, dt.datetime | None]] = {}
         for text, literal in records:
             uid = _UID_ITEM.search(text)
@@ -638,11 +669,8 @@ class ImapSession:
                 return None
             if literal is None or not _BODY_LITERAL.search(text):
                 continue  # an unsolicited FETCH (flags of another client's change)
-            internaldate = None
             date = _INTERNALDATE_ITEM.search(text)
-            if date is not None:
-                with contextlib.suppress(ValueError):
-                    internaldate = parse_to_datetime(date.group(1))
+            internaldate = parse_internaldate(date.group(1)) if date is not None else None
             result[int(uid.group(1))] = (literal, internaldate)
         return result
 
