@@ -619,6 +619,8 @@ def test_crlf_to_lf() -> None:
     assert crlf_to_lf(b"a\r\nb\nc\r\r\n\r") == b"a\nb\nc\r\n\r"
     assert crlf_to_lf(b"a\r\nb\r\n") == b"a\nb\n"  # the fast path: every CR starts a CRLF
     assert crlf_to_lf(b"a\rb\nc\r\n") == b"a\rb\nc\n"  # as many CRs as LFs, one lone
+    assert crlf_to_lf(b"a\r\nb\nc\r\n") == b"a\nb\nc\n"  # a bare LF: the slow way
+    assert crlf_to_lf(b"no line end at all") == b"no line end at all"
     assert crlf_to_lf(b"") == b"" and crlf_to_lf(b"\r") == b"\r"
 
 
