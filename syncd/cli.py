@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "pop.DOMAIN and smtp.DOMAIN are guessed.")
     p.add_argument("--name", help="account name (default: from the address's domain)")
     p.add_argument("--email", help="the account's email address")
-    p.add_argument("--provider", choices=_PresetNames(),
-                   help="provider preset (default: guessed from the address)")
+    # A metavar, or argparse lists the choices (importing the presets) for every command.
+    p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
+                   help="provider preset: %(choices)s (default: guessed from the address)")
     p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
     p.add_argument("--username", help="login name (default: the email address)")
     p.add_argument("--host", help="mail server (instead of a preset or the guess)")
