@@ -61,6 +61,19 @@ def summarize_pyspy(path: Path, top: int) -> None:
             print(f"  {n / total:6.1%}  {frame}")
 
 
+def hold(tool: Syncd) -> None:
+    import shlex
+    import signal
+
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in tool.env.items())
+    line = f"env -i {env} {shlex.join(tool.command())}"
+    (Path(tool.root) / "command.sh").write_text(line + "\n")
+    run.log(f"holding; run syncd with: {line}  (also in {tool.root}/command.sh)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile",
                                 description=__doc__.split("\n\n")[0])
@@ -71,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--top", type=int, default=25, help="functions printed per cProfile")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each scenario")
+    p.add_argument("--hold", action="store_true",
+                   help="after the initial sync, keep Dovecot up and print the syncd command "
+                   "line and its environment (for runs by hand); ends on SIGTERM or Ctrl-C")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", default=str(REPO / "bench" / "work-profile"))
     args = p.parse_args(argv)
@@ -123,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench.restore_server(user)
                 tool.prepare()
                 measure.run(tool.command(), env=tool.env, log=logfile, timeout=1800)
+            if args.hold:
+                hold(tool)
+                return 0
             post_server = Path(args.workdir) / "snapshots" / "server"
             post_local = Path(args.workdir) / "snapshots" / "local"
             bench.snapshot_server(user, post_server)

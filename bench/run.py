@@ -35,6 +35,7 @@ from bench.tools import (
     DEBIAN_PACKAGE,
     EXECUTABLE,
     IMAP_TOOLS,
+    PIP_PACKAGE,
     POP3_TOOLS,
     REPO,
     Endpoint,
@@ -58,6 +59,20 @@ PAUSE = 1.1
 def timed(tool: Tool, logfile: Path, timeout: float) -> measure.Measurement:
     time.sleep(PAUSE)
     return measure.run(tool.command(), env=tool.env, log=logfile, timeout=timeout)
+
+
+def last_words(logfile: Path, limit: int = 160) -> str:
+    """The last non-empty line the latest run wrote to ``logfile`` (see measure.run)."""
+    try:
+        lines = logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if line.startswith("$ "):
+            break
+        if line.strip():
+            return line.strip()[:limit]
+    return "no output"
 
 
 def log(msg: str) -> None:
@@ -374,7 +389,11 @@ class Bench:
             log(f"  {m.wall:.2f} s, {n / m.wall:.0f} msgs/s, peak RSS {m.peak_rss_mb:.0f} MB, "
                 f"CPU {m.cpu:.1f} s, rc {m.returncode}")
             if m.returncode not in (0,) or m.timed_out:
-                row.note = f"exit status {m.returncode}"
+                # the tool's own last words: an exit status alone (getmail's 127 is "errors
+                # occurred", not "command not found") says too little
+                row.note = f"exit status {m.returncode}" + (
+                    " (timed out)" if m.timed_out else f" ({last_words(logfile)})")
+                log(f"  {row.note}")
                 break
             if m.wall > args.feasible and r + 1 < args.repeats:
                 row.note = f"1 run: one takes {m.wall:.0f} s (> {args.feasible:.0f} s)"
@@ -737,9 +756,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = missing_tools(args.tools)
     if missing:
-        pkgs = " ".join(DEBIAN_PACKAGE[t] for t in missing)
-        print(f"bench: not installed: {', '.join(missing)} (apt-get install -y {pkgs}, or "
-              "`make bench`, which installs them)", file=sys.stderr)
+        how = []
+        if debs := [DEBIAN_PACKAGE[t] for t in missing if t in DEBIAN_PACKAGE]:
+            how.append(f"apt-get install -y {' '.join(debs)}")
+        if pips := [PIP_PACKAGE[t] for t in missing if t in PIP_PACKAGE]:
+            how.append(f"the bench extra: .venv/bin/pip install -e '.[bench]' ({', '.join(pips)})")
+        print(f"bench: not installed: {', '.join(missing)} ({'; '.join(how)}; or `make bench`, "
+              "which installs them)", file=sys.stderr)
         return 2
     from bench import report
 

@@ -1,8 +1,8 @@
 """The contenders: how each one is configured, run and read back.
 
 IMAP <-> Maildir: syncd, mbsync (isync 1.4), offlineimap3. POP3 download-and-delete: syncd,
-getmail6, fetchmail (with safecat, a C Maildir MDA). Every tool verifies the server
-certificate against the fixture CA; none has certificate checks turned off.
+getmail6 (from PyPI, see ``Getmail``), fetchmail (with safecat, a C Maildir MDA). Every tool
+verifies the server certificate against the fixture CA; none has certificate checks turned off.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from tests.support.syncd_env import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SYNCD = Path(sys.executable).with_name("syncd")
+#: getmail6 from the ``bench`` extra (pyproject.toml), not Debian's: see ``Getmail``.
+GETMAIL = Path(sys.executable).with_name("getmail")
 
 IMAP_TOOLS = ("syncd", "mbsync", "offlineimap")
 POP3_TOOLS = ("syncd", "getmail", "fetchmail")
-DEBIAN_PACKAGE = {"mbsync": "isync", "offlineimap": "offlineimap3", "getmail": "getmail6",
-                  "fetchmail": "fetchmail"}
-EXECUTABLE = {"mbsync": "mbsync", "offlineimap": "offlineimap", "getmail": "getmail",
+DEBIAN_PACKAGE = {"mbsync": "isync", "offlineimap": "offlineimap3", "fetchmail": "fetchmail"}
+#: peers that come from PyPI, through the ``bench`` extra of pyproject.toml
+PIP_PACKAGE = {"getmail": "getmail6"}
+EXECUTABLE = {"mbsync": "mbsync", "offlineimap": "offlineimap", "getmail": str(GETMAIL),
               "fetchmail": "fetchmail"}
 VERSION_ARGS = {"mbsync": ["--version"], "offlineimap": ["--version"],
                 "getmail": ["--version"], "fetchmail": ["--version"]}
@@ -220,6 +223,21 @@ class SyncdPop3(Syncd):
 
 
 class Getmail(Tool):
+    """getmail6 >= 6.19.10, its own Maildir destination, delete after delivery.
+
+    Every getmail destination delivers each message in a forked child. Up to 6.19.08 (Debian
+    bookworm has 6.18.11) the parent waited for that child with a SIGCHLD handler and a
+    threading.Condition: when the child exited before the parent had started to wait (the
+    handler reaps it and notifies nobody, or the signal came before the handler was
+    installed), the wakeup was lost. getmail then sat out its socket timeout (180 s) and
+    failed with "operation error (waiting child pid N timed out)", exit 127, and quit
+    without POP3 QUIT, so Dovecot undid every DELE of the session. Here that happened once
+    in about a hundred to a few thousand messages. 6.19.09 waits with multiprocessing's join
+    instead (getmail6 commit d3a3aa3, "Use multiprocessing instead of mixing signals and
+    threading condvars"), which cannot lose the child, and 6.19.10 pins that to the fork start
+    method; the bench extra installs the current release from PyPI into the venv.
+    """
+
     name = "getmail"
     protocol = "pop3"
 
@@ -227,8 +245,11 @@ class Getmail(Tool):
     def mail_root(self) -> Path:
         return self.root / "mail"
 
-    #: getmail refuses to deliver as root; it forks a delivery child per message, which
-    #: switches to this user (the Maildir belongs to it).
+    #: getmail refuses to deliver into a Maildir as root ("getmail will not deliver to maildirs
+    #: as root, so this 'optional' parameter is required in that situation": the Maildir
+    #: section of docs/configuration). ``user`` makes its delivery child (which it forks for
+    #: every message, with or without ``user``) switch to this user, who owns the Maildir.
+    #: It is getmail's own Maildir writer, not an external MDA.
     delivery_user = "mail"
 
     def write_config(self) -> None:
@@ -241,6 +262,9 @@ class Getmail(Tool):
             os.chown(d, pw.pw_uid, pw.pw_gid)
         (self.root / "getmail").mkdir(exist_ok=True)
         self.config = self.root / "getmailrc"
+        # ca_certs: CERT_REQUIRED against the fixture CA, and the certificate must match
+        # `server` (127.0.0.1). to_oldmail_on_each_mail stays off: the documentation calls it
+        # slower. verbose 0 and no message_log: no per-message output.
         self.config.write_text(f"""\
 [retriever]
 type = SimplePOP3SSLRetriever
@@ -258,12 +282,14 @@ user = {self.delivery_user}
 [options]
 delete = true
 read_all = true
+to_oldmail_on_each_mail = false
 verbose = 0
 """)
+        os.chmod(self.config, 0o600)
 
     def command(self) -> list[str]:
-        return ["getmail", f"--rcfile={self.config}", f"--getmaildir={self.root / 'getmail'}",
-                "--quiet"]
+        return [str(GETMAIL), f"--rcfile={self.config}",
+                f"--getmaildir={self.root / 'getmail'}", "--quiet"]
 
 
 class Fetchmail(Tool):

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "pop.DOMAIN and smtp.DOMAIN are guessed.")
     p.add_argument("--name", help="account name (default: from the address's domain)")
     p.add_argument("--email", help="the account's email address")
-    p.add_argument("--provider", choices=sorted(_preset_names()),
-                   help="provider preset (default: guessed from the address)")
+    # A metavar, or argparse lists the choices (importing the presets) for every command.
+    p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
+                   help="provider preset: %(choices)s (default: guessed from the address)")
     p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
     p.add_argument("--username", help="login name (default: the email address)")
     p.add_argument("--host", help="mail server (instead of a preset or the guess)")
@@ -123,10 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _preset_names() -> list[str]:
-    from syncd.presets import ACCOUNT_PRESETS
+class _PresetNames:
+    """argparse choices that import the presets only when `init --provider` is checked or
+    shown: every other command, a quick `sync` above all, starts without them."""
 
-    return list(ACCOUNT_PRESETS)
+    def _names(self) -> list[str]:
+        from syncd.presets import ACCOUNT_PRESETS
+
+        return sorted(ACCOUNT_PRESETS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,10 +194,10 @@ def _complain(text: str, *, priority: int = 3) -> None:
 
 # --- helpers ------------------------------------------------------------------------------
 def _load(args: argparse.Namespace) -> Settings:
-    from syncd.config import load_config
     from syncd.logs import setup_logging
+    from syncd.settings import load_settings
 
-    settings = load_config(args.config)
+    settings = load_settings(args.config)
     setup_logging(settings.general.log_level, debug=args.debug)
     return settings
 

@@ -33,13 +33,26 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from syncd.errors import ConfigError
+from syncd.settings import (
+    AccountSettings,
+    FolderFilter,
+    GeneralSettings,
+    OAuth2Settings,
+    Settings,
+    default_config_path,
+    default_maildir_root,
+    default_state_dir,
+    warn_if_readable_by_others,
+)
 
 __all__ = [
     "ACCOUNT_NAME_RE",
     "AccountSettings",
     "FolderFilter",
     "GeneralSettings",
+    "OAuth2Settings",
     "Settings",
+    "build_account",
     "default_config_path",
     "default_maildir_root",
     "default_state_dir",
@@ -58,29 +71,6 @@ Loc = tuple[str | int, ...]
 # ---------------------------------------------------------------------------------------------
 # Defaults (read from the environment at call time so that tests and SIGHUP reloads see changes)
 # ---------------------------------------------------------------------------------------------
-
-
-def _xdg_dir(variable: str, fallback: str) -> Path:
-    # The XDG base directory spec says relative values must be ignored. We use the XDG variables
-    # directly rather than platformdirs so that the paths are the documented ones on every OS.
-    value = os.environ.get(variable, "")
-    if value and os.path.isabs(value):
-        return Path(value)
-    return Path(os.path.expanduser(fallback))
-
-
-def default_config_path() -> Path:
-    """``$XDG_CONFIG_HOME/syncd/config.yaml`` (``~/.config/syncd/config.yaml``)."""
-    return _xdg_dir("XDG_CONFIG_HOME", "~/.config") / "syncd" / "config.yaml"
-
-
-def default_state_dir() -> Path:
-    """``$XDG_STATE_HOME/syncd`` (``~/.local/state/syncd``)."""
-    return _xdg_dir("XDG_STATE_HOME", "~/.local/state") / "syncd"
-
-
-def default_maildir_root() -> Path:
-    return Path(os.path.expanduser("~/Mail"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +319,7 @@ class _Model(BaseModel):
         return None
 
 
-class FolderFilter(_Model):
+class FolderFilterModel(_Model):
     """Glob patterns on server folder names: a folder is synced if it matches an include
     pattern and no exclude pattern."""
 
@@ -347,7 +337,7 @@ class FolderFilter(_Model):
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
-class GeneralSettings(_Model):
+class GeneralModel(_Model):
     maildir_root: ConfigPath = Field(default_factory=default_maildir_root)
     state_dir: ConfigPath = Field(default_factory=default_state_dir)
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
@@ -355,7 +345,7 @@ class GeneralSettings(_Model):
 
     @classmethod
     def _misplaced(cls, key: str) -> str | None:
-        if key in AccountSettings.model_fields and key not in AccountSettings._internal_keys:
+        if key in AccountModel.model_fields and key not in AccountModel._internal_keys:
             return (f"'{key}' is a per-account setting and cannot go under general; set it on "
                     f"each account (a YAML anchor and '<<: *name' can share it)")
         return None
@@ -403,7 +393,7 @@ AccountProvider = Literal["outlook", "office365", "gmail", "fastmail", "icloud",
 OAuth2ProviderName = Literal["microsoft", "google", "custom"]
 
 
-class OAuth2Settings(_Model):
+class OAuth2Model(_Model):
     """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
     (``syncd.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
 
@@ -424,7 +414,7 @@ class OAuth2Settings(_Model):
         return data
 
     @model_validator(mode="after")
-    def _after(self) -> OAuth2Settings:
+    def _after(self) -> OAuth2Model:
         if self.provider == "custom":
             if self.token_endpoint is None:
                 raise _fail("provider custom needs token_endpoint (and "
@@ -497,7 +487,7 @@ def _apply_preset(data: dict[str, Any]) -> None:
         data["oauth2"] = oauth2
 
 
-class AccountSettings(_Model):
+class AccountModel(_Model):
     """One account. ``name`` (the key under ``accounts``) and ``state_dir`` (from ``general``)
     are filled in by the loader."""
 
@@ -516,13 +506,13 @@ class AccountSettings(_Model):
     username: Text
     auth: Annotated[Literal["password", "oauth2"], BeforeValidator(_lower)] = "password"
     password_command: Text | None = None
-    oauth2: OAuth2Settings | None = None
+    oauth2: OAuth2Model | None = None
     # Only for `syncd mutt-config` (syncd itself never sends mail).
     smtp_host: Annotated[str, BeforeValidator(_host)] | None = None
     smtp_port: Int | None = Field(None, ge=1, le=65535)
     maildir: ConfigPath
     layout: Literal["verbatim", "maildir++"] = "verbatim"
-    folders: FolderFilter = FolderFilter()
+    folders: FolderFilterModel = FolderFilterModel()
     idle: Patterns = ("INBOX",)
     poll_interval: Duration = Field(gt=0)
     trash_folder: Text | None = None
@@ -540,7 +530,7 @@ class AccountSettings(_Model):
 
     @classmethod
     def _misplaced(cls, key: str) -> str | None:
-        if key in GeneralSettings.model_fields:
+        if key in GeneralModel.model_fields:
             return f"'{key}' is a general setting: move it under general"
         if key == "name":
             return "unknown key 'name': an account's name is its key under accounts"
@@ -579,7 +569,7 @@ class AccountSettings(_Model):
         return data
 
     @model_validator(mode="after")
-    def _after(self) -> AccountSettings:
+    def _after(self) -> AccountModel:
         if not ACCOUNT_NAME_RE.match(self.name):
             raise _fail(f"invalid account name {self.name!r}", "name")
         if self.tls == "none" and not self.allow_insecure:
@@ -602,13 +592,13 @@ class AccountSettings(_Model):
         return self
 
 
-class Settings(_Model):
-    general: GeneralSettings = Field(default_factory=GeneralSettings)
-    accounts: dict[str, AccountSettings]
+class SettingsModel(_Model):
+    general: GeneralModel = Field(default_factory=GeneralModel)
+    accounts: dict[str, AccountModel]
     path: Path | None = None
 
     @model_validator(mode="after")
-    def _after(self) -> Settings:
+    def _after(self) -> SettingsModel:
         # Two accounts writing into one tree would each see the other's messages as new local
         # mail and upload them; nested trees are the same problem one level down.
         seen: list[tuple[str, Path]] = []
@@ -855,30 +845,8 @@ def load_config(path: Path | str | None = None) -> Settings:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("the file is not valid UTF-8", line=line, path=shown) from None
     settings = parse_config(text, shown)
-    _warn_if_readable_by_others(path, settings)
+    warn_if_readable_by_others(path, settings)
     return settings
-
-
-def _warn_if_readable_by_others(path: Path, settings: Settings) -> None:
-    """A config that holds secrets (an OAuth2 client_secret) or says how to get them (a
-    password_command) should not be readable by other users (fault suite, security)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if not mode & 0o044:
-        return
-    keys = [f"accounts.{name}.{key}" for name, account in settings.accounts.items()
-            for key, present in (("password_command", account.password_command is not None),
-                                 ("oauth2.client_secret", account.oauth2 is not None
-                                  and account.oauth2.client_secret is not None))
-            if present]
-    if keys:
-        import logging
-
-        logging.getLogger("syncd.config").warning(
-            "%s is readable by other users (mode %03o) and contains %s: run chmod 600 %s",
-            path, mode & 0o777, ", ".join(keys), path)
 
 
 def parse_config(text: str, path: str = "<config>") -> Settings:
@@ -933,19 +901,46 @@ def parse_config(text: str, path: str = "<config>") -> Settings:
         general_data = {}
     general_data = _with_text(doc, ("general",), general_data, _TEXT_GENERAL)
     context: dict[str, Any] = {"from_config": True, "base_dir": base_dir}
-    general = _validate(GeneralSettings, general_data, context, ("general",), doc, shown)
+    general = _validate(GeneralModel, general_data, context, ("general",), doc, shown)
 
-    built: dict[str, AccountSettings] = {}
+    built: dict[str, AccountModel] = {}
     for name, raw in accounts.items():
         loc: Loc = ("accounts", name)
         # "work:" with nothing under it: report the missing keys rather than a type error.
         data = _with_text(doc, loc, {} if raw is None else raw, _TEXT_ACCOUNT)
         account_context = {**context, "name": name, "maildir_root": general.maildir_root,
                            "state_dir": general.state_dir}
-        built[name] = _validate(AccountSettings, data, account_context, loc, doc, shown)
+        built[name] = _validate(AccountModel, data, account_context, loc, doc, shown)
 
-    return _validate(Settings, {"general": general, "accounts": built, "path": file_path},
-                     context, (), doc, shown)
+    model = _validate(SettingsModel, {"general": general, "accounts": built, "path": file_path},
+                      context, (), doc, shown)
+    return Settings(general=_general(model.general),
+                    accounts={name: _account(a) for name, a in model.accounts.items()},
+                    path=model.path)
+
+
+def build_account(**values: Any) -> AccountSettings:
+    """An account validated like one from a config file, without the file (tests, tools):
+    ``build_account(name="t", protocol="pop3", host="h", username="u")``. Raises pydantic's
+    ValidationError."""
+    return _account(AccountModel.model_validate(values))
+
+
+# The models above validate; the rest of syncd works with syncd.settings' dataclasses, which
+# need neither pydantic nor PyYAML (see syncd.settings.load_settings).
+def _general(model: GeneralModel) -> GeneralSettings:
+    return GeneralSettings(maildir_root=model.maildir_root, state_dir=model.state_dir,
+                           log_level=model.log_level, on_new_mail=model.on_new_mail)
+
+
+def _account(model: AccountModel) -> AccountSettings:
+    values = {name: getattr(model, name) for name in AccountModel.model_fields}
+    values["folders"] = FolderFilter(include=model.folders.include,
+                                     exclude=model.folders.exclude)
+    if model.oauth2 is not None:
+        values["oauth2"] = OAuth2Settings(
+            **{name: getattr(model.oauth2, name) for name in OAuth2Model.model_fields})
+    return AccountSettings(**values)
 
 
 def _with_text(doc: _Document, loc: Loc, value: Any, patterns: frozenset[Loc],

@@ -234,6 +234,7 @@ class AccountSync:
         # current batch, not the whole sync.
         self.should_stop: Callable[[], bool] = lambda: False
         self._in_folder: str | None = None  # the folder being synced (for error messages)
+        self._unchanged_folders: list[FolderState] = []
 
     # --- the whole account ----------------------------------------------------------------
     def run(self, only_folders: frozenset[str] | None = None, *,
@@ -247,8 +248,11 @@ class AccountSync:
         try:
             if self.session is None:
                 self.session = self.connect()
-            for folder_result in self._sync_folders(only):
-                result.folders.append(folder_result)
+            try:
+                for folder_result in self._sync_folders(only):
+                    result.folders.append(folder_result)
+            finally:
+                self._record_unchanged()
         except AccountError as exc:
             result.error = str(exc).removeprefix(f"{self.account.name}: ")
             result.error_cause = exc.cause
@@ -271,6 +275,18 @@ class AccountSync:
                 self.close()
             result.seconds = time.monotonic() - started
         return result
+
+    def _record_unchanged(self) -> None:
+        """last_sync of the folders the status shortcut found unchanged, in one commit."""
+        folders, self._unchanged_folders = self._unchanged_folders, []
+        if not folders:
+            return
+        now = self.clock()
+        with self.state.transaction():
+            for fstate in folders:
+                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
+                                       uidnext=fstate.uidnext,
+                                       highestmodseq=fstate.highestmodseq, last_sync=now)
 
     def _during(self) -> str:
         # Errors that end the whole account still name the folder they happened in.
@@ -444,6 +460,7 @@ class AccountSync:
             try:
                 worker.session = self.connect()
                 drain(worker)
+                worker._record_unchanged()
             except BaseException as exc:  # the main thread reports it
                 failures.append(exc)
             finally:
@@ -492,10 +509,9 @@ class AccountSync:
                 and status.messages == self.state.message_count(fstate.id)
                 and local_folder.unchanged_since(fstate.local_stamp)):
             if not dry:
-                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
-                                       uidnext=fstate.uidnext,
-                                       highestmodseq=fstate.highestmodseq,
-                                       last_sync=self.clock())
+                # Only last_sync changes: recorded with the other unchanged folders' in one
+                # commit (one fsync) at the end of the run.
+                self._unchanged_folders.append(fstate)
             return result
 
         synced = self.state.messages(fstate.id) if fstate is not None else []

@@ -39,6 +39,20 @@ from tests.support.dovecot import (  # noqa: E402
 _DOVECOT_FIXTURES = {"dovecot", "dovecot_plain_imap", "dovecot_factory", "user"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir() -> Iterator[None]:
+    """syncd caches validated config files under $XDG_CACHE_HOME/syncd: keep the suite's
+    (thousands of throw-away configs) out of the real home. Subprocesses inherit it."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    with tempfile.TemporaryDirectory(prefix="syncd-tests-cache-") as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that use a Dovecot fixture get the ``dovecot`` marker (for ``-m "not dovecot"``)."""
     for item in items:

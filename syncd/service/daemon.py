@@ -5,6 +5,7 @@ file. It only schedules and wires; all syncing happens in the workers."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import signal
@@ -276,17 +277,17 @@ class Daemon:
             runtime.worker.reconnect_now(reason)
 
     def reload(self) -> None:
-        from syncd.config import load_config
+        from syncd.settings import load_settings
 
         try:
-            settings = load_config(self.config_path)
+            settings = load_settings(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         if settings.general != self.settings.general:
             log.warning("reload: changes under `general` take effect after a restart "
                         "(only accounts are reloaded)")
-            settings = settings.model_copy(update={"general": self.settings.general})
+            settings = dataclasses.replace(settings, general=self.settings.general)
         old = self.settings.accounts
         self.settings = settings
         for name in [n for n in old if n not in settings.accounts

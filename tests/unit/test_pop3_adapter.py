@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import itertools
 import socket
 import threading
@@ -384,8 +385,8 @@ def test_wrong_password_names_the_account(fake, tmp_path: Path) -> None:
 
 def test_starttls_required_but_not_offered(fake, tmp_path: Path) -> None:
     _box, server = fake
-    account = account_of(make_settings(tmp_path, server.port)).model_copy(
-        update={"tls": "starttls"})
+    account = dataclasses.replace(account_of(make_settings(tmp_path, server.port)),
+                                  tls="starttls")
     with pytest.raises(AccountError) as info:
         Pop3Session.connect(account, lambda: "secret")
     assert info.value.cause == "tls"

@@ -14,7 +14,7 @@ import keyring.errors
 import pytest
 
 from syncd import secrets
-from syncd.config import AccountSettings
+from syncd.config import AccountSettings, build_account
 from syncd.errors import SecretError
 from syncd.secrets import (
     RedactingFilter,
@@ -82,8 +82,8 @@ def memory_keyring() -> MemoryKeyring:
 
 
 def account(name: str = "work", command: str | None = None) -> AccountSettings:
-    return AccountSettings(name=name, protocol="imap", host="imap.example.com", username="me",
-                           password_command=command)
+    return build_account(name=name, protocol="imap", host="imap.example.com", username="me",
+                         password_command=command)
 
 
 def assert_no_leak(exc: BaseException, secret: str = SECRET) -> None:

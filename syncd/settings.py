@@ -1,0 +1,308 @@
+"""The settings every other module works with: plain frozen dataclasses, and a cache of the
+validated config file so that a quick `syncd sync` does not pay for validating it.
+
+syncd.config turns the YAML into these (with pydantic, and errors that name key and line).
+Importing pydantic and PyYAML and building the models takes ~0.25 s, most of a no-change sync,
+so load_settings() keeps the result of the last validation of each config file under
+``$XDG_CACHE_HOME/syncd/`` and uses it while the file, the environment the file refers to and
+syncd's own validation code are unchanged. Anything unexpected about the cache means a full
+validation; a cache can make loading faster, never different.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AccountSettings",
+    "FolderFilter",
+    "GeneralSettings",
+    "OAuth2Settings",
+    "Settings",
+    "default_cache_dir",
+    "default_config_path",
+    "default_maildir_root",
+    "default_state_dir",
+    "load_settings",
+]
+
+log = logging.getLogger("syncd.config")
+
+# ---------------------------------------------------------------------------------------------
+# Defaults (read from the environment at call time so that tests and SIGHUP reloads see changes)
+# ---------------------------------------------------------------------------------------------
+
+
+def _xdg_dir(variable: str, fallback: str) -> Path:
+    # The XDG base directory spec says relative values must be ignored. We use the XDG variables
+    # directly rather than platformdirs so that the paths are the documented ones on every OS.
+    value = os.environ.get(variable, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(os.path.expanduser(fallback))
+
+
+def default_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/syncd/config.yaml`` (``~/.config/syncd/config.yaml``)."""
+    return _xdg_dir("XDG_CONFIG_HOME", "~/.config") / "syncd" / "config.yaml"
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/syncd`` (``~/.local/state/syncd``)."""
+    return _xdg_dir("XDG_STATE_HOME", "~/.local/state") / "syncd"
+
+
+def default_maildir_root() -> Path:
+    return Path(os.path.expanduser("~/Mail"))
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/syncd`` (``~/.cache/syncd``)."""
+    return _xdg_dir("XDG_CACHE_HOME", "~/.cache") / "syncd"
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderFilter:
+    """Glob patterns on server folder names: a folder is synced if it matches an include
+    pattern and no exclude pattern."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GeneralSettings:
+    maildir_root: Path = field(default_factory=default_maildir_root)
+    state_dir: Path = field(default_factory=default_state_dir)
+    log_level: str = "info"
+    on_new_mail: str | None = None
+
+
+@dataclass(frozen=True)
+class OAuth2Settings:
+    """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
+    (``syncd.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
+
+    provider: str
+    client_id: str
+    client_secret: str | None = None
+    tenant: str | None = None
+    scopes: tuple[str, ...] | None = None
+    token_endpoint: str | None = None
+    device_authorization_endpoint: str | None = None
+    authorization_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """One account, as validated by syncd.config (which documents every key)."""
+
+    name: str
+    protocol: str
+    host: str
+    port: int
+    username: str
+    maildir: Path
+    poll_interval: float
+    provider: str | None = None
+    tls: str = "implicit"
+    tls_ca_file: Path | None = None
+    allow_insecure: bool = False
+    auth: str = "password"
+    password_command: str | None = None
+    oauth2: OAuth2Settings | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    layout: str = "verbatim"
+    folders: FolderFilter = FolderFilter()
+    idle: tuple[str, ...] = ("INBOX",)
+    trash_folder: str | None = None
+    timeout: float = 60.0
+    connections: int = 3
+    leave_on_server: bool = False
+    delete_after: float | None = None
+    max_message_size: int | None = None
+    max_messages_per_poll: int | None = None
+    state_dir: Path = field(default_factory=default_state_dir)
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / f"{self.name}.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    general: GeneralSettings = field(default_factory=GeneralSettings)
+    accounts: dict[str, AccountSettings] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def warn_if_readable_by_others(path: Path, settings: Settings) -> None:
+    """A config that holds secrets (an OAuth2 client_secret) or says how to get them (a
+    password_command) should not be readable by other users (fault suite, security)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & 0o044:
+        return
+    keys = [f"accounts.{name}.{key}" for name, account in settings.accounts.items()
+            for key, present in (("password_command", account.password_command is not None),
+                                 ("oauth2.client_secret", account.oauth2 is not None
+                                  and account.oauth2.client_secret is not None))
+            if present]
+    if keys:
+        log.warning("%s is readable by other users (mode %03o) and contains %s: run chmod 600 "
+                    "%s", path, mode & 0o777, ", ".join(keys), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of validated config files
+# ---------------------------------------------------------------------------------------------
+
+CACHE_FORMAT = 1
+_VAR_RE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+# What validation reads besides the file: ~ and the XDG defaults, and relative paths.
+_ENV_READ = ("HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
+# syncd's own code that decides what a config file means.
+_VALIDATION_CODE = ("config.py", "presets.py", "settings.py")
+
+
+def load_settings(path: Path | str | None = None, *, cache_dir: Path | None = None
+                  ) -> Settings:
+    """The validated settings of a config file (default: ``default_config_path()``): from the
+    cache when it holds this very file's validation, else from syncd.config.load_config (which
+    raises ConfigError with key and line), then cached."""
+    path = Path(path).expanduser() if path is not None else default_config_path()
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    key = _cache_key(path)
+    where = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:24]
+    entry = cache_dir / f"config-{where}.json"
+    if key is not None:
+        settings = _read_cache(entry, key)
+        if settings is not None:
+            warn_if_readable_by_others(path, settings)
+            return settings
+    from syncd.config import load_config
+
+    settings = load_config(path)
+    if key is not None:
+        _write_cache(entry, key, settings)
+    return settings
+
+
+def _cache_key(path: Path) -> str | None:
+    """A digest of everything the validation result depends on, or None when the file cannot
+    be read (load_config then reports why)."""
+    try:
+        st = path.stat()
+        text = path.read_bytes()
+    except OSError:
+        return None
+    # The file's contents (not only its mtime: an edit within one timestamp tick must count).
+    parts: list[object] = [CACHE_FORMAT, os.path.abspath(path), hashlib.sha256(text).hexdigest(),
+                           st.st_mtime_ns, st.st_size]
+    here = Path(__file__).parent
+    for name in _VALIDATION_CODE:
+        try:
+            code = (here / name).stat()
+        except OSError:
+            return None
+        parts.append((name, code.st_mtime_ns, code.st_size))
+    names = set(_ENV_READ)
+    for braced, plain in _VAR_RE.findall(text.decode("utf-8", "replace")):
+        names.add(braced or plain)
+    parts.append(sorted((name, os.environ.get(name)) for name in names))
+    from syncd import __version__
+
+    parts.append(__version__)
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _read_cache(entry: Path, key: str) -> Settings | None:
+    try:
+        with open(entry, "rb") as f:
+            if os.fstat(f.fileno()).st_uid != os.getuid():
+                return None  # only ever trust our own file
+            data = json.load(f)
+        if data.get("key") != key:
+            return None
+        return _settings_from(data["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(entry: Path, key: str, settings: Settings) -> None:
+    # The cache holds what the config holds (a password_command, an OAuth2 client_secret):
+    # private directory and file. Failing to write it (a read-only home under the systemd unit's
+    # ProtectHome) only costs the next start its speed.
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": key, "settings": _plain(settings)}, f)
+        os.replace(tmp, entry)
+    except OSError as exc:
+        log.debug("config cache not written (%s): %s", entry, exc)
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _settings_from(data: dict[str, Any]) -> Settings:
+    general = data["general"]
+    return Settings(
+        general=GeneralSettings(
+            maildir_root=Path(general["maildir_root"]), state_dir=Path(general["state_dir"]),
+            log_level=general["log_level"], on_new_mail=general["on_new_mail"]),
+        accounts={name: _account_from(raw) for name, raw in data["accounts"].items()},
+        path=Path(data["path"]) if data["path"] is not None else None)
+
+
+_PATH_FIELDS = frozenset({"maildir", "tls_ca_file", "state_dir"})
+_TUPLE_FIELDS = frozenset({"idle"})
+
+
+def _account_from(raw: dict[str, Any]) -> AccountSettings:
+    values: dict[str, Any] = {}
+    for f in fields(AccountSettings):
+        value = raw[f.name]  # a missing key (another format) is a KeyError: not used
+        if value is not None and f.name in _PATH_FIELDS:
+            value = Path(value)
+        elif f.name in _TUPLE_FIELDS:
+            value = tuple(value)
+        elif f.name == "folders":
+            value = FolderFilter(include=tuple(value["include"]),
+                                 exclude=tuple(value["exclude"]))
+        elif f.name == "oauth2" and value is not None:
+            oauth = dict(value)
+            if oauth["scopes"] is not None:
+                oauth["scopes"] = tuple(oauth["scopes"])
+            value = OAuth2Settings(**oauth)
+        values[f.name] = value
+    return AccountSettings(**values)
