@@ -28,7 +28,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from syncd.adapters.imap import FolderStatus, ImapSession, RemoteFolder, SelectInfo
+from syncd.adapters.imap import (
+    FolderStatus,
+    ImapSession,
+    RemoteFolder,
+    SelectChanges,
+    SelectInfo,
+    raise_refused,
+)
 from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
 from syncd.adapters.state import FolderState, StateStore
 from syncd.core import actions as A
@@ -518,10 +525,20 @@ class AccountSync:
                 self.state.set_local_stamp(fstate.id, local_folder.stamp())
             return result
 
-        info = session.select(name)
+        prefetched: SelectChanges | None = None
+        if (fstate is not None and fstate.highestmodseq is not None and fstate.uidnext
+                and session.condstore and status is not None
+                and status.uidvalidity == fstate.uidvalidity):
+            # The incremental case: what changed comes with the SELECT in one round trip.
+            # STATUS (just taken) vouches for the UIDVALIDITY, so the old cursors apply.
+            info, prefetched = session.select_with_changes(name, fstate.highestmodseq,
+                                                           fstate.uidnext)
+        else:
+            info = session.select(name)
         uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                                and fstate.uidvalidity != info.uidvalidity)
-        remote = self._remote_view(fstate, info, synced, uidvalidity_changed)
+        remote = self._remote_view(fstate, info, synced, uidvalidity_changed,
+                                   None if uidvalidity_changed else prefetched)
         # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
         local = self._local_view(local_folder, entries,
                                  {} if uidvalidity_changed else synced_by_key)
@@ -592,10 +609,11 @@ class AccountSync:
         return True
 
     def _remote_view(self, fstate: FolderState | None, info: SelectInfo,
-                     synced: list[SyncedMessage], uidvalidity_changed: bool
-                     ) -> dict[int, RemoteMessage]:
+                     synced: list[SyncedMessage], uidvalidity_changed: bool,
+                     prefetched: SelectChanges | None = None) -> dict[int, RemoteMessage]:
         """Every message on the server with its flags; size and Message-ID for UIDs the state
-        does not know. With CONDSTORE only what changed since the last sync is fetched."""
+        does not know. With CONDSTORE only what changed since the last sync is fetched
+        (or taken from ``prefetched``, asked for together with the SELECT)."""
         session = self._session()
         view: dict[int, RemoteMessage]
         incremental = (not uidvalidity_changed and fstate is not None
@@ -606,7 +624,9 @@ class AccountSync:
             view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
         elif incremental:
             assert fstate is not None and fstate.highestmodseq is not None
-            changes = session.fetch_flags(changedsince=fstate.highestmodseq)
+            changes = prefetched.changes if prefetched is not None \
+                and prefetched.changes is not None \
+                else session.fetch_flags(changedsince=fstate.highestmodseq)
             view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
                     if m.uid not in changes.vanished}
             for uid, flags in changes.flags.items():
@@ -631,7 +651,11 @@ class AccountSync:
         known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
         new_uids = [uid for uid in view if uid not in known_uids]
         if new_uids:
-            meta = session.fetch_meta(new_uids)
+            early = prefetched.meta if prefetched is not None and prefetched.meta else {}
+            meta = {uid: early[uid] for uid in new_uids if uid in early}
+            rest = [uid for uid in new_uids if uid not in meta]
+            if rest:
+                meta.update(session.fetch_meta(rest))
             for uid in new_uids:
                 if uid in meta:
                     size, message_id = meta[uid]
@@ -687,8 +711,9 @@ class AccountSync:
         checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
 
-        self._apply_flags([*by_kind[A.SetLocalFlags], *by_kind[A.PushFlags]], fid, folder,
-                          result, local_flags)
+        # Local side first: flag renames (one commit), then files the server expunged.
+        pushes = self._set_local_flags(by_kind[A.SetLocalFlags], by_kind[A.PushFlags], fid,
+                                       folder, result, local_flags)
 
         # Server expunged: remove local files.
         deletes = by_kind[A.DeleteLocal]
@@ -713,6 +738,7 @@ class AccountSync:
             # fresh scan; what is really gone is still gone.
             present = folder.scan()
             remote_deletes = [a for a in remote_deletes if a.key not in present]
+        to_expunge: list[int] = []
         if remote_deletes:
             to_trash = [a.uid for a in remote_deletes if a.trash_folder]
             to_expunge = [a.uid for a in remote_deletes if not a.trash_folder]
@@ -725,13 +751,8 @@ class AccountSync:
                     self._moved_into.add(trash)
                     session.move(to_trash, trash)
                     checkpoint("delete-remote.move")
-            session.expunge(to_expunge)
-            checkpoint("delete-remote.expunge")
-            with state.transaction():
-                for action in remote_deletes:
-                    state.delete_message(fid, action.uid)
-            checkpoint("delete-remote.commit")
-            result.deleted_remote += len(remote_deletes)
+        # Server side: every STORE and the EXPUNGE in one round trip, then one commit.
+        self._push_remote(pushes, to_expunge, remote_deletes, fid, result)
 
         paired_keys: set[str] = set()
         downloads = by_kind[A.Download]
@@ -747,15 +768,27 @@ class AccountSync:
                      result: FolderResult, local_flags: dict[str, str] | None = None) -> None:
         """SetLocalFlags (renames, one commit), then PushFlags (STOREs, one commit), then
         RecordFlags; a uid's SetLocalFlags before its PushFlags, as the plan requires."""
-        session = self._session()
-        state = self.state
         by_kind: dict[type, list] = defaultdict(list)
         for action in actions:
             by_kind[type(action)].append(action)
-        # Local flag renames, then one commit.
+        pushes = self._set_local_flags(by_kind[A.SetLocalFlags], by_kind[A.PushFlags], fid,
+                                       folder, result, local_flags)
+        self._push_remote(pushes, [], [], fid, result)
+        if by_kind[A.RecordFlags]:
+            with self.state.transaction():
+                for action in by_kind[A.RecordFlags]:
+                    self.state.set_synced_flags(fid, action.uid, action.flags)
+
+    def _set_local_flags(self, local: list[A.SetLocalFlags], pushes: list[A.PushFlags],
+                         fid: int, folder: MaildirFolder, result: FolderResult,
+                         local_flags: dict[str, str] | None) -> list[A.PushFlags]:
+        """The renames (then one commit); returns the pushes still to make: not for a message
+        whose local file changed under us, as the push would record a target that misses the
+        local change, and the next merge would then revert the server's."""
+        state = self.state
         renamed = []
         changed_meanwhile: set[int] = set()
-        for action in by_kind[A.SetLocalFlags]:
+        for action in local:
             try:
                 # expect: the flags the plan saw. A MUA that renamed the file since must not
                 # have its change overwritten (fault suite, concurrent local changes).
@@ -777,27 +810,47 @@ class AccountSync:
                     state.set_synced_flags(fid, action.uid, action.synced_flags)
             checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
+        return [a for a in pushes if a.uid not in changed_meanwhile]
 
-        # Server flag changes, grouped so equal changes share one STORE. Not for a message
-        # whose local file changed under us: the push would record a target that misses the
-        # local change, and the next merge would then revert the server's.
-        pushes = [a for a in by_kind[A.PushFlags] if a.uid not in changed_meanwhile]
-        if pushes:
-            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-            for action in pushes:
-                groups[(action.add, action.remove)].append(action.uid)
-            for (add, remove), uids in groups.items():
-                session.store_flags(uids, add, remove)
-                checkpoint("push-flags.store")
-            with state.transaction():
-                for action in pushes:
-                    state.set_synced_flags(fid, action.uid, action.flags)
-            checkpoint("push-flags.commit")
-            result.remote_flag_changes += len(pushes)
-        if by_kind[A.RecordFlags]:
-            with state.transaction():
-                for action in by_kind[A.RecordFlags]:
-                    state.set_synced_flags(fid, action.uid, action.flags)
+    def _push_remote(self, pushes: list[A.PushFlags], to_expunge: list[int],
+                     deletes: list[A.DeleteRemote], fid: int, result: FolderResult) -> None:
+        """Server flag changes (grouped so equal changes share one STORE) and the expunge of
+        local deletions, pipelined: one round trip for all, then one commit of what the server
+        accepted. Safe in any order and after a crash anywhere: a STORE or an EXPUNGE is
+        idempotent, and until the commit the next sync sees both sides agree and only
+        records it. ``deletes`` are the DeleteRemote actions (moved ones included) whose rows
+        go once the expunge of ``to_expunge`` succeeded."""
+        if not pushes and not deletes:
+            return
+        session = self._session()
+        groups: dict[tuple[str, str], list[A.PushFlags]] = defaultdict(list)
+        for action in pushes:
+            groups[(action.add, action.remove)].append(action)
+        pipe = session.pipeline()
+        sent: list[tuple[list[int], list[A.PushFlags]]] = []
+        for (add, remove), actions in groups.items():
+            sent.append((session.send_store(pipe, [a.uid for a in actions], add, remove),
+                         actions))
+            checkpoint("push-flags.store")
+        expunge_sent = session.send_expunge(pipe, to_expunge)
+        if to_expunge:
+            checkpoint("delete-remote.expunge")
+        replies = pipe.replies()
+        pushed = [a for indexes, actions in sent if all(replies[i].ok for i in indexes)
+                  for a in actions]
+        expunged = all(replies[i].ok for i in expunge_sent)
+        gone = set(to_expunge)
+        deleted = [a for a in deletes if expunged or a.uid not in gone]
+        if pushed or deleted:
+            with self.state.transaction():
+                for action in pushed:
+                    self.state.set_synced_flags(fid, action.uid, action.flags)
+                for action in deleted:
+                    self.state.delete_message(fid, action.uid)
+            checkpoint("remote-changes.commit")
+        result.remote_flag_changes += len(pushed)
+        result.deleted_remote += len(deleted)
+        raise_refused(replies)  # what the server refused is a folder error, as before
 
     def _download(self, downloads: list[A.Download], fstate: FolderState,
                   folder: MaildirFolder, result: FolderResult, paired_keys: set[str],

@@ -308,6 +308,14 @@ def test_incremental_paths(request: pytest.FixtureRequest, tmp_path: Path, serve
         return original(self, changedsince)
 
     monkeypatch.setattr(ImapSession, "fetch_flags", counting)
+    pipelined = ImapSession.select_with_changes
+
+    def counting_pipelined(self: ImapSession, name: str, changedsince: int, new_from: int):
+        # The CHANGEDSINCE fetch pipelined with the SELECT (its flags used unless refused).
+        calls.append(changedsince)
+        return pipelined(self, name, changedsince, new_from)
+
+    monkeypatch.setattr(ImapSession, "select_with_changes", counting_pipelined)
     assert_quiet(account)
     if server == "condstore":
         assert calls == [], "a no-change sync must not fetch per-message data"
