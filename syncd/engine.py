@@ -62,6 +62,11 @@ DOWNLOAD_COMMIT_BYTES = 2 * 1024 * 1024
 # A folder missing at least this many messages locally gets its own connection (when the
 # account allows more than one): first syncs of several big folders run side by side.
 BULK_FOLDER_MESSAGES = 500
+# A folder of at least this many messages with changes on either side is worth a connection of
+# its own too when two or more are (an incremental sync): the per-folder round trips and local
+# work (scan, plan, renames, fsyncs, commits) of several folders overlap. Smaller folders cost
+# less than setting up a connection (TLS, LOGIN).
+BUSY_FOLDER_MESSAGES = 200
 
 
 class Reporter(Protocol):
@@ -404,12 +409,14 @@ class AccountSync:
 
     def _bulk_folders(self, selectable: list[RemoteFolder],
                       statuses: dict[str, FolderStatus]) -> list[RemoteFolder]:
-        """Folders with so much to download that they are worth their own connection (a
-        first sync), biggest first; none in a dry run or with `connections: 1`."""
+        """Folders with so much to do that they are worth their own connection: first syncs
+        (biggest first), then big folders with changes; none in a dry run or with
+        `connections: 1`. Run side by side only when there are two or more."""
         if self.options.dry_run or self.account.connections < 2:
             return []
         known = {f.remote_name: f for f in self.state.folders()}
         sizes: list[tuple[int, RemoteFolder]] = []
+        changed: list[tuple[int, RemoteFolder]] = []
         for folder in selectable:
             status = statuses.get(folder.name)
             if folder.name == self.account.trash_folder or status is None:
@@ -419,8 +426,24 @@ class AccountSync:
             missing = (status.messages or 0) - have
             if missing >= BULK_FOLDER_MESSAGES:
                 sizes.append((missing, folder))
+            elif (fstate is not None and (status.messages or 0) >= BUSY_FOLDER_MESSAGES
+                  and self._changed(fstate, folder, status)):
+                # An incremental sync of a big folder: its round trips, scan, plan, renames
+                # and commits overlap with another folder's. Ranked after every first sync.
+                changed.append(((status.messages or 0), folder))
         sizes.sort(key=lambda item: -item[0])
-        return [folder for _, folder in sizes]
+        changed.sort(key=lambda item: -item[0])
+        return [folder for _, folder in sizes + changed]
+
+    def _changed(self, fstate: FolderState, folder: RemoteFolder, status: FolderStatus) -> bool:
+        """Something to do in this folder, as far as STATUS and two stats can tell."""
+        remote_same = (status.uidvalidity == fstate.uidvalidity
+                       and status.uidnext == fstate.uidnext
+                       and status.highestmodseq is not None
+                       and status.highestmodseq == fstate.highestmodseq)
+        if not remote_same:
+            return True
+        return not self.maildir.folder(_components(folder)).unchanged_since(fstate.local_stamp)
 
     def _sync_in_parallel(self, bulk: list[RemoteFolder], statuses: dict[str, FolderStatus],
                           merged: dict[str, FolderResult]) -> None:
