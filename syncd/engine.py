@@ -541,11 +541,13 @@ class AccountSync:
                 and not local_folder_missing
                 and self._unchanged(fstate, status, synced, entries, session)):
             if not dry:
-                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
-                                       uidnext=fstate.uidnext,
-                                       highestmodseq=fstate.highestmodseq,
-                                       last_sync=self.clock())
-                self.state.set_local_stamp(fstate.id, local_folder.stamp())
+                stamp = local_folder.stamp()
+                with self.state.transaction():  # one commit for both
+                    self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
+                                           uidnext=fstate.uidnext,
+                                           highestmodseq=fstate.highestmodseq,
+                                           last_sync=self.clock())
+                    self.state.set_local_stamp(fstate.id, stamp)
             return result
 
         prefetched: SelectChanges | None = None
@@ -594,11 +596,14 @@ class AccountSync:
                      reset=uidvalidity_changed)
         if self.should_stop():
             return result  # interrupted between batches: the cursors must not claim completion
-        self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                               highestmodseq=info.highestmodseq, last_sync=self.clock())
-        # Taken after everything this sync did to the folder; a mail reader's change from now
-        # on moves an mtime and makes the next sync look.
-        self.state.set_local_stamp(fstate.id, local_folder.stamp())
+        # The stamp is taken after everything this sync did to the folder; a mail reader's
+        # change from now on moves an mtime and makes the next sync look. One commit for both.
+        stamp = local_folder.stamp()
+        with self.state.transaction():
+            self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity,
+                                   uidnext=info.uidnext, highestmodseq=info.highestmodseq,
+                                   last_sync=self.clock())
+            self.state.set_local_stamp(fstate.id, stamp)
         checkpoint("folder.cursors")
         return result
 
@@ -721,16 +726,14 @@ class AccountSync:
                 # before this one: the re-pairing then fell back to the union of both sides and
                 # undid flags removed on one side (crash tests, "uidvalidity" scenario).
                 state.reset_folder(fid)
-            for action in by_kind[A.Forget]:
-                state.delete_message(fid, action.uid)
+            state.delete_messages(fid, (a.uid for a in by_kind[A.Forget]))
             for action in by_kind[A.Pair]:
                 state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
                                                      remote[action.uid].size
                                                      if action.uid in remote else None,
                                                      remote[action.uid].message_id
                                                      if action.uid in remote else None))
-            for action in by_kind[A.RecordFlags]:
-                state.set_synced_flags(fid, action.uid, action.flags)
+            state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in by_kind[A.RecordFlags]))
         checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
 
@@ -745,9 +748,7 @@ class AccountSync:
                 folder.remove(action.key)
                 checkpoint("delete-local.remove")
             folder.sync()
-            with state.transaction():
-                for action in deletes:
-                    state.delete_message(fid, action.uid)
+            state.delete_messages(fid, (a.uid for a in deletes))
             checkpoint("delete-local.commit")
             result.deleted_local += len(deletes)
 
@@ -798,9 +799,8 @@ class AccountSync:
                                        folder, result, local_flags)
         self._push_remote(pushes, [], [], fid, result)
         if by_kind[A.RecordFlags]:
-            with self.state.transaction():
-                for action in by_kind[A.RecordFlags]:
-                    self.state.set_synced_flags(fid, action.uid, action.flags)
+            self.state.set_synced_flags_many(
+                fid, ((a.uid, a.flags) for a in by_kind[A.RecordFlags]))
 
     def _set_local_flags(self, local: list[A.SetLocalFlags], pushes: list[A.PushFlags],
                          fid: int, folder: MaildirFolder, result: FolderResult,
@@ -825,12 +825,10 @@ class AccountSync:
             checkpoint("local-flags.rename")
         if renamed:
             folder.sync()
-            with state.transaction():
-                for action in renamed:
-                    # synced_flags, not flags: with a PushFlags still to come it is the server's
-                    # present flags, so a crash before the push still pushes the target on the
-                    # next sync instead of reverting this rename (crash tests, mixed-04).
-                    state.set_synced_flags(fid, action.uid, action.synced_flags)
+            # synced_flags, not flags: with a PushFlags still to come it is the server's present
+            # flags, so a crash before the push still pushes the target on the next sync
+            # instead of reverting this rename (crash tests, mixed-04).
+            state.set_synced_flags_many(fid, ((a.uid, a.synced_flags) for a in renamed))
             checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
         return [a for a in pushes if a.uid not in changed_meanwhile]
@@ -866,10 +864,8 @@ class AccountSync:
         deleted = [a for a in deletes if expunged or a.uid not in gone]
         if pushed or deleted:
             with self.state.transaction():
-                for action in pushed:
-                    self.state.set_synced_flags(fid, action.uid, action.flags)
-                for action in deleted:
-                    self.state.delete_message(fid, action.uid)
+                self.state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in pushed))
+                self.state.delete_messages(fid, (a.uid for a in deleted))
             checkpoint("remote-changes.commit")
         result.remote_flag_changes += len(pushed)
         result.deleted_remote += len(deleted)
