@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from syncd.adapters.imap import (
+    UID_SET_CHUNK,
     FolderStatus,
     ImapSession,
     RemoteFolder,
@@ -556,8 +557,11 @@ class AccountSync:
                 and status.uidvalidity == fstate.uidvalidity):
             # The incremental case: what changed comes with the SELECT in one round trip.
             # STATUS (just taken) vouches for the UIDVALIDITY, so the old cursors apply.
-            info, prefetched = session.select_with_changes(name, fstate.highestmodseq,
-                                                           fstate.uidnext)
+            # The new UIDs' meta rides along unless STATUS announces more new messages than
+            # one fetch_meta chunk: that reply would not be bounded.
+            many = (status.uidnext or 0) - fstate.uidnext > UID_SET_CHUNK
+            info, prefetched = session.select_with_changes(
+                name, fstate.highestmodseq, None if many else fstate.uidnext)
         else:
             info = session.select(name)
         uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None

@@ -467,13 +467,14 @@ class ImapSession:
         self.client._imap.untagged_responses.pop("VANISHED", None)
         return _select_info(name, response)
 
-    def select_with_changes(self, name: str, changedsince: int, new_from: int
+    def select_with_changes(self, name: str, changedsince: int, new_from: int | None
                             ) -> tuple[SelectInfo, SelectChanges]:
         """SELECT, the flags changed since a modseq (with VANISHED under QRESYNC) and the size
-        and Message-ID of the UIDs from ``new_from`` on, pipelined: one round trip where
-        select() + fetch_flags() + fetch_meta() take three. The fetches are sent before the
-        SELECT's reply is known; the caller decides from the SelectInfo whether their answers
-        apply (same UIDVALIDITY), exactly as it would before asking for them."""
+        and Message-ID of the UIDs from ``new_from`` on (None: not asked, meta is None),
+        pipelined: one round trip where select() + fetch_flags() + fetch_meta() take three.
+        The fetches are sent before the SELECT's reply is known; the caller decides from the
+        SelectInfo whether their answers apply (same UIDVALIDITY), exactly as it would before
+        asking for them."""
         from imapclient.exceptions import ProtocolError
 
         imap = self.client._imap
@@ -484,9 +485,11 @@ class ImapSession:
         pipe = Pipeline(self)
         pipe.send("SELECT", self.client._normalise_folder(name))
         pipe.send("UID", "FETCH", "1:*", "(UID FLAGS)", modifiers)
-        pipe.send("UID", "FETCH", f"{new_from}:*",
-                  "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-        selected, flags_reply, meta_reply = pipe.replies()
+        if new_from is not None:
+            pipe.send("UID", "FETCH", f"{new_from}:*",
+                      "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        selected, flags_reply, *rest = pipe.replies()
+        meta_reply = rest[0] if rest else None
         if not selected.ok:
             imap.state = "AUTH"
             self.selected = None
@@ -502,19 +505,19 @@ class ImapSession:
         # 5.5; Dovecot does): their records are told apart by what they hold, not by which
         # tagged reply they came before. A flags record that came unasked (another client's
         # change) is the message's present flags all the same.
-        fetched = [item for reply in (flags_reply, meta_reply)
-                   for item in reply.untagged.get("FETCH", [])]
+        replies = [flags_reply, *rest]
+        fetched = [item for reply in replies for item in reply.untagged.get("FETCH", [])]
         records = _records(fetched)
         changes = None
         if flags_reply.ok:
             flags = _flags_from([r for r in records if _FLAGS_ITEM.search(r[0])]) \
                 if records is not None else None
             if flags is not None:
-                vanished = [line for reply in (flags_reply, meta_reply)
+                vanished = [line for reply in replies
                             for line in reply.untagged.get("VANISHED", [])]
                 changes = FlagChanges(flags, _vanished_from(vanished) if self.qresync
                                       else frozenset())
-        meta = _meta_from(records) if meta_reply.ok else None
+        meta = _meta_from(records) if meta_reply is not None and meta_reply.ok else None
         return info, SelectChanges(changes, meta)
 
     def pipeline(self) -> Pipeline:

@@ -123,6 +123,10 @@ def test_select_with_changes_nothing_new(dovecot: Dovecot, user: User,
     assert extra.changes is not None and extra.changes.flags == {}
     assert extra.changes.vanished == frozenset()
     assert extra.meta is not None and set(extra.meta) <= {uids[-1]}
+    # Without new_from the meta is not asked for (too many new messages for one reply).
+    info, extra = session.select_with_changes("INBOX", before.highestmodseq, None)
+    assert info == before and extra.meta is None
+    assert extra.changes is not None and extra.changes.flags == {}
 
 
 def test_select_with_changes_of_a_missing_folder(dovecot: Dovecot, user: User,
