@@ -368,7 +368,9 @@ class AccountSync:
         self._moved_into = set()
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
-        bulk = self._bulk_folders(selectable, statuses)
+        # Not a folder already refused above (one that maps onto another's local folder).
+        bulk = [f for f in self._bulk_folders(selectable, statuses)
+                if f.name not in merged or merged[f.name].error is None]
         if len(bulk) >= 2:
             self._sync_in_parallel(bulk, statuses, merged)
             selectable = [f for f in selectable if f not in bulk]
