@@ -28,7 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from syncd.adapters.imap import FolderStatus, ImapSession, RemoteFolder, SelectInfo
+from syncd.adapters.imap import (
+    UID_SET_CHUNK,
+    FolderStatus,
+    ImapSession,
+    RemoteFolder,
+    SelectChanges,
+    SelectInfo,
+    raise_refused,
+)
 from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
 from syncd.adapters.state import FolderState, StateStore
 from syncd.core import actions as A
@@ -55,6 +63,11 @@ DOWNLOAD_COMMIT_BYTES = 2 * 1024 * 1024
 # A folder missing at least this many messages locally gets its own connection (when the
 # account allows more than one): first syncs of several big folders run side by side.
 BULK_FOLDER_MESSAGES = 500
+# A folder of at least this many messages with changes on either side is worth a connection of
+# its own too when two or more are (an incremental sync): the per-folder round trips and local
+# work (scan, plan, renames, fsyncs, commits) of several folders overlap. Smaller folders cost
+# less than setting up a connection (TLS, LOGIN).
+BUSY_FOLDER_MESSAGES = 200
 
 
 class Reporter(Protocol):
@@ -371,7 +384,9 @@ class AccountSync:
         self._moved_into = set()
         statuses = session.status_all([f.name for f in selectable])
         merged: dict[str, FolderResult] = {r.folder: r for r in results}
-        bulk = self._bulk_folders(selectable, statuses)
+        # Not a folder already refused above (one that maps onto another's local folder).
+        bulk = [f for f in self._bulk_folders(selectable, statuses)
+                if f.name not in merged or merged[f.name].error is None]
         if len(bulk) >= 2:
             self._sync_in_parallel(bulk, statuses, merged)
             selectable = [f for f in selectable if f not in bulk]
@@ -413,12 +428,14 @@ class AccountSync:
 
     def _bulk_folders(self, selectable: list[RemoteFolder],
                       statuses: dict[str, FolderStatus]) -> list[RemoteFolder]:
-        """Folders with so much to download that they are worth their own connection (a
-        first sync), biggest first; none in a dry run or with `connections: 1`."""
+        """Folders with so much to do that they are worth their own connection: first syncs
+        (biggest first), then big folders with changes; none in a dry run or with
+        `connections: 1`. Run side by side only when there are two or more."""
         if self.options.dry_run or self.account.connections < 2:
             return []
         known = {f.remote_name: f for f in self.state.folders()}
         sizes: list[tuple[int, RemoteFolder]] = []
+        changed: list[tuple[int, RemoteFolder]] = []
         for folder in selectable:
             status = statuses.get(folder.name)
             if folder.name == self.account.trash_folder or status is None:
@@ -428,8 +445,24 @@ class AccountSync:
             missing = (status.messages or 0) - have
             if missing >= BULK_FOLDER_MESSAGES:
                 sizes.append((missing, folder))
+            elif (fstate is not None and (status.messages or 0) >= BUSY_FOLDER_MESSAGES
+                  and self._changed(fstate, folder, status)):
+                # An incremental sync of a big folder: its round trips, scan, plan, renames
+                # and commits overlap with another folder's. Ranked after every first sync.
+                changed.append(((status.messages or 0), folder))
         sizes.sort(key=lambda item: -item[0])
-        return [folder for _, folder in sizes]
+        changed.sort(key=lambda item: -item[0])
+        return [folder for _, folder in sizes + changed]
+
+    def _changed(self, fstate: FolderState, folder: RemoteFolder, status: FolderStatus) -> bool:
+        """Something to do in this folder, as far as STATUS and two stats can tell."""
+        remote_same = (status.uidvalidity == fstate.uidvalidity
+                       and status.uidnext == fstate.uidnext
+                       and status.highestmodseq is not None
+                       and status.highestmodseq == fstate.highestmodseq)
+        if not remote_same:
+            return True
+        return not self.maildir.folder(_components(folder)).unchanged_since(fstate.local_stamp)
 
     def _sync_in_parallel(self, bulk: list[RemoteFolder], statuses: dict[str, FolderStatus],
                           merged: dict[str, FolderResult]) -> None:
@@ -527,20 +560,35 @@ class AccountSync:
                 and not local_folder_missing
                 and self._unchanged(fstate, status, synced, entries, session)):
             if not dry:
-                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
-                                       uidnext=fstate.uidnext,
-                                       highestmodseq=fstate.highestmodseq,
-                                       last_sync=self.clock())
-                self.state.set_local_stamp(fstate.id, local_folder.stamp())
+                stamp = local_folder.stamp()
+                with self.state.transaction():  # one commit for both
+                    self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
+                                           uidnext=fstate.uidnext,
+                                           highestmodseq=fstate.highestmodseq,
+                                           last_sync=self.clock())
+                    self.state.set_local_stamp(fstate.id, stamp)
             return result
 
-        info = session.select(name)
+        prefetched: SelectChanges | None = None
+        if (fstate is not None and fstate.highestmodseq is not None and fstate.uidnext
+                and session.condstore and status is not None
+                and status.uidvalidity == fstate.uidvalidity):
+            # The incremental case: what changed comes with the SELECT in one round trip.
+            # STATUS (just taken) vouches for the UIDVALIDITY, so the old cursors apply.
+            # The new UIDs' meta rides along unless STATUS announces more new messages than
+            # one fetch_meta chunk: that reply would not be bounded.
+            many = (status.uidnext or 0) - fstate.uidnext > UID_SET_CHUNK
+            info, prefetched = session.select_with_changes(
+                name, fstate.highestmodseq, None if many else fstate.uidnext)
+        else:
+            info = session.select(name)
         uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                                and fstate.uidvalidity != info.uidvalidity)
         # Message-IDs only serve pairing local files the state does not know with server
         # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
         unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in entries)
         remote = self._remote_view(fstate, info, synced, uidvalidity_changed,
+                                   None if uidvalidity_changed else prefetched,
                                    message_ids=unpaired_local)
         # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
         local = self._local_view(local_folder, entries,
@@ -574,11 +622,14 @@ class AccountSync:
                      reset=uidvalidity_changed)
         if self.should_stop():
             return result  # interrupted between batches: the cursors must not claim completion
-        self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                               highestmodseq=info.highestmodseq, last_sync=self.clock())
-        # Taken after everything this sync did to the folder; a mail reader's change from now
-        # on moves an mtime and makes the next sync look.
-        self.state.set_local_stamp(fstate.id, local_folder.stamp())
+        # The stamp is taken after everything this sync did to the folder; a mail reader's
+        # change from now on moves an mtime and makes the next sync look. One commit for both.
+        stamp = local_folder.stamp()
+        with self.state.transaction():
+            self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity,
+                                   uidnext=info.uidnext, highestmodseq=info.highestmodseq,
+                                   last_sync=self.clock())
+            self.state.set_local_stamp(fstate.id, stamp)
         checkpoint("folder.cursors")
         return result
 
@@ -612,10 +663,12 @@ class AccountSync:
         return True
 
     def _remote_view(self, fstate: FolderState | None, info: SelectInfo,
-                     synced: list[SyncedMessage], uidvalidity_changed: bool, *,
+                     synced: list[SyncedMessage], uidvalidity_changed: bool,
+                     prefetched: SelectChanges | None = None, *,
                      message_ids: bool = True) -> dict[int, RemoteMessage]:
         """Every message on the server with its flags; size and Message-ID for UIDs the state
-        does not know. With CONDSTORE only what changed since the last sync is fetched."""
+        does not know. With CONDSTORE only what changed since the last sync is fetched
+        (or taken from ``prefetched``, asked for together with the SELECT)."""
         session = self._session()
         view: dict[int, RemoteMessage]
         incremental = (not uidvalidity_changed and fstate is not None
@@ -626,7 +679,9 @@ class AccountSync:
             view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
         elif incremental:
             assert fstate is not None and fstate.highestmodseq is not None
-            changes = session.fetch_flags(changedsince=fstate.highestmodseq)
+            changes = prefetched.changes if prefetched is not None \
+                and prefetched.changes is not None \
+                else session.fetch_flags(changedsince=fstate.highestmodseq)
             view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
                     if m.uid not in changes.vanished}
             for uid, flags in changes.flags.items():
@@ -651,7 +706,11 @@ class AccountSync:
         known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
         new_uids = [uid for uid in view if uid not in known_uids]
         if new_uids:
-            meta = session.fetch_meta(new_uids, message_ids=message_ids)
+            early = prefetched.meta if prefetched is not None and prefetched.meta else {}
+            meta = {uid: early[uid] for uid in new_uids if uid in early}
+            rest = [uid for uid in new_uids if uid not in meta]
+            if rest:
+                meta.update(session.fetch_meta(rest, message_ids=message_ids))
             for uid in new_uids:
                 if uid in meta:
                     size, message_id = meta[uid]
@@ -694,21 +753,20 @@ class AccountSync:
                 # before this one: the re-pairing then fell back to the union of both sides and
                 # undid flags removed on one side (crash tests, "uidvalidity" scenario).
                 state.reset_folder(fid)
-            for action in by_kind[A.Forget]:
-                state.delete_message(fid, action.uid)
+            state.delete_messages(fid, (a.uid for a in by_kind[A.Forget]))
             for action in by_kind[A.Pair]:
                 state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
                                                      remote[action.uid].size
                                                      if action.uid in remote else None,
                                                      remote[action.uid].message_id
                                                      if action.uid in remote else None))
-            for action in by_kind[A.RecordFlags]:
-                state.set_synced_flags(fid, action.uid, action.flags)
+            state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in by_kind[A.RecordFlags]))
         checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
 
-        self._apply_flags([*by_kind[A.SetLocalFlags], *by_kind[A.PushFlags]], fid, folder,
-                          result, local_flags)
+        # Local side first: flag renames (one commit), then files the server expunged.
+        pushes = self._set_local_flags(by_kind[A.SetLocalFlags], by_kind[A.PushFlags], fid,
+                                       folder, result, local_flags)
 
         # Server expunged: remove local files.
         deletes = by_kind[A.DeleteLocal]
@@ -717,9 +775,7 @@ class AccountSync:
                 folder.remove(action.key)
                 checkpoint("delete-local.remove")
             folder.sync()
-            with state.transaction():
-                for action in deletes:
-                    state.delete_message(fid, action.uid)
+            state.delete_messages(fid, (a.uid for a in deletes))
             checkpoint("delete-local.commit")
             result.deleted_local += len(deletes)
 
@@ -733,6 +789,7 @@ class AccountSync:
             # fresh scan; what is really gone is still gone.
             present = folder.scan()
             remote_deletes = [a for a in remote_deletes if a.key not in present]
+        to_expunge: list[int] = []
         if remote_deletes:
             to_trash = [a.uid for a in remote_deletes if a.trash_folder]
             to_expunge = [a.uid for a in remote_deletes if not a.trash_folder]
@@ -745,13 +802,8 @@ class AccountSync:
                     self._moved_into.add(trash)
                     session.move(to_trash, trash)
                     checkpoint("delete-remote.move")
-            session.expunge(to_expunge)
-            checkpoint("delete-remote.expunge")
-            with state.transaction():
-                for action in remote_deletes:
-                    state.delete_message(fid, action.uid)
-            checkpoint("delete-remote.commit")
-            result.deleted_remote += len(remote_deletes)
+        # Server side: every STORE and the EXPUNGE in one round trip, then one commit.
+        self._push_remote(pushes, to_expunge, remote_deletes, fid, result)
 
         paired_keys: set[str] = set()
         downloads = by_kind[A.Download]
@@ -767,15 +819,26 @@ class AccountSync:
                      result: FolderResult, local_flags: dict[str, str] | None = None) -> None:
         """SetLocalFlags (renames, one commit), then PushFlags (STOREs, one commit), then
         RecordFlags; a uid's SetLocalFlags before its PushFlags, as the plan requires."""
-        session = self._session()
-        state = self.state
         by_kind: dict[type, list] = defaultdict(list)
         for action in actions:
             by_kind[type(action)].append(action)
-        # Local flag renames, then one commit.
+        pushes = self._set_local_flags(by_kind[A.SetLocalFlags], by_kind[A.PushFlags], fid,
+                                       folder, result, local_flags)
+        self._push_remote(pushes, [], [], fid, result)
+        if by_kind[A.RecordFlags]:
+            self.state.set_synced_flags_many(
+                fid, ((a.uid, a.flags) for a in by_kind[A.RecordFlags]))
+
+    def _set_local_flags(self, local: list[A.SetLocalFlags], pushes: list[A.PushFlags],
+                         fid: int, folder: MaildirFolder, result: FolderResult,
+                         local_flags: dict[str, str] | None) -> list[A.PushFlags]:
+        """The renames (then one commit); returns the pushes still to make: not for a message
+        whose local file changed under us, as the push would record a target that misses the
+        local change, and the next merge would then revert the server's."""
+        state = self.state
         renamed = []
         changed_meanwhile: set[int] = set()
-        for action in by_kind[A.SetLocalFlags]:
+        for action in local:
             try:
                 # expect: the flags the plan saw. A MUA that renamed the file since must not
                 # have its change overwritten (fault suite, concurrent local changes).
@@ -789,35 +852,51 @@ class AccountSync:
             checkpoint("local-flags.rename")
         if renamed:
             folder.sync()
-            with state.transaction():
-                for action in renamed:
-                    # synced_flags, not flags: with a PushFlags still to come it is the server's
-                    # present flags, so a crash before the push still pushes the target on the
-                    # next sync instead of reverting this rename (crash tests, mixed-04).
-                    state.set_synced_flags(fid, action.uid, action.synced_flags)
+            # synced_flags, not flags: with a PushFlags still to come it is the server's present
+            # flags, so a crash before the push still pushes the target on the next sync
+            # instead of reverting this rename (crash tests, mixed-04).
+            state.set_synced_flags_many(fid, ((a.uid, a.synced_flags) for a in renamed))
             checkpoint("local-flags.commit")
         result.local_flag_changes += len(renamed)
+        return [a for a in pushes if a.uid not in changed_meanwhile]
 
-        # Server flag changes, grouped so equal changes share one STORE. Not for a message
-        # whose local file changed under us: the push would record a target that misses the
-        # local change, and the next merge would then revert the server's.
-        pushes = [a for a in by_kind[A.PushFlags] if a.uid not in changed_meanwhile]
-        if pushes:
-            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-            for action in pushes:
-                groups[(action.add, action.remove)].append(action.uid)
-            for (add, remove), uids in groups.items():
-                session.store_flags(uids, add, remove)
-                checkpoint("push-flags.store")
-            with state.transaction():
-                for action in pushes:
-                    state.set_synced_flags(fid, action.uid, action.flags)
-            checkpoint("push-flags.commit")
-            result.remote_flag_changes += len(pushes)
-        if by_kind[A.RecordFlags]:
-            with state.transaction():
-                for action in by_kind[A.RecordFlags]:
-                    state.set_synced_flags(fid, action.uid, action.flags)
+    def _push_remote(self, pushes: list[A.PushFlags], to_expunge: list[int],
+                     deletes: list[A.DeleteRemote], fid: int, result: FolderResult) -> None:
+        """Server flag changes (grouped so equal changes share one STORE) and the expunge of
+        local deletions, pipelined: one round trip for all, then one commit of what the server
+        accepted. Safe in any order and after a crash anywhere: a STORE or an EXPUNGE is
+        idempotent, and until the commit the next sync sees both sides agree and only
+        records it. ``deletes`` are the DeleteRemote actions (moved ones included) whose rows
+        go once the expunge of ``to_expunge`` succeeded."""
+        if not pushes and not deletes:
+            return
+        session = self._session()
+        groups: dict[tuple[str, str], list[A.PushFlags]] = defaultdict(list)
+        for action in pushes:
+            groups[(action.add, action.remove)].append(action)
+        pipe = session.pipeline()
+        sent: list[tuple[list[int], list[A.PushFlags]]] = []
+        for (add, remove), actions in groups.items():
+            sent.append((session.send_store(pipe, [a.uid for a in actions], add, remove),
+                         actions))
+            checkpoint("push-flags.store")
+        expunge_sent = session.send_expunge(pipe, to_expunge)
+        if to_expunge:
+            checkpoint("delete-remote.expunge")
+        replies = pipe.replies()
+        pushed = [a for indexes, actions in sent if all(replies[i].ok for i in indexes)
+                  for a in actions]
+        expunged = all(replies[i].ok for i in expunge_sent)
+        gone = set(to_expunge)
+        deleted = [a for a in deletes if expunged or a.uid not in gone]
+        if pushed or deleted:
+            with self.state.transaction():
+                self.state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in pushed))
+                self.state.delete_messages(fid, (a.uid for a in deleted))
+            checkpoint("remote-changes.commit")
+        result.remote_flag_changes += len(pushed)
+        result.deleted_remote += len(deleted)
+        raise_refused(replies)  # what the server refused is a folder error, as before
 
     def _download(self, downloads: list[A.Download], fstate: FolderState,
                   folder: MaildirFolder, result: FolderResult, paired_keys: set[str],

@@ -83,6 +83,32 @@ class FlagChanges:
     vanished: frozenset[int]
 
 
+@dataclass(frozen=True, slots=True)
+class SelectChanges:
+    """What a pipelined SELECT brought besides the folder's numbers (see select_with_changes):
+    None where the server refused or answered in a shape we do not parse; the caller then
+    asks again the ordinary way."""
+
+    changes: FlagChanges | None
+    #: UID -> (RFC822.SIZE, Message-ID) of the messages from the old UIDNEXT on.
+    meta: dict[int, tuple[int, str | None]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The tagged reply to one pipelined command, with every untagged response read after the
+    previous reply and before this one (see Pipeline for why that is not "its own data")."""
+
+    command: str
+    status: str  # OK, NO or BAD
+    text: str
+    untagged: dict[str, list]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+
 _CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
@@ -530,22 +556,93 @@ class ImapSession:
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
         self.client._imap.untagged_responses.pop("VANISHED", None)
-        modseq = response.get(b"HIGHESTMODSEQ")
-        if b"NOMODSEQ" in response:
-            modseq = None
+        return _select_info(name, response)
+
+    def select_with_changes(self, name: str, changedsince: int, new_from: int | None
+                            ) -> tuple[SelectInfo, SelectChanges]:
+        """SELECT, the flags changed since a modseq (with VANISHED under QRESYNC) and the size
+        and Message-ID of the UIDs from ``new_from`` on (None: not asked, meta is None),
+        pipelined: one round trip where select() + fetch_flags() + fetch_meta() take three.
+        The fetches are sent before the SELECT's reply is known; the caller decides from the
+        SelectInfo whether their answers apply (same UIDVALIDITY), exactly as it would before
+        asking for them."""
+        from imapclient.exceptions import ProtocolError
+
+        self._enable_extensions()  # before the SELECT (VANISHED needs QRESYNC enabled)
+        imap = self.client._imap
+        # As imaplib's select(): the old mailbox's responses must not pass for the new one's.
+        imap.untagged_responses = {}
+        imap.is_readonly = False
+        modifiers = f"(CHANGEDSINCE {changedsince}{' VANISHED' if self.qresync else ''})"
+        pipe = Pipeline(self)
+        pipe.send("SELECT", self.client._normalise_folder(name))
+        pipe.send("UID", "FETCH", "1:*", "(UID FLAGS)", modifiers)
+        if new_from is not None:
+            pipe.send("UID", "FETCH", f"{new_from}:*",
+                      "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        selected, flags_reply, *rest = pipe.replies()
+        meta_reply = rest[0] if rest else None
+        if not selected.ok:
+            imap.state = "AUTH"
+            self.selected = None
+            raise_refused([selected])
+        imap.state = "SELECTED"
+        self.selected = name
         try:
-            return SelectInfo(
-                uidvalidity=_positive(response[b"UIDVALIDITY"]),
-                uidnext=_positive(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
-                exists=_positive(response.get(b"EXISTS", 0), zero=True),
-                highestmodseq=_positive(modseq) if modseq is not None else None,
-            )
-        except (KeyError, ValueError, TypeError):
-            # A SELECT reply without a usable UIDVALIDITY (or with garbage numbers) gives
-            # nothing to sync against: a folder error, not a crash (fault suite, hostile
-            # servers).
-            raise ProtocolError(f"SELECT {name!r}: no valid UIDVALIDITY/UIDNEXT/EXISTS in the "
-                                "reply") from None
+            response = self.client._process_select_response(selected.untagged)
+        except (ValueError, TypeError, IndexError):
+            raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
+        info = _select_info(name, response)
+        # The server may run the two fetches at once and interleave their responses (RFC 3501
+        # 5.5; Dovecot does): their records are told apart by what they hold, not by which
+        # tagged reply they came before. A flags record that came unasked (another client's
+        # change) is the message's present flags all the same.
+        replies = [flags_reply, *rest]
+        fetched = [item for reply in replies for item in reply.untagged.get("FETCH", [])]
+        records = _records(fetched)
+        changes = None
+        if flags_reply.ok:
+            flags = _flags_from([r for r in records if _FLAGS_ITEM.search(r[0])]) \
+                if records is not None else None
+            if flags is not None:
+                vanished = [line for reply in replies
+                            for line in reply.untagged.get("VANISHED", [])]
+                changes = FlagChanges(flags, _vanished_from(vanished) if self.qresync
+                                      else frozenset())
+        meta = _meta_from(records) if meta_reply is not None and meta_reply.ok else None
+        return info, SelectChanges(changes, meta)
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self)
+
+    def send_store(self, pipe: Pipeline, uids: Sequence[int], add: Flags,
+                   remove: Flags) -> list[int]:
+        """store_flags() on a pipeline: the commands are written, not yet answered; returns
+        their indexes in pipe.replies()."""
+        sent = []
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            for sign, flags in (("+", add), ("-", remove)):
+                if flags:
+                    sent.append(pipe.send("UID", "STORE", uid_set, f"{sign}FLAGS.SILENT",
+                                          f"({' '.join(flagmap.to_imap(flags))})"))
+        return sent
+
+    def send_expunge(self, pipe: Pipeline, uids: Sequence[int]) -> list[int]:
+        """expunge() on a pipeline: \\Deleted, then UID EXPUNGE of exactly these UIDs (plain
+        EXPUNGE only without UIDPLUS, as expunge() does)."""
+        sent: list[int] = []
+        if not uids:
+            return sent
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            sent.append(pipe.send("UID", "STORE", uid_set, "+FLAGS.SILENT", "(\\Deleted)"))
+            if "UIDPLUS" in self.capabilities:
+                sent.append(pipe.send("UID", "EXPUNGE", uid_set))
+        if "UIDPLUS" not in self.capabilities:
+            sent.append(pipe.send("EXPUNGE"))
+        return sent
+
 
     # --- fetches --------------------------------------------------------------------------
     def _fetch(self, uid_set: str, items: Sequence[str],
@@ -573,16 +670,8 @@ class ImapSession:
                 modifiers.append("VANISHED")
         records = self._fetch_records(
             "1:*", "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
-        flags: dict[int, Flags] = {}
-        parsed = records is not None
-        for text, _literal in records or ():
-            uid = _UID_ITEM.search(text)
-            found = _FLAGS_ITEM.search(text)
-            if uid is None or found is None:
-                parsed = False
-                break
-            flags[int(uid.group(1))] = flagmap.from_imap(found.group(1).split())
-        if not parsed:
+        flags = _flags_from(records)
+        if flags is None:
             response = self._fetch("1:*", ["FLAGS"], modifiers)
             flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ()))
                      for uid, data in response.items() if b"FLAGS" in data}
@@ -591,15 +680,7 @@ class ImapSession:
         return FlagChanges(flags=flags, vanished=vanished)
 
     def _take_vanished(self) -> frozenset[int]:
-        raw = self.client._imap.untagged_responses.pop("VANISHED", None) or []
-        uids: set[int] = set()
-        for line in raw:
-            text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
-            text = text.strip()
-            if text.upper().startswith("(EARLIER)"):
-                text = text[len("(EARLIER)"):].strip()
-            uids |= parse_uid_set(text)
-        return frozenset(uids)
+        return _vanished_from(self.client._imap.untagged_responses.pop("VANISHED", None) or [])
 
     def search_all_uids(self) -> set[int]:
         """Every UID in the selected folder (expunge detection without QRESYNC)."""
@@ -694,26 +775,7 @@ class ImapSession:
         typ, data = imap._command_complete("FETCH", tag)
         self.client._checkok("fetch", typ, data)
         typ, data = imap._untagged_response(typ, data, "FETCH")
-        records: list[tuple[bytes, bytes | None]] = []
-        pending: tuple[bytes, bytes] | None = None
-        for item in data:
-            if isinstance(item, tuple) and len(item) == 2:
-                if pending is not None:
-                    return None  # two literals in one response: not a shape we asked for
-                pending = (item[0], item[1])
-            elif isinstance(item, bytes):
-                if pending is not None:
-                    records.append((pending[0] + b" " + item, pending[1]))
-                    pending = None
-                else:
-                    records.append((item, None))
-            elif item is None:
-                continue
-            else:
-                return None
-        if pending is not None:
-            records.append((pending[0], pending[1]))
-        return records
+        return _records(data)
 
     def _fetch_bodies_fast(self, uid_set: str
                            ) -> dict[int, tuple[bytes, dt.datetime | None]] | None:
@@ -777,6 +839,162 @@ class ImapSession:
                 self.client.copy(uid_set, target)
                 self.expunge(chunk)
         self.client._imap.untagged_responses.pop("VANISHED", None)
+
+
+def _select_info(name: str, response: dict) -> SelectInfo:
+    """SelectInfo from imapclient's parsed SELECT response."""
+    from imapclient.exceptions import ProtocolError
+
+    modseq = response.get(b"HIGHESTMODSEQ")
+    if b"NOMODSEQ" in response:
+        modseq = None
+    try:
+        return SelectInfo(
+            uidvalidity=_positive(response[b"UIDVALIDITY"]),
+            uidnext=_positive(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+            exists=_positive(response.get(b"EXISTS", 0), zero=True),
+            highestmodseq=_positive(modseq) if modseq is not None else None,
+        )
+    except (KeyError, ValueError, TypeError):
+        # A SELECT reply without a usable UIDVALIDITY (or with garbage numbers) gives
+        # nothing to sync against: a folder error, not a crash (fault suite, hostile
+        # servers).
+        raise ProtocolError(f"SELECT {name!r}: no valid UIDVALIDITY/UIDNEXT/EXISTS in the "
+                            "reply") from None
+
+
+def _records(data: Sequence[object]) -> list[tuple[bytes, bytes | None]] | None:
+    """imaplib's FETCH response list as (text, literal) per message, the text being everything
+    outside the one literal; None for a shape we did not ask for (two literals, ...)."""
+    records: list[tuple[bytes, bytes | None]] = []
+    pending: tuple[bytes, bytes] | None = None
+    for item in data:
+        if isinstance(item, tuple) and len(item) == 2:
+            if pending is not None:
+                return None  # two literals in one response: not a shape we asked for
+            pending = (item[0], item[1])
+        elif isinstance(item, bytes):
+            if pending is not None:
+                records.append((pending[0] + b" " + item, pending[1]))
+                pending = None
+            else:
+                records.append((item, None))
+        elif item is None:
+            continue
+        else:
+            return None
+    if pending is not None:
+        records.append((pending[0], pending[1]))
+    return records
+
+
+def _flags_from(records: list[tuple[bytes, bytes | None]] | None) -> dict[int, Flags] | None:
+    """UID -> flags from (UID FLAGS) records; None if one lacks either."""
+    if records is None:
+        return None
+    flags: dict[int, Flags] = {}
+    for text, _literal in records:
+        uid = _UID_ITEM.search(text)
+        found = _FLAGS_ITEM.search(text)
+        if uid is None or found is None:
+            return None
+        flags[int(uid.group(1))] = flagmap.from_imap(found.group(1).split())
+    return flags
+
+
+def _meta_from(records: list[tuple[bytes, bytes | None]] | None
+               ) -> dict[int, tuple[int, str | None]] | None:
+    """UID -> (size, Message-ID) from (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])
+    records. A record without a size is an unsolicited flag update (another client), not an
+    answer: skipped."""
+    if records is None:
+        return None
+    meta: dict[int, tuple[int, str | None]] = {}
+    for text, literal in records:
+        uid = _UID_ITEM.search(text)
+        size = _SIZE_ITEM.search(text)
+        if size is None:
+            continue
+        if uid is None:
+            return None
+        meta[int(uid.group(1))] = (int(size.group(1)), parse_message_id(literal or b""))
+    return meta
+
+
+def _vanished_from(raw: Sequence[object]) -> frozenset[int]:
+    """UIDs of VANISHED responses ("(EARLIER) 3:5,9" or "3:5,9")."""
+    uids: set[int] = set()
+    for line in raw:
+        text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
+        text = text.strip()
+        if text.upper().startswith("(EARLIER)"):
+            text = text[len("(EARLIER)"):].strip()
+        uids |= parse_uid_set(text)
+    return frozenset(uids)
+
+
+class Pipeline:
+    """IMAP pipelining (RFC 3501 5.5): commands written back to back, then their tagged
+    replies read in order, so a batch costs one round trip instead of one per command.
+    imaplib waits for each reply before the next command; this writes the command lines
+    itself and reads with imaplib's own reader, so the connection stays usable afterwards.
+
+    Only for commands that need no continuation from the server (no literals). Tagged replies
+    come in command order, and each Reply carries the untagged responses read before it; but a
+    server may run commands that do not conflict at once and interleave their data (RFC 3501
+    5.5; Dovecot does), so callers tell data apart by content, never by position. Every reply
+    is read even when one fails: the caller gets them all and decides; a connection that
+    breaks raises imaplib's abort."""
+
+    def __init__(self, session: ImapSession) -> None:
+        self._session = session
+        self._imap = session.client._imap
+        self._sent: list[tuple[bytes, str]] = []  # (tag, command name) in order
+
+    def send(self, *words: str | bytes) -> int:
+        """Write one command now; returns its index in replies()."""
+        imap = self._imap
+        imap._check_bye()
+        tag = imap._new_tag()
+        parts = [w if isinstance(w, bytes) else w.encode("ascii") for w in words]
+        line = b" ".join([tag, *parts])
+        if getattr(imap, "debug", 0) >= 4:
+            imap._mesg(f"> {line!r}")  # the --debug trace shows it like imaplib's own commands
+        imap.send(line + b"\r\n")
+        name = " ".join(p.decode("ascii", "replace") for p in parts[:2]) \
+            if parts[:1] == [b"UID"] else parts[0].decode("ascii", "replace")
+        self._sent.append((tag, name))
+        return len(self._sent) - 1
+
+    def replies(self) -> list[Reply]:
+        imap = self._imap
+        result: list[Reply] = []
+        for tag, name in self._sent:
+            try:
+                status, data = imap._get_tagged_response(tag)
+            except imap.abort:
+                raise
+            except imap.error as exc:
+                # Unparseable mid-batch: the rest of the stream cannot be trusted.
+                raise imap.abort(f"{name}: {exc}; connection dropped") from None
+            untagged = imap.untagged_responses
+            imap.untagged_responses = {}
+            bye = untagged.pop("BYE", None)
+            if bye is not None:
+                imap.untagged_responses["BYE"] = bye  # reported by the next command
+            text = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+            result.append(Reply(name, status, text, untagged))
+        self._sent = []
+        return result
+
+
+def raise_refused(replies: Sequence[Reply]) -> None:
+    """The first refused command of a batch as imapclient's error (a folder error)."""
+    from imapclient.exceptions import IMAPClientError
+
+    for reply in replies:
+        if not reply.ok:
+            raise IMAPClientError(f"{reply.command} failed: {reply.status} {reply.text}")
 
 
 # Limits on what a server may make us hold (fault suite, hostile servers). imaplib reads a
@@ -941,7 +1159,10 @@ def _close_quietly(client: IMAPClient) -> None:
     imap = client._imap
     try:
         if getattr(imap, "state", None) in ("AUTH", "SELECTED", "NONAUTH"):
-            imap.send(imap._new_tag() + b" LOGOUT\r\n")
+            line = imap._new_tag() + b" LOGOUT"
+            if getattr(imap, "debug", 0) >= 4:
+                imap._mesg(f"> {line!r}")
+            imap.send(line + b"\r\n")
     except Exception:
         pass
     with contextlib.suppress(Exception):

@@ -129,15 +129,15 @@ def test_reference_run(name: str, dovecot: Dovecot,
     # where the scenario is designed to reach it.
     expected = {
         "mixed": {"state-only.commit", "local-flags.rename", "local-flags.commit",
-                  "push-flags.store", "push-flags.commit", "delete-local.remove",
-                  "delete-local.commit", "delete-remote.expunge", "delete-remote.commit",
+                  "push-flags.store", "delete-local.remove", "delete-local.commit",
+                  "delete-remote.expunge", "remote-changes.commit",
                   "download.intents", "download.publish", "download.commit",
                   "upload.intent", "upload.append", "upload.commit", "folder.cursors"},
         "initial": {"download.intents", "download.publish", "download.commit",
                     "upload.intent", "upload.append", "upload.commit", "folder.cursors"},
         "uidvalidity": {"state-only.commit", "download.publish", "upload.append",
                         "folder.cursors"},
-        "trash": {"delete-remote.move", "delete-remote.commit", "download.publish"},
+        "trash": {"delete-remote.move", "remote-changes.commit", "download.publish"},
     }[name]
     missing = expected - set(ref.trace)
     assert not missing, f"{name} never reaches {sorted(missing)}"

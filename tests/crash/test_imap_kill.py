@@ -206,7 +206,8 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
 # SYNCD_CRASH_AT: the process kills itself at a chosen checkpoint of an incremental sync.
 
 CHOSEN = ["local-flags.rename", "local-flags.commit", "push-flags.store",
-          "delete-local.remove", "delete-remote.expunge", "download.intents",
+          "delete-local.remove", "delete-remote.expunge", "remote-changes.commit",
+          "download.intents",
           "download.publish", "download.commit", "upload.intent", "upload.append",
           "folder.cursors"]
 

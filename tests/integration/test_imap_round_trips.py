@@ -36,10 +36,10 @@ def test_no_change_sync_is_login_and_one_list(dovecot: Dovecot, user: User,
         i for i, c in enumerate(first) if c.startswith("SELECT"))
     mark = dovecot.log_mark()
     again = commands(account.config)
-    assert [c.split(" ", 1)[0] for c in again] == ["LOGIN", "LIST"], again
+    assert [c.split(" ", 1)[0] for c in again] == ["LOGIN", "LIST", "LOGOUT"], again
     assert "RETURN" in again[1] and "STATUS (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)" \
         in again[1]
-    # The LOGOUT goes out unlogged and unawaited; the server still sees a clean logout.
+    # The LOGOUT is not waited for; the server still sees a clean logout.
     deadline = time.monotonic() + 5
     while "Logged out" not in dovecot.log_text(mark) and time.monotonic() < deadline:
         time.sleep(0.05)

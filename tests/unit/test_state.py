@@ -522,3 +522,25 @@ def test_unopenable_path_is_not_corruption(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         StateStore.open_or_rebuild(target)
     assert target.is_dir()
+
+
+def test_batched_flag_updates_and_deletions(store: StateStore) -> None:
+    f = store.ensure_folder("INBOX", "/m/INBOX")
+    other = store.ensure_folder("Other", "/m/Other")
+    rows = [SyncedMessage(i, f"key{i}", "S") for i in range(1, 6)]
+    store.put_messages(f.id, rows)
+    store.put_messages(other.id, rows)
+    with store.transaction():
+        store.set_synced_flags_many(f.id, [(1, "FS"), (2, ""), (99, "S")])  # 99: no row
+        store.delete_messages(f.id, [3, 4, 98])
+    got = {m.uid: m.flags for m in store.messages(f.id)}
+    assert got == {1: "FS", 2: "", 5: "S"}
+    assert {m.uid: m.flags for m in store.messages(other.id)} == {i: "S" for i in range(1, 6)}
+    # Empty batches are no-ops; a failing outer transaction takes the batch with it.
+    store.set_synced_flags_many(f.id, [])
+    store.delete_messages(f.id, [])
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_synced_flags_many(f.id, [(1, "")])
+        store.delete_messages(f.id, [5])
+        raise RuntimeError("undone")
+    assert {m.uid: m.flags for m in store.messages(f.id)} == {1: "FS", 2: "", 5: "S"}

@@ -1,0 +1,143 @@
+"""Pipelined IMAP commands (adapters/imap.py: Pipeline, select_with_changes, send_store,
+send_expunge) against the real Dovecot: every reply read and matched to its command, a refused
+command in the middle leaving the others applied and the connection in step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imapclient.exceptions import IMAPClientError
+
+from syncd.adapters.imap import ImapSession, raise_refused
+from syncd.config import load_config
+from tests.support.dovecot import Dovecot, User, make_message
+from tests.support.syncd_env import write_config
+
+
+@pytest.fixture
+def session(dovecot: Dovecot, user: User, tmp_path: Path) -> Iterator[ImapSession]:
+    account = load_config(write_config(tmp_path, dovecot, user).config).accounts["test"]
+    s = ImapSession.connect(account, lambda: user.password)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_stores_and_expunge_in_one_batch(dovecot: Dovecot, user: User,
+                                         session: ImapSession) -> None:
+    uids = dovecot.seed(user, "INBOX", [(make_message(i), "S") for i in range(8)])
+    session.select("INBOX")
+    pipe = session.pipeline()
+    flagged = session.send_store(pipe, uids[0:3], "F", "")
+    unseen = session.send_store(pipe, uids[3:5], "", "S")
+    answered = session.send_store(pipe, uids[5:6], "R", "S")  # add and remove: two commands
+    gone = session.send_expunge(pipe, uids[6:8])
+    replies = pipe.replies()
+
+    assert [len(flagged), len(unseen), len(answered)] == [1, 1, 2]
+    assert len(replies) == 1 + 1 + 2 + len(gone) == 6
+    assert all(r.ok for r in replies), replies
+    assert [r.command for r in replies[:4]] == ["UID STORE"] * 4
+    assert replies[-1].command == "UID EXPUNGE"
+    raise_refused(replies)  # nothing refused: no error
+
+    flags = dovecot.flags(user, "INBOX")
+    assert sorted(flags) == uids[:6]
+    for uid in uids[0:3]:
+        assert flags[uid] == {"\\Seen", "\\Flagged"}
+    for uid in uids[3:5]:
+        assert flags[uid] == frozenset()
+    assert flags[uids[5]] == {"\\Answered"}
+    # The connection is in step: the next ordinary command gets its own answer.
+    assert set(session.fetch_flags().flags) == set(uids[:6])
+
+
+def test_refused_command_in_the_middle(dovecot: Dovecot, user: User,
+                                       session: ImapSession) -> None:
+    """A STORE on a UID set the server rejects (UID 0 is no valid UID: BAD) between good ones:
+    the others still apply, every reply is read, the error names the refused command, and the
+    session goes on in step."""
+    uids = dovecot.seed(user, "INBOX", [(make_message(i), "") for i in range(4)])
+    session.select("INBOX")
+    pipe = session.pipeline()
+    first = session.send_store(pipe, uids[:1], "F", "")
+    bad = session.send_store(pipe, [0], "S", "")
+    after = session.send_store(pipe, uids[1:2], "S", "")
+    gone = session.send_expunge(pipe, uids[3:4])
+    replies = pipe.replies()
+
+    assert replies[first[0]].ok
+    assert replies[bad[0]].status in ("BAD", "NO"), replies[bad[0]]
+    assert replies[after[0]].ok
+    assert all(replies[i].ok for i in gone)
+    with pytest.raises(IMAPClientError, match="UID STORE failed"):
+        raise_refused(replies)
+
+    flags = dovecot.flags(user, "INBOX")
+    assert flags == {uids[0]: {"\\Flagged"}, uids[1]: {"\\Seen"}, uids[2]: frozenset()}
+    session.noop()
+    assert session.fetch_flags().flags == {uids[0]: "F", uids[1]: "S", uids[2]: ""}
+    assert session.fetch_meta([uids[2]])[uids[2]][0] > 0
+
+
+def test_select_with_changes(dovecot: Dovecot, user: User, session: ImapSession) -> None:
+    uids = dovecot.seed(user, "Work", [(make_message(i, folder="Work"), "S")
+                                       for i in range(6)])
+    before = session.select("Work")
+    assert before.highestmodseq is not None and before.uidnext is not None
+    # Another client changes the folder: a flag, an expunge, two new messages.
+    dovecot.add_flags(user, "Work", uids[1], ["\\Flagged"])
+    dovecot.expunge(user, "Work", [uids[2]])
+    new = [dovecot.append(user, "Work", make_message(100 + i, folder="Work"),
+                          ["\\Seen"] if i else []) for i in range(2)]
+    session.select("INBOX")  # leave it, as a sync does between folders
+
+    info, extra = session.select_with_changes("Work", before.highestmodseq, before.uidnext)
+
+    assert session.selected == "Work"
+    assert info.uidvalidity == before.uidvalidity
+    assert info.exists == 7 and info.uidnext == new[-1] + 1
+    assert extra.changes is not None and extra.meta is not None
+    assert extra.changes.flags == {uids[1]: "FS", new[0]: "", new[1]: "S"}
+    if session.qresync:
+        assert extra.changes.vanished == {uids[2]}
+    server = dovecot.messages(user, "Work", bodies=False)
+    assert {uid: meta for uid, meta in extra.meta.items() if uid in new} == {
+        uid: (server[uid].size, server[uid].message_id) for uid in new}
+    # The session works on the selected folder as after select().
+    assert set(session.fetch_flags().flags) == set(server)
+
+
+def test_select_with_changes_nothing_new(dovecot: Dovecot, user: User,
+                                         session: ImapSession) -> None:
+    """No change since the cursors: no flags; the meta fetch from UIDNEXT on may name the last
+    message (N:* always matches the highest UID), which is no new message."""
+    uids = dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
+    before = session.select("INBOX")
+    assert before.highestmodseq is not None and before.uidnext is not None
+    info, extra = session.select_with_changes("INBOX", before.highestmodseq, before.uidnext)
+    assert info == before
+    assert extra.changes is not None and extra.changes.flags == {}
+    assert extra.changes.vanished == frozenset()
+    assert extra.meta is not None and set(extra.meta) <= {uids[-1]}
+    # Without new_from the meta is not asked for (too many new messages for one reply).
+    info, extra = session.select_with_changes("INBOX", before.highestmodseq, None)
+    assert info == before and extra.meta is None
+    assert extra.changes is not None and extra.changes.flags == {}
+
+
+def test_select_with_changes_of_a_missing_folder(dovecot: Dovecot, user: User,
+                                                 session: ImapSession) -> None:
+    """SELECT refused (the fetches pipelined behind it are refused too): the error is the
+    SELECT's, nothing is selected, and the connection goes on in step."""
+    dovecot.seed(user, "INBOX", [make_message(1)])
+    session.select("INBOX")
+    with pytest.raises(IMAPClientError, match="SELECT"):
+        session.select_with_changes("Does/Not/Exist", 1, 1)
+    assert session.selected is None
+    info = session.select("INBOX")
+    assert info.exists == 1
+    assert len(session.fetch_flags().flags) == 1
