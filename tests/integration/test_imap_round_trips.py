@@ -88,3 +88,26 @@ def test_without_condstore(dovecot_plain_imap: Dovecot, tmp_path: Path) -> None:
     assert "ENABLE" not in " ".join(again) and "HIGHESTMODSEQ" not in " ".join(again)
     assert 'LIST "" "*" RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY))' in again, again
     assert 'SELECT "INBOX"' in again, again
+
+
+def test_no_change_sync_imports_neither_validation_nor_planner(dovecot: Dovecot, user: User,
+                                                               tmp_path: Path) -> None:
+    """Start-up is most of a no-change sync: it must not pay for pydantic, PyYAML (the config
+    cache) or the planner (nothing to plan)."""
+    import subprocess
+    import sys
+
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
+    account = write_config(tmp_path, dovecot, user)
+    commands(account.config)  # the first sync validates the config and fills the cache
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "syncd", "--config",
+                          str(account.config), "sync"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "syncd.engine" in imported  # the measurement sees our imports at all
+    assert not imported & {"pydantic", "yaml", "syncd.config", "syncd.core.plan",
+                           "syncd.core.actions", "syncd.presets", "rich"}, sorted(
+        imported & {"pydantic", "yaml", "syncd.config", "syncd.core.plan",
+                    "syncd.core.actions", "syncd.presets", "rich"})
