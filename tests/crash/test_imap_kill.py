@@ -49,6 +49,7 @@ from tests.support.syncd_env import (
     assert_folder_in_sync,
     local_files,
     server_state,
+    wait_for_lock,
     write_config,
 )
 
@@ -73,25 +74,6 @@ def start_sync(account: Account, env: dict[str, str] | None = None) -> subproces
                              "sync"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-
-
-def wait_for_lock(proc: subprocess.Popen[str], account: Account, timeout: float = 60) -> None:
-    """Until the process holds its account lock file open (it is past its imports and about
-    to connect), or has exited."""
-    lock = str(account.state_dir / f"{account.name}.lock")
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-        except FileNotFoundError:
-            return
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == lock:
-                    return
-            except OSError:
-                continue
-        time.sleep(0.002)
 
 
 def local_count(account: Account) -> int:

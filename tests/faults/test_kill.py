@@ -40,7 +40,7 @@ from tests.faults.faultlib import (
 )
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, make_message
-from tests.support.syncd_env import REPO, Account, local_files
+from tests.support.syncd_env import REPO, Account, local_files, wait_for_lock
 
 KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", "0") or 0)
 
@@ -169,23 +169,6 @@ def seeded(dovecot: Dovecot, user, folder: str, n: int, model: Model, *,
         items.append((body, flags))
         model.add(body, flags)
     dovecot.seed(user, folder, items)
-
-
-def wait_for_lock(proc: subprocess.Popen, account: Account, timeout: float = 30) -> None:
-    lock = str(account.state_dir / f"{account.name}.lock")
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-        except FileNotFoundError:
-            return
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == lock:
-                    return
-            except OSError:
-                continue
-        time.sleep(0.003)
 
 
 def final_sync_and_compare(dovecot: Dovecot, user, account: Account,

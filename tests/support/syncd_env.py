@@ -5,8 +5,10 @@ duplicates on either side)."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -138,3 +140,22 @@ def assert_folder_in_sync(dovecot: Dovecot, user: User, account: Account, folder
             f"{[(b[:60], f) for b, f in only_server]}, {sum(only_local.values())} only local "
             f"{[(b[:60], f) for b, f in only_local]}")
     return sum(server.values())
+
+
+def wait_for_lock(proc: subprocess.Popen[str], account: Account, timeout: float = 60) -> None:
+    """Until the process holds its account lock file open (it is past its imports and about
+    to connect), or has exited: the kill tests start their clock there."""
+    lock = str(account.state_dir / f"{account.name}.lock")
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+        except FileNotFoundError:
+            return
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == lock:
+                    return
+            except OSError:
+                continue
+        time.sleep(0.002)
