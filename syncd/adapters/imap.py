@@ -457,14 +457,10 @@ class ImapSession:
         them, with the statuses kept in _listed_statuses; None if the reply is not usable."""
         if self.selected is not None:
             return None  # STATUS of the selected folder would lag (see status_all)
-        imap = self.client._imap
-        returns = (["SPECIAL-USE"] if "SPECIAL-USE" in self.capabilities else []) + [
-            f"STATUS ({' '.join(self._status_items())})"]
-        typ, data = imap._simple_command("LIST", '""', '"*"', f"RETURN ({' '.join(returns)})")
-        if typ != "OK":
+        reply = self._list_status(special_use="SPECIAL-USE" in self.capabilities)
+        if reply is None:
             return None
-        _, raw_list = imap._untagged_response(typ, data, "LIST")
-        statuses = self._parse_statuses(imap)
+        raw_list, statuses = reply
         try:
             listing = self.client._proc_folder_list(raw_list)
         except Exception:
@@ -472,7 +468,7 @@ class ImapSession:
         if not all(isinstance(flags, tuple) and isinstance(name, str)
                    for flags, _delimiter, name in listing):
             return None
-        self._listed_statuses = (imap.tagnum, statuses)
+        self._listed_statuses = (self.client._imap.tagnum, statuses)
         return listing
 
     def status_all(self, names: Sequence[str]) -> dict[str, FolderStatus]:
@@ -483,38 +479,34 @@ class ImapSession:
                 and self.selected is None:
             # No command since the LIST: its statuses are as fresh as a new STATUS would be.
             statuses = dict(listed[1])
-            for name in [n for n in names if n not in statuses]:
-                statuses[name] = _status_from(self.client.folder_status(
-                    name, self._status_items()))
-            return {name: statuses[name] for name in names if name in statuses}
-        if self.selected is not None:
-            # STATUS of the selected mailbox reports this session's view, which lags until the
-            # session syncs it (RFC 3501 6.3.10): leave the mailbox first (never CLOSE, which
-            # would expunge \Deleted messages).
-            if "UNSELECT" in self.capabilities:
-                self.client.unselect_folder()
-            else:
-                self.client.noop()
-            self.selected = None
-        items = self._status_items()
-        if "LIST-STATUS" in self.capabilities:
-            statuses = self._list_status(items)
-            missing = [n for n in names if n not in statuses]
         else:
-            statuses, missing = {}, list(names)
-        for name in missing:
-            raw = self.client.folder_status(name, items)
-            statuses[name] = _status_from(raw)
+            if self.selected is not None:
+                # STATUS of the selected mailbox reports this session's view, which lags until
+                # the session syncs it (RFC 3501 6.3.10): leave the mailbox first (never CLOSE,
+                # which would expunge \Deleted messages).
+                if "UNSELECT" in self.capabilities:
+                    self.client.unselect_folder()
+                else:
+                    self.client.noop()
+                self.selected = None
+            reply = self._list_status() if "LIST-STATUS" in self.capabilities else None
+            statuses = reply[1] if reply is not None else {}
+        for name in [n for n in names if n not in statuses]:
+            statuses[name] = _status_from(self.client.folder_status(name, self._status_items()))
         return {name: statuses[name] for name in names if name in statuses}
 
-    def _list_status(self, items: list[str]) -> dict[str, FolderStatus]:
+    def _list_status(self, *, special_use: bool = False
+                     ) -> tuple[list, dict[str, FolderStatus]] | None:
+        """One LIST "" "*" RETURN (STATUS (...)): the raw LIST responses and every folder's
+        STATUS, or None if the server refused it."""
         imap = self.client._imap
-        typ, data = imap._simple_command(
-            "LIST", '""', '"*"', f"RETURN (STATUS ({' '.join(items)}))")
+        returns = (["SPECIAL-USE"] if special_use else []) + [
+            f"STATUS ({' '.join(self._status_items())})"]
+        typ, data = imap._simple_command("LIST", '""', '"*"', f"RETURN ({' '.join(returns)})")
         if typ != "OK":
-            return {}
-        imap._untagged_response(typ, data, "LIST")
-        return self._parse_statuses(imap)
+            return None
+        _, raw_list = imap._untagged_response(typ, data, "LIST")
+        return raw_list, self._parse_statuses(imap)
 
     @staticmethod
     def _parse_statuses(imap: Any) -> dict[str, FolderStatus]:

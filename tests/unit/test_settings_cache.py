@@ -123,9 +123,11 @@ def test_a_broken_or_foreign_cache_entry_is_ignored(env: Path) -> None:
     [entry] = entries(env)
     data = json.loads(entry.read_text())
     data["settings"]["accounts"]["work"]["host"] = "evil.example.com"
-    entry.write_text(json.dumps(data))  # same key, different settings: still "ours"...
-    assert load_settings(env).accounts["work"].host == "evil.example.com"  # (the cache is trusted)
-    data["key"] = "0" * 64  # ...but an entry for another file state is never used
+    # The entry is our own private file and is trusted while its key matches (this shows the
+    # test below really reads the entry)...
+    entry.write_text(json.dumps(data))
+    assert load_settings(env).accounts["work"].host == "evil.example.com"
+    data["key"] = "0" * 64  # ...but an entry for another state of the file is never used
     entry.write_text(json.dumps(data))
     assert load_settings(env).accounts["work"].host == "imap.example.com"
     entry.write_text("{not json")
