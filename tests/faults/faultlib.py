@@ -223,7 +223,11 @@ def syncd_cmd(config: Path, *args: str) -> list[str]:
 def run_syncd(config: Path, *args: str, timeout: float = 120,
               env: Mapping[str, str] | None = None) -> tuple[int, str, str, int]:
     """`syncd --config CONFIG ARGS` as a subprocess: (exit code, stdout, stderr, peak RSS in
-    KiB, from wait4)."""
+    KiB).
+
+    The peak is the process's VmHWM, sampled while it runs. Not wait4's ru_maxrss: Linux
+    carries the forking process's high-water mark across fork and exec into it, so a pytest
+    that had grown to 120 MB (after the daemon tests) made every child "peak" at 120 MB."""
     proc = subprocess.Popen(syncd_cmd(config, *args), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     out_chunks: list[bytes] = []
@@ -238,15 +242,18 @@ def run_syncd(config: Path, *args: str, timeout: float = 120,
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
-    status = rusage = None
+    status = None
+    peak = 0
     while time.monotonic() < deadline:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        with contextlib.suppress(OSError, KeyError, ValueError):  # exiting, or a zombie
+            peak = max(peak, rss_kib(proc.pid)[1])
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
         if pid:
             break
         time.sleep(0.02)
     else:
         proc.kill()
-        pid, status, rusage = os.wait4(proc.pid, 0)
+        pid, status = os.waitpid(proc.pid, 0)
         for t in threads:
             t.join(5)
         raise AssertionError(f"syncd {' '.join(args)} did not finish within {timeout} s: "
@@ -255,7 +262,7 @@ def run_syncd(config: Path, *args: str, timeout: float = 120,
     for t in threads:
         t.join(5)
     return (proc.returncode, b"".join(out_chunks).decode(errors="replace"),
-            b"".join(err_chunks).decode(errors="replace"), rusage.ru_maxrss)
+            b"".join(err_chunks).decode(errors="replace"), peak)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ and over-long lines, unsolicited responses, a server that never answers.
 Whatever the server does, syncd must: report an error naming the account (and the folder where
 there is one), never crash with an internal error, write nothing outside the maildir and its
 state directory (the whole test directory tree is compared before and after), keep its memory
-bounded (peak RSS of the real process, from wait4), upload and delete nothing on the server it
+bounded (peak RSS of the real process, its VmHWM), upload and delete nothing on the server it
 was not asked to, and (the daemon) keep running and keep serving its other accounts.
 """
 
