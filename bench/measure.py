@@ -4,9 +4,11 @@
   user waits for).
 - CPU seconds: user + system time from ``wait4`` of the tool, which includes every descendant
   it waited for (the same number as ``resource.getrusage(RUSAGE_CHILDREN)`` deltas).
-- Peak RSS: the larger of ``ru_maxrss`` (the biggest single process, kernel-tracked, exact)
-  and the largest sum of VmRSS over the process tree sampled every 20 ms from /proc (catches
-  helpers running side by side, e.g. fetchmail plus its MDA).
+- Peak RSS: the larger of the tool's VmHWM (its own high-water mark since exec, kernel-tracked)
+  and the largest sum of VmRSS over the process tree, both sampled every 20 ms from /proc (the
+  sum catches helpers running side by side, e.g. fetchmail plus its MDA). Not wait4's
+  ``ru_maxrss``: Linux carries the forking process's high-water mark into the child's, which
+  floored every tool at this runner's own size (~60 MB) before 2026-11-27 10:10.
 
 Only processes started here are ever signalled, by PID (or the process group made for them).
 """
@@ -73,6 +75,18 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def _hwm_kb(pid: int) -> int:
+    """VmHWM: the peak RSS of the process's own memory since its exec."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_rss_kb(pid: int) -> int:
     return sum(_rss_kb(p) for p in tree(pid))
 
@@ -109,15 +123,16 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path 
             assert proc.stdin is not None
             proc.stdin.write(stdin)
             proc.stdin.close()
-        peak = 0
+        peak = hwm = 0
         done = threading.Event()
         timed_out = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, hwm
             deadline = time.monotonic() + timeout
             while not done.wait(0.02):
                 peak = max(peak, tree_rss_kb(proc.pid))
+                hwm = max(hwm, _hwm_kb(proc.pid))
                 if time.monotonic() > deadline and not timed_out.is_set():
                     timed_out.set()
                     with contextlib.suppress(ProcessLookupError):
@@ -125,6 +140,8 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path 
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        # Not wait4's ru_maxrss: Linux carries the forking process's high-water mark across
+        # fork and exec into it, so every tool "peaked" at least at this runner's own size.
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         done.set()
@@ -133,7 +150,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path 
         return Measurement(
             wall=wall,
             cpu=usage.ru_utime + usage.ru_stime,
-            peak_rss_kb=max(peak, usage.ru_maxrss),
+            peak_rss_kb=max(peak, hwm),
             returncode=proc.returncode,
             timed_out=timed_out.is_set(),
         )
