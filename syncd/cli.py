@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+COMMANDS = ("sync", "run", "status", "check", "password", "auth", "init", "mutt-config")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, just that command's subparser (see _command_in)."""
+    parser = _Parser(
         prog="syncd",
         description="Keep local Maildirs in step with IMAP (both ways) and POP3 accounts.")
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
@@ -38,90 +42,141 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="debug logging with protocol traces (credentials redacted) and "
                         "tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # prog given: argparse would otherwise build a help formatter (and import shutil) for it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="syncd")
 
-    p = sub.add_parser("sync", help="one full sync of every (or the named) account, then exit",
-                       description="One full sync of every (or the named) account, then exit. "
-                       "Progress bars on a terminal, quiet otherwise.")
-    p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what would be done (per folder) and change nothing anywhere")
-    p.add_argument("--force-deletions", action="store_true",
-                   help="confirm a mass deletion the safety guard refused to propagate")
+    def wanted(command: str) -> bool:
+        return only is None or only == command
 
-    sub.add_parser("run", help="the daemon: IDLE, polling and watching until SIGTERM",
-                   description="Run as a daemon (IDLE, polling, filesystem watching). "
-                   "SIGTERM/SIGINT stop it, SIGHUP reloads the config.")
+    if wanted("sync"):
+        p = sub.add_parser("sync", help="one full sync of every (or the named) account, then exit",
+                           description="One full sync of every (or the named) account, then exit. "
+                           "Progress bars on a terminal, quiet otherwise.")
+        p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print what would be done (per folder) and change nothing anywhere")
+        p.add_argument("--force-deletions", action="store_true",
+                       help="confirm a mass deletion the safety guard refused to propagate")
 
-    p = sub.add_parser("status", help="last sync, errors, counts and pending changes",
-                       description="Per account and folder: last successful sync, last error, "
-                       "message counts, pending local changes. Works while the daemon runs.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if wanted("run"):
+        sub.add_parser("run", help="the daemon: IDLE, polling and watching until SIGTERM",
+                       description="Run as a daemon (IDLE, polling, filesystem watching). "
+                       "SIGTERM/SIGINT stop it, SIGHUP reloads the config.")
 
-    p = sub.add_parser("check", help="validate the config, log in, list folders",
-                       description="Validate the config, then connect and log in to each "
-                       "account and list its folders; say precisely what is wrong.")
-    p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+    if wanted("status"):
+        p = sub.add_parser("status", help="last sync, errors, counts and pending changes",
+                           description="Per account and folder: last successful sync, last error, "
+                           "message counts, pending local changes. Works while the daemon runs.")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("password", help="manage stored passwords",
-                       description="Manage passwords stored in the system keyring.")
-    psub = p.add_subparsers(dest="password_command", metavar="ACTION")
-    ps = psub.add_parser("set", help="store an account's password in the keyring (prompted)",
-                         description="Store the account's password in the system keyring "
-                         "(service 'syncd', user = account name). Prompted, never echoed.")
-    ps.add_argument("account", metavar="ACCOUNT")
+    if wanted("check"):
+        p = sub.add_parser("check", help="validate the config, log in, list folders",
+                           description="Validate the config, then connect and log in to each "
+                           "account and list its folders; say precisely what is wrong.")
+        p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
 
-    p = sub.add_parser("auth", help="sign in to an OAuth2 account (Microsoft 365, Gmail, ...)",
-                       description="Sign in to an account with `auth: oauth2` and keep the "
-                       "refresh token in the system keyring (service 'syncd', user "
-                       "'ACCOUNT:oauth2'). The default flow is the provider's: a device code "
-                       "(open a URL on any device and enter a code; works on a headless "
-                       "machine) for Microsoft, the browser for Google.")
-    p.add_argument("account", metavar="ACCOUNT")
-    flow = p.add_mutually_exclusive_group()
-    flow.add_argument("--browser", action="store_true",
-                      help="sign in with a browser (redirect to 127.0.0.1 on a random port, "
-                      "PKCE)")
-    flow.add_argument("--device", action="store_true",
-                      help="sign in with a device code (prints a URL and a code)")
-    p.add_argument("--no-check", action="store_true",
-                   help="do not log in to the server afterwards")
+    if wanted("password"):
+        p = sub.add_parser("password", help="manage stored passwords",
+                           description="Manage passwords stored in the system keyring.")
+        psub = p.add_subparsers(dest="password_command", metavar="ACTION")
+        ps = psub.add_parser("set", help="store an account's password in the keyring (prompted)",
+                             description="Store the account's password in the system keyring "
+                             "(service 'syncd', user = account name). Prompted, never echoed.")
+        ps.add_argument("account", metavar="ACCOUNT")
 
-    p = sub.add_parser("init", help="add an account to the config (asks, or takes flags)",
-                       description="Add an account to the config file (created if missing; "
-                       "an existing file keeps its comments), then run `check` on it. "
-                       "Asks the few questions needed, or takes flags. Known providers "
-                       "(presets) fill in the servers; for other domains imap.DOMAIN, "
-                       "pop.DOMAIN and smtp.DOMAIN are guessed.")
-    p.add_argument("--name", help="account name (default: from the address's domain)")
-    p.add_argument("--email", help="the account's email address")
-    # A metavar, or argparse lists the choices (importing the presets) for every command.
-    p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
-                   help="provider preset: %(choices)s (default: guessed from the address)")
-    p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
-    p.add_argument("--username", help="login name (default: the email address)")
-    p.add_argument("--host", help="mail server (instead of a preset or the guess)")
-    p.add_argument("--port", type=int)
-    p.add_argument("--tls", choices=("implicit", "starttls"))
-    p.add_argument("--tls-ca-file", metavar="FILE", help="trust this CA too")
-    p.add_argument("--smtp-host", help="SMTP server for mutt-config")
-    p.add_argument("--auth", choices=("password", "oauth2"))
-    p.add_argument("--password-command", metavar="CMD",
-                   help="command printing the password (default: the keyring)")
-    p.add_argument("--client-id", help="OAuth2 application (client) ID")
-    p.add_argument("--client-secret", help="OAuth2 client secret (Google)")
-    p.add_argument("--tenant", help="Microsoft tenant (default: from the preset)")
-    p.add_argument("--non-interactive", action="store_true",
-                   help="ask nothing: use the flags and the guesses")
-    p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
+    if wanted("auth"):
+        p = sub.add_parser("auth", help="sign in to an OAuth2 account (Microsoft 365, Gmail, ...)",
+                           description="Sign in to an account with `auth: oauth2` and keep the "
+                           "refresh token in the system keyring (service 'syncd', user "
+                           "'ACCOUNT:oauth2'). The default flow is the provider's: a device code "
+                           "(open a URL on any device and enter a code; works on a headless "
+                           "machine) for Microsoft, the browser for Google.")
+        p.add_argument("account", metavar="ACCOUNT")
+        flow = p.add_mutually_exclusive_group()
+        flow.add_argument("--browser", action="store_true",
+                          help="sign in with a browser (redirect to 127.0.0.1 on a random port, "
+                          "PKCE)")
+        flow.add_argument("--device", action="store_true",
+                          help="sign in with a device code (prints a URL and a code)")
+        p.add_argument("--no-check", action="store_true",
+                       help="do not log in to the server afterwards")
 
-    p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
-                       description="Print neomutt settings for an account's Maildir: folder, "
-                       "spoolfile, mailboxes for every synced folder, record/postponed/trash "
-                       "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
-                       "`syncd check`), and smtp_url.")
-    p.add_argument("account", metavar="ACCOUNT")
+    if wanted("init"):
+        p = sub.add_parser("init", help="add an account to the config (asks, or takes flags)",
+                           description="Add an account to the config file (created if missing; "
+                           "an existing file keeps its comments), then run `check` on it. "
+                           "Asks the few questions needed, or takes flags. Known providers "
+                           "(presets) fill in the servers; for other domains imap.DOMAIN, "
+                           "pop.DOMAIN and smtp.DOMAIN are guessed.")
+        p.add_argument("--name", help="account name (default: from the address's domain)")
+        p.add_argument("--email", help="the account's email address")
+        # A metavar, or argparse lists the choices (importing the presets) for every command.
+        p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
+                       help="provider preset: %(choices)s (default: guessed from the address)")
+        p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
+        p.add_argument("--username", help="login name (default: the email address)")
+        p.add_argument("--host", help="mail server (instead of a preset or the guess)")
+        p.add_argument("--port", type=int)
+        p.add_argument("--tls", choices=("implicit", "starttls"))
+        p.add_argument("--tls-ca-file", metavar="FILE", help="trust this CA too")
+        p.add_argument("--smtp-host", help="SMTP server for mutt-config")
+        p.add_argument("--auth", choices=("password", "oauth2"))
+        p.add_argument("--password-command", metavar="CMD",
+                       help="command printing the password (default: the keyring)")
+        p.add_argument("--client-id", help="OAuth2 application (client) ID")
+        p.add_argument("--client-secret", help="OAuth2 client secret (Google)")
+        p.add_argument("--tenant", help="Microsoft tenant (default: from the preset)")
+        p.add_argument("--non-interactive", action="store_true",
+                       help="ask nothing: use the flags and the guesses")
+        p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
+
+    if wanted("mutt-config"):
+        p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
+                           description="Print neomutt settings for an account's Maildir: folder, "
+                           "spoolfile, mailboxes for every synced folder, record/postponed/trash "
+                           "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
+                           "`syncd check`), and smtp_url.")
+        p.add_argument("account", metavar="ACCOUNT")
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, sized to the terminal as shutil.get_terminal_size() would, without importing
+    shutil (and with it zlib, bz2 and lzma): argparse makes a formatter for every argument it
+    adds, so every start paid for that import."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        super().__init__(prog, width=max(columns, 1) - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Uses _HelpFormatter; subcommands' parsers are made of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command a command line names, if it is plain to see: then only its subparser is
+    built (all eight cost a few ms of a no-change `sync`). None when in doubt (help, an
+    unknown word, an option we do not know): the full parser then decides and explains."""
+    words = iter(argv)
+    for word in words:
+        if word == "--debug" or word.startswith("--config="):
+            continue
+        if word == "--config":
+            next(words, None)
+            continue
+        return word if word in COMMANDS else None
+    return None
 
 
 class _PresetNames:
@@ -140,11 +195,24 @@ class _PresetNames:
         return iter(self._names())
 
 
+def entry() -> int:
+    """The `syncd` program: main(), then no garbage collection at exit. Python collects
+    every generation on the way out, traversing every object the imports made (~7% of a
+    no-change `sync`) only to free memory the kernel reclaims anyway. Frozen objects are
+    skipped; atexit handlers, logging's flush and the rest of the shutdown run as usual."""
+    try:
+        return main()
+    finally:
+        import gc
+
+        gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # syncd uses no pydantic plugins; looking for them scans every installed package's entry
     # points, a noticeable part of the start-up a quick no-change `sync` is made of.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
-    parser = build_parser()
+    parser = build_parser(only=_command_in(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -225,14 +293,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.force_deletions and not args.accounts:
         raise UsageError("--force-deletions needs the account named explicitly "
                          "(syncd sync --force-deletions ACCOUNT)")
+    from syncd.adapters import transport
+
+    # The IMAP connections open while the engine and imapclient are imported (see transport).
+    for account in accounts:
+        if account.protocol == "imap":
+            transport.dial_ahead(account)
     from syncd.progress import make_reporter
 
     reporter = make_reporter(sys.stderr)
     results: list[AccountResult] = []
-    with reporter, ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
-        futures = [pool.submit(_sync_one, settings, account, args, reporter)
-                   for account in accounts]
-        results = [f.result() for f in futures]
+    try:
+        with reporter, ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
+            futures = [pool.submit(_sync_one, settings, account, args, reporter)
+                       for account in accounts]
+            results = [f.result() for f in futures]
+    finally:
+        transport.close_dialed()
     failed = False
     for result in results:
         if args.dry_run:

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from syncd.adapters.imap import (
     UID_SET_CHUNK,
@@ -100,8 +100,7 @@ class NullReporter:
         pass
 
 
-@dataclass(frozen=True, slots=True)
-class SyncOptions:
+class SyncOptions(NamedTuple):
     dry_run: bool = False
     force_deletions: bool = False
     # Only these folders (server names); None = every folder the config selects.

@@ -44,7 +44,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from syncd import faults
@@ -281,7 +281,7 @@ class Pop3Run:
         for m in unkeyed:
             if account.max_message_size is not None and m.size > account.max_message_size:
                 skip = (m.number, m.uidl or "(none)", m.size)
-                plan = replace(plan, skipped_too_big=(*plan.skipped_too_big, skip))
+                plan = plan._replace(skipped_too_big=(*plan.skipped_too_big, skip))
             else:
                 content.append(m)
         if account.max_messages_per_poll is not None:

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
 import socket
 import ssl
-import threading
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from syncd.adapters.transport import describe_connect_error, ssl_context_for, take_dialed
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
 from syncd.errors import AccountError
@@ -29,6 +30,42 @@ if TYPE_CHECKING:
     from syncd.oauth import OAuthSasl, TokenProvider
 
 log = logging.getLogger("syncd.imap")
+
+
+def _spare_imapclient_version_lookup() -> None:
+    """imapclient/version.py asks importlib.metadata for imapclient's version when imported,
+    which imports importlib.metadata (email, zipfile, csv, ...) and scans every distribution
+    on sys.path: 40-50 ms, a seventh of a no-change `syncd sync`. The module is provided
+    here with the same value, read from the name of imapclient's .dist-info directory; where
+    that is not found (an unusual install), imapclient looks its version up as usual."""
+    if "imapclient.version" in sys.modules:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("imapclient")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
+    try:
+        names = os.listdir(site)
+    except OSError:
+        return
+    found = [n[len("imapclient-"):-len(".dist-info")] for n in names
+             if n.lower().startswith("imapclient-") and n.endswith(".dist-info")]
+    if len(found) != 1:
+        return
+    version = found[0]
+    try:
+        major, minor, micro = (int(part) for part in version.split("."))
+    except ValueError:
+        return
+    module = types.ModuleType("imapclient.version")
+    module.version = version  # type: ignore[attr-defined]
+    module.version_info = (major, minor, micro, "final")  # type: ignore[attr-defined]
+    sys.modules["imapclient.version"] = module
+
+
+_spare_imapclient_version_lookup()
 
 # Capabilities worth reporting, in the order `syncd check` prints them.
 INTERESTING_CAPABILITIES = (
@@ -44,8 +81,7 @@ FETCH_BATCH_BYTES = 2 * 1024 * 1024
 UID_SET_CHUNK = 5000
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteFolder:
+class RemoteFolder(NamedTuple):
     name: str  # decoded from modified UTF-7; what state and the user see
     delimiter: str | None
     noselect: bool
@@ -58,24 +94,21 @@ class RemoteFolder:
         return (self.name,)
 
 
-@dataclass(frozen=True, slots=True)
-class FolderStatus:
+class FolderStatus(NamedTuple):
     uidvalidity: int | None
     uidnext: int | None
     messages: int | None
     highestmodseq: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class SelectInfo:
+class SelectInfo(NamedTuple):
     uidvalidity: int
     uidnext: int | None
     exists: int
     highestmodseq: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class FlagChanges:
+class FlagChanges(NamedTuple):
     """Result of a flag fetch: UID -> flags for every message reported, plus the UIDs the server
     reported as VANISHED (QRESYNC) — only meaningful for CHANGEDSINCE fetches."""
 
@@ -83,8 +116,7 @@ class FlagChanges:
     vanished: frozenset[int]
 
 
-@dataclass(frozen=True, slots=True)
-class SelectChanges:
+class SelectChanges(NamedTuple):
     """What a pipelined SELECT brought besides the folder's numbers (see select_with_changes):
     None where the server refused or answered in a shape we do not parse; the caller then
     asks again the ordinary way."""
@@ -94,8 +126,7 @@ class SelectChanges:
     meta: dict[int, tuple[int, str | None]] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The tagged reply to one pipelined command, with every untagged response read after the
     previous reply and before this one (see Pipeline for why that is not "its own data")."""
 
@@ -107,68 +138,6 @@ class Reply:
     @property
     def ok(self) -> bool:
         return self.status == "OK"
-
-
-_CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
-_CONTEXTS_LOCK = threading.Lock()
-
-
-def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext:
-    """The system trust store, plus the account's own CA where given; hostname checked.
-
-    Contexts are shared (keyed by the CA file and its mtime): loading the system store costs
-    about 0.2 s, which every reconnect and every IDLE connection would otherwise pay."""
-    key = (str(ca_file) if ca_file is not None else None,
-           os.stat(ca_file).st_mtime_ns if ca_file is not None else 0)
-    with _CONTEXTS_LOCK:
-        context = _CONTEXTS.get(key)
-        if context is None:
-            capath = _hashed_system_capath()
-            # A hashed certificate directory is read lazily, one certificate per lookup;
-            # the bundle file create_default_context() loads costs ~0.1 s per process.
-            context = ssl.create_default_context(capath=capath) if capath \
-                else ssl.create_default_context()
-            if ca_file is not None:
-                context.load_verify_locations(cafile=str(ca_file))
-            _CONTEXTS[key] = context
-        return context
-
-
-def _hashed_system_capath() -> str | None:
-    """The system's CA directory if it is an OpenSSL hashed directory (Debian's
-    /etc/ssl/certs is); None where only a bundle file exists (Fedora) or SSL_CERT_FILE asks for
-    a specific bundle: then the default loading is the right one."""
-    if os.environ.get("SSL_CERT_FILE"):
-        return None
-    capath = ssl.get_default_verify_paths().capath
-    if not capath or not os.path.isdir(capath):
-        return None
-    try:
-        names = os.listdir(capath)
-    except OSError:
-        return None
-    return capath if any(re.fullmatch(r"[0-9a-f]{8}\.\d+", n) for n in names) else None
-
-
-def describe_connect_error(exc: BaseException, host: str, port: int) -> tuple[str, str]:
-    """(cause, one-line message) for a failure to connect, secure or log in."""
-    where = f"{host}:{port}"
-    if isinstance(exc, socket.gaierror):
-        return "dns", f"cannot resolve host {host!r} ({exc.strerror or exc})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or exc.reason or str(exc)
-        return "certificate", f"TLS certificate of {where} not trusted: {reason}"
-    if isinstance(exc, ssl.SSLError):
-        return "tls", f"TLS handshake with {where} failed: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused", f"connection to {where} refused"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timeout", f"timed out talking to {where}"
-    if isinstance(exc, ConnectionError):
-        return "network", f"connection to {where} lost: {exc.strerror or exc}"
-    if isinstance(exc, OSError):
-        return "network", f"cannot connect to {where}: {exc.strerror or exc}"
-    return "protocol", f"{where}: {exc}"
 
 
 _BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}")
@@ -272,6 +241,33 @@ def _oauth2_login(client: IMAPClient, account: AccountSettings,
     return mechanism
 
 
+@functools.cache
+def _client_on_socket() -> type[IMAPClient]:
+    """IMAPClient on a connection that is already open (see transport.dial_ahead): imaplib
+    reads the greeting from it as from one it opened itself."""
+    import imaplib
+
+    from imapclient import IMAPClient
+
+    class IMAP4OnSocket(imaplib.IMAP4):
+        def __init__(self, host: str, port: int, sock: socket.socket) -> None:
+            self._given = sock
+            super().__init__(host, port)
+
+        def _create_socket(self, timeout: float | None = None) -> socket.socket:
+            return self._given
+
+    class ClientOnSocket(IMAPClient):
+        def __init__(self, *args: Any, sock: socket.socket, **kwargs: Any) -> None:
+            self._given = sock
+            super().__init__(*args, **kwargs)
+
+        def _create_IMAP4(self) -> imaplib.IMAP4:
+            return IMAP4OnSocket(self.host, self.port, self._given)
+
+    return ClientOnSocket
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -322,9 +318,12 @@ class ImapSession:
             raise AccountError(name, f"cannot load tls_ca_file {account.tls_ca_file}: {exc}",
                                cause="certificate") from None
         try:
-            client = IMAPClient(account.host, port=account.port,
-                                ssl=account.tls == "implicit", ssl_context=context,
-                                timeout=account.timeout)
+            sock = take_dialed(account)
+            client_class = IMAPClient if sock is None else _client_on_socket()
+            client = client_class(account.host, port=account.port,
+                                  ssl=account.tls == "implicit", ssl_context=context,
+                                  timeout=account.timeout,
+                                  **({} if sock is None else {"sock": sock}))
         except Exception as exc:
             cause, message = describe_connect_error(exc, account.host, account.port)
             raise AccountError(name, message, cause=cause) from None

@@ -26,9 +26,8 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from syncd.core.flags import KNOWN_LETTERS, Flags, from_info
 
@@ -60,8 +59,7 @@ _ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
 _counter = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
-class LocalEntry:
+class LocalEntry(NamedTuple):
     key: str  # file name before ":2," (or the whole name when there is no info)
     subdir: Literal["cur", "new"]
     name: str  # the full file name as it is on disk now
@@ -212,7 +210,18 @@ def _load_renameat2() -> Callable[..., int] | None:
     return function
 
 
-_RENAMEAT2 = _load_renameat2()
+# Loaded at the first delivery: ctypes costs ~4 ms to import, which a sync that delivers
+# nothing need not pay. None where the platform has no renameat2.
+_UNLOADED: Any = object()
+_RENAMEAT2: Callable[..., int] | None = _UNLOADED
+
+
+def _renameat2() -> Callable[..., int] | None:
+    global _RENAMEAT2
+    if _RENAMEAT2 is _UNLOADED:
+        _RENAMEAT2 = _load_renameat2()
+    return _RENAMEAT2
+
 # errno values meaning "this kernel/filesystem cannot do RENAME_NOREPLACE" (not "the target
 # exists"): the caller then links instead.
 _NOREPLACE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
@@ -223,9 +232,10 @@ def _rename_noreplace(src: str, dst: str) -> bool:
     """rename(src, dst) unless dst exists (FileExistsError then), atomically: one syscall
     where link(2) + unlink(2) took two. False when the platform or the filesystem cannot do
     it (nothing was changed; use link + unlink)."""
-    if _RENAMEAT2 is None:
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
                   _RENAME_NOREPLACE) == 0:
         return True
     import ctypes
@@ -239,8 +249,7 @@ def _rename_noreplace(src: str, dst: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Staged:
+class Staged(NamedTuple):
     """A message written to tmp/ but not yet durable nor visible (see MaildirFolder.stage)."""
 
     tmp_path: str
@@ -248,7 +257,10 @@ class Staged:
     fixed: bool  # the key was chosen by the caller (recorded in an intent): never rename it
 
 
+@functools.cache  # at the first flush: see _renameat2 for why not at import
 def _syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
@@ -260,7 +272,6 @@ def _syncfs() -> Callable[[int], int] | None:
     return function
 
 
-_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
 # Above this many files one syncfs beats per-file fsyncs (measured on ext4: ~0.6 ms per file
 # with syncfs vs ~3.5 ms per fsync).
 SYNCFS_MIN_FILES = 4
@@ -269,10 +280,11 @@ SYNCFS_MIN_FILES = 4
 def flush_files(paths: Sequence[Path | str], directory: Path | str) -> None:
     """Make the data of these files durable: one syncfs(2) on their filesystem where Linux
     offers it, else fsync of each file."""
-    if _SYNCFS is not None and len(paths) >= SYNCFS_MIN_FILES:
+    syncfs = _syncfs() if len(paths) >= SYNCFS_MIN_FILES else None
+    if syncfs is not None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _SYNCFS(fd) != 0:
+            if syncfs(fd) != 0:
                 import ctypes
 
                 err = ctypes.get_errno()

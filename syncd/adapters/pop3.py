@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from syncd.adapters.imap import describe_connect_error, ssl_context_for
+from syncd.adapters.transport import describe_connect_error, ssl_context_for
 from syncd.errors import AccountError
 
 if TYPE_CHECKING:

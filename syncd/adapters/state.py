@@ -18,9 +18,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from syncd.core.model import SyncedMessage
 
@@ -50,8 +49,7 @@ class StateConflict(sqlite3.IntegrityError):
     the folder. Subclasses sqlite3.IntegrityError so either can be caught."""
 
 
-@dataclass(frozen=True, slots=True)
-class FolderState:
+class FolderState(NamedTuple):
     id: int
     remote_name: str  # the server's name, as the server spells it (mUTF-7 undecoded)
     local_path: str
@@ -67,8 +65,7 @@ class FolderState:
     local_stamp: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Intent:
+class Intent(NamedTuple):
     id: int
     folder_id: int | None
     op: str  # "download" | "upload" | "push_flags" | "set_local_flags" | "delete_local"
@@ -80,8 +77,7 @@ class Intent:
     created: float
 
 
-@dataclass(frozen=True, slots=True)
-class Pop3Row:
+class Pop3Row(NamedTuple):
     uidl: str
     key: str | None
     downloaded_at: float

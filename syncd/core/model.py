@@ -1,14 +1,18 @@
-"""Plain values the planner works on. No I/O, no behaviour beyond derived properties."""
+"""Plain values the planner works on. No I/O, no behaviour beyond derived properties.
+
+They are NamedTuples rather than frozen dataclasses: as immutable and as small, but a
+dataclass costs about 1 ms to create at import (its methods are generated and compiled), and a
+`syncd sync` with nothing to do starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from syncd.core.flags import Flags
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteMessage:
+class RemoteMessage(NamedTuple):
     """A message on the server, as one SELECT/FETCH saw it.
 
     ``size`` is RFC822.SIZE (CRLF line ends). ``message_id`` is filled only where the engine
@@ -21,8 +25,7 @@ class RemoteMessage:
     message_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LocalMessage:
+class LocalMessage(NamedTuple):
     """A file in a Maildir folder.
 
     ``key`` is the file name before ``:2,`` (stable across mutt's flag renames). ``size`` is the
@@ -36,8 +39,7 @@ class LocalMessage:
     message_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SyncedMessage:
+class SyncedMessage(NamedTuple):
     """One row of the state: the pairing of a UID with a Maildir key, and the flags both sides
     had when they were last in step."""
 
@@ -48,8 +50,7 @@ class SyncedMessage:
     message_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FolderPolicy:
+class FolderPolicy(NamedTuple):
     """What the planner may do in one folder."""
 
     trash_folder: str | None = None  # local deletions become a move there instead of an expunge
@@ -67,8 +68,7 @@ class FolderPolicy:
     guard_held: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class FolderSnapshot:
+class FolderSnapshot(NamedTuple):
     """Everything the planner knows about one folder at one moment.
 
     ``size``/``message_id`` must be filled for local files and server messages the state does
@@ -82,11 +82,10 @@ class FolderSnapshot:
     remote: tuple[RemoteMessage, ...]
     # True when UIDVALIDITY changed: every synced UID is void and must be re-paired.
     uidvalidity_changed: bool = False
-    policy: FolderPolicy = field(default_factory=FolderPolicy)
+    policy: FolderPolicy = FolderPolicy()  # immutable, so one shared default is safe
 
 
-@dataclass(frozen=True, slots=True)
-class Pop3Known:
+class Pop3Known(NamedTuple):
     """What the state remembers of one POP3 UIDL: delivered locally at ``downloaded_at`` (unix
     time); ``deleted`` once syncd decided to DELE it (it may still be listed if the session
     that sent DELE never reached QUIT)."""
@@ -95,8 +94,7 @@ class Pop3Known:
     downloaded_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Pop3Plan:
+class Pop3Plan(NamedTuple):
     """What one POP3 session should do; message numbers are the session's own.
 
     ``retrieve``: RETR, deliver durably, record the UIDL, and then DELE as well when

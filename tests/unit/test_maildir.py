@@ -246,7 +246,7 @@ def test_forked_child_uses_its_own_pid_in_keys() -> None:
 
 def test_delivery_is_one_rename_where_the_kernel_offers_it(
         folder: MaildirFolder, monkeypatch: pytest.MonkeyPatch) -> None:
-    if md._RENAMEAT2 is None:
+    if md._renameat2() is None:
         pytest.skip("no renameat2 here")
 
     def no_link(src: object, dst: object) -> None:
@@ -262,7 +262,7 @@ def test_delivery_is_one_rename_where_the_kernel_offers_it(
 
 
 def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:
-    if md._RENAMEAT2 is None:
+    if md._renameat2() is None:
         pytest.skip("no renameat2 here")
     (tmp_path / "a").write_bytes(b"new")
     (tmp_path / "b").write_bytes(b"precious")
@@ -288,7 +288,7 @@ def test_without_rename_noreplace_delivery_links(
             ctypes.set_errno(errno.EINVAL)
             return -1
 
-        if md._RENAMEAT2 is None:
+        if md._renameat2() is None:
             pytest.skip("no renameat2 here")
         monkeypatch.setattr(md, "_RENAMEAT2", einval)
     linked = []

@@ -7,7 +7,7 @@ must be empty (idempotency).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -71,7 +71,7 @@ class Folder:
             synced={} if snapshot.uidvalidity_changed else {m.uid: m for m in snapshot.synced},
             local={m.key: m for m in snapshot.local},
             remote={m.uid: m for m in snapshot.remote},
-            policy=replace(snapshot.policy, local_folder_missing=False),
+            policy=snapshot.policy._replace(local_folder_missing=False),
             same_content=same_content or set(),
         )
 
@@ -89,7 +89,7 @@ class Folder:
             self._apply(action, paired_by_content)
 
     def _set_synced_flags(self, uid: int, flags: str) -> None:
-        self.synced[uid] = replace(self.synced[uid], flags=flags)
+        self.synced[uid] = self.synced[uid]._replace(flags=flags)
 
     def _apply(self, action: Action, paired_by_content: set[str]) -> None:
         match action:
@@ -104,13 +104,13 @@ class Folder:
                 assert self.local[key].flags == self.remote[uid].flags == flags
                 self._set_synced_flags(uid, flags)
             case SetLocalFlags(uid, key, flags):
-                self.local[key] = replace(self.local[key], flags=flags)
+                self.local[key] = self.local[key]._replace(flags=flags)
                 self._set_synced_flags(uid, action.synced_flags)
             case PushFlags(uid, key, add, remove, flags):
                 old = self.remote[uid].flags
                 new = normalize((set(old) | set(add)) - set(remove))
                 assert new == flags, (old, action)
-                self.remote[uid] = replace(self.remote[uid], flags=new)
+                self.remote[uid] = self.remote[uid]._replace(flags=new)
                 self._set_synced_flags(uid, flags)
             case DeleteLocal(uid, key):
                 del self.local[key]
@@ -153,7 +153,7 @@ def assert_idempotent(snapshot: FolderSnapshot, *, converged: bool = True,
     first = plan_folder(snapshot)
     folder.apply(first)
     # what the engine remembers for the next sync of this folder
-    folder.policy = replace(folder.policy, guard_held=first.guard is not None
+    folder.policy = folder.policy._replace(guard_held=first.guard is not None
                             and not snapshot.policy.local_folder_missing)
     second = plan_folder(folder.snapshot())
     assert second.actions == (), second
@@ -389,10 +389,10 @@ def test_guard_keeps_state_and_repeats_until_forced() -> None:
     assert plan.guard and plan.actions == ()
     # Nothing was executed, so the next sync sees the same and says the same.
     assert plan_folder(snapshot) == plan
-    forced = plan_folder(replace(snapshot, policy=FolderPolicy(force_deletions=True)))
+    forced = plan_folder(snapshot._replace(policy=FolderPolicy(force_deletions=True)))
     assert forced.guard is None
     assert forced.actions == tuple(DeleteRemote(i, f"k{i:03d}") for i in range(4, 41))
-    assert_idempotent(replace(snapshot, policy=FolderPolicy(force_deletions=True)))
+    assert_idempotent(snapshot._replace(policy=FolderPolicy(force_deletions=True)))
 
 
 def test_guard_stays_held_while_new_mail_dilutes_the_share() -> None:
@@ -400,29 +400,28 @@ def test_guard_stays_held_while_new_mail_dilutes_the_share() -> None:
     confirmation the deletions must still not reach the server."""
     snapshot = _known(40, 3)
     assert plan_folder(snapshot).guard is not None
-    grown = replace(snapshot,
-                    synced=(*snapshot.synced, *(S(i, f"k{i:03d}", "") for i in range(41, 81))),
-                    local=(*snapshot.local, *(L(f"k{i:03d}", "") for i in range(41, 81))),
-                    remote=(*snapshot.remote, *(R(i, "") for i in range(41, 81))))
+    grown = snapshot._replace(
+        synced=(*snapshot.synced, *(S(i, f"k{i:03d}", "") for i in range(41, 81))),
+        local=(*snapshot.local, *(L(f"k{i:03d}", "") for i in range(41, 81))),
+        remote=(*snapshot.remote, *(R(i, "") for i in range(41, 81))))
     assert plan_folder(grown).count(DeleteRemote) == 37  # the share alone would let them go
-    held = plan_folder(replace(grown, policy=FolderPolicy(guard_held=True)))
+    held = plan_folder(grown._replace(policy=FolderPolicy(guard_held=True)))
     assert held.actions == ()
     assert held.guard == ("37 of 80 known messages vanished locally; not deleting them on the "
                           "server (use --force-deletions to confirm)")
-    forced = plan_folder(replace(grown, policy=FolderPolicy(guard_held=True,
+    forced = plan_folder(grown._replace(policy=FolderPolicy(guard_held=True,
                                                             force_deletions=True)))
     assert forced.guard is None and forced.count(DeleteRemote) == 37
     # once nothing known is missing locally, a held guard has nothing to hold
-    restored = replace(grown, local=tuple(L(f"k{i:03d}", "S" if i <= 40 else "")
+    restored = grown._replace(local=tuple(L(f"k{i:03d}", "S" if i <= 40 else "")
                                           for i in range(1, 81)))
-    assert plan_folder(replace(restored, policy=FolderPolicy(guard_held=True))).guard is None
+    assert plan_folder(restored._replace(policy=FolderPolicy(guard_held=True))).guard is None
 
 
 def test_guard_leaves_other_work_alone() -> None:
     """Only the local deletions are held back: flags, downloads, uploads still flow."""
     base = _known(10, 3)
-    snapshot = replace(base,
-                       local=(L("k001", "FS"), *base.local[1:], L("new", "", 5, "<n@x>")),
+    snapshot = base._replace(local=(L("k001", "FS"), *base.local[1:], L("new", "", 5, "<n@x>")),
                        remote=(*base.remote[:-1], R(10, "", None), R(11, "", 9, "<m@x>")),
                        synced=base.synced)
     plan = plan_folder(snapshot)
@@ -602,7 +601,7 @@ def snapshots(draw: st.DrawFn) -> FolderSnapshot:
 def test_random_plans_are_consistent_and_idempotent(snapshot: FolderSnapshot) -> None:
     plan = plan_folder(snapshot)
     # deterministic, and independent of input order
-    assert plan_folder(replace(snapshot, local=snapshot.local[::-1],
+    assert plan_folder(snapshot._replace(local=snapshot.local[::-1],
                                remote=snapshot.remote[::-1])) == plan
     if plan.guard and not snapshot.policy.local_folder_missing:
         assert plan.count(DeleteRemote) == 0

@@ -137,7 +137,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _set_synced(self, uid: int, key: str, flags: str) -> None:
         assert self.state[uid].key == key
-        self.state[uid] = replace(self.state[uid], flags=flags)
+        self.state[uid] = self.state[uid]._replace(flags=flags)
 
     def _execute(self, action: Action, paired: set[str]) -> None:
         match action:
@@ -272,13 +272,13 @@ class SyncMachine(RuleBasedStateMachine):
 
     @rule(confirm=st.booleans())
     def sync(self, confirm: bool) -> None:
-        policy = replace(self.policy, local_folder_missing=self.local_missing)
+        policy = self.policy._replace(local_folder_missing=self.local_missing)
         plan = plan_folder(self.snapshot(policy))
         guarded = plan.guard is not None and not self.local_missing
         if guarded:
             assert plan.count(DeleteRemote) == 0
             if confirm:  # the user reads the reason and confirms with --force-deletions
-                plan = plan_folder(self.snapshot(replace(policy, force_deletions=True)))
+                plan = plan_folder(self.snapshot(policy._replace(force_deletions=True)))
                 assert plan.guard is None
                 guarded = False
         conservative = self.uidvalidity_changed or self.local_missing
@@ -286,7 +286,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.execute(plan)
         self.uidvalidity_changed = False
         self.local_missing = False
-        self.policy = replace(self.policy, guard_held=guarded)  # what the engine remembers
+        self.policy = self.policy._replace(guard_held=guarded)  # what the engine remembers
         if guarded:
             # Not in step by design: the vanished files stay on the server until confirmed.
             assert on_server_before - self.lost_by_user <= {m.body for m in self.server.values()}

@@ -1,0 +1,123 @@
+"""`syncd sync` opens each IMAP account's connection (TCP and TLS) in a thread while it is still
+importing the engine and imapclient (syncd.adapters.transport): the session must then run on
+that very connection, a failure to open it must be reported as connecting on the spot would
+report it (once: no second attempt, no second timeout), and an unused one must be closed."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncd.adapters import transport
+from syncd.adapters.imap import ImapSession
+from syncd.errors import AccountError
+from syncd.settings import load_settings
+from tests.support.dovecot import Dovecot, User, make_message
+from tests.support.syncd_env import REPO, run_subprocess, write_config
+
+
+def _account(tmp_path: Path, dovecot: Dovecot, user: User, **kw: str):
+    account = write_config(tmp_path, dovecot, user, **kw)
+    return load_settings(account.config).accounts["test"]
+
+
+def _dialed(account) -> socket.socket:
+    """The socket dial_ahead is opening for the account (waits until it is open)."""
+    with transport._DIALS_LOCK:
+        dial = transport._DIALS[transport._dial_key(account)]
+    dial.thread.join(30)
+    assert dial.error is None, dial.error
+    assert dial.sock is not None
+    return dial.sock
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+def test_the_session_runs_on_the_connection_opened_ahead(dovecot: Dovecot, user: User,
+                                                         tmp_path: Path, tls: str) -> None:
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(2)])
+    account = _account(tmp_path, dovecot, user, tls=tls)
+    transport.dial_ahead(account)
+    opened = _dialed(account)
+    # Implicit TLS: the handshake is done ahead too. STARTTLS: TCP only (TLS comes later,
+    # after the greeting, on the same socket).
+    assert isinstance(opened, ssl.SSLSocket) == (tls == "implicit")
+    local_address = opened.getsockname()
+    session = ImapSession.connect(account, lambda: user.password)
+    try:
+        sock = session.client.socket()
+        if tls == "implicit":
+            assert sock is opened
+        else:
+            # STARTTLS wrapped it (the plain socket object is detached by that).
+            assert isinstance(sock, ssl.SSLSocket) and sock.getsockname() == local_address
+        assert [f.name for f in session.list_folders()] == ["INBOX"]
+    finally:
+        session.close()
+    # Taken once: the next connection is a new one.
+    assert transport.take_dialed(account) is None
+
+
+def test_a_refused_connection_is_reported_once_with_its_cause(tmp_path: Path,
+                                                              dovecot: Dovecot,
+                                                              user: User) -> None:
+    account = _account(tmp_path, dovecot, user)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    account = dataclasses.replace(account, port=port)
+    transport.dial_ahead(account)
+    with pytest.raises(AccountError) as info:
+        ImapSession.connect(account, lambda: pytest.fail("no password without a connection"))
+    assert info.value.cause == "refused" and f"127.0.0.1:{port}" in str(info.value)
+
+
+def test_an_untrusted_certificate_met_ahead_is_named(tmp_path: Path, dovecot: Dovecot,
+                                                     user: User) -> None:
+    account = _account(tmp_path, dovecot, user)
+    account = dataclasses.replace(account, tls_ca_file=None)
+    transport.dial_ahead(account)
+    with pytest.raises(AccountError) as info:
+        ImapSession.connect(account, lambda: pytest.fail("no password on an untrusted link"))
+    assert info.value.cause == "certificate"
+
+
+def test_connections_never_taken_are_closed(tmp_path: Path, dovecot: Dovecot,
+                                            user: User) -> None:
+    account = _account(tmp_path, dovecot, user)
+    transport.dial_ahead(account)
+    opened = _dialed(account)
+    transport.close_dialed()
+    assert opened.fileno() == -1
+    assert transport.take_dialed(account) is None
+
+
+def test_sync_uses_one_connection(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    """The whole `syncd sync`: one connection to the server, not the one opened ahead plus
+    another."""
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
+    account = write_config(tmp_path, dovecot, user)
+    assert run_subprocess("--config", str(account.config), "sync").returncode == 0
+    mark = dovecot.log_mark()
+    out = run_subprocess("--config", str(account.config), "sync")
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = dovecot.log_text(mark)
+    assert log.count("Login: user=") == 1, log
+
+
+def test_imapclient_version_without_importlib_metadata() -> None:
+    """syncd provides imapclient.version itself (its own lookup imports importlib.metadata
+    and scans every installed package): the value must be the real one."""
+    code = ("import sys, syncd.adapters.imap, imapclient\n"
+            "assert 'importlib.metadata' not in sys.modules\n"
+            "from importlib.metadata import version\n"
+            "assert imapclient.__version__ == version('imapclient'), imapclient.__version__\n"
+            "assert imapclient.version_info[:3] == tuple(map(int, "
+            "version('imapclient').split('.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
