@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hashlib
 import html
 import json
@@ -381,7 +380,7 @@ _providers_lock = threading.Lock()
 def _fingerprint(account: AccountSettings) -> str:
     # A config reload (SIGHUP) that changes the OAuth2 settings gets a fresh provider.
     data = json.dumps([account.username, account.protocol,
-                       dataclasses.asdict(account.oauth2) if account.oauth2 else None],
+                       account.oauth2._asdict() if account.oauth2 else None],
                       sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()
 

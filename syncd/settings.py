@@ -1,5 +1,6 @@
-"""The settings every other module works with: plain frozen dataclasses, and a cache of the
-validated config file so that a quick `syncd sync` does not pay for validating it.
+"""The settings every other module works with: plain immutable records (NamedTuples: a frozen
+dataclass costs ~1 ms to create at import, see syncd.core.model), and a cache of the validated
+config file so that a quick `syncd sync` does not pay for validating it.
 
 syncd.config turns the YAML into these (with pydantic, and errors that name key and line).
 Importing pydantic and PyYAML and building the models takes ~0.25 s, most of a no-change sync,
@@ -17,9 +18,8 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "AccountSettings",
@@ -74,8 +74,7 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FolderFilter:
+class FolderFilter(NamedTuple):
     """Glob patterns on server folder names: a folder is synced if it matches an include
     pattern and no exclude pattern."""
 
@@ -83,16 +82,14 @@ class FolderFilter:
     exclude: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class GeneralSettings:
-    maildir_root: Path = field(default_factory=default_maildir_root)
-    state_dir: Path = field(default_factory=default_state_dir)
+class GeneralSettings(NamedTuple):
+    maildir_root: Path
+    state_dir: Path
     log_level: str = "info"
     on_new_mail: str | None = None
 
 
-@dataclass(frozen=True)
-class OAuth2Settings:
+class OAuth2Settings(NamedTuple):
     """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
     (``syncd.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
 
@@ -106,8 +103,7 @@ class OAuth2Settings:
     authorization_endpoint: str | None = None
 
 
-@dataclass(frozen=True)
-class AccountSettings:
+class AccountSettings(NamedTuple):
     """One account, as validated by syncd.config (which documents every key)."""
 
     name: str
@@ -117,6 +113,7 @@ class AccountSettings:
     username: str
     maildir: Path
     poll_interval: float
+    state_dir: Path
     provider: str | None = None
     tls: str = "implicit"
     tls_ca_file: Path | None = None
@@ -136,17 +133,15 @@ class AccountSettings:
     delete_after: float | None = None
     max_message_size: int | None = None
     max_messages_per_poll: int | None = None
-    state_dir: Path = field(default_factory=default_state_dir)
 
     @property
     def state_path(self) -> Path:
         return self.state_dir / f"{self.name}.sqlite3"
 
 
-@dataclass(frozen=True)
-class Settings:
-    general: GeneralSettings = field(default_factory=GeneralSettings)
-    accounts: dict[str, AccountSettings] = field(default_factory=dict)
+class Settings(NamedTuple):
+    general: GeneralSettings
+    accounts: dict[str, AccountSettings]
     path: Path | None = None
 
 
@@ -263,8 +258,8 @@ def _write_cache(entry: Path, key: str, settings: Settings) -> None:
 
 
 def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # one of the records above
+        return {name: _plain(getattr(value, name)) for name in value._fields}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
@@ -290,19 +285,19 @@ _TUPLE_FIELDS = frozenset({"idle"})
 
 def _account_from(raw: dict[str, Any]) -> AccountSettings:
     values: dict[str, Any] = {}
-    for f in fields(AccountSettings):
-        value = raw[f.name]  # a missing key (another format) is a KeyError: not used
-        if value is not None and f.name in _PATH_FIELDS:
+    for name in AccountSettings._fields:
+        value = raw[name]  # a missing key (another format) is a KeyError: not used
+        if value is not None and name in _PATH_FIELDS:
             value = Path(value)
-        elif f.name in _TUPLE_FIELDS:
+        elif name in _TUPLE_FIELDS:
             value = tuple(value)
-        elif f.name == "folders":
+        elif name == "folders":
             value = FolderFilter(include=tuple(value["include"]),
                                  exclude=tuple(value["exclude"]))
-        elif f.name == "oauth2" and value is not None:
+        elif name == "oauth2" and value is not None:
             oauth = dict(value)
             if oauth["scopes"] is not None:
                 oauth["scopes"] = tuple(oauth["scopes"])
             value = OAuth2Settings(**oauth)
-        values[f.name] = value
+        values[name] = value
     return AccountSettings(**values)

@@ -5,7 +5,6 @@ file. It only schedules and wires; all syncing happens in the workers."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import faulthandler
 import logging
 import signal
@@ -287,7 +286,7 @@ class Daemon:
         if settings.general != self.settings.general:
             log.warning("reload: changes under `general` take effect after a restart "
                         "(only accounts are reloaded)")
-            settings = dataclasses.replace(settings, general=self.settings.general)
+            settings = settings._replace(general=self.settings.general)
         old = self.settings.accounts
         self.settings = settings
         for name in [n for n in old if n not in settings.accounts

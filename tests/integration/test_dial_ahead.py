@@ -5,7 +5,6 @@ report it (once: no second attempt, no second timeout), and an unused one must b
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import ssl
 import subprocess
@@ -69,7 +68,7 @@ def test_a_refused_connection_is_reported_once_with_its_cause(tmp_path: Path,
     account = _account(tmp_path, dovecot, user)
     with socket.create_server(("127.0.0.1", 0)) as closed:
         port = closed.getsockname()[1]
-    account = dataclasses.replace(account, port=port)
+    account = account._replace(port=port)
     transport.dial_ahead(account)
     with pytest.raises(AccountError) as info:
         ImapSession.connect(account, lambda: pytest.fail("no password without a connection"))
@@ -79,7 +78,7 @@ def test_a_refused_connection_is_reported_once_with_its_cause(tmp_path: Path,
 def test_an_untrusted_certificate_met_ahead_is_named(tmp_path: Path, dovecot: Dovecot,
                                                      user: User) -> None:
     account = _account(tmp_path, dovecot, user)
-    account = dataclasses.replace(account, tls_ca_file=None)
+    account = account._replace(tls_ca_file=None)
     transport.dial_ahead(account)
     with pytest.raises(AccountError) as info:
         ImapSession.connect(account, lambda: pytest.fail("no password on an untrusted link"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import itertools
 import socket
 import threading
@@ -385,8 +384,7 @@ def test_wrong_password_names_the_account(fake, tmp_path: Path) -> None:
 
 def test_starttls_required_but_not_offered(fake, tmp_path: Path) -> None:
     _box, server = fake
-    account = dataclasses.replace(account_of(make_settings(tmp_path, server.port)),
-                                  tls="starttls")
+    account = account_of(make_settings(tmp_path, server.port))._replace(tls="starttls")
     with pytest.raises(AccountError) as info:
         Pop3Session.connect(account, lambda: "secret")
     assert info.value.cause == "tls"
