@@ -199,12 +199,10 @@ def make_account(tmp_path: Path, dovecot: Dovecot, user: User, *, port: int | No
     if timeout is not None:
         extra = f"    timeout: {timeout}\n{extra}"
     account = write_config(tmp_path, dovecot, user, extra=extra, protocol=protocol,
-                           layout=layout, general_extra=general_extra, name=name)
+                           layout=layout, general_extra=general_extra, name=name, port=port)
     text = account.config.read_text()
     text = re.sub(r'(?m)^    password_command: .*$', f"    password_command: cat {secret_file}",
                   text)
-    if port is not None:
-        text = re.sub(r"(?m)^    port: \d+$", f"    port: {port}", text)
     account.config.write_text(text)
     account.config.chmod(0o600)
     return account

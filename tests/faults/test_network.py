@@ -80,13 +80,13 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
 
         # 3. A slow trickle (16 kB every 10 ms): slow, but correct.
         dovecot.seed(user, "INBOX", [make_message(200 + i, size=BIG) for i in range(10)])
-        proxy.trickle = (16_384, 0.01)
+        proxy.rate = 1_638_400
         started = time.monotonic()
         rc, text = sync(account.config)
         print(f"trickle: {time.monotonic() - started:.1f} s: {text.strip()}")
         assert rc == 0, text
         fault("proxy: slow trickle")
-        proxy.trickle = None
+        proxy.rate = None
         in_sync(dovecot, user, account, "INBOX")
 
         # 4. Connections refused: a clear error; once they are accepted again, all is well.

@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-CHUNK = 65536
+CHUNK = 65536  # read at most this much at once
+PIECE = 16384  # under a rate limit, send at most this much at once
 
 
 @dataclass(eq=False)
@@ -41,6 +42,14 @@ class TcpProxy:
     seconds after it was read, without limiting throughput: pipelined data keeps flowing, so a
     round trip costs 2 x delay and nothing else does.
 
+    ``rate``: bytes per second each direction carries at most, all connections together (a
+    slow line), None for no limit.
+
+    A client that needs ``n`` more bytes from the server, or ``k`` more replies one after
+    another, cannot be done sooner than ``least_time(down=n, round_trips=k)``, however fast
+    its CPU: the kill tests kill within that time to be sure the work is still going on.
+    ``bytes_down`` counts what went to clients over all connections.
+
     Faults, applied to the bytes flowing from the server to the client:
 
     - ``cut_after``: reset a connection (RST on both sides) once it has carried this many
@@ -48,16 +57,17 @@ class TcpProxy:
       ``cut_links`` (None: every one);
     - ``stall_after`` / ``stall_for``: stop forwarding for ``stall_for`` seconds once a
       connection has carried that many bytes down (``stall_links`` as ``cut_links``);
-    - ``trickle``: (bytes, seconds): forward at most that many bytes per step, sleeping
-      between steps;
     - ``refusing``: new connections are reset at once (counted in ``refused``);
     - ``drop(link)`` / ``drop_all()``: reset open connections now, as a dying network path does.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", *,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, rate: float | None = None) -> None:
         self.target = (target_host, target_port)
         self.delay = delay
+        self.rate = rate
+        self.bytes_down = 0
+        self._line_free_at = {True: 0.0, False: 0.0}  # up?: when the line is idle again
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -72,7 +82,6 @@ class TcpProxy:
         self.stall_after: int | None = None
         self.stall_for = 0.0
         self.stall_links: set[int] | None = None
-        self.trickle: tuple[int, float] | None = None
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
                                           name="tcp-proxy")
 
@@ -95,6 +104,14 @@ class TcpProxy:
             self._acceptor.join(5)
         self._listener.close()
         self.drop_all()
+
+    def least_time(self, *, down: int = 0, round_trips: int = 0) -> float:
+        """Seconds a client needs at least to receive ``down`` bytes through this proxy, or to
+        wait for ``round_trips`` replies one after another (whichever is longer: the two may
+        overlap)."""
+        # The piece on the line right now may be nearly through already.
+        transfer = max(0, down - PIECE) / self.rate if self.rate else 0.0
+        return max(transfer, round_trips * 2 * self.delay)
 
     def links(self) -> list[Link]:
         """The open connections, oldest first."""
@@ -185,8 +202,7 @@ class TcpProxy:
                 if not data or link.closed:
                     break
                 if up:
-                    link.upstream.sendall(data)
-                    link.bytes_up += len(data)
+                    self._paced_send(link, up, data)
                     continue
                 go_on, stalled = self._forward_down(link, data, stalled)
                 if not go_on:
@@ -206,8 +222,7 @@ class TcpProxy:
                 and link.bytes_down + len(data) > cut):
             keep = max(0, cut - link.bytes_down)
             if keep:
-                link.client.sendall(data[:keep])
-                link.bytes_down += keep
+                self._paced_send(link, False, data[:keep])
             with self._lock:
                 self.cuts += 1
             self.drop(link)
@@ -221,15 +236,30 @@ class TcpProxy:
             time.sleep(self.stall_for)
             if link.closed:
                 return False, stalled
-        trickle = self.trickle
-        step = trickle[0] if trickle is not None else len(data)
-        for start in range(0, len(data), step):
-            piece = data[start:start + step]
-            link.client.sendall(piece)
-            link.bytes_down += len(piece)
-            if trickle is not None:
-                time.sleep(trickle[1])
+        self._paced_send(link, False, data)
         return True, stalled
+
+    def _paced_send(self, link: Link, up: bool, data: bytes) -> None:
+        """Send within ``rate``: each piece leaves once the line would have carried it, so
+        that connections sharing the line take turns."""
+        for start in range(0, len(data), PIECE):
+            piece = data[start:start + PIECE]
+            rate = self.rate
+            if rate:
+                with self._lock:
+                    begin = max(time.monotonic(), self._line_free_at[up])
+                    self._line_free_at[up] = done = begin + len(piece) / rate
+                wait = done - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            if up:
+                link.upstream.sendall(piece)
+                link.bytes_up += len(piece)
+            else:
+                link.client.sendall(piece)
+                link.bytes_down += len(piece)
+                with self._lock:
+                    self.bytes_down += len(piece)
 
     def _close_link(self, link: Link) -> None:
         """One side is gone: end the other too (a half-closed TLS stream is of no use)."""
