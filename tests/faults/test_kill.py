@@ -248,8 +248,8 @@ def test_kill_sync_during_incremental_changes_on_both_sides(dovecot: Dovecot,
                                local_new=25 * n, local_flags=100 * n, local_gone=20 * n)
         landed = []
         for _attempt in range(kills(8)):
-            # Downloads, flag changes and deletions come first, the uploads last: a moment
-            # within the uploads' round trips falls anywhere in the sync.
+            # The uploads come last, a round trip each: until they can be through, the sync is
+            # at work, in whichever phase (downloads, flags, deletions, uploads, state).
             window = proxy.least_time(round_trips=uploads_left(dovecot, user, models))
             proc = subprocess.Popen(syncd_cmd(account.config, "sync"), cwd=REPO,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -78,7 +78,7 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
         proxy.stall_after = None
         in_sync(dovecot, user, account, "INBOX")
 
-        # 3. A slow trickle (16 kB every 10 ms): slow, but correct.
+        # 3. A slow trickle (1.6 MB/s: 16 kB every 10 ms): slow, but correct.
         dovecot.seed(user, "INBOX", [make_message(200 + i, size=BIG) for i in range(10)])
         proxy.rate = 1_638_400
         started = time.monotonic()

@@ -29,7 +29,6 @@ class Link:
     client: socket.socket
     upstream: socket.socket
     number: int  # 1 for the first connection accepted, 2 for the next, ...
-    accepted_at: float  # time.monotonic()
     bytes_up: int = 0  # client -> server, forwarded
     bytes_down: int = 0  # server -> client, forwarded
     closed: bool = False
@@ -163,7 +162,7 @@ class TcpProxy:
                 # Small writes (commands, status lines) must not wait for Nagle's ~40 ms:
                 # the only latency is the one asked for.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link = Link(client, upstream, number, time.monotonic())
+            link = Link(client, upstream, number)
             with self._lock:
                 self._links.append(link)
             for up in (True, False):
