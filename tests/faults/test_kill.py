@@ -199,6 +199,18 @@ def synced_already(d: DaemonProcess) -> bool:
     return re.search(r"test: \+\d+ down", d.log()) is not None
 
 
+def kill_daemon_within(d: DaemonProcess, rng: random.Random, window: float) -> str:
+    """SIGKILL the daemon at a random moment within ``window`` seconds from now; returns
+    "moment/window" for the test's printout."""
+    delay = rng.uniform(0.0, window)
+    time.sleep(delay)
+    assert d.alive(), d.log()[-2000:]
+    d.signal(signal.SIGKILL)
+    d.wait(30)
+    killed()
+    return f"{delay:.2f}/{window:.2f}s"
+
+
 def seeded(dovecot: Dovecot, user, folder: str, n: int, model: Model, *,
            size_every: int = 0) -> None:
     items = []
@@ -306,14 +318,8 @@ def test_kill_daemon_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> No
             # downloading to interrupt.
             wait_until(lambda d=d, before=before: local() > before or local() >= total + 5
                        or not d.alive(), 30, interval=0.005)
-            window = floor.seconds_left()
-            delay = rng.uniform(0.0, window / (kills(7) - round_))
-            time.sleep(delay)
-            assert d.alive(), d.log()[-2000:]
-            d.signal(signal.SIGKILL)
-            d.wait(30)
-            killed()
-            landed.append(f"{delay:.2f}/{window:.2f}s at {local()}/{total + 5} local")
+            moment = kill_daemon_within(d, rng, floor.seconds_left() / (kills(7) - round_))
+            landed.append(f"{moment} at {local()}/{total + 5} local")
             assert not synced_already(d), f"kill {round_ + 1} came after the sync {replay}"
             dupes = [b for b, n in Counter(p.read_bytes() for _, p in local_files(inbox)).items()
                      if n > 1]
@@ -349,13 +355,7 @@ def test_kill_daemon_during_incremental_changes(dovecot: Dovecot, tmp_path: Path
             # local mail within the round trips that takes.
             window = proxy.least_time(round_trips=uploads_left(dovecot, user,
                                                                {"INBOX": model}))
-            delay = rng.uniform(0.0, window)
-            time.sleep(delay)
-            assert d.alive(), d.log()[-2000:]
-            d.signal(signal.SIGKILL)
-            d.wait(30)
-            killed()
-            landed.append(f"{delay:.2f}/{window:.2f}s")
+            landed.append(kill_daemon_within(d, rng, window))
             assert "Traceback" not in d.log(), d.log()[-3000:]
             assert uploads_left(dovecot, user, {"INBOX": model}), \
                 f"kill {round_ + 1} came after the daemon had synced the changes {replay}"
@@ -388,14 +388,8 @@ def test_kill_daemon_during_pop3_download(dovecot: Dovecot, tmp_path: Path) -> N
             wait_until(lambda d=d, before=before: count_files(inbox) > before
                        or not d.alive() or dovecot.count(user, "INBOX") == 0, 30,
                        interval=0.005)
-            window = floor.seconds_left()
-            delay = rng.uniform(0.0, window / (kills(7) - round_))
-            time.sleep(delay)
-            assert d.alive(), d.log()[-2000:]
-            d.signal(signal.SIGKILL)
-            d.wait(30)
-            killed()
-            landed.append(f"{delay:.2f}/{window:.2f}s at {count_files(inbox)} local, "
+            moment = kill_daemon_within(d, rng, floor.seconds_left() / (kills(7) - round_))
+            landed.append(f"{moment} at {count_files(inbox)} local, "
                           f"{dovecot.count(user, 'INBOX')} on the server")
             assert not synced_already(d), f"kill {round_ + 1} came after the sync {replay}"
             bodies = Counter(p.read_bytes() for _, p in local_files(inbox))
