@@ -67,7 +67,7 @@ def test_round_trips_cost_twice_the_delay_and_pipelining_does_not(echo_port: int
         receive(sock, 50 * 7)
         pipelined = time.monotonic() - started
     assert one_by_one >= proxy.least_time(round_trips=5) == pytest.approx(0.2)
-    assert pipelined < 5 * 0.04
+    assert pipelined < one_by_one / 2  # one round trip, not fifty
 
 
 def test_rate_limits_all_connections_together(echo_port: int) -> None:
