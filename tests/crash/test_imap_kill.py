@@ -8,7 +8,9 @@
 
    The moments are random but replayable: the seed is printed (shown with -s or on failure)
    and ``SYNCD_KILL_SEED=<seed>`` replays a run; ``SYNCD_KILLS=<n>`` changes the number of
-   kills (default 6).
+   kills (default 6). The sync goes through a bandwidth-limited proxy, and every kill comes
+   before the messages still to download can have passed it: on any machine, each kill lands
+   while the sync is at work.
 
 2. ``SYNCD_CRASH_AT=n`` (the process SIGKILLs itself at the n-th checkpoint, so no ``finally``
    runs) at chosen checkpoints of an incremental sync with changes on both sides: the resumed
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,15 +49,18 @@ from tests.support.dovecot import Dovecot, make_message
 from tests.support.syncd_env import (
     REPO,
     Account,
+    DownloadFloor,
     assert_folder_in_sync,
     local_files,
     server_state,
     wait_for_lock,
     write_config,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 KILL_FOLDERS = {"INBOX": 1000, "Archive": 600, "Lists/python": 400}
 KILLS = int(os.environ.get("SYNCD_KILLS", "6"))
+RATE = 1_000_000  # bytes/s: the ~1.65 MB to download take at least 1.6 s
 SEED_FLAGS = ["", "S", "ST", "FS", "RS", "", "S", "D", "PS", "S"]
 
 
@@ -76,6 +82,12 @@ def start_sync(account: Account, env: dict[str, str] | None = None) -> subproces
                             env={**os.environ, **(env or {})})
 
 
+@pytest.fixture
+def slow_line(dovecot: Dovecot) -> Iterator[TcpProxy]:
+    with TcpProxy(dovecot.imaps_port, rate=RATE) as proxy:
+        yield proxy
+
+
 def local_count(account: Account) -> int:
     return sum(len(local_files(account.folder_dir(folder))) for folder in KILL_FOLDERS)
 
@@ -89,7 +101,8 @@ def local_duplicates(account: Account) -> list[str]:
     return found
 
 
-def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
+def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path,
+                                  slow_line: TcpProxy) -> None:
     seed = int(os.environ.get("SYNCD_KILL_SEED") or secrets.randbits(32))
     print(f"\nkill test: SYNCD_KILL_SEED={seed} SYNCD_KILLS={KILLS}")
     rng = random.Random(seed)
@@ -97,6 +110,7 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
 
     user = dovecot.add_user()
     expected: dict[str, Counter[tuple[bytes, str]]] = {}
+    seeded: dict[str, list[bytes]] = {}
     for folder, count in KILL_FOLDERS.items():
         items = []
         for i in range(count):
@@ -105,9 +119,10 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
             items.append((make_message(i, folder=folder, size=size),
                           SEED_FLAGS[i % len(SEED_FLAGS)]))
         dovecot.seed(user, folder, items)
+        seeded[folder] = [body for body, _ in items]
         expected[folder] = Counter((body.replace(b"\r\n", b"\n"), flags)
                                    for body, flags in items)
-    account = write_config(tmp_path, dovecot, user)
+    account = write_config(tmp_path, dovecot, user, port=slow_line.port)
     # Local mail written before the first sync (mutt's Sent): uploaded, with and without a
     # Message-ID, one of them the same message as one on the server (paired, not doubled).
     local_new = [("INBOX", make_message(5000, folder="INBOX"), "S"),
@@ -126,15 +141,18 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
     finished = False  # the sync completed before the next kill could land
     while len(landed) < KILLS and not finished:
         before = local_count(account) if account.maildir.exists() else 0
+        floor = DownloadFloor(slow_line, {account.folder_dir(folder): bodies
+                                          for folder, bodies in seeded.items()})
         proc = start_sync(account)
         started = time.monotonic()
         if rng.random() < 0.5:
             # A moment measured from when the process holds the account lock (the Python
             # start-up is not interesting): login, recovery, listing, planning, the first
             # groups of a folder...
-            delay = rng.uniform(0.0, 0.3)
-            moment = f"{delay:.3f} s after taking the lock"
             wait_for_lock(proc, account)
+            window = floor.seconds_left()
+            delay = rng.uniform(0.0, window)
+            moment = f"{delay:.3f} s (of {window:.3f}) after taking the lock"
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.005)
@@ -144,13 +162,13 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
             # (bounded so that the remaining kills still find work to interrupt)
             remaining = total - before
             more = rng.randint(1, max(1, remaining // (KILLS - len(landed) + 1)))
-            jitter = rng.uniform(0.0, 0.15)
-            moment = f"{more} more messages + {jitter:.3f} s"
             while proc.poll() is None and (
                     not account.maildir.exists() or local_count(account) < before + more):
                 if time.monotonic() - started > 60:
                     break
                 time.sleep(0.005)
+            jitter = rng.uniform(0.0, min(0.15, floor.seconds_left()))
+            moment = f"{more} more messages + {jitter:.3f} s"
             time.sleep(jitter)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -169,6 +187,7 @@ def test_kill_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
         f"only {len(landed)} kills landed before the sync completed {replay}: {landed}")
 
     # A clean run finishes the job; then both sides are exactly the intended result.
+    slow_line.rate = None  # the checks need no slow line
     proc = start_sync(account)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, f"the final sync failed {replay}: {out}{err}"

@@ -9,6 +9,8 @@
 2. kill -9 of a real ``syncd sync`` process at random moments of a 2000-message download,
    several times in a row, then a final sync: exactly the server's messages locally, once
    each (bodies compared). The random seed is printed (``SYNCD_KILL_SEED=<n>`` replays it).
+   The download goes through a bandwidth-limited proxy, and no kill comes later than the
+   rest of it can take there: every kill lands while the sync is at work, on any machine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +32,16 @@ from syncd.config import load_config
 from syncd.engine import AccountResult
 from syncd.faults import InjectedCrash
 from tests.support.dovecot import Dovecot, User, make_message
+from tests.support.syncd_env import DownloadFloor
+from tests.support.tcp_proxy import TcpProxy
 
 NAME = "isp"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp_path: Path, dovecot: Dovecot, user: User, **options: object) -> Path:
+def write_config(tmp_path: Path, dovecot: Dovecot, user: User, *, port: int | None = None,
+                 **options: object) -> Path:
+    """A config with one POP3S account; ``port`` replaces Dovecot's (a proxy)."""
     extra = "".join(f"    {key}: {value}\n" for key, value in options.items())
     config = tmp_path / "config.yaml"
     config.write_text(f"""\
@@ -45,7 +52,7 @@ accounts:
   {NAME}:
     protocol: pop3
     host: 127.0.0.1
-    port: {dovecot.pop3s_port}
+    port: {port or dovecot.pop3s_port}
     tls: implicit
     tls_ca_file: {dovecot.ca_file}
     username: {user.name}
@@ -176,6 +183,7 @@ def test_injected_crash_at_every_checkpoint(dovecot: Dovecot, tmp_path: Path,
 
 KILL_MESSAGES = 2000
 KILLS = 6
+RATE = 1_000_000  # bytes/s: the ~0.7 MB to download take at least 0.7 s
 
 
 def _delivered(tmp_path: Path) -> int:
@@ -186,25 +194,34 @@ def _delivered(tmp_path: Path) -> int:
         return 0
 
 
+@pytest.fixture
+def slow_line(dovecot: Dovecot) -> Iterator[TcpProxy]:
+    with TcpProxy(dovecot.pop3s_port, rate=RATE) as proxy:
+        yield proxy
+
+
 @pytest.mark.slow
-def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: Path,
+                                        slow_line: TcpProxy) -> None:
     seed = int(os.environ.get("SYNCD_KILL_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\nkill -9 test: SYNCD_KILL_SEED={seed}")
     rng = random.Random(seed)
     messages = [make_message(i, subject=f"kill {i}") for i in range(KILL_MESSAGES)]
     dovecot.seed(user, "INBOX", messages)
-    config = write_config(tmp_path, dovecot, user)
+    config = write_config(tmp_path, dovecot, user, port=slow_line.port)
+    inbox = tmp_path / "Mail" / NAME / "INBOX"
     command = [sys.executable, "-m", "syncd", "--config", str(config), "sync", NAME]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     killed_mid_run = 0
     for attempt in range(KILLS):
         before = _delivered(tmp_path)
+        floor = DownloadFloor(slow_line, {inbox: messages})
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         # Kill when a random number of the remaining messages has landed (the download is
         # too fast for a timer to hit it reliably): mid-RETR, mid-fsync, mid-commit,
-        # mid-DELE... Now and then a little later, which may land in the DELE/QUIT phase.
+        # mid-DELE... Now and then a little later, though never past the download.
         remaining = KILL_MESSAGES - before
         target = before + rng.randint(1, max(1, remaining - 1))
         deadline = time.monotonic() + 30
@@ -212,7 +229,7 @@ def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: 
                and time.monotonic() < deadline):
             time.sleep(0.001)
         if rng.random() < 0.2:
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, min(0.3, floor.seconds_left())))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_mid_run += 1
@@ -225,6 +242,7 @@ def test_kill_9_mid_download_then_rerun(dovecot: Dovecot, user: User, tmp_path: 
         assert all(c == 1 for c in local_bodies(tmp_path).values()), \
             f"duplicates after kill {attempt + 1} (seed {seed})"
     assert killed_mid_run >= 1, "every run finished before it could be killed"
+    slow_line.rate = None  # the checks need no slow line
 
     final = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300)

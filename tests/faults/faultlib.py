@@ -1,5 +1,5 @@
 """Shared by the fault suite (not a test module): the suite's figures, accounts whose password
-is watched for leaks, exact expectations, a TCP fault proxy and subprocess helpers.
+is watched for leaks, exact expectations and subprocess helpers.
 
 The scripted hostile servers live in ``tests/faults/hostile.py``.
 """
@@ -13,8 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -201,12 +199,10 @@ def make_account(tmp_path: Path, dovecot: Dovecot, user: User, *, port: int | No
     if timeout is not None:
         extra = f"    timeout: {timeout}\n{extra}"
     account = write_config(tmp_path, dovecot, user, extra=extra, protocol=protocol,
-                           layout=layout, general_extra=general_extra, name=name)
+                           layout=layout, general_extra=general_extra, name=name, port=port)
     text = account.config.read_text()
     text = re.sub(r'(?m)^    password_command: .*$', f"    password_command: cat {secret_file}",
                   text)
-    if port is not None:
-        text = re.sub(r"(?m)^    port: \d+$", f"    port: {port}", text)
     account.config.write_text(text)
     account.config.chmod(0o600)
     return account
@@ -313,178 +309,6 @@ def tree(root: Path, *, skip: Iterable[Path] = ()) -> dict[str, tuple[int, int]]
                 continue
             out[str(path.relative_to(root))] = (st.st_mode, 0 if name in dirnames else st.st_size)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# the TCP fault proxy
-
-
-@dataclass(eq=False)
-class Link:
-    client: socket.socket
-    upstream: socket.socket
-    number: int  # 1 for the first connection accepted, ...
-    bytes_up: int = 0
-    bytes_down: int = 0
-    closed: bool = False
-
-
-class FaultProxy:
-    """127.0.0.1:<port> -> the server, TLS passing through untouched. Faults, settable at any
-    time from the test (they apply to bytes flowing from the server to syncd):
-
-    - ``cut_after``: reset a connection once it has carried this many bytes down (mid-literal
-      of a big FETCH), for the connections numbered in ``cut_links`` (None: every one);
-    - ``stall_after`` / ``stall_for``: stop forwarding for ``stall_for`` seconds once a
-      connection has carried that many bytes down;
-    - ``trickle``: (bytes, seconds): forward at most that many bytes per step, sleeping
-      between steps;
-    - ``refusing``: new connections are reset at once;
-    - ``drop_all()``: reset every open connection now.
-    """
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._links: list[Link] = []
-        self._stop = threading.Event()
-        self.accepted = 0
-        self.refused = 0
-        self.cuts = 0
-        self.stalls = 0
-        self.refusing = False
-        self.cut_after: int | None = None
-        self.cut_links: set[int] | None = None
-        self.stall_after: int | None = None
-        self.stall_for = 0.0
-        self.stall_links: set[int] | None = None
-        self.trickle: tuple[int, float] | None = None
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                        name="fault-proxy")
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @staticmethod
-    def _reset(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def links(self) -> list[Link]:
-        with self._lock:
-            return [link for link in self._links if not link.closed]
-
-    def drop(self, link: Link) -> None:
-        with self._lock:
-            if link.closed:
-                return
-            link.closed = True
-        self._reset(link.client)
-        self._reset(link.upstream)
-
-    def drop_all(self) -> int:
-        links = self.links()
-        for link in links:
-            self.drop(link)
-        return len(links)
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            if self.refusing:
-                self.refused += 1
-                self._reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                self._reset(client)
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            link = Link(client, upstream, self.accepted)
-            with self._lock:
-                self._links.append(link)
-            for up in (True, False):
-                threading.Thread(target=self._pump, args=(link, up), daemon=True,
-                                 name="fault-proxy-pump").start()
-
-    def _applies(self, links: set[int] | None, link: Link) -> bool:
-        return links is None or link.number in links
-
-    def _pump(self, link: Link, up: bool) -> None:
-        src, dst = (link.client, link.upstream) if up else (link.upstream, link.client)
-        stalled = False
-        try:
-            while not link.closed:
-                step = 65536
-                if not up and self.trickle is not None:
-                    step = self.trickle[0]
-                data = src.recv(step)
-                if not data:
-                    break
-                if up:
-                    dst.sendall(data)
-                    link.bytes_up += len(data)
-                    continue
-                cut = self.cut_after
-                if cut is not None and self._applies(self.cut_links, link) \
-                        and link.bytes_down + len(data) > cut:
-                    # Forward up to the cut, then reset both sides mid-stream.
-                    keep = max(0, cut - link.bytes_down)
-                    if keep:
-                        dst.sendall(data[:keep])
-                        link.bytes_down += keep
-                    self.cuts += 1
-                    self.drop(link)
-                    return
-                stall = self.stall_after
-                if (stall is not None and not stalled and self._applies(self.stall_links, link)
-                        and link.bytes_down + len(data) > stall):
-                    stalled = True
-                    self.stalls += 1
-                    time.sleep(self.stall_for)
-                    if link.closed:
-                        return
-                dst.sendall(data)
-                link.bytes_down += len(data)
-                if self.trickle is not None:
-                    time.sleep(self.trickle[1])
-        except OSError:
-            pass
-        with self._lock:
-            was_open = not link.closed
-            link.closed = True
-        if was_open:
-            for sock in (link.client, link.upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.drop_all()
-        self._thread.join(2)
-        with contextlib.suppress(OSError):
-            self._listener.close()
 
 
 def write_summary(path: Path, figures: Mapping[str, object]) -> None:

@@ -10,12 +10,18 @@ download (6 kills). This adds what it does not cover:
 
 The moments are random; the seed is printed (``SYNCD_FAULT_SEED=<n>`` replays a run) and
 ``SYNCD_FAULT_KILLS=<n>`` changes the number of kills of each test.
+
+syncd talks to Dovecot through a proxy (tests/support/tcp_proxy.py) that adds latency or limits
+the bandwidth, and every kill comes within the time the work left cannot take less than on
+that line (``least_time``): so each kill lands while the work under test is going on, on a
+fast machine as on a slow one, and the moments still spread over the whole sync.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -40,9 +46,22 @@ from tests.faults.faultlib import (
 )
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, make_message
-from tests.support.syncd_env import REPO, Account, local_files, wait_for_lock
+from tests.support.syncd_env import (
+    REPO,
+    Account,
+    DownloadFloor,
+    local_files,
+    wait_for_lock,
+)
+from tests.support.tcp_proxy import TcpProxy
 
 KILLS = int(os.environ.get("SYNCD_FAULT_KILLS", "0") or 0)
+# One-way latencies: the incremental tests' floor is their uploads, one round trip each.
+LATENCY_SYNC = 0.010
+LATENCY_DAEMON = 0.025
+# Bandwidths: the initial downloads' floor is their bytes (~2.1 MB IMAP, ~1.5 MB POP3).
+RATE_IMAP = 1_500_000
+RATE_POP3 = 1_000_000
 
 
 def kills(default: int) -> int:
@@ -82,8 +101,13 @@ class Model:
 def local_by_subject(folder_dir: Path) -> dict[str, Path]:
     out = {}
     for _, path in local_files(folder_dir):
-        with open(path, "rb") as handle:
-            head = handle.read(2048)
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(2048)
+        except FileNotFoundError:
+            # A running daemon renamed it (flags from an earlier round): a message changed
+            # once already, which no later change picks.
+            continue
         out[subject_of(head)] = path
     return out
 
@@ -159,6 +183,34 @@ def _mid(body: bytes) -> str:
     raise AssertionError("no Message-ID")
 
 
+def uploads_left(dovecot: Dovecot, user, models: dict[str, Model]) -> int:
+    """The most messages one folder still has to upload (the intended ones the server does
+    not have). syncd sends a folder's APPENDs one at a time, each waiting for its reply, so a
+    sync has at least that many round trips left (folders may go side by side)."""
+    most = 0
+    for folder, model in models.items():
+        on_server = {m.message_id for m in dovecot.messages(user, folder, bodies=False).values()}
+        most = max(most, sum(_mid(body) not in on_server for body, _ in model.items.values()))
+    return most
+
+
+def synced_already(d: DaemonProcess) -> bool:
+    """The daemon logged the summary of a finished sync that changed something."""
+    return re.search(r"test: \+\d+ down", d.log()) is not None
+
+
+def kill_daemon_within(d: DaemonProcess, rng: random.Random, window: float) -> str:
+    """SIGKILL the daemon at a random moment within ``window`` seconds from now; returns
+    "moment/window" for the test's printout."""
+    delay = rng.uniform(0.0, window)
+    time.sleep(delay)
+    assert d.alive(), d.log()[-2000:]
+    d.signal(signal.SIGKILL)
+    d.wait(30)
+    killed()
+    return f"{delay:.2f}/{window:.2f}s"
+
+
 def seeded(dovecot: Dovecot, user, folder: str, n: int, model: Model, *,
            size_every: int = 0) -> None:
     items = []
@@ -196,33 +248,36 @@ def test_kill_sync_during_incremental_changes_on_both_sides(dovecot: Dovecot,
     models = {"INBOX": Model(), "Work": Model()}
     seeded(dovecot, user, "INBOX", 1200, models["INBOX"], size_every=50)
     seeded(dovecot, user, "Work", 300, models["Work"])
-    account = make_account(tmp_path, dovecot, user)
-    rc, out, err, _ = run_syncd(account.config, "sync")
-    assert rc == 0, out + err
-    for folder, model in models.items():
-        untouched = sorted(model.items)
-        n = 4 if folder == "INBOX" else 1
-        both_sides_changes(dovecot, user, account, folder, model, rng, untouched, "k",
-                           server_new=150 * n, server_flags=100 * n, server_gone=40 * n,
-                           local_new=25 * n, local_flags=100 * n, local_gone=20 * n)
-    landed = []
-    for _attempt in range(4 * kills(8)):
-        if len(landed) >= kills(8):
-            break
-        proc = subprocess.Popen(syncd_cmd(account.config, "sync"), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_lock(proc, account)
-        delay = rng.uniform(0.0, 0.8)
-        time.sleep(delay)
-        if kill9(proc):
-            killed()
-            landed.append(f"{delay:.2f}s")
-        else:
-            assert proc.returncode == 0, f"a resumed sync failed {replay}"
-            break
-    print(f"{len(landed)} kills of syncd sync at {landed}")
-    assert len(landed) >= 3, f"the sync finished before enough kills landed {replay}"
-    final_sync_and_compare(dovecot, user, account, models, replay)
+    with TcpProxy(dovecot.imaps_port, delay=LATENCY_SYNC) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port)
+        rc, out, err, _ = run_syncd(account.config, "sync")
+        assert rc == 0, out + err
+        for folder, model in models.items():
+            untouched = sorted(model.items)
+            n = 4 if folder == "INBOX" else 1
+            both_sides_changes(dovecot, user, account, folder, model, rng, untouched, "k",
+                               server_new=150 * n, server_flags=100 * n, server_gone=40 * n,
+                               local_new=25 * n, local_flags=100 * n, local_gone=20 * n)
+        landed = []
+        for _attempt in range(kills(8)):
+            # The uploads come last, a round trip each: until they can be through, the sync is
+            # at work, in whichever phase (downloads, flags, deletions, uploads, state).
+            window = proxy.least_time(round_trips=uploads_left(dovecot, user, models))
+            proc = subprocess.Popen(syncd_cmd(account.config, "sync"), cwd=REPO,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for_lock(proc, account)
+            delay = rng.uniform(0.0, window)
+            time.sleep(delay)
+            if kill9(proc):
+                killed()
+                landed.append(f"{delay:.2f}/{window:.2f}s")
+            else:
+                assert proc.returncode == 0, f"a resumed sync failed {replay}"
+                break
+        print(f"{len(landed)} kills of syncd sync at [moment/window]: {landed}")
+        assert len(landed) >= 3, f"the sync finished before enough kills landed {replay}"
+        proxy.delay = 0.0  # the checks need no slow line
+        final_sync_and_compare(dovecot, user, account, models, replay)
 
 
 def test_kill_daemon_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> None:
@@ -233,40 +288,45 @@ def test_kill_daemon_during_initial_sync(dovecot: Dovecot, tmp_path: Path) -> No
     models = {"INBOX": Model(), "Lists/python": Model()}
     seeded(dovecot, user, "INBOX", 1800, models["INBOX"], size_every=40)
     seeded(dovecot, user, "Lists/python", 400, models["Lists/python"])
+    server = {folder: [body for body, _ in model.items.values()]
+              for folder, model in models.items()}
     total = sum(len(m.items) for m in models.values())
-    account = make_account(tmp_path, dovecot, user)
-    # Mail written locally before the first sync (uploaded, never doubled).
-    inbox = account.folder_dir("INBOX")
-    for sub in ("cur", "new", "tmp"):
-        (inbox / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(5):
-        body = make_message(9000 + i, subject=f"written before the first sync {i}")
-        new_local(inbox, body, "S")
-        models["INBOX"].add(body, "S")
-    folders = [account.folder_dir(f) for f in models]
+    with TcpProxy(dovecot.imaps_port, rate=RATE_IMAP) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port)
+        # Mail written locally before the first sync (uploaded, never doubled).
+        inbox = account.folder_dir("INBOX")
+        for sub in ("cur", "new", "tmp"):
+            (inbox / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(5):
+            body = make_message(9000 + i, subject=f"written before the first sync {i}")
+            new_local(inbox, body, "S")
+            models["INBOX"].add(body, "S")
+        folders = [account.folder_dir(f) for f in models]
 
-    def local() -> int:
-        return sum(count_files(f) for f in folders)
+        def local() -> int:
+            return sum(count_files(f) for f in folders)
 
-    landed = []
-    for round_ in range(kills(7)):
-        d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log").start()
-        before = local()
-        # Once the download has started (or moved on), a random moment later.
-        wait_until(lambda d=d, before=before: local() > before or local() >= total
-                   or not d.alive(), 30, interval=0.005)
-        delay = rng.uniform(0.0, 0.5)
-        time.sleep(delay)
-        assert d.alive(), d.log()[-2000:]
-        d.signal(signal.SIGKILL)
-        d.wait(30)
-        killed()
-        landed.append(f"{delay:.2f}s at {local()}/{total} local")
-        dupes = [b for b, n in Counter(p.read_bytes() for _, p in local_files(inbox)).items()
-                 if n > 1]
-        assert not dupes, f"duplicates after kill {round_ + 1} {replay}"
-    print(f"{len(landed)} kills of syncd run: {landed}")
-    final_sync_and_compare(dovecot, user, account, models, replay)
+        landed = []
+        for round_ in range(kills(7)):
+            floor = DownloadFloor(proxy, {account.folder_dir(f): bodies
+                                          for f, bodies in server.items()})
+            d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log")
+            d.start()
+            before = local()
+            # Once the download has started (or moved on), a random moment before it can
+            # have ended; within a share of what is left, so that the later kills still find
+            # downloading to interrupt.
+            wait_until(lambda d=d, before=before: local() > before or local() >= total + 5
+                       or not d.alive(), 30, interval=0.005)
+            moment = kill_daemon_within(d, rng, floor.seconds_left() / (kills(7) - round_))
+            landed.append(f"{moment} at {local()}/{total + 5} local")
+            assert not synced_already(d), f"kill {round_ + 1} came after the sync {replay}"
+            dupes = [b for b, n in Counter(p.read_bytes() for _, p in local_files(inbox)).items()
+                     if n > 1]
+            assert not dupes, f"duplicates after kill {round_ + 1} {replay}"
+        print(f"{len(landed)} kills of syncd run at [moment/window]: {landed}")
+        proxy.rate = None  # the checks need no slow line
+        final_sync_and_compare(dovecot, user, account, models, replay)
 
 
 def test_kill_daemon_during_incremental_changes(dovecot: Dovecot, tmp_path: Path) -> None:
@@ -276,28 +336,33 @@ def test_kill_daemon_during_incremental_changes(dovecot: Dovecot, tmp_path: Path
     user = secret_user(dovecot)
     model = Model()
     seeded(dovecot, user, "INBOX", 900, model)
-    account = make_account(tmp_path, dovecot, user, extra="    poll_interval: 5s\n")
-    rc, out, err, _ = run_syncd(account.config, "sync")
-    assert rc == 0, out + err
-    untouched = sorted(model.items)
-    landed = []
-    for round_ in range(kills(8)):
-        d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log").start()
-        d.wait_for_log("syncd running", 20)
-        time.sleep(rng.uniform(0.3, 1.0))  # its startup sync is under way or done
-        both_sides_changes(dovecot, user, account, "INBOX", model, rng, untouched,
-                           f"r{round_}", server_new=40, server_flags=30, server_gone=10,
-                           local_new=15, local_flags=30, local_gone=8)
-        delay = rng.uniform(0.0, 1.5)  # the daemon reacts (IDLE, the watcher) meanwhile
-        time.sleep(delay)
-        assert d.alive(), d.log()[-2000:]
-        d.signal(signal.SIGKILL)
-        d.wait(30)
-        killed()
-        landed.append(f"{delay:.2f}s")
-        assert "Traceback" not in d.log(), d.log()[-3000:]
-    print(f"{len(landed)} kills of syncd run after changes on both sides: {landed}")
-    final_sync_and_compare(dovecot, user, account, {"INBOX": model}, replay)
+    with TcpProxy(dovecot.imaps_port, delay=LATENCY_DAEMON) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port,
+                               extra="    poll_interval: 5s\n")
+        rc, out, err, _ = run_syncd(account.config, "sync")
+        assert rc == 0, out + err
+        untouched = sorted(model.items)
+        landed = []
+        for round_ in range(kills(8)):
+            d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log")
+            d.start()
+            d.wait_for_log("syncd running", 20)
+            time.sleep(rng.uniform(0.3, 1.0))  # its startup sync is under way or done
+            both_sides_changes(dovecot, user, account, "INBOX", model, rng, untouched,
+                               f"r{round_}", server_new=40, server_flags=30, server_gone=10,
+                               local_new=15, local_flags=30, local_gone=8)
+            # The daemon reacts (IDLE, the watcher) meanwhile; it cannot have uploaded the new
+            # local mail within the round trips that takes.
+            window = proxy.least_time(round_trips=uploads_left(dovecot, user,
+                                                               {"INBOX": model}))
+            landed.append(kill_daemon_within(d, rng, window))
+            assert "Traceback" not in d.log(), d.log()[-3000:]
+            assert uploads_left(dovecot, user, {"INBOX": model}), \
+                f"kill {round_ + 1} came after the daemon had synced the changes {replay}"
+        print(f"{len(landed)} kills of syncd run after changes on both sides "
+              f"[moment/window]: {landed}")
+        proxy.delay = 0.0  # the checks need no slow line
+        final_sync_and_compare(dovecot, user, account, {"INBOX": model}, replay)
 
 
 def test_kill_daemon_during_pop3_download(dovecot: Dovecot, tmp_path: Path) -> None:
@@ -308,27 +373,30 @@ def test_kill_daemon_during_pop3_download(dovecot: Dovecot, tmp_path: Path) -> N
     messages = [make_message(i, subject=f"pop3 kill {i}", size=20_000 if i % 50 == 0 else None)
                 for i in range(2000)]
     dovecot.seed(user, "INBOX", messages)
-    account = make_account(tmp_path, dovecot, user, protocol="pop3",
-                           extra="    poll_interval: 5s\n")
-    inbox = account.maildir / "INBOX"
-    landed = []
-    for round_ in range(kills(7)):
-        d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log").start()
-        before = count_files(inbox)
-        wait_until(lambda d=d, before=before: count_files(inbox) > before or not d.alive()
-                   or dovecot.count(user, "INBOX") == 0, 30, interval=0.005)
-        delay = rng.uniform(0.0, 0.6) if rng.random() < 0.8 else rng.uniform(0.0, 3.0)
-        time.sleep(delay)
-        assert d.alive(), d.log()[-2000:]
-        d.signal(signal.SIGKILL)
-        d.wait(30)
-        killed()
-        landed.append(f"{delay:.2f}s at {count_files(inbox)} local, "
-                      f"{dovecot.count(user, 'INBOX')} on the server")
-        bodies = Counter(p.read_bytes() for _, p in local_files(inbox))
-        assert all(n == 1 for n in bodies.values()), f"duplicates after kill {replay}"
-    print(f"{len(landed)} kills of syncd run (POP3): " + "; ".join(landed))
-    rc, out, err, _ = run_syncd(account.config, "sync", timeout=180)
+    with TcpProxy(dovecot.pop3s_port, rate=RATE_POP3) as proxy:
+        account = make_account(tmp_path, dovecot, user, protocol="pop3", port=proxy.port,
+                               extra="    poll_interval: 5s\n")
+        inbox = account.maildir / "INBOX"
+        landed = []
+        for round_ in range(kills(7)):
+            floor = DownloadFloor(proxy, {inbox: messages})
+            d = DaemonProcess(account.config, log_path=tmp_path / f"daemon-{round_}.log")
+            d.start()
+            before = count_files(inbox)
+            # As in the IMAP test: before the download can have ended, leaving work for the
+            # later kills.
+            wait_until(lambda d=d, before=before: count_files(inbox) > before
+                       or not d.alive() or dovecot.count(user, "INBOX") == 0, 30,
+                       interval=0.005)
+            moment = kill_daemon_within(d, rng, floor.seconds_left() / (kills(7) - round_))
+            landed.append(f"{moment} at {count_files(inbox)} local, "
+                          f"{dovecot.count(user, 'INBOX')} on the server")
+            assert not synced_already(d), f"kill {round_ + 1} came after the sync {replay}"
+            bodies = Counter(p.read_bytes() for _, p in local_files(inbox))
+            assert all(n == 1 for n in bodies.values()), f"duplicates after kill {replay}"
+        print(f"{len(landed)} kills of syncd run (POP3) [moment/window]: " + "; ".join(landed))
+        proxy.rate = None  # the checks need no slow line
+        rc, out, err, _ = run_syncd(account.config, "sync", timeout=180)
     assert rc == 0, f"{replay}: {out}{err}"
     got = Counter((p.read_bytes(), "") for _, p in local_files(inbox))
     compare(Counter((lf(m), "") for m in messages), got, f"POP3 INBOX after kills {replay}")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.faults.faultlib import (
-    FaultProxy,
     count_files,
     fault,
     in_sync,
@@ -29,6 +28,7 @@ from tests.faults.faultlib import (
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, HarnessError, make_message
 from tests.support.syncd_env import REPO, run_cli
+from tests.support.tcp_proxy import TcpProxy
 
 BIG = 100_000  # bytes per message: a FETCH of a batch is megabytes, cut mid-literal
 
@@ -42,7 +42,7 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
     user = secret_user(dovecot)
     dovecot.seed(user, "INBOX", [(make_message(i, size=BIG), "S" if i % 2 else "")
                                  for i in range(40)])
-    with FaultProxy(dovecot.imaps_port) as proxy:
+    with TcpProxy(dovecot.imaps_port) as proxy:
         account = make_account(tmp_path, dovecot, user, port=proxy.port, timeout="2s")
         inbox = account.folder_dir("INBOX")
 
@@ -78,15 +78,15 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
         proxy.stall_after = None
         in_sync(dovecot, user, account, "INBOX")
 
-        # 3. A slow trickle (16 kB every 10 ms): slow, but correct.
+        # 3. A slow trickle (1.6 MB/s: 16 kB every 10 ms): slow, but correct.
         dovecot.seed(user, "INBOX", [make_message(200 + i, size=BIG) for i in range(10)])
-        proxy.trickle = (16_384, 0.01)
+        proxy.rate = 1_638_400
         started = time.monotonic()
         rc, text = sync(account.config)
         print(f"trickle: {time.monotonic() - started:.1f} s: {text.strip()}")
         assert rc == 0, text
         fault("proxy: slow trickle")
-        proxy.trickle = None
+        proxy.rate = None
         in_sync(dovecot, user, account, "INBOX")
 
         # 4. Connections refused: a clear error; once they are accepted again, all is well.
@@ -138,7 +138,7 @@ def test_daemon_survives_refused_reconnects_with_changes_on_both_sides(
         dovecot: Dovecot, tmp_path: Path) -> None:
     user = secret_user(dovecot)
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(30)])
-    with FaultProxy(dovecot.imaps_port) as proxy:
+    with TcpProxy(dovecot.imaps_port) as proxy:
         account = make_account(tmp_path, dovecot, user, port=proxy.port, timeout="2s",
                                extra="    poll_interval: 5s\n")
         inbox = account.folder_dir("INBOX")

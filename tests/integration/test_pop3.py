@@ -5,16 +5,11 @@ messages (server bytes with CRLF -> LF), each once."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import shutil
-import socket
-import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +20,7 @@ from syncd.engine import AccountResult
 from syncd.pop3sync import sync_pop3_account
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import run_cli
+from tests.support.tcp_proxy import TcpProxy
 
 NAME = "isp"
 
@@ -94,100 +90,6 @@ def expected(messages: list[bytes]) -> Counter[bytes]:
 
 def server_bodies(dovecot: Dovecot, user: User) -> Counter[bytes]:
     return Counter(lf(m.body) for m in dovecot.messages(user, "INBOX").values())
-
-
-class Proxy:
-    """A TCP relay between syncd and Dovecot on loopback. ``cut_after``: close both sides
-    once that many bytes went from the server to the client (a dropped connection in the
-    middle of a reply). ``delay``: one-way latency added in each direction, without limiting
-    throughput (each chunk is released ``delay`` seconds after it was read)."""
-
-    def __init__(self, target_port: int, *, cut_after: int | None = None,
-                 delay: float = 0.0) -> None:
-        self.target_port = target_port
-        self.cut_after = cut_after
-        self.delay = delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
-
-    def close(self) -> None:
-        # shutdown() wakes the accept() thread (close() alone does not; the descriptor could
-        # then be reused by another listener and accepted on by this stale thread).
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self._acceptor.join(timeout=5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            budget = [self.cut_after]
-            for src, dst, limited in ((client, server, False), (server, client, True)):
-                threading.Thread(target=self._pump,
-                                 args=(src, dst, budget if limited else [None],
-                                       (client, server)), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, budget: list[int | None],
-              both: tuple[socket.socket, socket.socket]) -> None:
-        pending: queue.Queue[tuple[float, bytes]] = queue.Queue()
-
-        def release() -> None:
-            while True:
-                due, data = pending.get()
-                if not data:
-                    break
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                try:
-                    dst.sendall(data)
-                except OSError:
-                    break
-            for sock in both:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-        sender = threading.Thread(target=release, daemon=True)
-        sender.start()
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            if data and budget[0] is not None:
-                if len(data) >= budget[0]:
-                    data = data[:budget[0]]
-                    pending.put((time.monotonic() + self.delay, data))
-                    data = b""  # cut here
-                else:
-                    budget[0] -= len(data)
-            pending.put((time.monotonic() + self.delay, data))
-            if not data:
-                return
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[..., Proxy]]:
-    made: list[Proxy] = []
-
-    def make(target_port: int, **kwargs: object) -> Proxy:
-        proxy = Proxy(target_port, **kwargs)  # type: ignore[arg-type]
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        proxy.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,16 +237,16 @@ def test_dry_run_changes_nothing(dovecot: Dovecot, user: User, tmp_path: Path) -
 
 @pytest.mark.parametrize("cut_after", [2_000, 30_000, 250_000])
 def test_connection_dropped_mid_retr_then_rerun(dovecot: Dovecot, user: User, tmp_path: Path,
-                                                proxy_factory: Callable[..., Proxy],
                                                 cut_after: int) -> None:
     # Messages of ~20 kB: the cut lands inside some RETR reply, after 0, 1 or ~12 messages.
     messages = [make_message(i, size=20_000) for i in range(30)]
     dovecot.seed(user, "INBOX", messages)
     # Through the proxy in plaintext: the byte count then lands exactly in the POP3 stream.
-    proxy = proxy_factory(dovecot.pop3_port, cut_after=cut_after)
-    config = write_pop3_config(tmp_path, dovecot, user, tls="none", port=proxy.port,
-                               allow_insecure="true")
-    first = sync_direct(config)
+    with TcpProxy(dovecot.pop3_port) as proxy:
+        proxy.cut_after = cut_after
+        config = write_pop3_config(tmp_path, dovecot, user, tls="none", port=proxy.port,
+                                   allow_insecure="true")
+        first = sync_direct(config)
     assert first.error is not None and first.error.startswith(
         ("connection", "127.0.0.1 closed the connection")), first.error
     partial = local_bodies(tmp_path)
@@ -437,7 +339,6 @@ def _no_pipelining(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_pipelining_pays_off_over_a_slow_link(dovecot: Dovecot, user: User, tmp_path: Path,
-                                              proxy_factory: Callable[..., Proxy],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """200 messages over a link with 10 ms round trips (5 ms each way), with PIPELINING and
     without it (the same code with a window of one command). Same result; much faster."""
@@ -447,15 +348,15 @@ def test_pipelining_pays_off_over_a_slow_link(dovecot: Dovecot, user: User, tmp_
         other = dovecot.add_user()
         messages = [make_message(i, subject=f"{mode} {i}") for i in range(n)]
         dovecot.seed(other, "INBOX", messages)
-        proxy = proxy_factory(dovecot.pop3s_port, delay=0.005)
         workdir = tmp_path / mode
         workdir.mkdir()
-        config = write_pop3_config(workdir, dovecot, other, port=proxy.port)
         if mode == "one-at-a-time":
             _no_pipelining(monkeypatch)
-        started = time.monotonic()
-        result = sync_direct(config)
-        timings[mode] = time.monotonic() - started
+        with TcpProxy(dovecot.pop3s_port, delay=0.005) as proxy:
+            config = write_pop3_config(workdir, dovecot, other, port=proxy.port)
+            started = time.monotonic()
+            result = sync_direct(config)
+            timings[mode] = time.monotonic() - started
         assert result.ok, result.summary()
         assert local_bodies(workdir) == expected(messages)
         assert dovecot.count(other, "INBOX") == 0

@@ -1,7 +1,6 @@
 """Helpers for tests that run `syncd run` as a subprocess: start/stop it (always by PID),
-poll with a deadline, a TCP proxy that can drop every connection or refuse new ones for a
-while (a network outage between the daemon and the server), and a fake $NOTIFY_SOCKET that
-records what the daemon tells systemd.
+poll with a deadline, and a fake $NOTIFY_SOCKET that records what the daemon tells systemd.
+(The TCP proxy that plays a failing network is tests/support/tcp_proxy.py.)
 
 This module must not import pytest or syncd.
 """
@@ -12,13 +11,11 @@ import contextlib
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -147,138 +144,6 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@dataclass(eq=False)
-class Link:
-    """One proxied connection: the daemon's side, the server's side, bytes carried."""
-
-    client: socket.socket
-    upstream: socket.socket
-    accepted_at: float
-    bytes_up: int = 0  # daemon -> server
-    bytes_down: int = 0  # server -> daemon
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to (host, target_port), byte for byte (TLS passes through).
-
-    `drop_all()` / `drop(link)` reset open connections (both sides) as a dying network path
-    does; while `refusing` is true, new connections are reset at once."""
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._links: list[Link] = []
-        self._stop = threading.Event()
-        self.refusing = False
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy", daemon=True)
-
-    def start(self) -> TcpProxy:
-        self._thread.start()
-        return self
-
-    @staticmethod
-    def _reset(sock: socket.socket) -> None:
-        """Close with RST (SO_LINGER 0), as a broken network path does. SHUT_RD first wakes
-        a pump thread blocked in recv() on it without sending anything."""
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def links(self) -> list[Link]:
-        """The open connections, oldest first."""
-        with self._lock:
-            return list(self._links)
-
-    def connections(self) -> int:
-        return len(self.links())
-
-    def drop(self, link: Link) -> bool:
-        """Reset one connection; False if it was closed already."""
-        with self._lock:
-            if link not in self._links:
-                return False
-            self._links.remove(link)
-        self._reset(link.client)
-        self._reset(link.upstream)
-        return True
-
-    def drop_all(self) -> int:
-        """Reset every open connection; returns how many there were."""
-        return sum(self.drop(link) for link in self.links())
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            if self.refusing:
-                self._reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                self._reset(client)
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            link = Link(client, upstream, time.monotonic())
-            with self._lock:
-                self._links.append(link)
-            for up in (True, False):
-                threading.Thread(target=self._pump, args=(link, up), daemon=True,
-                                 name="tcp-proxy-pump").start()
-
-    def _pump(self, link: Link, up: bool) -> None:
-        src, dst = (link.client, link.upstream) if up else (link.upstream, link.client)
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-                if up:
-                    link.bytes_up += len(data)
-                else:
-                    link.bytes_down += len(data)
-        except OSError:
-            pass
-        # One side is gone: end the other too (a half-closed TLS stream is of no use).
-        with self._lock:
-            known = link in self._links
-            if known:
-                self._links.remove(link)
-        if known:
-            for sock in (link.client, link.upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.drop_all()
-        self._thread.join(2)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class NotifySocket:

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.dovecot import Dovecot, User
+from tests.support.tcp_proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 IMAP_TO_LETTER = {"\\seen": "S", "\\answered": "R", "\\flagged": "F", "\\deleted": "T",
@@ -41,10 +43,15 @@ class Account:
 
 def write_config(tmp_path: Path, dovecot: Dovecot, user: User, *, name: str = "test",
                  layout: str = "verbatim", tls: str = "implicit", extra: str = "",
-                 protocol: str = "imap", general_extra: str = "") -> Account:
-    port = {("imap", "implicit"): dovecot.imaps_port, ("imap", "starttls"): dovecot.imap_port,
-            ("pop3", "implicit"): dovecot.pop3s_port,
-            ("pop3", "starttls"): dovecot.pop3_port}[(protocol, tls)]
+                 protocol: str = "imap", general_extra: str = "",
+                 port: int | None = None) -> Account:
+    """A config with one account on the test Dovecot; ``port`` replaces the server's (a
+    proxy in front of it)."""
+    if port is None:
+        port = {("imap", "implicit"): dovecot.imaps_port,
+                ("imap", "starttls"): dovecot.imap_port,
+                ("pop3", "implicit"): dovecot.pop3s_port,
+                ("pop3", "starttls"): dovecot.pop3_port}[(protocol, tls)]
     maildir_root = tmp_path / "Mail"
     state_dir = tmp_path / "state"
     config = tmp_path / "config.yaml"
@@ -159,3 +166,32 @@ def wait_for_lock(proc: subprocess.Popen[str], account: Account, timeout: float 
             except OSError:
                 continue
         time.sleep(0.002)
+
+
+def bytes_to_download(server: Mapping[Path, Iterable[bytes]]) -> int:
+    """How many bytes of these server messages a sync still has to download: those without a
+    local file of the same content in the folder directory they are listed under. Counted
+    with CRLF line ends, as IMAP and POP3 send them (the bodies may be given either way)."""
+    missing = 0
+    for folder_dir, bodies in server.items():
+        local = {path.read_bytes() for _, path in local_files(folder_dir)}
+        for body in bodies:
+            lf_body = body.replace(b"\r\n", b"\n")
+            if lf_body not in local:
+                missing += len(lf_body) + lf_body.count(b"\n")
+    return missing
+
+
+class DownloadFloor:
+    """Until when a sync (or the daemon) that starts now through ``proxy`` is surely still
+    downloading, however fast its CPU: it has to receive every server message it does not
+    have yet through the proxy's rate limit. The kill tests kill before then."""
+
+    def __init__(self, proxy: TcpProxy, server: Mapping[Path, Iterable[bytes]]) -> None:
+        self.proxy = proxy
+        self.missing = bytes_to_download(server)
+        self.mark = proxy.bytes_down
+
+    def seconds_left(self) -> float:
+        received = self.proxy.bytes_down - self.mark
+        return self.proxy.least_time(down=max(0, self.missing - received))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, NotifySocket, TcpProxy, wait_until
+from tests.support.daemon import DaemonProcess, NotifySocket, wait_until
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     REPO,
@@ -36,6 +36,7 @@ from tests.support.syncd_env import (
     run_subprocess,
     write_config,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 STOP_LIMIT = 5.0  # SIGTERM -> exit 0 within this many seconds (DESIGN.md)
 EVENT_LIMIT = 5.0  # a generous bound on one real-time event; the targets are far lower
@@ -328,7 +329,7 @@ def test_proxy_dropping_every_connection(dovecot: Dovecot, user: User, tmp_path:
         wait_count(inbox, 3, 30, d)
         dovecot.append(user, "INBOX", make_message(9))
         wait_count(inbox, 4, 10, d)
-        wait_until(lambda: proxy.connections() == 2, 5)  # the worker's and the IDLE one
+        wait_until(lambda: len(proxy.links()) == 2, 5)  # the worker's and the IDLE one
 
         # 0. Only the worker's kept-open connection dies (as on the server's autologout, or a
         # NAT timeout): the next event reconnects at once, without an error or a backoff.
