@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd")
 
 
-COMMANDS = ("sync", "run", "status", "check", "password", "auth", "init", "mutt-config")
-
-
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with ``only``, just that command's subparser (see _command_in)."""
     parser = _Parser(
@@ -175,7 +172,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
         if word == "--config":
             next(words, None)
             continue
-        return word if word in COMMANDS else None
+        return word if word in _HANDLERS else None
     return None
 
 
@@ -221,17 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging("debug" if args.debug else "info", debug=args.debug)
     try:
-        handler = {
-            "sync": cmd_sync,
-            "run": cmd_run,
-            "status": cmd_status,
-            "check": cmd_check,
-            "password": cmd_password,
-            "auth": cmd_auth,
-            "init": cmd_init,
-            "mutt-config": cmd_mutt_config,
-        }[args.command]
-        return handler(args)
+        return _HANDLERS[args.command](args)
     except SyncdError as exc:
         if args.debug:
             log.exception("failed")
@@ -664,3 +651,16 @@ def cmd_mutt_config(args: argparse.Namespace) -> int:
 
     sys.stdout.write(render(account))
     return 0
+
+
+# Every command and what runs it (main); also how _command_in knows a command's name.
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sync": cmd_sync,
+    "run": cmd_run,
+    "status": cmd_status,
+    "check": cmd_check,
+    "password": cmd_password,
+    "auth": cmd_auth,
+    "init": cmd_init,
+    "mutt-config": cmd_mutt_config,
+}

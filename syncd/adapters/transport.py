@@ -91,6 +91,7 @@ class _Dial:
         self.key = _dial_key(account)
         self.sock: socket.socket | None = None
         self.error: BaseException | None = None
+        self.abandoned = False  # close_dialed() gave up on it: close the socket, keep nothing
         self.thread = threading.Thread(target=self._open, args=(account,), daemon=True,
                                        name=f"dial-{account.name}")
 
@@ -110,9 +111,14 @@ class _Dial:
                 except BaseException:
                     sock.close()
                     raise
-            self.sock = sock
         except BaseException as exc:  # handed to the connecting code, which describes it
             self.error = exc
+            return
+        with _DIALS_LOCK:
+            if not self.abandoned:
+                self.sock = sock
+                return
+        sock.close()
 
 
 _DIALS: dict[tuple[str, str, int, str], _Dial] = {}
@@ -150,12 +156,14 @@ def take_dialed(account: AccountSettings) -> socket.socket | None:
 
 def close_dialed() -> None:
     """Close connections opened ahead and never taken (the account was locked, or its sync
-    failed before connecting)."""
+    failed before connecting). One still opening is not waited for (an unreachable server
+    would hold the exit for its whole timeout): it closes its socket itself when done."""
     with _DIALS_LOCK:
         dials = list(_DIALS.values())
         _DIALS.clear()
+        for dial in dials:
+            dial.abandoned = True
     for dial in dials:
-        dial.thread.join()
         if dial.sock is not None:
             with contextlib.suppress(OSError):
                 dial.sock.close()

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_connections_never_taken_are_closed(tmp_path: Path, dovecot: Dovecot,
 
 def test_sync_uses_one_connection(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
     """The whole `syncd sync`: one connection to the server, not the one opened ahead plus
-    another."""
+    another (which Dovecot would log as a disconnect without any login)."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
     account = write_config(tmp_path, dovecot, user)
     assert run_subprocess("--config", str(account.config), "sync").returncode == 0
@@ -106,6 +107,7 @@ def test_sync_uses_one_connection(dovecot: Dovecot, user: User, tmp_path: Path) 
     assert out.returncode == 0, out.stdout + out.stderr
     log = dovecot.log_text(mark)
     assert log.count("Login: user=") == 1, log
+    assert "no auth attempts" not in log, log
 
 
 def test_imapclient_version_without_importlib_metadata() -> None:
@@ -120,3 +122,22 @@ def test_imapclient_version_without_importlib_metadata() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_connection_still_opening_does_not_hold_the_exit(tmp_path: Path, dovecot: Dovecot,
+                                                           user: User) -> None:
+    """A server that accepts TCP and never answers the TLS handshake: close_dialed() returns
+    at once, and the socket is closed (not kept) when the handshake times out."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        account = _account(tmp_path, dovecot, user)._replace(
+            port=silent.getsockname()[1], timeout=1.5)
+        transport.dial_ahead(account)
+        with transport._DIALS_LOCK:
+            dial = transport._DIALS[transport._dial_key(account)]
+        time.sleep(0.2)  # connected, waiting for the server's TLS reply
+        started = time.monotonic()
+        transport.close_dialed()
+        assert time.monotonic() - started < 0.5
+        dial.thread.join(10)
+        assert not dial.thread.is_alive()
+        assert dial.sock is None and isinstance(dial.error, TimeoutError | ssl.SSLError)
