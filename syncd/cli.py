@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,9 @@ from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
 from syncd.locks import account_lock
 
 if TYPE_CHECKING:
+    from syncd.adapters.state import StateStore
     from syncd.config import AccountSettings, Settings
-    from syncd.engine import AccountResult
+    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd")
 
@@ -268,9 +268,18 @@ def _select_accounts(settings: Settings, names: Sequence[str]) -> list[AccountSe
 
 
 def _password_source(account: AccountSettings) -> Callable[[], str]:
+    """The account's password, asked for once per run (a password command may prompt, or
+    decrypt with gpg, and the no-change check and the sync after it both log in)."""
     from syncd.secrets import get_password
 
-    return lambda: get_password(account)
+    known: list[str] = []
+
+    def password() -> str:
+        if not known:
+            known.append(get_password(account))
+        return known[0]
+
+    return password
 
 
 # --- sync ---------------------------------------------------------------------------------
@@ -291,10 +300,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     reporter = make_reporter(sys.stderr)
     results: list[AccountResult] = []
     try:
-        with reporter, ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
-            futures = [pool.submit(_sync_one, settings, account, args, reporter)
-                       for account in accounts]
-            results = [f.result() for f in futures]
+        with reporter:
+            if len(accounts) == 1:
+                # No pool for one account: its import and thread are a few ms of a sync that
+                # often takes a few tens.
+                results = [_sync_one(settings, accounts[0], args, reporter)]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
+                    futures = [pool.submit(_sync_one, settings, account, args, reporter)
+                               for account in accounts]
+                    results = [f.result() for f in futures]
     finally:
         transport.close_dialed()
     failed = False
@@ -308,7 +325,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Namespace,
               reporter: Any) -> AccountResult:
-    from syncd.engine import AccountResult
+    from syncd.results import AccountResult
 
     state_dir = settings.general.state_dir
     started = time.time()
@@ -332,9 +349,7 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
 
 def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Namespace,
                reporter: Any) -> AccountResult:
-    from syncd.adapters.imap import ImapSession
     from syncd.adapters.state import StateStore
-    from syncd.engine import AccountSync, SyncOptions
 
     scratch = None
     state_path = account.state_path
@@ -351,16 +366,46 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
                     account.name)
     try:
         password = _password_source(account)
-        sync = AccountSync(account, state, lambda: ImapSession.connect(account, password),
-                           options=SyncOptions(dry_run=args.dry_run,
-                                               force_deletions=args.force_deletions),
-                           reporter=reporter)
-        result = sync.run()
+        result = None
+        if not (args.dry_run or args.force_deletions or rebuilt):
+            result = _sync_if_unchanged(account, state, password)
+        if result is None:
+            from syncd.adapters.imap import ImapSession
+            from syncd.engine import AccountSync, SyncOptions
+
+            sync = AccountSync(account, state, lambda: ImapSession.connect(account, password),
+                               options=SyncOptions(dry_run=args.dry_run,
+                                                   force_deletions=args.force_deletions),
+                               reporter=reporter)
+            result = sync.run()
     finally:
         state.close()
         if scratch is not None:
             scratch.cleanup()
     _run_new_mail_hook(settings, result)
+    return result
+
+
+def _sync_if_unchanged(account: AccountSettings, state: StateStore,
+                       password: Callable[[], str]) -> AccountResult | None:
+    """The no-change check (syncd/nochange.py) on the connection opened ahead, where the
+    account allows it; None when a full sync must run. That sync then gets a new connection,
+    opened while the engine is imported."""
+    from syncd.adapters import transport
+
+    if account.tls != "implicit" or account.auth == "oauth2":
+        return None  # STARTTLS and OAuth2 logins are the engine's
+    try:
+        sock = transport.take_dialed(account)
+    except Exception as exc:
+        raise transport.connect_failed(account, exc) from None
+    if sock is None:
+        return None
+    from syncd.nochange import sync_if_unchanged
+
+    result = sync_if_unchanged(account, state, sock, password)
+    if result is None:
+        transport.dial_ahead(account)
     return result
 
 
@@ -459,7 +504,7 @@ def _tls_label(account: AccountSettings) -> str:
 def _check_imap(account: AccountSettings) -> None:
     from syncd.adapters.imap import INTERESTING_CAPABILITIES, ImapSession
     from syncd.adapters.maildir import Maildir
-    from syncd.engine import folder_selected
+    from syncd.core.folders import folder_selected
 
     session = ImapSession.connect(account, _password_source(account))
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fnmatch
 import logging
 import os
 import queue
@@ -25,8 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 from syncd.adapters.imap import (
     UID_SET_CHUNK,
@@ -40,6 +38,14 @@ from syncd.adapters.imap import (
 from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
 from syncd.adapters.state import FolderState, StateStore
 from syncd.core.flags import normalize
+from syncd.core.folders import (
+    folder_selected,
+    folder_untouched,
+    local_components,
+    local_only_folders,
+    remote_unchanged,
+    server_delimiter,
+)
 from syncd.core.model import (
     FolderPolicy,
     FolderSnapshot,
@@ -49,6 +55,7 @@ from syncd.core.model import (
 )
 from syncd.errors import AccountError, FolderError
 from syncd.faults import checkpoint
+from syncd.results import AccountResult, FolderResult, NullReporter, Reporter
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings
@@ -81,25 +88,6 @@ BULK_FOLDER_MESSAGES = 500
 BUSY_FOLDER_MESSAGES = 200
 
 
-class Reporter(Protocol):
-    """Progress sink (rich bars on a TTY, nothing otherwise)."""
-
-    def folder_started(self, account: str, folder: str, messages: int, size: int) -> None: ...
-    def advance(self, account: str, messages: int, size: int) -> None: ...
-    def folder_done(self, account: str, folder: str) -> None: ...
-
-
-class NullReporter:
-    def folder_started(self, account: str, folder: str, messages: int, size: int) -> None:
-        pass
-
-    def advance(self, account: str, messages: int, size: int) -> None:
-        pass
-
-    def folder_done(self, account: str, folder: str) -> None:
-        pass
-
-
 class SyncOptions(NamedTuple):
     dry_run: bool = False
     force_deletions: bool = False
@@ -107,63 +95,6 @@ class SyncOptions(NamedTuple):
     only_folders: frozenset[str] | None = None
     # Skip SELECT when STATUS and the local scan show nothing changed (cheap periodic checks).
     use_status_shortcut: bool = True
-
-
-@dataclass
-class FolderResult:
-    folder: str
-    downloaded: int = 0
-    downloaded_bytes: int = 0
-    uploaded: int = 0
-    local_flag_changes: int = 0
-    remote_flag_changes: int = 0
-    deleted_local: int = 0
-    deleted_remote: int = 0
-    paired: int = 0
-    created_remote: bool = False
-    created_local: bool = False
-    guard: str | None = None
-    error: str | None = None
-    plan_lines: list[str] = field(default_factory=list)
-    new_mail: int = 0  # downloads that arrived unseen (for on_new_mail)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.downloaded or self.uploaded or self.local_flag_changes
-                    or self.remote_flag_changes or self.deleted_local or self.deleted_remote
-                    or self.paired)
-
-
-@dataclass
-class AccountResult:
-    account: str
-    folders: list[FolderResult] = field(default_factory=list)
-    error: str | None = None
-    error_cause: str | None = None  # AccountError.cause: auth, dns, refused, timeout, ...
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and all(f.error is None and f.guard is None
-                                          for f in self.folders)
-
-    def summary(self) -> str:
-        down = sum(f.downloaded for f in self.folders)
-        up = sum(f.uploaded for f in self.folders)
-        dels = sum(f.deleted_local + f.deleted_remote for f in self.folders)
-        flags = sum(f.local_flag_changes + f.remote_flag_changes for f in self.folders)
-        created = sum(int(f.created_local) + int(f.created_remote) for f in self.folders)
-        parts = [f"+{down} down", f"+{up} up", f"-{dels}", f"~{flags} flags"]
-        if created:
-            parts.append(f"{created} folders created")
-        text = f"{self.account}: {' '.join(parts)}, {self.seconds:.1f} s"
-        problems = [f"{f.folder}: {f.error or f.guard}" for f in self.folders
-                    if f.error or f.guard]
-        if self.error:
-            problems.insert(0, self.error)
-        if problems:
-            text += " — " + "; ".join(problems)
-        return text
 
 
 class BodyPrefetcher:
@@ -215,22 +146,6 @@ class BodyPrefetcher:
         self._halt.set()
         # Whatever it is fetching now completes (or times out) before the session is reused.
         self._thread.join()
-
-
-def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    """Glob filters on server folder names; INBOX matches case-insensitively."""
-    def matches(pattern: str) -> bool:
-        if name.upper() == "INBOX" and pattern.upper() == "INBOX":
-            return True
-        return fnmatch.fnmatchcase(name, pattern)
-
-    return any(matches(p) for p in include) and not any(matches(p) for p in exclude)
-
-
-def _components(folder: RemoteFolder) -> tuple[str, ...]:
-    if folder.name.upper() == "INBOX":
-        return ("INBOX",)
-    return folder.components
 
 
 class AccountSync:
@@ -302,14 +217,8 @@ class AccountSync:
     def _record_unchanged(self) -> None:
         """last_sync of the folders the status shortcut found unchanged, in one commit."""
         folders, self._unchanged_folders = self._unchanged_folders, []
-        if not folders:
-            return
-        now = self.clock()
-        with self.state.transaction():
-            for fstate in folders:
-                self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
-                                       uidnext=fstate.uidnext,
-                                       highestmodseq=fstate.highestmodseq, last_sync=now)
+        if folders:
+            self.state.set_last_sync([f.id for f in folders], self.clock())
 
     def _during(self) -> str:
         # Errors that end the whole account still name the folder they happened in.
@@ -339,18 +248,17 @@ class AccountSync:
         if only is not None and not set(only) <= set(by_name):
             remote = self._list_remote(refresh=True)
             by_name = {f.name: f for f in remote}
-        delimiter = next((f.delimiter for f in remote if f.delimiter), None) or "/"
+        delimiter = server_delimiter(remote)
 
         results: list[FolderResult] = []
         if not self.options.dry_run:
             self.maildir.ensure_root()
         # Local folders the server does not have: create them there (never delete a folder).
         known = {f.remote_name for f in self.state.folders()}
-        for components in self.maildir.list_folders() if only is None else ():
-            name = "INBOX" if components == ("INBOX",) else delimiter.join(components)
-            if name in by_name or not folder_selected(name, account.folders.include,
-                                                      account.folders.exclude):
-                continue
+        local_only = [] if only is not None else local_only_folders(
+            self.maildir.list_folders(), by_name, delimiter, account.folders.include,
+            account.folders.exclude)
+        for name in local_only:
             if name in known:
                 # Synced before and now gone from the server: someone deleted it there.
                 results.append(FolderResult(
@@ -384,7 +292,7 @@ class AccountSync:
         # "INBOX" keeps it; the other is reported and left alone.
         claimed: dict[str, str] = {}
         for folder in sorted(selectable, key=lambda f: f.name != "INBOX"):
-            path = str(self.maildir.local_path(_components(folder)))
+            path = str(self.maildir.local_path(local_components(folder)))
             if path in claimed:
                 results.append(FolderResult(
                     folder.name, error=f"maps to the same local folder as {claimed[path]!r} "
@@ -466,13 +374,10 @@ class AccountSync:
 
     def _changed(self, fstate: FolderState, folder: RemoteFolder, status: FolderStatus) -> bool:
         """Something to do in this folder, as far as STATUS and two stats can tell."""
-        remote_same = (status.uidvalidity == fstate.uidvalidity
-                       and status.uidnext == fstate.uidnext
-                       and status.highestmodseq is not None
-                       and status.highestmodseq == fstate.highestmodseq)
-        if not remote_same:
+        if not remote_unchanged(fstate, status, condstore=self._session().condstore):
             return True
-        return not self.maildir.folder(_components(folder)).unchanged_since(fstate.local_stamp)
+        local = self.maildir.folder(local_components(folder))
+        return not local.unchanged_since(fstate.local_stamp)
 
     def _sync_in_parallel(self, bulk: list[RemoteFolder], statuses: dict[str, FolderStatus],
                           merged: dict[str, FolderResult]) -> None:
@@ -534,7 +439,7 @@ class AccountSync:
                     result: FolderResult) -> FolderResult:
         session = self._session()
         name = folder.name
-        local_folder = self.maildir.folder(_components(folder))
+        local_folder = self.maildir.folder(local_components(folder))
         fstate = self.state.folder(name)
         dry = self.options.dry_run
         if fstate is None and not dry:
@@ -546,11 +451,11 @@ class AccountSync:
         # directories are as the last sync left them. Two stats and no per-message work, so a
         # no-change sync costs the same for 100 messages or 100,000.
         if (self.options.use_status_shortcut and fstate is not None and status is not None
-                and fstate.last_sync is not None and not fstate.guard_held
                 and not self.options.force_deletions
-                and self._remote_unchanged(fstate, status, session)
-                and status.messages == self.state.message_count(fstate.id)
-                and local_folder.unchanged_since(fstate.local_stamp)):
+                and folder_untouched(
+                    fstate, status, condstore=session.condstore,
+                    synced_count=lambda: self.state.message_count(fstate.id),
+                    local_unchanged=lambda: local_folder.unchanged_since(fstate.local_stamp))):
             if not dry:
                 # Only last_sync changes: recorded with the other unchanged folders' in one
                 # commit (one fsync) at the end of the run.
@@ -646,24 +551,14 @@ class AccountSync:
         checkpoint("folder.cursors")
         return result
 
-    @staticmethod
-    def _remote_unchanged(fstate: FolderState, status: FolderStatus,
-                          session: ImapSession) -> bool:
-        """STATUS matches the cursors of the last completed sync. HIGHESTMODSEQ is what covers
-        flag changes; without CONDSTORE we cannot know, so never."""
-        if fstate.highestmodseq is None or not session.condstore \
-                or status.highestmodseq is None:
-            return False
-        return (status.uidvalidity == fstate.uidvalidity and status.uidnext == fstate.uidnext
-                and status.highestmodseq == fstate.highestmodseq)
-
     def _unchanged(self, fstate: FolderState, status: FolderStatus,
                    synced: list[SyncedMessage], entries: dict[str, LocalEntry],
                    session: ImapSession) -> bool:
         """True when neither side can have changed since the last completed sync: the server's
         STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
         cannot know, so never), and the Maildir holds exactly the synced files and flags."""
-        if fstate.last_sync is None or not self._remote_unchanged(fstate, status, session):
+        if fstate.last_sync is None \
+                or not remote_unchanged(fstate, status, condstore=session.condstore):
             return False
         if status.messages != len(synced):
             return False

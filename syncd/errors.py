@@ -7,6 +7,11 @@ secret.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from syncd.config import AccountSettings
+
 
 class SyncdError(Exception):
     """Base of every error syncd reports to the user."""
@@ -46,6 +51,13 @@ class AccountError(SyncdError):
         # dns, refused, certificate, auth, timeout, tls, protocol, secret, ...
         self.cause = cause
         super().__init__(f"{account}: {message}")
+
+
+def login_refused(account: AccountSettings) -> AccountError:
+    """The server said NO to LOGIN (both IMAP paths report it in the same words)."""
+    return AccountError(
+        account.name, f"login as {account.username!r} on {account.host} failed: wrong "
+        "username or password (or the server refuses password logins)", cause="auth")
 
 
 class SecretError(AccountError):

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncd.engine import AccountResult
+    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd.hooks")
 

@@ -45,7 +45,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from syncd import faults
 from syncd.adapters.maildir import Maildir, MaildirFolder, crlf_to_lf_stream
@@ -53,8 +53,8 @@ from syncd.adapters.pop3 import ListedMessage, Pipeline, Pop3Session
 from syncd.adapters.state import StateStore, StateTooNew
 from syncd.core.model import Pop3Known, Pop3Plan
 from syncd.core.plan import plan_pop3
-from syncd.engine import AccountResult, FolderResult
 from syncd.errors import AccountError
+from syncd.results import AccountResult, FolderResult
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings, Settings
@@ -92,17 +92,18 @@ _CHUNK = 1 << 16
 Mode = Literal["keyed", "pair", "content"]
 
 
-@dataclass
 class Pop3FolderResult(FolderResult):
     """FolderResult plus what only POP3 has: messages left on the server for their size, and
     RETRs the server refused."""
 
-    skipped: int = 0
-    skipped_bytes: int = 0
-    retrieve_failed: int = 0
+    def __init__(self, folder: str, *, skipped: int = 0, skipped_bytes: int = 0,
+                 retrieve_failed: int = 0, **counts: Any) -> None:
+        super().__init__(folder, **counts)
+        self.skipped = skipped
+        self.skipped_bytes = skipped_bytes
+        self.retrieve_failed = retrieve_failed
 
 
-@dataclass
 class Pop3AccountResult(AccountResult):
     """AccountResult with a POP3-shaped summary (there is no upload or flag sync)."""
 
@@ -114,13 +115,8 @@ class Pop3AccountResult(AccountResult):
         parts = [f"+{down} down ({_human(size)})", f"-{deleted} deleted on the server"]
         if skipped:
             parts.append(f"{skipped} skipped (over max_message_size)")
-        text = f"{self.account}: {', '.join(parts)}, {self.seconds:.1f} s"
-        problems = [f"{f.folder}: {f.error}" for f in self.folders if f.error]
-        if self.error:
-            problems.insert(0, self.error)
-        if problems:
-            text += " — " + "; ".join(problems)
-        return text
+        return self._with_problems(f"{self.account}: {', '.join(parts)}, "
+                                   f"{self.seconds:.1f} s")
 
 
 def sync_pop3_account(settings: Settings, account: AccountSettings, *, dry_run: bool = False,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from syncd.engine import AccountResult
+    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd.status")
 

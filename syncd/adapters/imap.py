@@ -18,10 +18,11 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from syncd.adapters.transport import describe_connect_error, ssl_context_for, take_dialed
+from syncd.adapters.transport import connect_failed, ssl_context_for, take_dialed
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
-from syncd.errors import AccountError
+from syncd.core.model import FolderStatus, RemoteFolder
+from syncd.errors import AccountError, login_refused
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
@@ -79,26 +80,6 @@ FETCH_BATCH_COUNT = 500
 FETCH_BATCH_BYTES = 2 * 1024 * 1024
 # Flag/metadata fetches and STOREs: how many UIDs go into one command line.
 UID_SET_CHUNK = 5000
-
-
-class RemoteFolder(NamedTuple):
-    name: str  # decoded from modified UTF-7; what state and the user see
-    delimiter: str | None
-    noselect: bool
-    special_use: str | None  # "\\Sent", "\\Trash", ... where the server says so
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        if self.delimiter:
-            return tuple(self.name.split(self.delimiter))
-        return (self.name,)
-
-
-class FolderStatus(NamedTuple):
-    uidvalidity: int | None
-    uidnext: int | None
-    messages: int | None
-    highestmodseq: int | None
 
 
 class SelectInfo(NamedTuple):
@@ -243,19 +224,12 @@ def _oauth2_login(client: IMAPClient, account: AccountSettings,
 
 @functools.cache
 def _client_on_socket() -> type[IMAPClient]:
-    """IMAPClient on a connection that is already open (see transport.dial_ahead): imaplib
-    reads the greeting from it as from one it opened itself."""
+    """IMAPClient on a connection that is already open (see transport.dial_ahead)."""
     import imaplib
 
     from imapclient import IMAPClient
 
-    class IMAP4OnSocket(imaplib.IMAP4):
-        def __init__(self, host: str, port: int, sock: socket.socket) -> None:
-            self._given = sock
-            super().__init__(host, port)
-
-        def _create_socket(self, timeout: float | None = None) -> socket.socket:
-            return self._given
+    from syncd.adapters.imap_probe import IMAP4OnSocket
 
     class ClientOnSocket(IMAPClient):
         def __init__(self, *args: Any, sock: socket.socket, **kwargs: Any) -> None:
@@ -325,8 +299,7 @@ class ImapSession:
                                   timeout=account.timeout,
                                   **({} if sock is None else {"sock": sock}))
         except Exception as exc:
-            cause, message = describe_connect_error(exc, account.host, account.port)
-            raise AccountError(name, message, cause=cause) from None
+            raise connect_failed(account, exc) from None
         _quiet_imaplib(client)
         ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
         try:
@@ -360,10 +333,7 @@ class ImapSession:
                 try:
                     client.login(account.username, secret)
                 except LoginError:
-                    raise AccountError(
-                        name, f"login as {account.username!r} on {account.host} failed: wrong "
-                        "username or password (or the server refuses password logins)",
-                        cause="auth") from None
+                    raise login_refused(account) from None
             client._cached_capabilities = None
             session = cls(account, client)
             session.auth_mechanism = mechanism
@@ -376,8 +346,7 @@ class ImapSession:
             raise AccountError(name, f"{account.host}: {exc}", cause="protocol") from None
         except Exception as exc:
             _close_quietly(client)
-            cause, message = describe_connect_error(exc, account.host, account.port)
-            raise AccountError(name, message, cause=cause) from None
+            raise connect_failed(account, exc) from None
 
     def _enable_extensions(self) -> None:
         # ENABLE QRESYNC makes SELECT report HIGHESTMODSEQ and EXPUNGEs arrive as VANISHED;
@@ -1145,16 +1114,6 @@ def _status_from(raw: dict) -> FolderStatus:
 
 
 def _close_quietly(client: IMAPClient) -> None:
-    """LOGOUT, without waiting for the server's BYE: nothing in it matters to us, and waiting
-    cost every sync a round trip."""
-    imap = client._imap
-    try:
-        if getattr(imap, "state", None) in ("AUTH", "SELECTED", "NONAUTH"):
-            line = imap._new_tag() + b" LOGOUT"
-            if getattr(imap, "debug", 0) >= 4:
-                imap._mesg(f"> {line!r}")
-            imap.send(line + b"\r\n")
-    except Exception:
-        pass
-    with contextlib.suppress(Exception):
-        client.shutdown()
+    from syncd.adapters.imap_probe import logout_quietly
+
+    logout_quietly(client._imap)

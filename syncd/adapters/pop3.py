@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from syncd.adapters.transport import describe_connect_error, ssl_context_for
+from syncd.adapters.transport import connect_failed, describe_connect_error, ssl_context_for
 from syncd.errors import AccountError
 
 if TYPE_CHECKING:
@@ -153,8 +153,7 @@ class Pop3Session:
             else:
                 client = poplib.POP3(account.host, account.port, timeout=account.timeout)
         except Exception as exc:
-            cause, message = describe_connect_error(exc, account.host, account.port)
-            raise AccountError(name, message, cause=cause) from None
+            raise connect_failed(account, exc) from None
         try:
             capabilities = _capabilities(client)
             if account.tls == "starttls":
@@ -198,8 +197,7 @@ class Pop3Session:
             raise AccountError(name, f"{account.host}: {_text(exc)}", cause="protocol") from None
         except Exception as exc:
             _close_quietly(client)
-            cause, message = describe_connect_error(exc, account.host, account.port)
-            raise AccountError(name, message, cause=cause) from None
+            raise connect_failed(account, exc) from None
 
     # -- simple commands (poplib) -----------------------------------------------------------
 

@@ -405,6 +405,13 @@ class StateStore:
                 "WHERE id = ?", (uidvalidity, uidnext, highestmodseq, last_sync, folder_id))
 
     @_guard
+    def set_last_sync(self, folder_ids: Iterable[int], last_sync: float) -> None:
+        """Folders found unchanged: only their last_sync moves, in one commit."""
+        with self.transaction():
+            self._conn.executemany("UPDATE folder SET last_sync = ? WHERE id = ?",
+                                   [(last_sync, fid) for fid in folder_ids])
+
+    @_guard
     def reset_folder(self, folder_id: int) -> None:
         """Forget every message row and the cursors of a folder (UIDVALIDITY change).
         last_sync is kept (it is history, not a cursor); intents are left for recover()."""

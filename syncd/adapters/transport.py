@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings
+    from syncd.errors import AccountError
 
 _CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
 _CONTEXTS_LOCK = threading.Lock()
@@ -61,6 +62,14 @@ def _hashed_system_capath() -> str | None:
     except OSError:
         return None
     return capath if any(re.fullmatch(r"[0-9a-f]{8}\.\d+", n) for n in names) else None
+
+
+def connect_failed(account: AccountSettings, exc: BaseException) -> AccountError:
+    """The AccountError for a failure to connect, secure or log in (see below)."""
+    from syncd.errors import AccountError
+
+    cause, message = describe_connect_error(exc, account.host, account.port)
+    return AccountError(account.name, message, cause=cause)
 
 
 def describe_connect_error(exc: BaseException, host: str, port: int) -> tuple[str, str]:

@@ -12,6 +12,26 @@ from typing import NamedTuple
 from syncd.core.flags import Flags
 
 
+class RemoteFolder(NamedTuple):
+    name: str  # decoded from modified UTF-7; what state and the user see
+    delimiter: str | None
+    noselect: bool
+    special_use: str | None  # "\\Sent", "\\Trash", ... where the server says so
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        if self.delimiter:
+            return tuple(self.name.split(self.delimiter))
+        return (self.name,)
+
+
+class FolderStatus(NamedTuple):
+    uidvalidity: int | None
+    uidnext: int | None
+    messages: int | None
+    highestmodseq: int | None
+
+
 class RemoteMessage(NamedTuple):
     """A message on the server, as one SELECT/FETCH saw it.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from syncd.engine import folder_selected
+from syncd.core.folders import folder_selected
 from syncd.errors import ConfigError, SyncdError
 from syncd.hooks import run_new_mail_hooks
 from syncd.locks import account_lock, daemon_lock
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from syncd.config import AccountSettings, Settings
-    from syncd.engine import AccountResult
+    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd.daemon")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncd.engine import AccountResult
+from syncd.results import AccountResult
 
 if TYPE_CHECKING:
     from syncd.adapters.state import StateStore

@@ -29,8 +29,8 @@ import pytest
 
 from syncd import faults, pop3sync
 from syncd.config import load_config
-from syncd.engine import AccountResult
 from syncd.faults import InjectedCrash
+from syncd.results import AccountResult
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import DownloadFloor
 from tests.support.tcp_proxy import TcpProxy

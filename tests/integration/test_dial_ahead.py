@@ -97,16 +97,30 @@ def test_connections_never_taken_are_closed(tmp_path: Path, dovecot: Dovecot,
 
 
 def test_sync_uses_one_connection(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
-    """The whole `syncd sync`: one connection to the server, not the one opened ahead plus
-    another (which Dovecot would log as a disconnect without any login)."""
+    """A `syncd sync` with nothing to do: one connection to the server, the one opened ahead
+    (an unused one Dovecot would log as a disconnect without any login). With something to
+    do, the no-change check's connection and the engine's: two, both used."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
     account = write_config(tmp_path, dovecot, user)
     assert run_subprocess("--config", str(account.config), "sync").returncode == 0
+    # The Maildir's directory stamps vouch for it once they were a second old when taken:
+    # the sync after that takes them again.
+    time.sleep(1.2)
+    assert run_subprocess("--config", str(account.config), "sync").returncode == 0
+    mark = dovecot.log_mark()
+    out = run_subprocess("--config", str(account.config), "--debug", "sync")
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = dovecot.log_text(mark)
+    assert log.count("Login: user=") == 1, log + out.stderr
+    assert "no auth attempts" not in log, log
+
+    dovecot.seed(user, "INBOX", [make_message(10)])
     mark = dovecot.log_mark()
     out = run_subprocess("--config", str(account.config), "sync")
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "+1 down" in out.stdout, out.stdout
     log = dovecot.log_text(mark)
-    assert log.count("Login: user=") == 1, log
+    assert log.count("Login: user=") == 2, log
     assert "no auth attempts" not in log, log
 
 

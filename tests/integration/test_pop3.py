@@ -16,8 +16,8 @@ import pytest
 
 from syncd.adapters.pop3 import Pop3Session
 from syncd.config import Settings, load_config
-from syncd.engine import AccountResult
 from syncd.pop3sync import sync_pop3_account
+from syncd.results import AccountResult
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import run_cli
 from tests.support.tcp_proxy import TcpProxy

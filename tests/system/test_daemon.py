@@ -430,7 +430,11 @@ def test_sigterm_during_a_big_initial_sync(dovecot: Dovecot, user: User, tmp_pat
     print(f"SIGTERM {time.monotonic() - started:.1f} s after start with {have}/{n} messages "
           f"local: exit 0 after {seconds:.2f} s")
     assert have < n, "the initial sync finished before SIGTERM: nothing was interrupted"
-    proc = run_subprocess("--config", str(account.config), "sync", timeout=120)
+    proc = run_subprocess("--config", str(account.config), "--debug", "sync", timeout=120)
+    # What the sync saw and did, for a failure below.
+    print(proc.stdout, "\n".join(line[:300] for line in proc.stderr.splitlines()
+                                 if "DEBUG   test:" in line or "INFO" in line
+                                 or "WARNING" in line or "ERROR" in line))
     assert proc.returncode == 0, proc.stderr
     assert assert_folder_in_sync(dovecot, user, account, "INBOX") == n
 

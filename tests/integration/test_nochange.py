@@ -1,0 +1,196 @@
+"""The no-change check of `syncd sync` (syncd/nochange.py) against the real Dovecot: with
+nothing to do, one login, one LIST-STATUS and no engine; with anything to do on either side,
+the full sync runs after it and does it.
+
+Which path ran is read from Dovecot's log: the check logs in once; when it hands over, the
+engine logs in a second time."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.dovecot import Dovecot, User, make_message
+from tests.support.syncd_env import (
+    REPO,
+    Account,
+    assert_folder_in_sync,
+    local_files,
+    sync,
+    write_config,
+)
+
+
+def synced(account: Account) -> str:
+    rc, out, err = sync(account)
+    assert rc == 0, f"sync failed ({rc}): {out}{err}"
+    return out
+
+
+def settled(dovecot: Dovecot, user: User, tmp_path: Path, **config: str) -> Account:
+    """An account synced, and synced again a second later: its Maildir stamps then vouch for
+    it (a stamp taken within a second of the last change does not)."""
+    dovecot.seed(user, "INBOX", [(make_message(i), "S" if i % 2 else "") for i in range(6)])
+    dovecot.seed(user, "Lists/python", [make_message(i, folder="Lists/python")
+                                        for i in range(3)])
+    account = write_config(tmp_path, dovecot, user, **config)
+    synced(account)
+    time.sleep(1.2)
+    synced(account)
+    return account
+
+
+def logins(dovecot: Dovecot, mark: int) -> int:
+    return dovecot.log_text(mark).count("Login: user=")
+
+
+def last_syncs(account: Account) -> dict[str, float]:
+    db = sqlite3.connect(account.state_dir / f"{account.name}.sqlite3")
+    try:
+        return dict(db.execute("SELECT remote_name, last_sync FROM folder"))
+    finally:
+        db.close()
+
+
+def test_nothing_to_do_is_one_login_without_the_engine(dovecot: Dovecot, user: User,
+                                                       tmp_path: Path) -> None:
+    account = settled(dovecot, user, tmp_path)
+    before = last_syncs(account)
+    mark = dovecot.log_mark()
+    code = ("import sys\n"
+            "from syncd.cli import main\n"
+            f"rc = main(['--config', {str(account.config)!r}, 'sync'])\n"
+            "heavy = sorted(m for m in ('imapclient', 'syncd.engine', 'syncd.adapters.imap',"
+            " 'dataclasses') if m in sys.modules)\n"
+            "print('heavy', heavy)\n"
+            "sys.exit(rc)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "test: +0 down +0 up -0 ~0 flags" in out.stdout, out.stdout
+    assert "heavy []" in out.stdout, out.stdout
+    assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
+    after = last_syncs(account)
+    assert set(after) == set(before) == {"INBOX", "Lists/python"}
+    assert all(after[name] > before[name] for name in after), (before, after)
+
+
+def _server_new(dovecot: Dovecot, user: User, account: Account) -> str:
+    dovecot.deliver(user, "INBOX", make_message(100))
+    return "+1 down"
+
+
+def _server_flag(dovecot: Dovecot, user: User, account: Account) -> str:
+    dovecot.add_flags(user, "INBOX", dovecot.uids(user, "INBOX")[0], "\\Flagged")
+    return "~1 flags"
+
+
+def _server_expunge(dovecot: Dovecot, user: User, account: Account) -> str:
+    dovecot.expunge(user, "Lists/python", dovecot.uids(user, "Lists/python")[0])
+    return "-1 "
+
+
+def _server_folder(dovecot: Dovecot, user: User, account: Account) -> str:
+    dovecot.seed(user, "Archive", [make_message(200, folder="Archive")])
+    return "+1 down"
+
+
+def _local_flag(dovecot: Dovecot, user: User, account: Account) -> str:
+    _, path = sorted(local_files(account.folder_dir("INBOX")))[0]
+    base = path.name.split(":2,", 1)[0]
+    os.rename(path, path.parent.parent / "cur" / f"{base}:2,FS")
+    return "~1 flags"
+
+
+def _local_new(dovecot: Dovecot, user: User, account: Account) -> str:
+    new = account.folder_dir("INBOX") / "new"
+    (new / "1700000000.local1.host").write_bytes(make_message(300).replace(b"\r\n", b"\n"))
+    return "+1 up"
+
+
+def _local_folder(dovecot: Dovecot, user: User, account: Account) -> str:
+    for sub in ("cur", "new", "tmp"):
+        (account.maildir / "Drafts" / sub).mkdir(parents=True)
+    return "1 folders created"
+
+
+@pytest.mark.parametrize("change", [_server_new, _server_flag, _server_expunge, _server_folder,
+                                    _local_flag, _local_new, _local_folder],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_any_change_hands_over_to_the_full_sync(
+        dovecot: Dovecot, user: User, tmp_path: Path,
+        change: Callable[[Dovecot, User, Account], str]) -> None:
+    account = settled(dovecot, user, tmp_path)
+    expected = change(dovecot, user, account)
+    mark = dovecot.log_mark()
+    out = synced(account)
+    assert expected in out, out
+    # The check's connection and the engine's, both logged in (none opened for nothing).
+    assert logins(dovecot, mark) == 2, dovecot.log_text(mark)
+    assert "no auth attempts" not in dovecot.log_text(mark)
+    for folder in dovecot.folders(user):
+        assert_folder_in_sync(dovecot, user, account, folder)
+    time.sleep(1.2)
+    synced(account)  # takes the stamps again, a second after the change
+    mark = dovecot.log_mark()
+    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
+
+
+def test_an_interrupted_transfer_is_finished_by_the_full_sync(dovecot: Dovecot, user: User,
+                                                              tmp_path: Path) -> None:
+    from syncd.adapters.state import StateStore
+
+    account = settled(dovecot, user, tmp_path)
+    store = StateStore(account.state_dir / f"{account.name}.sqlite3")
+    try:
+        folder = store.folder("INBOX")
+        assert folder is not None
+        with store.transaction():
+            store.add_intents(folder.id, "download", [(9999, "1700000000.gone.host", "", None)])
+    finally:
+        store.close()
+    mark = dovecot.log_mark()
+    assert "+0 down" in synced(account)
+    assert logins(dovecot, mark) == 2, dovecot.log_text(mark)
+    store = StateStore(account.state_dir / f"{account.name}.sqlite3")
+    try:
+        assert store.open_intents() == []
+    finally:
+        store.close()
+
+
+def test_an_excluded_local_folder_does_not_count(dovecot: Dovecot, user: User,
+                                                 tmp_path: Path) -> None:
+    account = settled(dovecot, user, tmp_path,
+                      extra="    folders:\n      exclude: [Junk]\n")
+    for sub in ("cur", "new", "tmp"):
+        (account.maildir / "Junk" / sub).mkdir(parents=True)
+    mark = dovecot.log_mark()
+    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
+    assert "Junk" not in dovecot.folders(user)
+
+
+def test_a_refused_login_is_tried_once_and_the_password_asked_once(
+        dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    account = settled(dovecot, user, tmp_path)
+    asked = tmp_path / "asked"
+    text = account.config.read_text().replace(
+        f'password_command: "printf {user.password}"',
+        f"password_command: \"sh -c 'echo >> {asked}; printf wrong'\"")
+    account.config.write_text(text)
+    mark = dovecot.log_mark()
+    rc, out, err = sync(account)
+    assert rc == 1
+    assert f"login as {user.name!r}" in out + err, out + err
+    assert asked.read_text().count("\n") == 1
+    log = dovecot.log_text(mark)
+    assert log.count("auth failed") == 1, log
