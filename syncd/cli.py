@@ -21,8 +21,8 @@ from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
 from syncd.locks import account_lock
 
 if TYPE_CHECKING:
-    from syncd.adapters.state import StateStore
     from syncd.config import AccountSettings, Settings
+    from syncd.nochange import Probe
     from syncd.results import AccountResult
 
 log = logging.getLogger("syncd")
@@ -291,10 +291,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
                          "(syncd sync --force-deletions ACCOUNT)")
     from syncd.adapters import transport
 
-    # The IMAP connections open while the engine and imapclient are imported (see transport).
+    # The IMAP connections open while the engine and imapclient are imported (see transport),
+    # and the no-change check (see nochange) starts on them at once.
+    passwords = {a.name: _password_source(a) for a in accounts}
+    probes: dict[str, Probe] = {}
     for account in accounts:
         if account.protocol == "imap":
             transport.dial_ahead(account)
+            if _light_check_allowed(account, args):
+                from syncd.nochange import Probe
+
+                probes[account.name] = Probe(account, passwords[account.name])
     from syncd.progress import make_reporter
 
     reporter = make_reporter(sys.stderr)
@@ -304,12 +311,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             if len(accounts) == 1:
                 # No pool for one account: its import and thread are a few ms of a sync that
                 # often takes a few tens.
-                results = [_sync_one(settings, accounts[0], args, reporter)]
+                account = accounts[0]
+                results = [_sync_one(settings, account, args, reporter, passwords[account.name],
+                                     probes.get(account.name))]
             else:
                 from concurrent.futures import ThreadPoolExecutor
 
                 with ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
-                    futures = [pool.submit(_sync_one, settings, account, args, reporter)
+                    futures = [pool.submit(_sync_one, settings, account, args, reporter,
+                                           passwords[account.name], probes.get(account.name))
                                for account in accounts]
                     results = [f.result() for f in futures]
     finally:
@@ -323,8 +333,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _light_check_allowed(account: AccountSettings, args: argparse.Namespace) -> bool:
+    """The no-change check runs on implicit TLS with a password; STARTTLS and OAuth2 logins
+    are the engine's. Never for a dry run or --force-deletions, which always need the engine."""
+    return (account.tls == "implicit" and account.auth != "oauth2"
+            and not args.dry_run and not args.force_deletions)
+
+
 def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Namespace,
-              reporter: Any) -> AccountResult:
+              reporter: Any, password: Callable[[], str],
+              probe: Probe | None = None) -> AccountResult:
     from syncd.results import AccountResult
 
     state_dir = settings.general.state_dir
@@ -334,7 +352,7 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
             if account.protocol == "pop3":
                 result = _sync_pop3(settings, account, args)
             else:
-                result = _sync_imap(settings, account, args, reporter)
+                result = _sync_imap(settings, account, args, reporter, password, probe)
     except AccountError as exc:
         result = AccountResult(account.name, error=str(exc).removeprefix(f"{account.name}: "),
                                error_cause=exc.cause)
@@ -348,7 +366,8 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
 
 
 def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Namespace,
-               reporter: Any) -> AccountResult:
+               reporter: Any, password: Callable[[], str],
+               probe: Probe | None = None) -> AccountResult:
     from syncd.adapters.state import StateStore
 
     scratch = None
@@ -365,10 +384,18 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
                     "by pairing messages by content (nothing is downloaded twice)",
                     account.name)
     try:
-        password = _password_source(account)
         result = None
-        if not (args.dry_run or args.force_deletions or rebuilt):
-            result = _sync_if_unchanged(account, state, password)
+        if probe is not None:
+            from syncd.nochange import sync_if_unchanged
+
+            listing = probe.result()
+            if not rebuilt:
+                result = sync_if_unchanged(account, state, listing)
+            if result is None:
+                # The engine's own connection opens while the engine is imported.
+                from syncd.adapters import transport
+
+                transport.dial_ahead(account)
         if result is None:
             from syncd.adapters.imap import ImapSession
             from syncd.engine import AccountSync, SyncOptions
@@ -383,29 +410,6 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
         if scratch is not None:
             scratch.cleanup()
     _run_new_mail_hook(settings, result)
-    return result
-
-
-def _sync_if_unchanged(account: AccountSettings, state: StateStore,
-                       password: Callable[[], str]) -> AccountResult | None:
-    """The no-change check (syncd/nochange.py) on the connection opened ahead, where the
-    account allows it; None when a full sync must run. That sync then gets a new connection,
-    opened while the engine is imported."""
-    from syncd.adapters import transport
-
-    if account.tls != "implicit" or account.auth == "oauth2":
-        return None  # STARTTLS and OAuth2 logins are the engine's
-    try:
-        sock = transport.take_dialed(account)
-    except Exception as exc:
-        raise transport.connect_failed(account, exc) from None
-    if sock is None:
-        return None
-    from syncd.nochange import sync_if_unchanged
-
-    result = sync_if_unchanged(account, state, sock, password)
-    if result is None:
-        transport.dial_ahead(account)
     return result
 
 

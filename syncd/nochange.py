@@ -13,38 +13,78 @@ answers None and the full sync runs, on a fresh connection.
 from __future__ import annotations
 
 import logging
-import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd.adapters.imap_probe import probe
-from syncd.adapters.maildir import Maildir
-from syncd.core.folders import (
-    folder_selected,
-    folder_untouched,
-    local_components,
-    local_only_folders,
-    server_delimiter,
-)
-from syncd.results import AccountResult, FolderResult
-
 if TYPE_CHECKING:
+    from syncd.adapters.imap_probe import Listing
     from syncd.adapters.state import StateStore
     from syncd.config import AccountSettings
+    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd.nochange")
 
 
-def sync_if_unchanged(account: AccountSettings, state: StateStore, sock: socket.socket,
-                      password: Callable[[], str], *,
-                      clock: Callable[[], float] = time.time) -> AccountResult | None:
+class Probe:
+    """The server's side of the check, started as early as `syncd sync` can (a thread: the
+    connection opened ahead, LOGIN, LIST-STATUS). The server's answer takes a few round trips
+    plus its own work (tens of ms for a big mailbox); meanwhile the main thread imports, opens
+    and checks the state database and takes the account lock."""
+
+    def __init__(self, account: AccountSettings, password: Callable[[], str]) -> None:
+        self.account = account
+        self._password = password
+        self._listing: Listing | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"check-{account.name}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        from syncd.adapters import transport
+
+        try:
+            # Imported while the TLS handshake is still under way.
+            from syncd.adapters.imap_probe import probe
+
+            try:
+                sock = transport.take_dialed(self.account)
+            except Exception as exc:
+                raise transport.connect_failed(self.account, exc) from None
+            if sock is None:
+                return
+            self._listing = probe(self.account, sock, self._password)
+        except BaseException as exc:  # raised again in the thread that asks for the result
+            self._error = exc
+
+    def result(self) -> Listing | None:
+        """The listing; None if the server does not allow the light check. Raises what the
+        connection or the login raised (an AccountError, as a full sync would have)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._listing
+
+
+def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: Listing | None,
+                      *, clock: Callable[[], float] = time.time) -> AccountResult | None:
     """The result of a sync that found nothing to do (each folder's last_sync recorded, as
-    the engine records it), or None when there may be something to do or it cannot tell.
-    ``sock`` is the account's open connection (TLS done); it is closed in every case.
-    Raises AccountError where a full sync would fail the same way (connection, login)."""
+    the engine records it), or None when there may be something to do. ``listing`` is the
+    Probe's (None: the server's replies did not allow the light check)."""
+    # Imported here: the Probe (this module) starts before anything else is imported.
+    from syncd.adapters.maildir import Maildir
+    from syncd.core.folders import (
+        folder_selected,
+        folder_untouched,
+        local_components,
+        local_only_folders,
+        server_delimiter,
+    )
+    from syncd.results import AccountResult, FolderResult
+
     started = time.monotonic()
-    listing = probe(account, sock, password)
     if listing is None:
         return _full(account, "the server's replies do not allow the light check")
     include, exclude = account.folders.include, account.folders.exclude
