@@ -18,11 +18,20 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from syncd.adapters.maildir import Maildir
+from syncd.core.folders import (
+    folder_selected,
+    folder_untouched,
+    local_components,
+    local_only_folders,
+    server_delimiter,
+)
+from syncd.results import AccountResult, FolderResult
+
 if TYPE_CHECKING:
     from syncd.adapters.imap_probe import Listing
     from syncd.adapters.state import StateStore
     from syncd.config import AccountSettings
-    from syncd.results import AccountResult
 
 log = logging.getLogger("syncd.nochange")
 
@@ -73,17 +82,6 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
     """The result of a sync that found nothing to do (each folder's last_sync recorded, as
     the engine records it), or None when there may be something to do. ``listing`` is the
     Probe's (None: the server's replies did not allow the light check)."""
-    # Imported here: the Probe (this module) starts before anything else is imported.
-    from syncd.adapters.maildir import Maildir
-    from syncd.core.folders import (
-        folder_selected,
-        folder_untouched,
-        local_components,
-        local_only_folders,
-        server_delimiter,
-    )
-    from syncd.results import AccountResult, FolderResult
-
     started = time.monotonic()
     if listing is None:
         return _full(account, "the server's replies do not allow the light check")
