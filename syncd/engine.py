@@ -39,12 +39,14 @@ from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_l
 from syncd.adapters.state import FolderState, StateStore
 from syncd.core.flags import normalize
 from syncd.core.folders import (
+    files_match,
     folder_selected,
     folder_untouched,
     local_components,
     local_only_folders,
     remote_unchanged,
     server_delimiter,
+    server_untouched,
 )
 from syncd.core.model import (
     FolderPolicy,
@@ -557,18 +559,9 @@ class AccountSync:
         """True when neither side can have changed since the last completed sync: the server's
         STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
         cannot know, so never), and the Maildir holds exactly the synced files and flags."""
-        if fstate.last_sync is None \
-                or not remote_unchanged(fstate, status, condstore=session.condstore):
-            return False
-        if status.messages != len(synced):
-            return False
-        if len(entries) != len(synced):
-            return False
-        for message in synced:
-            entry = entries.get(message.key)
-            if entry is None or entry.flags != message.flags:
-                return False
-        return True
+        return (server_untouched(fstate, status, condstore=session.condstore,
+                                 synced_count=lambda: len(synced))
+                and files_match(synced, entries))
 
     def _remote_view(self, fstate: FolderState | None, info: SelectInfo,
                      synced: list[SyncedMessage], uidvalidity_changed: bool,

@@ -1,8 +1,9 @@
 """The question `syncd sync` asks first for an IMAP account: has anything changed at all?
 
 Most syncs (a timer, a mail reader's hook, a habit) find nothing to do. The answer needs one
-LIST-STATUS (syncd/adapters/imap_probe.py), the state's cursors and two stats per folder, and
-none of the engine, imapclient or the planner, whose imports are most of such a sync's time.
+LIST-STATUS (syncd/adapters/imap_probe.py), the state's cursors and two stats per folder (or,
+where the directories' mtimes do not vouch, a look at the files), and none of the engine,
+imapclient or the planner, whose imports are most of such a sync's time.
 It is the engine's own status shortcut (core.folders.folder_untouched) applied to every
 folder at once, with the account-wide conditions the engine checks on its way there: every
 selected server folder known and synced, no local folder the server lacks, no two server
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from syncd.adapters.maildir import Maildir
 from syncd.core.folders import (
+    files_match,
     folder_selected,
-    folder_untouched,
     local_components,
     local_only_folders,
     server_delimiter,
+    server_untouched,
 )
 from syncd.results import AccountResult, FolderResult
 
@@ -102,19 +104,29 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
     if state.open_intents():
         return _full(account, "an interrupted transfer to finish")
     known = {f.remote_name: f for f in state.folders()}
-    untouched = []
+    untouched: list[int] = []
+    restamped: list[tuple[int, str | None]] = []
     for folder, local in zip(selectable, locals_, strict=True):
         fstate = known.get(folder.name)
         status = listing.statuses.get(folder.name)
         if fstate is None or status is None:
             return _full(account, f"{folder.name!r} is new or has no STATUS")
-        if not folder_untouched(
-                fstate, status, condstore=listing.condstore,
-                synced_count=lambda f=fstate: state.message_count(f.id),
-                local_unchanged=lambda f=fstate, d=local: d.unchanged_since(f.local_stamp)):
-            return _full(account, f"{folder.name!r} may have changed")
-        untouched.append(fstate.id)
-    state.set_last_sync(untouched, clock())
+        if not server_untouched(fstate, status, condstore=listing.condstore,
+                                synced_count=lambda f=fstate: state.message_count(f.id)):
+            return _full(account, f"{folder.name!r} changed on the server")
+        if local.unchanged_since(fstate.local_stamp):
+            untouched.append(fstate.id)
+            continue
+        # The directories' mtimes do not vouch for the folder (a change, or a stamp taken
+        # within a second of the last one): look at the files, as the engine would, and take
+        # a new stamp if they are the synced ones (the next sync then needs only the stats).
+        if not local.exists() or not files_match(state.messages(fstate.id), local.scan()):
+            return _full(account, f"{folder.name!r} changed locally")
+        restamped.append((fstate.id, local.stamp()))
+    with state.transaction():  # one commit
+        state.set_last_sync(untouched + [fid for fid, _ in restamped], clock())
+        for fid, stamp in restamped:
+            state.set_local_stamp(fid, stamp)
     return AccountResult(account.name, [FolderResult(f.name) for f in selectable],
                          seconds=time.monotonic() - started)
 

@@ -6,10 +6,21 @@ can be skipped because neither side changed. Pure: the engine and the no-change 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from syncd.core.flags import Flags
 from syncd.core.model import FolderStatus, RemoteFolder
+
+
+class HasFlags(Protocol):
+    @property
+    def flags(self) -> Flags: ...
+
+
+class HasKeyAndFlags(HasFlags, Protocol):
+    @property
+    def key(self) -> str: ...
 
 
 class Cursors(Protocol):
@@ -71,14 +82,32 @@ def remote_unchanged(cursors: Cursors, status: FolderStatus, *, condstore: bool)
             and status.highestmodseq == cursors.highestmodseq)
 
 
+def server_untouched(cursors: Cursors, status: FolderStatus, *, condstore: bool,
+                     synced_count: Callable[[], int]) -> bool:
+    """Nothing changed on the server since the last completed sync: STATUS equals the
+    cursors, and the server has as many messages as the state. A held mass-deletion guard
+    always needs a real look. ``synced_count`` (a query) runs only when the rest agreed."""
+    return (cursors.last_sync is not None and not cursors.guard_held
+            and remote_unchanged(cursors, status, condstore=condstore)
+            and status.messages == synced_count())
+
+
 def folder_untouched(cursors: Cursors, status: FolderStatus, *, condstore: bool,
                      synced_count: Callable[[], int],
                      local_unchanged: Callable[[], bool]) -> bool:
-    """Nothing changed on either side since the last completed sync: STATUS equals the
-    cursors, the server has as many messages as the state, and the Maildir directories are as
-    that sync left them. A held mass-deletion guard always needs a real look. The callables
-    (a count query, two stats) run only when everything before them agreed."""
-    return (cursors.last_sync is not None and not cursors.guard_held
-            and remote_unchanged(cursors, status, condstore=condstore)
-            and status.messages == synced_count()
+    """Nothing changed on either side since the last completed sync: the server as
+    server_untouched says, and the Maildir directories as that sync left them
+    (``local_unchanged``, two stats, runs last)."""
+    return (server_untouched(cursors, status, condstore=condstore, synced_count=synced_count)
             and local_unchanged())
+
+
+def files_match(synced: Iterable[HasKeyAndFlags], entries: Mapping[str, HasFlags]) -> bool:
+    """The Maildir holds exactly the synced messages' files, with the synced flags."""
+    count = 0
+    for message in synced:
+        count += 1
+        entry = entries.get(message.key)
+        if entry is None or entry.flags != message.flags:
+            return False
+    return count == len(entries)
