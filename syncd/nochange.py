@@ -4,8 +4,9 @@ Most syncs (a timer, a mail reader's hook, a habit) find nothing to do. The answ
 LIST-STATUS (syncd/adapters/imap_probe.py), the state's cursors and two stats per folder (or,
 where the directories' mtimes do not vouch, a look at the files), and none of the engine,
 imapclient or the planner, whose imports are most of such a sync's time.
-It is the engine's own status shortcut (core.folders.folder_untouched) applied to every
-folder at once, with the account-wide conditions the engine checks on its way there: every
+It is the engine's own status shortcuts (core.folders: server_untouched, then the stamps or
+files_match) applied to every folder at once, with the account-wide conditions the engine
+checks on its way there: every
 selected server folder known and synced, no local folder the server lacks, no two server
 folders sharing a local one, no interrupted transfer to finish. Anything else, or any doubt,
 answers None and the full sync runs, on a fresh connection.

@@ -98,6 +98,7 @@ def test_private_modes_and_no_password_with_debug(dovecot: Dovecot, tmp_path: Pa
         right = user.password
         dovecot.set_password(user, SECRETS.new())
         try:
+            time.sleep(1.2)  # Dovecot re-reads a changed passwd file at most once a second
             rc, out, err, _ = run_syncd(account.config, "--debug", "sync")
             assert rc == 1 and "test:" in out + err, out + err
             print(out + err)
