@@ -34,9 +34,6 @@ class NullReporter:
 class FolderResult:
     """Counts and problems of one folder in one sync."""
 
-    _COUNTS = ("downloaded", "downloaded_bytes", "uploaded", "local_flag_changes",
-               "remote_flag_changes", "deleted_local", "deleted_remote", "paired", "new_mail")
-
     def __init__(self, folder: str, *, downloaded: int = 0, downloaded_bytes: int = 0,
                  uploaded: int = 0, local_flag_changes: int = 0, remote_flag_changes: int = 0,
                  deleted_local: int = 0, deleted_remote: int = 0, paired: int = 0,
