@@ -112,7 +112,7 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
         status = listing.statuses.get(folder.name)
         if fstate is None or status is None:
             return _full(account, f"{folder.name!r} is new or has no STATUS")
-        if not server_untouched(fstate, status, condstore=listing.condstore,
+        if not server_untouched(fstate, status, condstore=True,  # see Listing
                                 synced_count=lambda f=fstate: state.message_count(f.id)):
             return _full(account, f"{folder.name!r} changed on the server")
         if local.unchanged_since(fstate.local_stamp):

@@ -29,9 +29,11 @@ STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ")
 
 
 class Listing(NamedTuple):
+    """Every folder and its STATUS, from a server with CONDSTORE (HIGHESTMODSEQ included):
+    without it there is no listing, as the status shortcut cannot apply."""
+
     folders: list[RemoteFolder]
     statuses: dict[str, FolderStatus]
-    condstore: bool
 
 
 # The --debug protocol trace: the logger, and the redaction, imapclient uses for its own.
@@ -138,8 +140,7 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
             return None
     words = b" ".join(c for c in caps_reply if isinstance(c, bytes)).upper().split()
     capabilities = {w.decode("ascii", "replace") for w in words}
-    condstore = bool({"CONDSTORE", "QRESYNC"} & capabilities)
-    if "LIST-STATUS" not in capabilities or not condstore:
+    if "LIST-STATUS" not in capabilities or not {"CONDSTORE", "QRESYNC"} & capabilities:
         return None  # without both, the status shortcut never applies anyway
     # imaplib sends its arguments as they are: the pattern carries the RETURN options.
     typ, lines = imap.list('""', f'"*" RETURN (STATUS ({" ".join(STATUS_ITEMS)}))')
@@ -149,7 +150,7 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
     statuses = _parse_statuses(imap.response("STATUS")[1])
     if folders is None or statuses is None:
         return None
-    return Listing(folders, statuses, condstore)
+    return Listing(folders, statuses)
 
 
 # --- the two replies ------------------------------------------------------------------------
