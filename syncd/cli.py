@@ -408,6 +408,9 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
         if result is None:
             from syncd.adapters.imap import ImapSession
             from syncd.engine import AccountSync, SyncOptions
+            from syncd.heap import keep_large_blocks_mapped
+
+            keep_large_blocks_mapped()
 
             sync = AccountSync(account, state, lambda: ImapSession.connect(account, password),
                                options=SyncOptions(dry_run=args.dry_run,
@@ -424,8 +427,10 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
 
 def _sync_pop3(settings: Settings, account: AccountSettings,
                args: argparse.Namespace) -> AccountResult:
+    from syncd.heap import keep_large_blocks_mapped
     from syncd.pop3sync import sync_pop3_account
 
+    keep_large_blocks_mapped()
     result = sync_pop3_account(settings, account, dry_run=args.dry_run)
     if not args.dry_run:
         _run_new_mail_hook(settings, result)
@@ -457,8 +462,10 @@ def _print_plan(result: AccountResult) -> None:
 # --- run ----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
+    from syncd.heap import keep_large_blocks_mapped
     from syncd.service.daemon import run_daemon
 
+    keep_large_blocks_mapped()
     return run_daemon(settings, config_path=args.config, debug=args.debug)
 
 

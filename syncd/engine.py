@@ -104,8 +104,7 @@ class BodyPrefetcher:
     writer, so network transfer overlaps with writing and flushing; memory stays bounded by
     two groups. The writer must not use the session until close()."""
 
-    def __init__(self, session: ImapSession,
-                 groups: list[list[tuple[int, int | None]]]) -> None:
+    def __init__(self, session: ImapSession, groups: list[list[A.Download]]) -> None:
         self._groups = groups
         self._session = session
         self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
@@ -119,7 +118,8 @@ class BodyPrefetcher:
             for group in self._groups:
                 if self._halt.is_set():
                     return
-                self._put((True, list(self._session.fetch_bodies(group))))
+                self._put((True, list(self._session.fetch_bodies(
+                    [(a.uid, a.size) for a in group]))))
         except BaseException as exc:  # handed to the writer, which raises it
             self._put((False, exc))
 
@@ -538,8 +538,13 @@ class AccountSync:
                         self.account.name, name, fstate.uidvalidity, info.uidvalidity)
         # reset: the old UIDs are void; their rows go in the same commit as the re-pairings
         # (see execute).
-        self.execute(plan, fstate, local_folder, remote, {m.key: m.flags for m in local}, result,
-                     reset=uidvalidity_changed)
+        # Past planning only pairings look the server's view up again; the rest is in the
+        # plan. Dropping the view keeps a big initial sync to one record per message.
+        paired_remote = {a.uid: remote[a.uid] for a in plan.actions
+                         if isinstance(a, A.Pair) and a.uid in remote}
+        del remote
+        self.execute(plan, fstate, local_folder, paired_remote, {m.key: m.flags for m in local},
+                     result, reset=uidvalidity_changed)
         if self.should_stop():
             return result  # interrupted between batches: the cursors must not claim completion
         # The stamp is taken after everything this sync did to the folder; a mail reader's
@@ -636,8 +641,9 @@ class AccountSync:
 
     # --- executing a plan -----------------------------------------------------------------
     def execute(self, plan: A.FolderPlan, fstate: FolderState, folder: MaildirFolder,
-                remote: dict[int, RemoteMessage], local_flags: dict[str, str],
+                paired_remote: dict[int, RemoteMessage], local_flags: dict[str, str],
                 result: FolderResult, *, reset: bool = False) -> None:
+        """``paired_remote``: the server's view of the messages the plan pairs."""
         session = self._session()
         state = self.state
         fid = fstate.id
@@ -656,11 +662,10 @@ class AccountSync:
                 state.reset_folder(fid)
             state.delete_messages(fid, (a.uid for a in by_kind[A.Forget]))
             for action in by_kind[A.Pair]:
+                seen = paired_remote.get(action.uid)
                 state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
-                                                     remote[action.uid].size
-                                                     if action.uid in remote else None,
-                                                     remote[action.uid].message_id
-                                                     if action.uid in remote else None))
+                                                     seen.size if seen else None,
+                                                     seen.message_id if seen else None))
             state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in by_kind[A.RecordFlags]))
         checkpoint("state-only.commit")
         result.paired += len(by_kind[A.Pair])
@@ -819,7 +824,7 @@ class AccountSync:
             group_bytes += action.size or 0
         # The next group's bodies come over the network while this one is written and
         # flushed. Fetching stores nothing, so it may run ahead of the group's intents.
-        prefetch = BodyPrefetcher(session, [[(a.uid, a.size) for a in g] for g in groups])
+        prefetch = BodyPrefetcher(session, groups)
         try:
             for group in groups:
                 if self.should_stop():
