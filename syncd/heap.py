@@ -9,7 +9,7 @@ sync of the benchmark corpus: peak RSS 76 -> 63 MB at 5,000 messages, 84 -> 70 M
 The price is paid in page faults: every big buffer is fresh memory the kernel zero-fills
 (1.0 M minor faults instead of 0.12 M for those 1.5 GB, ~4 s more system CPU of ~30 s). It
 is paid once, by a big first sync; a daemon that runs for weeks keeps the smaller heaps.
-Limiting the number of arenas instead (MALLOC_ARENA_MAX=2) kept the faults but saved only
+Limiting the number of arenas instead (MALLOC_ARENA_MAX=2) added few faults but saved only
 6 MB at 20,000 messages.
 
 Called where message bodies start to flow (the engine, POP3, the daemon); not on start-up,
