@@ -45,4 +45,3 @@ def test_a_megabyte_body_is_mapped_only_with_the_fixed_threshold(mode: str, mapp
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
                          check=True)
     assert int(out.stdout) == mapped
-
