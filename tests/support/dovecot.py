@@ -370,9 +370,15 @@ class Dovecot:
         imap_capability: str | None = None,
         mailbox_list_index: bool = False,
         extra_conf: str = "",
+        inbox_prefix: str = "",
+        separator: str = "/",
     ) -> None:
+        """``inbox_prefix``/``separator``: the personal namespace, e.g. ``"INBOX."``/``"."``
+        for a Courier- or Cyrus-style server where every folder lives under INBOX."""
         self.workdir = Path(workdir).absolute()
         self.imap_capability = imap_capability
+        self.inbox_prefix = inbox_prefix
+        self.separator = separator
         self.mailbox_list_index = mailbox_list_index
         self.extra_conf = extra_conf
         self.instance_name = f"syncd-test-{secrets.token_hex(4)}"
@@ -602,7 +608,8 @@ class Dovecot:
             "mail_location = maildir:~/Maildir",
             "namespace inbox {",
             "  inbox = yes",
-            "  separator = /",
+            f"  separator = {self.separator}",
+            *([f"  prefix = {self.inbox_prefix}"] if self.inbox_prefix else []),
             "}",
             f"mailbox_list_index = {'yes' if self.mailbox_list_index else 'no'}",
             # syncd opens several connections per account (IDLE watchers, parallel fetches)
