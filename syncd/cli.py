@@ -525,6 +525,8 @@ def _check_imap(account: AccountSettings) -> None:
     from syncd.adapters.imap import INTERESTING_CAPABILITIES, ImapSession
     from syncd.adapters.maildir import Maildir
     from syncd.core.folders import folder_selected
+    from syncd.folder_map import FolderMap
+    from syncd.muttconfig import _state_folders
 
     session = ImapSession.connect(account, _password_source(account))
     try:
@@ -539,18 +541,28 @@ def _check_imap(account: AccountSettings) -> None:
 
         save_roles(account, folders)  # Sent/Drafts/Trash for `syncd mutt-config`
         maildir = Maildir(account.maildir, account.layout)
+        namespace = session.personal_namespace()  # came with the LIST
+        if namespace.prefix:
+            print(f'  personal namespace "{namespace.prefix}" (delimiter '
+                  f'"{namespace.delimiter}"): shown locally without it; new local folders '
+                  "are created under it")
+        # The places a sync uses: the state's for folders synced before, else the name
+        # without the namespace prefix.
+        folder_map = FolderMap(maildir, namespace, {
+            name: str(path) for name, path in (_state_folders(account) or {}).items()})
         print(f"  folders ({len(folders)}), layout {account.layout}:")
         width = max((len(f.name) for f in folders), default=0)
         for folder in folders:
             if folder.noselect:
                 note = "(no messages: directory only)"
             elif not folder_selected(folder.name, account.folders.include,
-                                     account.folders.exclude):
+                                     account.folders.exclude, namespace=namespace):
                 note = "(excluded)"
             else:
-                components = ("INBOX",) if folder.name.upper() == "INBOX" \
-                    else folder.components
-                note = str(maildir.local_path(components))
+                try:
+                    note = str(folder_map.local_path(folder))
+                except ValueError as exc:
+                    note = f"(not synced: {exc})"
             print(f"    {folder.name:<{width}}  ->  {note}")
     finally:
         session.close()

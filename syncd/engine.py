@@ -34,6 +34,7 @@ from syncd.adapters.imap import (
     SelectChanges,
     SelectInfo,
     raise_refused,
+    refusal_text,
 )
 from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
 from syncd.adapters.state import FolderState, StateStore
@@ -42,8 +43,6 @@ from syncd.core.folders import (
     files_match,
     folder_selected,
     folder_untouched,
-    local_components,
-    local_only_folders,
     remote_unchanged,
     server_delimiter,
     server_untouched,
@@ -57,6 +56,8 @@ from syncd.core.model import (
 )
 from syncd.errors import AccountError, FolderError
 from syncd.faults import checkpoint
+from syncd.folder_map import FolderMap
+from syncd.refusals import RefusedUploads, is_refusal
 from syncd.results import AccountResult, FolderResult, NullReporter, Reporter
 
 if TYPE_CHECKING:
@@ -167,6 +168,10 @@ class AccountSync:
         self.clock = clock
         self.session: ImapSession | None = None
         self._remote_folders: list[RemoteFolder] | None = None
+        # Every folder of the last LIST, selected or not (a local folder that is the place of
+        # an excluded server folder is not new), and where each lives locally.
+        self._listed: list[RemoteFolder] = []
+        self._map: FolderMap | None = None
         # Folders this run moved messages into (trash_folder): their STATUS, taken before the
         # move, must not let the status shortcut skip them.
         self._moved_into: set[str] = set()
@@ -235,10 +240,20 @@ class AccountSync:
     def _list_remote(self, refresh: bool) -> list[RemoteFolder]:
         if refresh or self._remote_folders is None:
             account = self.account
+            session = self._session()
+            self._listed = session.list_folders()
+            namespace = session.personal_namespace()  # came with the LIST
             self._remote_folders = [
-                f for f in self._session().list_folders()
-                if folder_selected(f.name, account.folders.include, account.folders.exclude)]
+                f for f in self._listed
+                if folder_selected(f.name, account.folders.include, account.folders.exclude,
+                                   namespace=namespace)]
         return list(self._remote_folders)
+
+    def _folder_map(self) -> FolderMap:
+        if self._map is None:
+            self._map = FolderMap(self.maildir, self._session().personal_namespace(),
+                                  {f.remote_name: f.local_path for f in self.state.folders()})
+        return self._map
 
     def _sync_folders(self, only: frozenset[str] | None) -> Iterable[FolderResult]:
         session = self._session()
@@ -251,17 +266,19 @@ class AccountSync:
             remote = self._list_remote(refresh=True)
             by_name = {f.name: f for f in remote}
         delimiter = server_delimiter(remote)
+        # Places as the state records them now (a new run may follow another's creations).
+        self._map = None
+        folder_map = self._folder_map()
 
         results: list[FolderResult] = []
         if not self.options.dry_run:
             self.maildir.ensure_root()
         # Local folders the server does not have: create them there (never delete a folder).
-        known = {f.remote_name for f in self.state.folders()}
-        local_only = [] if only is not None else local_only_folders(
-            self.maildir.list_folders(), by_name, delimiter, account.folders.include,
+        local_only = [] if only is not None else folder_map.local_only(
+            self._listed or remote, self.maildir.list_folders(), account.folders.include,
             account.folders.exclude)
-        for name in local_only:
-            if name in known:
+        for name, components in local_only:
+            if folder_map.known(name):
                 # Synced before and now gone from the server: someone deleted it there.
                 results.append(FolderResult(
                     name, error="deleted on the server; the local copy is kept (remove it "
@@ -271,9 +288,23 @@ class AccountSync:
                 results.append(FolderResult(name, created_remote=True,
                                             plan_lines=[f"create folder {name!r} on server"]))
                 continue
-            session.create_folder(name)
-            created = RemoteFolder(name=name, delimiter=delimiter, noselect=False,
-                                   special_use=None)
+            try:
+                session.create_folder(name)
+            except FolderError as exc:
+                # Refused (an invalid name, no permission): this folder's error, reported by
+                # its name and tried again next sync; every other folder still syncs.
+                path = self.maildir.local_path(components)
+                log.warning("%s: %s (local folder %s)", account.name, exc, path)
+                results.append(FolderResult(name, error=f"{exc.args[0].split(': ', 1)[-1]} "
+                                            f"(local folder {path})"))
+                continue
+            # The state pairs the new server folder with this local folder at once: whatever
+            # the server's name would map back to, this is its place (see FolderMap).
+            path = self.maildir.local_path(components)
+            self.state.ensure_folder(name, str(path))
+            folder_map.record(name, path)
+            created = RemoteFolder(name=name, delimiter=folder_map.namespace.delimiter
+                                   or delimiter, noselect=False, special_use=None)
             remote.append(created)
             by_name[name] = created
             if self._remote_folders is not None:
@@ -291,10 +322,12 @@ class AccountSync:
         # Two server folders must never share one local folder: each would take the other's
         # messages for new local mail and upload them (a server listing both "INBOX" and
         # "Inbox", which both mean INBOX; fault suite, hostile folder names). The exact
-        # "INBOX" keeps it; the other is reported and left alone.
+        # "INBOX" keeps it, then folders whose place the state records; the other is reported
+        # and left alone.
         claimed: dict[str, str] = {}
-        for folder in sorted(selectable, key=lambda f: f.name != "INBOX"):
-            path = str(self.maildir.local_path(local_components(folder)))
+        for folder in sorted(selectable, key=lambda f: (f.name != "INBOX",
+                                                        not folder_map.known(f.name))):
+            path = str(folder_map.local_path(folder))
             if path in claimed:
                 results.append(FolderResult(
                     folder.name, error=f"maps to the same local folder as {claimed[path]!r} "
@@ -378,7 +411,7 @@ class AccountSync:
         """Something to do in this folder, as far as STATUS and two stats can tell."""
         if not remote_unchanged(fstate, status, condstore=self._session().condstore):
             return True
-        local = self.maildir.folder(local_components(folder))
+        local = self._folder_map().local_folder(folder)
         return not local.unchanged_since(fstate.local_stamp)
 
     def _sync_in_parallel(self, bulk: list[RemoteFolder], statuses: dict[str, FolderStatus],
@@ -407,6 +440,7 @@ class AccountSync:
                                  reporter=self.reporter, clock=self.clock)
             worker.should_stop = self.should_stop
             worker._moved_into = self._moved_into  # its moves into the trash count too
+            worker._map = self._map  # the same places (a read-only mapping by now)
             try:
                 worker.session = self.connect()
                 drain(worker)
@@ -441,7 +475,7 @@ class AccountSync:
                     result: FolderResult) -> FolderResult:
         session = self._session()
         name = folder.name
-        local_folder = self.maildir.folder(local_components(folder))
+        local_folder = self._folder_map().local_folder(folder)
         fstate = self.state.folder(name)
         dry = self.options.dry_run
         if fstate is None and not dry:
@@ -549,7 +583,9 @@ class AccountSync:
             return result  # interrupted between batches: the cursors must not claim completion
         # The stamp is taken after everything this sync did to the folder; a mail reader's
         # change from now on moves an mtime and makes the next sync look. One commit for both.
-        stamp = local_folder.stamp()
+        # No stamp after a refused upload: the next sync must look at the files again and
+        # retry it, not find the folder unchanged.
+        stamp = local_folder.stamp() if result.error is None else None
         with self.state.transaction():
             self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity,
                                    uidnext=info.uidnext, highestmodseq=info.highestmodseq,
@@ -912,7 +948,11 @@ class AccountSync:
         session = self._session()
         state = self.state
         fid = fstate.id
-        for action in uploads:
+        refused = RefusedUploads(self.account.name, fstate.remote_name)
+        for n, action in enumerate(uploads):
+            if refused.give_up:
+                refused.not_tried = len(uploads) - n
+                break
             try:
                 path = folder.path_of(action.key)
                 data = folder.read(action.key)
@@ -924,8 +964,18 @@ class AccountSync:
                                             [(None, action.key, action.flags, message_id)])
             checkpoint("upload.intent")
             internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
-            uid = session.append(fstate.remote_name, lf_to_crlf(data), action.flags,
-                                 internaldate)
+            try:
+                uid = session.append(fstate.remote_name, lf_to_crlf(data), action.flags,
+                                     internaldate)
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                # NO/BAD: nothing was stored. The intent goes, the file stays; the next
+                # sync plans its upload again. The other messages still go up.
+                state.clear_intents([intent_id])
+                refused.add(action.key, data, refusal_text(exc))
+                continue
+            refused.accepted()
             checkpoint("upload.append")
             if uid is None and message_id:
                 uid = self._find_uploaded(fid, message_id)
@@ -936,6 +986,8 @@ class AccountSync:
                 state.clear_intents([intent_id])
             checkpoint("upload.commit")
             result.uploaded += 1
+        if refused:
+            result.error = refused.error()
 
     def _find_uploaded(self, fid: int, message_id: str) -> int | None:
         """The UID of a message we appended, on a server without UIDPLUS."""

@@ -21,14 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd.adapters.maildir import Maildir
-from syncd.core.folders import (
-    files_match,
-    folder_selected,
-    local_components,
-    local_only_folders,
-    server_delimiter,
-    server_untouched,
-)
+from syncd.core.folders import files_match, folder_selected, server_untouched
+from syncd.folder_map import FolderMap
 from syncd.results import AccountResult, FolderResult
 
 if TYPE_CHECKING:
@@ -89,14 +83,18 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
     if listing is None:
         return _full(account, "the server's replies do not allow the light check")
     include, exclude = account.folders.include, account.folders.exclude
-    remote = [f for f in listing.folders if folder_selected(f.name, include, exclude)]
+    namespace = listing.namespace
+    remote = [f for f in listing.folders
+              if folder_selected(f.name, include, exclude, namespace=namespace)]
     selectable = [f for f in remote if not f.noselect]
     maildir = Maildir(account.maildir, account.layout)
+    known = {f.remote_name: f for f in state.folders()}
+    # The engine's places: recorded ones first, then the name without the namespace prefix.
+    folder_map = FolderMap(maildir, namespace, {n: f.local_path for n, f in known.items()})
     try:
-        if local_only_folders(maildir.list_folders(), [f.name for f in remote],
-                              server_delimiter(remote), include, exclude):
+        if folder_map.local_only(listing.folders, maildir.list_folders(), include, exclude):
             return _full(account, "a local folder is not on the server")
-        locals_ = [maildir.folder(local_components(f)) for f in selectable]
+        locals_ = [folder_map.local_folder(f) for f in selectable]
     except ValueError:
         # A name that maps outside the Maildir: the engine reports it.
         return _full(account, "a folder name the Maildir cannot hold")
@@ -104,7 +102,6 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
         return _full(account, "two server folders map to one local folder")
     if state.open_intents():
         return _full(account, "an interrupted transfer to finish")
-    known = {f.remote_name: f for f in state.folders()}
     untouched: list[int] = []
     restamped: list[tuple[int, str | None]] = []
     for folder, local in zip(selectable, locals_, strict=True):

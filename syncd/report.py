@@ -84,8 +84,26 @@ def gather_status(settings: Settings) -> dict[str, Any]:
                 "pending": pending,
                 "error": saved_folders.get(remote_name, {}).get("error"),
             }
+        _add_failed_folders(info, saved_folders, entry.get("last_attempt"))
         accounts[name] = info
     return {"accounts": accounts}
+
+
+def _add_failed_folders(info: dict[str, Any], saved: dict[str, Any],
+                        last_attempt: float | None) -> None:
+    """Folders the last sync failed on that the state does not know (a local folder whose
+    CREATE the server refused): shown with their error, or they would not be shown at all.
+    Only those of the last attempt: an error that no sync repeats is gone."""
+    for folder, values in saved.items():
+        error = values.get("error") if isinstance(values, dict) else None
+        if folder in info["folders"] or not error:
+            continue
+        if last_attempt is not None and (values.get("last_attempt") or 0) < last_attempt:
+            continue
+        info["folders"][folder] = {
+            "local_path": None, "last_sync": None, "messages": 0, "unread": 0,
+            "pending": {"new": 0, "flags": 0, "deleted": 0}, "error": error,
+        }
 
 
 def _when(stamp: float | None) -> str:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from syncd.adapters.transport import connect_failed, ssl_context_for, take_dialed
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
+from syncd.core.folders import Namespace, personal_namespace
 from syncd.core.model import FolderStatus, RemoteFolder
-from syncd.errors import AccountError, login_refused
+from syncd.errors import AccountError, FolderError, login_refused
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
@@ -270,6 +271,9 @@ class ImapSession:
         # STATUS of every folder from the LIST that listed them (LIST-STATUS), for the
         # status_all() right after it: (imaplib tag counter then, the statuses).
         self._listed_statuses: tuple[int, dict[str, FolderStatus]] | None = None
+        # The personal namespace (RFC 2342), asked once per connection together with the
+        # first LIST (see list_folders); None until then.
+        self._namespace: Namespace | None = None
 
     # --- connection -----------------------------------------------------------------------
     @classmethod
@@ -389,13 +393,18 @@ class ImapSession:
     # --- folders --------------------------------------------------------------------------
     def list_folders(self) -> list[RemoteFolder]:
         """Every folder. With LIST-STATUS the same round trip also brings each folder's STATUS,
-        kept for the status_all() that follows (a no-change sync is then one LIST in all)."""
+        kept for the status_all() that follows (a no-change sync is then one LIST in all).
+        The first listing of a connection also brings the personal namespace: NAMESPACE is
+        written ahead of the LIST and answered in the same round trip."""
         self._listed_statuses = None
+        namespace_tag = self._send_namespace() if self._namespace is None else None
         listing = None
         if "LIST-STATUS" in self.capabilities:
             listing = self._list_with_status()
         if listing is None:
             listing = self.client.list_folders()
+        if namespace_tag is not None:
+            self._namespace = self._take_namespace(namespace_tag)
         result = []
         special = "SPECIAL-USE" in self.capabilities
         for raw_flags, delimiter, name in listing:
@@ -415,6 +424,37 @@ class ImapSession:
                 noselect="\\noselect" in lowered or "\\nonexistent" in lowered,
                 special_use=use))
         return result
+
+    def personal_namespace(self) -> Namespace:
+        """The personal namespace: prefix and delimiter under which new folders are created.
+        Known after the first list_folders() (no round trip of its own); asked now otherwise.
+        A server without NAMESPACE (or with no personal namespace) has no prefix."""
+        if self._namespace is None:
+            tag = self._send_namespace()
+            self._namespace = self._take_namespace(tag) if tag is not None else Namespace()
+        return self._namespace
+
+    def _send_namespace(self) -> bytes | None:
+        """Write NAMESPACE without waiting for its reply: imaplib files the tagged reply
+        under its tag while it reads the next command's (the LIST), and _take_namespace picks
+        both up. None if the server does not offer NAMESPACE."""
+        if "NAMESPACE" not in self.capabilities:
+            return None
+        imap = self.client._imap
+        tag: bytes = imap._new_tag()
+        line = tag + b" NAMESPACE"
+        if getattr(imap, "debug", 0) >= 4:
+            imap._mesg(f"> {line!r}")  # in the --debug trace like imaplib's own commands
+        imap.send(line + b"\r\n")
+        return tag
+
+    def _take_namespace(self, tag: bytes) -> Namespace:
+        imap = self.client._imap
+        typ, _ = imap._get_tagged_response(tag)
+        raw = imap.untagged_responses.pop("NAMESPACE", None)
+        if typ != "OK" or not raw:
+            return Namespace()  # refused: behave as a server without NAMESPACE
+        return parse_namespace(raw[-1])
 
     def _status_items(self) -> list[str]:
         return ["MESSAGES", "UIDNEXT", "UIDVALIDITY", *(["HIGHESTMODSEQ"] if self.condstore
@@ -459,8 +499,20 @@ class ImapSession:
                 self.selected = None
             reply = self._list_status() if "LIST-STATUS" in self.capabilities else None
             statuses = reply[1] if reply is not None else {}
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
         for name in [n for n in names if n not in statuses]:
-            statuses[name] = _status_from(self.client.folder_status(name, self._status_items()))
+            try:
+                raw = self.client.folder_status(name, self._status_items())
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                # A folder the server lists but refuses STATUS for (permissions, a folder
+                # being deleted): no status, so its sync SELECTs it and reports what the
+                # server says there, as that folder's error. The others go on.
+                log.debug("%s: STATUS %r refused: %s", self.account.name, name, exc)
+                continue
+            statuses[name] = _status_from(raw)
         return {name: statuses[name] for name in names if name in statuses}
 
     def _list_status(self, *, special_use: bool = False
@@ -495,16 +547,20 @@ class ImapSession:
         return result
 
     def create_folder(self, name: str) -> None:
-        from imapclient.exceptions import IMAPClientError
+        """CREATE; a refusal is that folder's FolderError (with the server's words), unless
+        the folder exists after all."""
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
         try:
             self.client.create_folder(name)
+        except IMAPClientAbortError:
+            raise
         except IMAPClientError as exc:
             # Another client (or our own earlier, interrupted run) may have created it.
             if not any(f.name == name for f in self.list_folders()):
-                raise AccountError(self.account.name,
-                                   f"cannot create folder {name!r} on the server: {exc}",
-                                   cause="protocol") from None
+                raise FolderError(self.account.name, name,
+                                  f"cannot create the folder on the server: "
+                                  f"{refusal_text(exc)}") from None
 
     def select(self, name: str) -> SelectInfo:
         from imapclient.exceptions import ProtocolError
@@ -799,6 +855,44 @@ class ImapSession:
                 self.client.copy(uid_set, target)
                 self.expunge(chunk)
         self.client._imap.untagged_responses.pop("VANISHED", None)
+
+
+def parse_namespace(raw: object) -> Namespace:
+    """The personal namespace from a NAMESPACE response's data (``(("INBOX." ".")) NIL NIL``):
+    its first entry, which RFC 2342 makes the default for new folders. Anything we cannot
+    read is "no prefix", which is how syncd behaved before it asked."""
+    from imapclient.imap_utf7 import decode as decode_utf7
+    from imapclient.response_parser import parse_response
+
+    try:
+        parsed = parse_response([raw] if not isinstance(raw, list) else raw)
+        personal = parsed[0] if parsed else None
+        if not personal or not isinstance(personal, tuple) or not isinstance(personal[0],
+                                                                                tuple):
+            return Namespace()
+        prefix, delimiter = personal[0][0], personal[0][1]
+        prefix_text = decode_utf7(prefix) if isinstance(prefix, bytes) else str(prefix)
+        delim = delimiter.decode("ascii", "replace") if isinstance(delimiter, bytes) \
+            else delimiter
+    except Exception:
+        return Namespace()
+    return personal_namespace(prefix_text, delim if isinstance(delim, str) and delim else None)
+
+
+_IMAPLIB_ERROR = re.compile(r"^[A-Z ]+ command error: (?:NO|BAD) \[b?['\"](.*)['\"]\]$", re.S)
+_IMAPCLIENT_NO = re.compile(r"^[a-z_ ]+ failed: (.*)$", re.S)
+
+
+def refusal_text(exc: BaseException) -> str:
+    """The server's own words from an imaplib/imapclient refusal ("APPEND command error: BAD
+    [b'Command Error. 10']" -> "BAD Command Error. 10"; "create failed: [CANNOT] ..." -> "NO
+    [CANNOT] ...")."""
+    text = str(exc)
+    match = _IMAPLIB_ERROR.match(text)
+    if match is not None:
+        return f"{'BAD' if ': BAD ' in text else 'NO'} {match.group(1)}"
+    match = _IMAPCLIENT_NO.match(text)  # imapclient's words for a NO
+    return f"NO {match.group(1)}" if match is not None else text
 
 
 def _select_info(name: str, response: dict) -> SelectInfo:

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from syncd.core.folders import Namespace, personal_namespace
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, login_refused
 
@@ -34,6 +35,8 @@ class Listing(NamedTuple):
 
     folders: list[RemoteFolder]
     statuses: dict[str, FolderStatus]
+    # The personal namespace (NAMESPACE, asked in the same round trip as the LIST).
+    namespace: Namespace = Namespace()
 
 
 # The --debug protocol trace: the logger, and the redaction, imapclient uses for its own.
@@ -142,6 +145,9 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
     capabilities = {w.decode("ascii", "replace") for w in words}
     if "LIST-STATUS" not in capabilities or not {"CONDSTORE", "QRESYNC"} & capabilities:
         return None  # without both, the status shortcut never applies anyway
+    # NAMESPACE is written ahead of the LIST, without waiting: imaplib files its tagged reply
+    # while it reads the LIST's, so both cost one round trip.
+    namespace_tag = _send(imap, b"NAMESPACE") if "NAMESPACE" in capabilities else None
     # imaplib sends its arguments as they are: the pattern carries the RETURN options.
     typ, lines = imap.list('""', f'"*" RETURN (STATUS ({" ".join(STATUS_ITEMS)}))')
     if typ != "OK":
@@ -150,7 +156,24 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
     statuses = _parse_statuses(imap.response("STATUS")[1])
     if folders is None or statuses is None:
         return None
-    return Listing(folders, statuses)
+    namespace = Namespace()
+    if namespace_tag is not None:
+        typ, _ = imap._get_tagged_response(namespace_tag)
+        parsed = _parse_namespace(imap.response("NAMESPACE")[1]) if typ == "OK" else None
+        if parsed is None:
+            return None  # a reply we do not read: the full path asks again and knows
+        namespace = parsed
+    return Listing(folders, statuses, namespace)
+
+
+def _send(imap: imaplib.IMAP4, command: bytes) -> bytes:
+    """Write a command without waiting for its reply; returns its tag."""
+    tag: bytes = imap._new_tag()
+    line = tag + b" " + command
+    if getattr(imap, "debug", 0) >= 4:
+        imap._mesg(f"> {line!r}")
+    imap.send(line + b"\r\n")
+    return tag
 
 
 # --- the two replies ------------------------------------------------------------------------
@@ -250,6 +273,29 @@ def _parse_list(lines: list[object]) -> list[RemoteFolder] | None:
             name=name, delimiter=delim,
             noselect=b"\\noselect" in flags or b"\\nonexistent" in flags, special_use=None))
     return folders
+
+
+def _parse_namespace(lines: list[object]) -> Namespace | None:
+    """`* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace, as the full path
+    (adapters.imap.parse_namespace) reads it; None for anything else."""
+    line = lines[-1] if lines else None
+    if not isinstance(line, bytes):
+        return None
+    tokens = _tokens(line)
+    if tokens is None or len(tokens) < 3:
+        return None
+    personal = tokens[0]
+    if isinstance(personal, bytes):
+        return Namespace() if personal.upper() == b"NIL" else None
+    if not personal or not isinstance(personal[0], list) or len(personal[0]) < 2:
+        return Namespace()
+    prefix, delimiter = personal[0][0], personal[0][1]
+    name = _name(prefix)
+    if name is None or not isinstance(delimiter, bytes):
+        return None
+    delim = None if not isinstance(delimiter, QuotedString) and delimiter.upper() == b"NIL" \
+        else delimiter.decode("ascii", "replace")
+    return personal_namespace(name, delim or None)
 
 
 def _parse_statuses(lines: list[object]) -> dict[str, FolderStatus] | None:

@@ -818,6 +818,31 @@ class Maildir:
             raise ValueError(f"folder name {name!r} maps outside the maildir {self.root}")
         return path
 
+    def folder_name_of(self, path: Path | str) -> FolderName | None:
+        """The folder name whose directory ``path`` is under this root and layout (the inverse
+        of local_path); None for a path this Maildir would never give (another root, the other
+        layout, a name that is not canonical)."""
+        try:
+            relative = Path(path).relative_to(self.root)
+        except ValueError:
+            return None
+        parts = list(relative.parts)
+        if self.layout == "maildir++":
+            if not parts:
+                return INBOX
+            if len(parts) != 1 or not parts[0].startswith(".") or parts[0] in (".", ".."):
+                return None
+            parts = parts[0][1:].split(".")
+        elif not parts:
+            return None
+        name = _decode_dir_name(parts, self.layout)
+        if name is None or (self.layout == "maildir++" and name == INBOX):
+            return None
+        try:
+            return name if self.local_path(name) == Path(path) else None
+        except ValueError:
+            return None
+
     def list_folders(self) -> list[FolderName]:
         """Every Maildir folder under root (directories holding cur/ new/ tmp/), mapped back to
         folder names (unescaped). INBOX included if present.

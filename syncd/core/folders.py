@@ -6,8 +6,8 @@ can be skipped because neither side changed. Pure: the engine and the no-change 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Container, Iterable, Mapping
+from typing import NamedTuple, Protocol
 
 from syncd.core.flags import Flags
 from syncd.core.model import FolderStatus, RemoteFolder
@@ -38,39 +38,115 @@ class Cursors(Protocol):
     def guard_held(self) -> bool: ...
 
 
-def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    """Glob filters on server folder names; INBOX matches case-insensitively."""
+class Namespace(NamedTuple):
+    """The server's personal namespace (RFC 2342 NAMESPACE): where the user's own folders
+    live. ``prefix`` is "" on most servers and "INBOX." on Courier and Cyrus (whose top-level
+    CREATE is refused); ``delimiter`` is its hierarchy delimiter (None: unknown or flat)."""
+
+    prefix: str = ""
+    delimiter: str | None = None
+
+
+NO_NAMESPACE = Namespace()
+
+
+def personal_namespace(prefix: str, delimiter: str | None) -> Namespace:
+    """A Namespace from a NAMESPACE reply's first personal entry. A prefix that does not end
+    with its delimiter ("INBOX" with ".") gets it: every folder under it is prefix+delimiter
+    +name, and a bare name equal to the prefix is the prefix folder itself, not under it."""
+    if prefix and delimiter and not prefix.endswith(delimiter):
+        prefix += delimiter
+    return Namespace(prefix, delimiter or None)
+
+
+def _is_inbox(component: str) -> bool:
+    return component.upper() == "INBOX"
+
+
+def without_prefix(name: str, namespace: Namespace) -> str | None:
+    """``name`` with the personal prefix cut off; None when it is not under the prefix, or
+    is INBOX itself. The INBOX part of a prefix matches in any case (RFC 3501 5.1: INBOX is
+    case-insensitive). A remainder that would itself be INBOX ("INBOX.INBOX"), or begin with
+    an INBOX level, is not stripped: it would take the real INBOX's local folder."""
+    prefix = namespace.prefix
+    if not prefix or len(name) <= len(prefix) or _is_inbox(name):
+        return None
+    head = name[:len(prefix)]
+    if head != prefix and not (prefix[:5].upper() == "INBOX" and head[:5].upper() == "INBOX"
+                               and head[5:] == prefix[5:]):
+        return None
+    rest = name[len(prefix):]
+    first = rest.split(namespace.delimiter, 1)[0] if namespace.delimiter else rest
+    return None if _is_inbox(first) else rest
+
+
+def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str], *,
+                    namespace: Namespace = NO_NAMESPACE) -> bool:
+    """Glob filters on folder names; INBOX matches case-insensitively. A pattern matches the
+    server's name or, under a personal namespace prefix, the name without it: a Courier user's
+    `exclude: [Trash]` excludes INBOX.Trash, and `exclude: [INBOX.Trash]` does too."""
+    names = [name]
+    short = without_prefix(name, namespace)
+    if short is not None:
+        names.append(short)
+
     def matches(pattern: str) -> bool:
         if name.upper() == "INBOX" and pattern.upper() == "INBOX":
             return True
-        return fnmatch.fnmatchcase(name, pattern)
+        return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
     return any(matches(p) for p in include) and not any(matches(p) for p in exclude)
 
 
-def local_components(folder: RemoteFolder) -> tuple[str, ...]:
-    """The folder's path components under the account's Maildir (any INBOX is "INBOX")."""
+def local_components(folder: RemoteFolder, namespace: Namespace = NO_NAMESPACE
+                     ) -> tuple[str, ...]:
+    """The folder's path components under the account's Maildir (any INBOX is "INBOX"),
+    without the personal namespace prefix: INBOX.Archive.2024 is Archive/2024."""
     if folder.name.upper() == "INBOX":
         return ("INBOX",)
-    return folder.components
+    short = without_prefix(folder.name, namespace)
+    if short is None:
+        return folder.components
+    return tuple(short.split(folder.delimiter)) if folder.delimiter else (short,)
 
 
 def server_delimiter(folders: Iterable[RemoteFolder]) -> str:
     return next((f.delimiter for f in folders if f.delimiter), None) or "/"
 
 
+def server_name(components: tuple[str, ...], namespace: Namespace, delimiter: str) -> str:
+    """The server name a new local folder gets: under the personal prefix with the server's
+    delimiter (local Archive/2024 -> INBOX.Archive.2024 on Courier). A local folder below
+    INBOX (``INBOX/Sub``, as a syncd without namespace support laid them out) is the server's
+    INBOX hierarchy: INBOX.Sub, never INBOX.INBOX.Sub."""
+    if components == ("INBOX",):
+        return "INBOX"
+    delimiter = namespace.delimiter or delimiter
+    if _is_inbox(components[0]):
+        return delimiter.join(("INBOX", *components[1:]))
+    return namespace.prefix + delimiter.join(components)
+
+
 def local_only_folders(local: Iterable[tuple[str, ...]], remote_names: Iterable[str],
-                       delimiter: str, include: Iterable[str],
-                       exclude: Iterable[str]) -> list[str]:
-    """Server names of the selected local folders the server does not list (to be created
-    there, or reported as deleted there)."""
+                       delimiter: str, include: Iterable[str], exclude: Iterable[str], *,
+                       namespace: Namespace = NO_NAMESPACE,
+                       claimed: Container[tuple[str, ...]] = (),
+                       recorded: Mapping[tuple[str, ...], str] | None = None
+                       ) -> list[tuple[str, tuple[str, ...]]]:
+    """(server name, local components) of the selected local folders the server does not
+    list (to be created there, or reported as deleted there). ``claimed``: local folders that
+    are a listed server folder's place already, whatever their names say; ``recorded``: the
+    server name the state records for a local folder (it wins over the computed one)."""
     listed = set(remote_names)
-    names = []
+    found = []
     for components in local:
-        name = "INBOX" if components == ("INBOX",) else delimiter.join(components)
-        if name not in listed and folder_selected(name, include, exclude):
-            names.append(name)
-    return names
+        if components in claimed:
+            continue
+        name = (recorded or {}).get(components) or server_name(components, namespace,
+                                                                delimiter)
+        if name not in listed and folder_selected(name, include, exclude, namespace=namespace):
+            found.append((name, components))
+    return found
 
 
 def remote_unchanged(cursors: Cursors, status: FolderStatus, *, condstore: bool) -> bool:
