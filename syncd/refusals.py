@@ -96,8 +96,8 @@ class RefusedUploads:
         count = len(self.refused)
         named = "; ".join(self.refused[:NAMED_IN_SUMMARY])
         more = f"; and {count - NAMED_IN_SUMMARY} more" if count > NAMED_IN_SUMMARY else ""
-        waiting = (f"; {self.not_tried} more not tried after {count} refusals in a row"
-                   if self.not_tried else "")
+        waiting = (f"; {self.not_tried} more not tried after {self.in_a_row} refusals in a "
+                   "row" if self.not_tried else "")
         noun = "message" if count == 1 else "messages"
         return (f"the server refused {count} {noun} (kept in the Maildir, tried again at the "
                 f"next sync): {named}{more}{waiting}")
