@@ -294,7 +294,7 @@ class AccountSync:
                 # Refused (an invalid name, no permission): this folder's error, reported by
                 # its name and tried again next sync; every other folder still syncs.
                 path = self.maildir.local_path(components)
-                log.warning("%s: %s (local folder %s)", account.name, exc, path)
+                log.warning("%s (local folder %s)", exc, path)  # exc names account/folder
                 results.append(FolderResult(name, error=f"{exc.args[0].split(': ', 1)[-1]} "
                                             f"(local folder {path})"))
                 continue

@@ -85,6 +85,7 @@ def test_a_refused_append_names_the_message_and_the_others_go_up(
 
     rc, out, err = run_cli("--config", str(account.config), "sync")
     text = out + err
+    print(text)
     assert rc == 1, text
     assert "victim" in text and "Sent" in text, text
     assert "1700000002.M2P2.host" in text, text

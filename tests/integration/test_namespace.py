@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from syncd.adapters.imap import ImapSession
+from tests.integration.test_imap_round_trips import commands
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     Account,
@@ -100,6 +101,9 @@ def test_folders_live_under_the_personal_namespace(courier_like: Dovecot, tmp_pa
     assert not (account.maildir / "INBOX" / "Archive").exists()
 
     assert_quiet(account)
+    # The no-change check knows the places too: LOGIN, NAMESPACE and LIST in one round trip.
+    assert [c.split(" ", 1)[0] for c in commands(account.config)] == [
+        "LOGIN", "NAMESPACE", "LIST", "LOGOUT"]
     # Server-side news reach the prefix-less local folders.
     dc.append(user, "INBOX.Archive", make_message(20, folder="Archive"))
     out = synced(account)
@@ -109,6 +113,7 @@ def test_folders_live_under_the_personal_namespace(courier_like: Dovecot, tmp_pa
     assert_quiet(account)
 
     rc, out, err = run_cli("--config", str(account.config), "check")
+    print(out)
     assert rc == 0, out + err
     assert 'namespace "INBOX."' in out, out
     lists_line = next(line for line in out.splitlines() if "INBOX.Lists" in line)
@@ -143,6 +148,7 @@ def test_a_refused_create_is_that_folders_error(courier_like: Dovecot, tmp_path:
     make_local_folder(account.maildir / "Good", [make_message(6, folder="Good")])
 
     out = synced(account, expect_rc=1)
+    print(out)
     assert "INBOX.~Refused" in out and "cannot create" in out, out
     assert "Begins with '~'" in out, out
     assert_folder_in_sync(dc, user, account, "INBOX", local_dir=account.maildir / "INBOX")
