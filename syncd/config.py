@@ -321,7 +321,8 @@ class _Model(BaseModel):
 
 class FolderFilterModel(_Model):
     """Glob patterns on server folder names: a folder is synced if it matches an include
-    pattern and no exclude pattern."""
+    pattern and no exclude pattern. A pattern also matches the name without the personal
+    namespace prefix (core.folders.folder_selected)."""
 
     include: Patterns = ("*",)
     exclude: Patterns = ()

@@ -76,7 +76,8 @@ def default_cache_dir() -> Path:
 
 class FolderFilter(NamedTuple):
     """Glob patterns on server folder names: a folder is synced if it matches an include
-    pattern and no exclude pattern."""
+    pattern and no exclude pattern. A pattern also matches the name without the personal
+    namespace prefix (core.folders.folder_selected)."""
 
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
