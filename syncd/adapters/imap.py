@@ -454,7 +454,7 @@ class ImapSession:
         raw = imap.untagged_responses.pop("NAMESPACE", None)
         if typ != "OK" or not raw:
             return Namespace()  # refused: behave as a server without NAMESPACE
-        return parse_namespace(raw[-1])
+        return parse_namespace(raw)  # a list: a prefix may come as a literal
 
     def _status_items(self) -> list[str]:
         return ["MESSAGES", "UIDNEXT", "UIDVALIDITY", *(["HIGHESTMODSEQ"] if self.condstore

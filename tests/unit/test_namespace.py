@@ -204,6 +204,10 @@ def test_namespace_replies(raw: bytes, expected: Namespace) -> None:
     assert _parse_namespace([raw]) == expected  # the no-change check reads them alike
 
 
+def test_a_namespace_prefix_as_a_literal() -> None:
+    assert parse_namespace([(b"(({6}", b"INBOX."), b' ".")) NIL NIL']) == COURIER
+
+
 def test_unreadable_namespace_replies() -> None:
     assert parse_namespace(b"((garbage") == NO_NAMESPACE
     assert _parse_namespace([(b"{3}", b"abc")]) is None  # the full sync will ask
