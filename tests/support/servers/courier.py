@@ -38,7 +38,8 @@ while [ ! -S /run/courier/authdaemon/socket ]; do
   n=$((n+1)); [ $n -lt 400 ] || { echo "authdaemond did not start" >&2; exit 1; }
   sleep 0.02
 done
-export IMAP_CAPABILITY="IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE" \
+export IMAP_CAPABILITY="IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT \
+THREAD=REFERENCES SORT QUOTA IDLE" \
        IMAP_KEYWORDS=1 IMAP_ACL=1 IMAP_USELOCKS=1 IMAP_ENHANCEDIDLE=1 IMAP_IDLE_TIMEOUT=60 \
        IMAP_MAXDAEMONS=100 MAXPERIP=100
 exec $U /usr/sbin/couriertcpd -address=127.0.0.1 -nodnslookup -noidentlookup \

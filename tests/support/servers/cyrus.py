@@ -23,6 +23,7 @@ from tests.support.servers.base import (
 )
 
 _LIBDIR = "usr/lib/x86_64-linux-gnu"
+_SYSTEM_LIBDIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu")
 
 
 class CyrusServer(ImapServer):
@@ -47,9 +48,9 @@ class CyrusServer(ImapServer):
                 raise ServerUnavailable(
                     f"Cyrus needs {tool!r}: run `make interop-deps` (apt-get install sasl2-bin)")
         for lib in ("libpcre.so.3", "libical.so.3"):
-            if not any(Path(d, lib).exists() for d in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu")):
-                raise ServerUnavailable(
-                    f"Cyrus needs {lib}: run `make interop-deps` (apt-get install libpcre3 libical3)")
+            if not any(Path(d, lib).exists() for d in _SYSTEM_LIBDIRS):
+                raise ServerUnavailable(f"Cyrus needs {lib}: run `make interop-deps` "
+                                        "(apt-get install libpcre3 libical3)")
 
     def _prepare(self) -> None:
         w = self.workdir
@@ -87,7 +88,8 @@ class CyrusServer(ImapServer):
         env = dict(os.environ, LD_LIBRARY_PATH=str(self.prefix / _LIBDIR))
         return ([
             "setpriv", "--reuid=mail", "--regid=mail", "--clear-groups",
-            str(self.bindir / "master"), "-C", str(self.conf), "-M", str(self.workdir / "cyrus.conf"),
+            str(self.bindir / "master"), "-C", str(self.conf),
+            "-M", str(self.workdir / "cyrus.conf"),
             "-p", str(self.workdir / "master.pid"), "-L", str(self.workdir / "master.log"),
         ], env)
 
