@@ -115,19 +115,52 @@ class Matrix:
     # ------------------------------------------------------------------ local side
 
     def folder_dir(self, folder: str) -> Path:
-        """Where a logical folder lives locally (layout verbatim; no prefix, "/" nests)."""
-        return self.maildir.joinpath(*folder.split("/"))
+        """Where a logical folder lives locally: ``<maildir>/A/B`` for "A/B" (layout verbatim,
+        no namespace prefix). Where only the prefixed directory exists (``INBOX/Archive`` for
+        the server's ``INBOX.Archive``: syncd before issue 15's namespace fix), that one, so
+        each scenario still tests what it is about; test_first_sync_then_idempotent and
+        assert_local_names() hold syncd to the names without the prefix."""
+        expected = self.maildir.joinpath(*folder.split("/"))
+        legacy = self._prefixed_dir(folder)
+        if not expected.is_dir() and legacy is not None and legacy.is_dir():
+            return legacy
+        return expected
 
-    def local_folders(self) -> list[str]:
-        found = []
+    def _prefixed_dir(self, folder: str) -> Path | None:
+        prefix, delim = self.server.namespace(self.user)
+        if not prefix or folder.upper() == "INBOX":
+            return None
+        return self.maildir.joinpath(*self.server.server_name(self.user, folder).split(delim))
+
+    def local_folders(self, *, strict: bool = False) -> list[str]:
+        """The local folders (directories with cur/ and new/) as logical names; unless
+        ``strict``, a prefixed directory (see folder_dir) counts as its logical folder."""
+        found: list[str] = []
         if not self.maildir.is_dir():
             return found
+        legacy: dict[str, str] = {}
+        if not strict:
+            for f in self.server.folders(self.user):
+                d = self._prefixed_dir(f)
+                if d is not None:
+                    legacy["/".join(d.relative_to(self.maildir).parts)] = f
         for dirpath, dirnames, _ in os.walk(self.maildir):
             if {"cur", "new"} <= set(dirnames):
-                rel = Path(dirpath).relative_to(self.maildir)
-                found.append("/".join(rel.parts))
+                rel = "/".join(Path(dirpath).relative_to(self.maildir).parts)
+                found.append(legacy.get(rel, rel))
             dirnames[:] = [d for d in dirnames if d not in ("cur", "new", "tmp")]
         return sorted(found)
+
+    def assert_local_names(self) -> None:
+        """Every server folder has its local directory under its logical name (no namespace
+        prefix, "/" for the server's delimiter), and no local folder is extra."""
+        remote = sorted(self.server.folders(self.user))
+        local = self.local_folders(strict=True)
+        prefix, delim = self.server.namespace(self.user)
+        assert local == remote, (
+            f"[{self.server.kind}] local folder directories {local} are not the server's "
+            f"folders {remote} (server namespace prefix {prefix!r}, delimiter {delim!r}: "
+            "folders must show locally without the prefix, issue 15 defect 2)")
 
     def local_files(self, folder: str) -> list[Path]:
         d = self.folder_dir(folder)
