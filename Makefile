@@ -1,6 +1,8 @@
 # syncd developer entry points. On a fresh Debian machine, as root:
 #   make demo   a throwaway Dovecot with sample mail, a config for it, and `syncd check`
-#   make test   the whole test suite (ruff, then pytest against a private Dovecot)
+#   make test   the whole test suite (ruff, then pytest against a private Dovecot and the
+#               core of the server matrix: Cyrus, Courier, mailutils, pymap, Dovecot profiles)
+#   make test-interop  the full server matrix (tests/interop)
 # Both install what is missing first (system packages with apt-get, then .venv).
 
 SHELL := /bin/bash
@@ -25,11 +27,13 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d openssl isync offlineimap3 neomutt t
 # dovecot and doveadm live in /usr/sbin, which is not on every user's PATH.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: help deps system-deps venv venv-python test lint demo clean distclean
+.PHONY: help deps system-deps venv venv-python test test-interop interop-deps lint demo clean distclean
 
 help:
 	@echo "make demo       start a throwaway Dovecot, write demo/config.yaml, run syncd check"
 	@echo "make test       ruff + the whole pytest suite (PYTEST_ARGS='-q -x' ...)"
+	@echo "make test-interop  the full server matrix (Dovecot profiles, Cyrus, Courier, mailutils, pymap)"
+	@echo "make interop-deps  install the matrix's servers (apt-get; Cyrus/Courier unpacked in $(INTEROP))"
 	@echo "make deps       install missing system packages (as root, apt-get) and build $(VENV)"
 	@echo "make lint       ruff check"
 	@echo "make clean      remove demo/ and caches; make distclean also removes $(VENV)"
@@ -78,14 +82,84 @@ $(PY):
 # calls that mode transitional; where it is gone, the default editable install is used.
 EDITABLE := --config-settings editable_mode=compat
 $(STAMP): pyproject.toml Makefile | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]' $(EDITABLE) 2>/dev/null \
-	  || $(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,interop]' $(EDITABLE) 2>/dev/null \
+	  || $(PY) -m pip install --quiet -e '.[test,interop]'
 	@touch $@
 
 # pytest exits 5 when it collects no tests; make treats that as a failure, as it should.
-test: deps
+test: deps interop-deps
 	$(VENV)/bin/ruff check syncd tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole server matrix (tests/interop), not only the core scenarios `make test` runs.
+test-interop: deps interop-deps
+	SYNCD_INTEROP_FULL=1 $(PY) -m pytest tests/interop $(PYTEST_ARGS)
+
+# --- the server matrix's servers (tests/support/servers, /work/shared/notes/other-imap-servers.md)
+# mailutils-imap4d and the libraries/tools of Cyrus and Courier come from apt. cyrus-imapd and
+# courier-imap conflict with dovecot-imapd (all provide imap-server), so their packages are
+# downloaded and unpacked (dpkg -x) into $(INTEROP_PREFIX), never installed. Idempotent and quick
+# when done (a stamp names the packages unpacked). When something cannot be installed (no
+# network, not root) this warns and goes on: the matrix then skips that server, naming what is
+# missing. No ':' or ',' may appear in the prefix's path (Courier overlay-mounts it).
+INTEROP        := .interop
+INTEROP_PREFIX := $(INTEROP)/root
+INTEROP_STAMP  := $(INTEROP)/.unpacked
+INTEROP_APT    := mailutils-imap4d sasl2-bin libpcre3 libical3 libgamin0 gamin
+INTEROP_DEBS   := cyrus-imapd cyrus-common courier-imap courier-base courier-authlib \
+                  courier-authlib-userdb libcourier-unicode4
+
+interop-deps:
+	@missing=""; \
+	for p in $(INTEROP_APT); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make: WARNING: missing$$missing; run 'make interop-deps' as root. The server matrix skips what needs them." >&2; \
+	  else \
+	    echo "make: installing the server matrix's packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    policy=""; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\n# make interop-deps: no service starts while it installs\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	      chmod 755 /usr/sbin/policy-rc.d; policy=1; \
+	    fi; \
+	    { apt-get install -y --no-install-recommends $$missing || \
+	      { apt-get update && apt-get install -y --no-install-recommends $$missing; }; } || \
+	      echo "make: WARNING: apt-get could not install$$missing; the server matrix skips what needs them." >&2; \
+	    [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; \
+	    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then \
+	      systemctl disable --now mailutils-imap4d.service >/dev/null 2>&1 || true; \
+	    fi; \
+	  fi; \
+	fi
+	@if [ -f $(INTEROP_STAMP) ] && [ "$$(cat $(INTEROP_STAMP))" = "$(INTEROP_DEBS)" ] \
+	   && [ -x $(INTEROP_PREFIX)/usr/lib/cyrus/bin/master ] && [ -x $(INTEROP_PREFIX)/usr/bin/imapd ]; then \
+	  exit 0; \
+	fi; \
+	case "$(CURDIR)" in *:*|*,*) echo "make: WARNING: $(CURDIR) has ':' or ','; Courier cannot run from it" >&2;; esac; \
+	mkdir -p $(INTEROP); \
+	dl=$$(mktemp -d $(CURDIR)/$(INTEROP)/download.XXXXXX); new=$(CURDIR)/$(INTEROP)/root.new; \
+	rm -rf "$$new"; mkdir -p "$$new"; \
+	echo "make: unpacking $(INTEROP_DEBS) into $(INTEROP_PREFIX)"; \
+	if ! ( cd "$$dl" && apt-get download $(INTEROP_DEBS) 2>&1 | grep -v 'Download is performed unsandboxed' ; \
+	       [ $$(ls "$$dl"/*.deb 2>/dev/null | wc -l) -ge 7 ] ); then \
+	  ( apt-get update >/dev/null 2>&1 && cd "$$dl" && apt-get download $(INTEROP_DEBS) >/dev/null 2>&1 ) || true; \
+	fi; \
+	if [ $$(ls "$$dl"/*.deb 2>/dev/null | wc -l) -lt 7 ]; then \
+	  echo "make: WARNING: could not download $(INTEROP_DEBS) (apt-get download); the server matrix skips Cyrus and Courier." >&2; \
+	  rm -rf "$$dl" "$$new"; exit 0; \
+	fi; \
+	for f in "$$dl"/*.deb; do dpkg -x "$$f" "$$new" || { echo "make: WARNING: dpkg -x $$f failed" >&2; rm -rf "$$dl" "$$new"; exit 0; }; done; \
+	rm -rf "$$dl" $(INTEROP_PREFIX); mv "$$new" $(INTEROP_PREFIX); \
+	if LD_LIBRARY_PATH=$(INTEROP_PREFIX)/usr/lib/x86_64-linux-gnu:$(INTEROP_PREFIX)/usr/lib \
+	   ldd $(INTEROP_PREFIX)/usr/lib/cyrus/bin/master $(INTEROP_PREFIX)/usr/lib/cyrus/bin/imapd \
+	       $(INTEROP_PREFIX)/usr/lib/cyrus/bin/idled $(INTEROP_PREFIX)/usr/bin/imapd \
+	       $(INTEROP_PREFIX)/usr/lib/courier/courier/imaplogin 2>&1 | grep 'not found' >&2; then \
+	  echo "make: WARNING: libraries missing for Cyrus/Courier (above); the matrix skips what fails to start." >&2; \
+	fi; \
+	echo "$(INTEROP_DEBS)" > $(INTEROP_STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check syncd tests bench
@@ -99,7 +173,7 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(INTEROP)
 
 # --- benchmarks (bench/README.md) ---------------------------------------------------------------
 #   make bench        the full comparison of issue 6 (20,000 messages; about 1.5 hours),
