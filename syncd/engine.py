@@ -794,8 +794,6 @@ class AccountSync:
 
         outcome = write_changes(self._session(), pushes, to_expunge,
                                 self._storable.get(fid, ALL_LETTERS))
-        if to_expunge:
-            checkpoint("delete-remote.expunge")
         gone = set(to_expunge)
         deleted = [a for a in deletes
                    if a.uid in outcome.expunge.expunged or a.uid not in gone]

@@ -26,6 +26,7 @@ from typing import NamedTuple
 from syncd.adapters.imap import ExpungeOutcome, ImapSession, Pipeline, Reply, flags_in
 from syncd.core.actions import PushFlags
 from syncd.core.flags import KEYWORD_LETTERS, LETTER_TO_IMAP, Flags, normalize
+from syncd.faults import checkpoint
 
 log = logging.getLogger("syncd.imap")
 
@@ -72,6 +73,7 @@ def _send_stores(session: ImapSession, pipe: Pipeline, groups: Mapping[tuple[Fla
                 indexes = session.send_store(pipe, uids, letters if sign == "+" else "",
                                              letters if sign == "-" else "")
                 stores.append(_Store(tuple(actions), sign, letters, tuple(indexes)))
+        checkpoint("push-flags.store")
     return stores
 
 
@@ -93,6 +95,8 @@ def write_changes(session: ImapSession, pushes: Sequence[PushFlags], to_expunge:
     if checked:
         session.send_fetch_flags(pipe, checked)
     request = session.send_expunge(pipe, to_expunge)
+    if to_expunge:
+        checkpoint("delete-remote.expunge")
     replies = pipe.replies()
 
     unkept: set[str] = set()
