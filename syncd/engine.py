@@ -38,7 +38,7 @@ from syncd.adapters.imap import (
 )
 from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
 from syncd.adapters.state import FolderState, StateStore
-from syncd.core.flags import normalize
+from syncd.core.flags import ALL_LETTERS, normalize
 from syncd.core.folders import (
     files_match,
     folder_selected,
@@ -180,6 +180,9 @@ class AccountSync:
         self.should_stop: Callable[[], bool] = lambda: False
         self._in_folder: str | None = None  # the folder being synced (for error messages)
         self._unchanged_folders: list[FolderState] = []
+        # Folder id -> the letters its server keeps (SELECT's PERMANENTFLAGS, less what it
+        # refused or dropped before): the rest stay local-only (see syncd/server_writes.py).
+        self._storable: dict[int, str] = {}
 
     # --- the whole account ----------------------------------------------------------------
     def run(self, only_folders: frozenset[str] | None = None, *,
@@ -547,14 +550,21 @@ class AccountSync:
         _import_planner()
         from syncd.core.plan import plan_folder
 
+        storable = info.storable
+        pending: frozenset[int] = frozenset()
+        if fstate is not None:
+            storable = normalize(set(storable) - set(self.state.unkept_flags(fstate.id)))
+            self._storable[fstate.id] = storable
+            pending = self.state.pending_expunges(fstate.id)
         policy = FolderPolicy(trash_folder=self.account.trash_folder,
                               force_deletions=self.options.force_deletions,
                               local_folder_missing=local_folder_missing,
-                              guard_held=fstate is not None and fstate.guard_held)
+                              guard_held=fstate is not None and fstate.guard_held,
+                              storable=storable)
         plan = plan_folder(FolderSnapshot(synced=tuple(synced), local=tuple(local),
                                           remote=tuple(remote.values()),
                                           uidvalidity_changed=uidvalidity_changed,
-                                          policy=policy))
+                                          policy=policy, pending_expunge=pending))
         result.guard = plan.guard
         if plan.guard:
             log.warning("%s/%s: %s", self.account.name, name, plan.guard)
@@ -742,7 +752,11 @@ class AccountSync:
                     to_expunge += to_trash  # deleting inside the trash itself
                 else:
                     self._moved_into.add(trash)
-                    session.move(to_trash, trash)
+                    if not session.move(to_trash, trash):
+                        # Only copied (no MOVE): the expunge is left, and must never copy
+                        # them again should it be deferred (see _push_remote).
+                        state.mark_expunge_pending(fid, to_trash)
+                        to_expunge += to_trash
                     checkpoint("delete-remote.move")
         # Server side: every STORE and the EXPUNGE in one round trip, then one commit.
         self._push_remote(pushes, to_expunge, remote_deletes, fid, result)
@@ -812,33 +826,25 @@ class AccountSync:
         go once the expunge of ``to_expunge`` succeeded."""
         if not pushes and not deletes:
             return
-        session = self._session()
-        groups: dict[tuple[str, str], list[A.PushFlags]] = defaultdict(list)
-        for action in pushes:
-            groups[(action.add, action.remove)].append(action)
-        pipe = session.pipeline()
-        sent: list[tuple[list[int], list[A.PushFlags]]] = []
-        for (add, remove), actions in groups.items():
-            sent.append((session.send_store(pipe, [a.uid for a in actions], add, remove),
-                         actions))
-            checkpoint("push-flags.store")
-        expunge_sent = session.send_expunge(pipe, to_expunge)
-        if to_expunge:
-            checkpoint("delete-remote.expunge")
-        replies = pipe.replies()
-        pushed = [a for indexes, actions in sent if all(replies[i].ok for i in indexes)
-                  for a in actions]
-        expunged = all(replies[i].ok for i in expunge_sent)
+        from syncd.server_writes import write_changes
+
+        outcome = write_changes(self._session(), pushes, to_expunge,
+                                self._storable.get(fid, ALL_LETTERS))
         gone = set(to_expunge)
-        deleted = [a for a in deletes if expunged or a.uid not in gone]
-        if pushed or deleted:
-            with self.state.transaction():
-                self.state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in pushed))
-                self.state.delete_messages(fid, (a.uid for a in deleted))
-            checkpoint("remote-changes.commit")
-        result.remote_flag_changes += len(pushed)
+        deleted = [a for a in deletes
+                   if a.uid in outcome.expunge.expunged or a.uid not in gone]
+        with self.state.transaction():
+            self.state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in outcome.pushed))
+            self.state.delete_messages(fid, (a.uid for a in deleted))
+            # Marked \Deleted, not expunged (no UIDPLUS; others marked too): the rows stay,
+            # so nothing is downloaded again, and the next sync retries the expunge.
+            self.state.mark_expunge_pending(fid, outcome.expunge.deferred)
+            if outcome.unkept:
+                self.state.add_unkept_flags(fid, outcome.unkept)
+        checkpoint("remote-changes.commit")
+        result.remote_flag_changes += len(outcome.pushed)
         result.deleted_remote += len(deleted)
-        raise_refused(replies)  # what the server refused is a folder error, as before
+        raise_refused(outcome.refused)  # what the server refused is a folder error, as before
 
     def _download(self, downloads: list[A.Download], fstate: FolderState,
                   folder: MaildirFolder, result: FolderResult, paired_keys: set[str],
@@ -945,10 +951,15 @@ class AccountSync:
 
     def _upload(self, uploads: list[A.Upload], fstate: FolderState, folder: MaildirFolder,
                 result: FolderResult) -> None:
+        from syncd.server_writes import append_keeping, verify_appended
+
         session = self._session()
         state = self.state
         fid = fstate.id
         refused = RefusedUploads(self.account.name, fstate.remote_name)
+        storable = self._storable.get(fid, ALL_LETTERS)
+        unkept = ""
+        appended: dict[int, str] = {}  # uid -> the flags given, read back at the end
         for n, action in enumerate(uploads):
             if refused.give_up:
                 refused.not_tried = len(uploads) - n
@@ -965,8 +976,8 @@ class AccountSync:
             checkpoint("upload.intent")
             internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
             try:
-                uid = session.append(fstate.remote_name, lf_to_crlf(data), action.flags,
-                                     internaldate)
+                uid, dropped = append_keeping(session, fstate.remote_name, lf_to_crlf(data),
+                                              action.flags, internaldate, storable)
             except Exception as exc:
                 if not is_refusal(exc):
                     raise
@@ -976,9 +987,13 @@ class AccountSync:
                 refused.add(action.key, data, refusal_text(exc))
                 continue
             refused.accepted()
+            unkept += dropped
+            storable = normalize(set(storable) - set(dropped))
             checkpoint("upload.append")
             if uid is None and message_id:
                 uid = self._find_uploaded(fid, message_id)
+            if uid is not None:
+                appended[uid] = action.flags
             with state.transaction():
                 if uid is not None:
                     state.put_message(fid, SyncedMessage(uid, action.key, action.flags,
@@ -986,6 +1001,11 @@ class AccountSync:
                 state.clear_intents([intent_id])
             checkpoint("upload.commit")
             result.uploaded += 1
+        # The recorded flags are the local ones; letters the server did not keep become
+        # local-only for this folder, so the next sync neither reverts nor re-pushes them.
+        unkept += verify_appended(session, appended, storable)
+        if unkept:
+            state.add_unkept_flags(fid, unkept)
         if refused:
             result.error = refused.error()
 

@@ -88,6 +88,27 @@ class SelectInfo(NamedTuple):
     uidnext: int | None
     exists: int
     highestmodseq: int | None
+    # The letters the folder keeps (PERMANENTFLAGS; all of them when the server sent none).
+    storable: Flags = flagmap.ALL_LETTERS
+
+
+class ExpungeRequest(NamedTuple):
+    """What send_expunge wrote on a pipeline; finish_expunge reads the replies."""
+
+    uids: frozenset[int]
+    stores: tuple[int, ...]  # reply indexes of the UID STOREs of \Deleted
+    expunges: tuple[int, ...]  # reply indexes of the UID EXPUNGEs (UIDPLUS)
+    search: int | None  # reply index of the UID SEARCH DELETED (no UIDPLUS)
+
+
+class ExpungeOutcome(NamedTuple):
+    """``expunged``: gone from the server. ``deferred``: marked \\Deleted but left in place,
+    because other messages were marked \\Deleted too and only a plain EXPUNGE was possible
+    (``others`` are those UIDs). A refused STORE/EXPUNGE puts a UID in neither."""
+
+    expunged: frozenset[int] = frozenset()
+    deferred: frozenset[int] = frozenset()
+    others: frozenset[int] = frozenset()
 
 
 class FlagChanges(NamedTuple):
@@ -644,21 +665,57 @@ class ImapSession:
                                           f"({' '.join(flagmap.to_imap(flags))})"))
         return sent
 
-    def send_expunge(self, pipe: Pipeline, uids: Sequence[int]) -> list[int]:
-        """expunge() on a pipeline: \\Deleted, then UID EXPUNGE of exactly these UIDs (plain
-        EXPUNGE only without UIDPLUS, as expunge() does)."""
-        sent: list[int] = []
-        if not uids:
-            return sent
+    def send_expunge(self, pipe: Pipeline, uids: Sequence[int]) -> ExpungeRequest:
+        """The first half of expunging exactly these UIDs, on a pipeline: \\Deleted on them,
+        then UID EXPUNGE of them (UIDPLUS), or else UID SEARCH DELETED, which finish_expunge
+        needs to decide whether a plain EXPUNGE would remove anything else."""
+        stores: list[int] = []
+        expunges: list[int] = []
         for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
             uid_set = format_uid_set(chunk)
-            sent.append(pipe.send("UID", "STORE", uid_set, "+FLAGS.SILENT", "(\\Deleted)"))
-            if "UIDPLUS" in self.capabilities:
-                sent.append(pipe.send("UID", "EXPUNGE", uid_set))
-        if "UIDPLUS" not in self.capabilities:
-            sent.append(pipe.send("EXPUNGE"))
-        return sent
+            stores.append(pipe.send("UID", "STORE", uid_set, "+FLAGS.SILENT", "(\\Deleted)"))
+            if uids and "UIDPLUS" in self.capabilities:
+                expunges.append(pipe.send("UID", "EXPUNGE", uid_set))
+        search = None
+        if uids and "UIDPLUS" not in self.capabilities:
+            search = pipe.send("UID", "SEARCH", "DELETED")
+        return ExpungeRequest(frozenset(uids), tuple(stores), tuple(expunges), search)
 
+    def finish_expunge(self, request: ExpungeRequest, replies: Sequence[Reply]
+                       ) -> ExpungeOutcome:
+        """The second half (see send_expunge). Without UIDPLUS a plain EXPUNGE removes every
+        message marked \\Deleted: one that another client marked, or one that mutt only marked
+        T (which syncd pushes as \\Deleted, and which the user can still undelete). So it is
+        sent only when the folder's \\Deleted set, searched just now, is ours alone; otherwise
+        ours stay marked and the caller retries at a later sync. (Between the SEARCH and the
+        EXPUNGE another client could still mark one: one round trip, the least without
+        UIDPLUS.)"""
+        if not request.uids or not all(replies[i].ok for i in request.stores):
+            return ExpungeOutcome()
+        if request.search is None:
+            if all(replies[i].ok for i in request.expunges):
+                return ExpungeOutcome(expunged=request.uids)
+            return ExpungeOutcome()
+        if not replies[request.search].ok:
+            return ExpungeOutcome(deferred=request.uids)
+        marked = _search_uids(replies)
+        others = frozenset(marked - request.uids)
+        if others:
+            log.info("%s: %d message(s) marked \\Deleted by someone else; the expunge of %d "
+                     "deleted locally waits for a later sync (no UIDPLUS)", self.account.name,
+                     len(others), len(request.uids))
+            return ExpungeOutcome(deferred=request.uids, others=others)
+        pipe = self.pipeline()
+        pipe.send("EXPUNGE")
+        [reply] = pipe.replies()
+        if not reply.ok:
+            return ExpungeOutcome(deferred=request.uids)
+        return ExpungeOutcome(expunged=request.uids)
+
+    def send_fetch_flags(self, pipe: Pipeline, uids: Sequence[int]) -> list[int]:
+        """UID FETCH (UID FLAGS) of these UIDs on a pipeline (read back with flags_in)."""
+        return [pipe.send("UID", "FETCH", format_uid_set(chunk), "(UID FLAGS)")
+                for chunk in _chunks(sorted(uids), UID_SET_CHUNK)]
 
     # --- fetches --------------------------------------------------------------------------
     def _fetch(self, uid_set: str, items: Sequence[str],
@@ -830,31 +887,31 @@ class ImapSession:
     def search_message_id(self, message_id: str) -> list[int]:
         return list(self.client.search(["HEADER", "Message-ID", message_id]))
 
-    def expunge(self, uids: Sequence[int]) -> None:
-        """Expunge exactly these UIDs. Without UIDPLUS a plain EXPUNGE would also remove other
-        messages someone marked \\Deleted, so we refuse that and leave them flagged."""
+    def expunge(self, uids: Sequence[int]) -> ExpungeOutcome:
+        """Expunge exactly these UIDs, and never another message (see finish_expunge)."""
         if not uids:
-            return
-        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
-            uid_set = format_uid_set(chunk)
-            self.client.add_flags(uid_set, ["\\Deleted"], silent=True)
-            if "UIDPLUS" in self.capabilities:
-                self.client.uid_expunge(uid_set)
-        if "UIDPLUS" not in self.capabilities:
-            self.client.expunge()
+            return ExpungeOutcome()
+        pipe = self.pipeline()
+        request = self.send_expunge(pipe, uids)
+        outcome = self.finish_expunge(request, pipe.replies())
         self.client._imap.untagged_responses.pop("VANISHED", None)
+        return outcome
 
-    def move(self, uids: Sequence[int], target: str) -> None:
+    def move(self, uids: Sequence[int], target: str) -> bool:
+        """MOVE these UIDs to ``target``: True. Without MOVE they are only COPYd (False): the
+        caller expunges them from this folder, under the rule of finish_expunge, and must
+        remember that they are copied already."""
         if not uids:
-            return
+            return True
+        moving = "MOVE" in self.capabilities
         for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
             uid_set = format_uid_set(chunk)
-            if "MOVE" in self.capabilities:
+            if moving:
                 self.client.move(uid_set, target)
             else:
                 self.client.copy(uid_set, target)
-                self.expunge(chunk)
         self.client._imap.untagged_responses.pop("VANISHED", None)
+        return moving
 
 
 def parse_namespace(raw: object) -> Namespace:
@@ -908,6 +965,7 @@ def _select_info(name: str, response: dict) -> SelectInfo:
             uidnext=_positive(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
             exists=_positive(response.get(b"EXISTS", 0), zero=True),
             highestmodseq=_positive(modseq) if modseq is not None else None,
+            storable=flagmap.storable(response.get(b"PERMANENTFLAGS")),
         )
     except (KeyError, ValueError, TypeError):
         # A SELECT reply without a usable UIDVALIDITY (or with garbage numbers) gives
@@ -973,6 +1031,29 @@ def _meta_from(records: list[tuple[bytes, bytes | None]] | None
             return None
         meta[int(uid.group(1))] = (int(size.group(1)), parse_message_id(literal or b""))
     return meta
+
+
+def _search_uids(replies: Sequence[Reply]) -> set[int]:
+    """The UIDs of the (one) UID SEARCH in a batch of pipelined replies."""
+    uids: set[int] = set()
+    for reply in replies:
+        for line in reply.untagged.get("SEARCH", []):
+            text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
+            uids.update(int(word) for word in text.split() if word.isdigit())
+    return uids
+
+
+def flags_in(replies: Sequence[Reply]) -> dict[int, Flags]:
+    """UID -> flags from every FETCH response (with UID and FLAGS) in a batch of pipelined
+    replies; other FETCH responses (no UID: another client's change) are skipped."""
+    flags: dict[int, Flags] = {}
+    for text, _literal in _records([item for reply in replies
+                                    for item in reply.untagged.get("FETCH", [])]) or ():
+        uid = _UID_ITEM.search(text)
+        found = _FLAGS_ITEM.search(text)
+        if uid is not None and found is not None:
+            flags[int(uid.group(1))] = flagmap.from_imap(found.group(1).split())
+    return flags
 
 
 def _vanished_from(raw: Sequence[object]) -> frozenset[int]:

@@ -132,6 +132,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     ("ALTER TABLE folder ADD COLUMN guard_held INTEGER NOT NULL DEFAULT 0",),
     ("ALTER TABLE folder ADD COLUMN local_stamp TEXT",),
+    (
+        # 1: deleted locally and marked \Deleted on the server, but not expunged yet (no
+        # UIDPLUS, and other messages were marked \Deleted too); retried at later syncs.
+        "ALTER TABLE message ADD COLUMN expunge_pending INTEGER NOT NULL DEFAULT 0",
+        # Maildir letters the server refused or dropped in this folder: local-only from then on.
+        "ALTER TABLE folder ADD COLUMN unkept_flags TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -445,7 +452,7 @@ class StateStore:
         "INSERT INTO message(folder_id, uid, maildir_key, synced_flags, size, message_id) "
         "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(folder_id, uid) DO UPDATE SET "
         "maildir_key = excluded.maildir_key, synced_flags = excluded.synced_flags, "
-        "size = excluded.size, message_id = excluded.message_id")
+        "size = excluded.size, message_id = excluded.message_id, expunge_pending = 0")
 
     @_guard
     def put_message(self, folder_id: int, message: SyncedMessage) -> None:
@@ -497,6 +504,38 @@ class StateStore:
         with self.transaction():
             self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
                                    ((folder_id, uid) for uid in uids))
+
+    @_guard
+    def pending_expunges(self, folder_id: int) -> frozenset[int]:
+        """UIDs deleted locally whose expunge on the server is still to be done."""
+        rows = self._conn.execute(
+            "SELECT uid FROM message WHERE folder_id = ? AND expunge_pending = 1", (folder_id,))
+        return frozenset(uid for (uid,) in rows)
+
+    @_guard
+    def mark_expunge_pending(self, folder_id: int, uids: Iterable[int]) -> None:
+        """These rows' messages are marked \\Deleted on the server (and, for a move, copied to
+        the trash): what is left is the expunge, at a later sync."""
+        with self.transaction():
+            self._conn.executemany(
+                "UPDATE message SET expunge_pending = 1 WHERE folder_id = ? AND uid = ?",
+                ((folder_id, uid) for uid in uids))
+
+    @_guard
+    def unkept_flags(self, folder_id: int) -> str:
+        """Letters this folder's server refused or dropped before (see add_unkept_flags)."""
+        row = self._conn.execute("SELECT unkept_flags FROM folder WHERE id = ?",
+                                 (folder_id,)).fetchone()
+        return row[0] if row else ""
+
+    @_guard
+    def add_unkept_flags(self, folder_id: int, letters: str) -> None:
+        """Remember that the server does not keep these letters in this folder."""
+        with self.transaction():
+            known = self.unkept_flags(folder_id)
+            merged = "".join(sorted(set(known) | set(letters)))
+            self._conn.execute("UPDATE folder SET unkept_flags = ? WHERE id = ?",
+                               (merged, folder_id))
 
     # intents: written BEFORE acting, cleared in the same transaction that records the result
 

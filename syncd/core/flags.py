@@ -27,6 +27,11 @@ LETTER_TO_IMAP: dict[str, str] = {
     "P": "$Forwarded",
 }
 KNOWN_LETTERS = frozenset(LETTER_TO_IMAP)
+ALL_LETTERS: Flags = "".join(sorted(KNOWN_LETTERS))
+# Letters that are IMAP keywords rather than system flags. A server may refuse or drop a
+# keyword it does not support (mailutils, pymap) while it keeps every system flag.
+KEYWORD_LETTERS = frozenset(letter for letter, name in LETTER_TO_IMAP.items()
+                            if not name.startswith("\\"))
 
 
 def normalize(letters: Iterable[str]) -> Flags:
@@ -60,3 +65,27 @@ def merge(synced: Flags, local: Flags, remote: Flags) -> Flags:
     base, loc, rem = set(synced), set(local), set(remote)
     changed = (loc ^ base) | (rem ^ base)
     return normalize(base ^ changed)
+
+
+def merge_keeping(synced: Flags, local: Flags, remote: Flags, storable: Flags) -> Flags:
+    """``merge`` for a folder that keeps only the letters in ``storable``: those merge three
+    ways; any other letter is local-only and keeps its local value (the server cannot hold
+    it, so its absence there is no change, and the local side is never reverted for it)."""
+    keep = set(storable)
+    shared = merge(normalize(set(synced) & keep), normalize(set(local) & keep),
+                   normalize(set(remote) & keep))
+    return normalize(set(shared) | (set(local) - keep))
+
+
+def storable(permanent: Iterable[str | bytes] | None) -> Flags:
+    """The letters a folder keeps, from SELECT's PERMANENTFLAGS (RFC 3501 7.1): the flags
+    listed, plus every keyword when ``\\*`` (new keywords allowed) is listed. None (no
+    PERMANENTFLAGS sent) means every flag can be changed permanently (RFC 3501 6.3.1)."""
+    if permanent is None:
+        return ALL_LETTERS
+    names = {(f.decode("ascii", "replace") if isinstance(f, bytes) else f).lower()
+             for f in permanent}
+    letters = {IMAP_TO_LETTER[name] for name in names if name in IMAP_TO_LETTER}
+    if "\\*" in names:
+        letters |= KEYWORD_LETTERS
+    return normalize(letters)

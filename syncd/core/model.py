@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from syncd.core.flags import Flags
+from syncd.core.flags import ALL_LETTERS, Flags
 
 
 class RemoteFolder(NamedTuple):
@@ -86,6 +86,10 @@ class FolderPolicy(NamedTuple):
     # through unconfirmed. The engine sets it to ``plan.guard is not None and not
     # local_folder_missing`` after each sync (clearing it when the guard no longer holds).
     guard_held: bool = False
+    # The letters the server keeps in this folder (PERMANENTFLAGS, less what it refused or
+    # dropped before). Any other letter is local-only: never pushed, never reverted locally,
+    # recorded in the synced flags as the local side has it.
+    storable: Flags = ALL_LETTERS
 
 
 class FolderSnapshot(NamedTuple):
@@ -103,6 +107,10 @@ class FolderSnapshot(NamedTuple):
     # True when UIDVALIDITY changed: every synced UID is void and must be re-paired.
     uidvalidity_changed: bool = False
     policy: FolderPolicy = FolderPolicy()  # immutable, so one shared default is safe
+    # UIDs whose local deletion an earlier sync decided but could not finish: marked \Deleted
+    # (and, for a move to the trash, copied there already) but not expunged, because the
+    # server offers no UID EXPUNGE and other messages were marked \Deleted too.
+    pending_expunge: frozenset[int] = frozenset()
 
 
 class Pop3Known(NamedTuple):

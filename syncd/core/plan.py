@@ -23,6 +23,12 @@ Decisions worth knowing (DESIGN.md Part 2):
   re-pair with local files by content or are downloaded; local files that match nothing are
   uploaded, including ones the old state knew (the server lost them: uploading restores them,
   and it cannot duplicate since no server message matched).
+- Flags the server cannot keep (``policy.storable`` lacks them: PERMANENTFLAGS, or refused or
+  dropped before) are local-only: never pushed, never reverted locally, and recorded in the
+  synced flags as the local side has them, so neither side shows a change next time.
+- A local deletion whose expunge an earlier sync had to defer (``snapshot.pending_expunge``:
+  no UIDPLUS, and other messages were marked \\Deleted) is retried as an expunge only; it is
+  neither downloaded again nor counted by the mass-deletion guard (it was decided before).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from syncd.core.actions import (
     SetLocalFlags,
     Upload,
 )
-from syncd.core.flags import LETTER_TO_IMAP, Flags, merge, normalize
+from syncd.core.flags import ALL_LETTERS, LETTER_TO_IMAP, Flags, merge_keeping, normalize
 from syncd.core.model import (
     FolderPolicy,
     FolderSnapshot,
@@ -138,20 +144,23 @@ def _minus(a: Flags, b: Flags) -> Flags:
 
 
 def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
-                  target: Flags) -> list[Action]:
+                  target: Flags, storable: Flags = ALL_LETTERS) -> list[Action]:
     """Bring both sides of a pair from (local, remote) to ``target``; ``base`` is what the state
-    row says now. Emits nothing when all four agree."""
+    row says now. Emits nothing when all four agree. Only ``storable`` letters are compared
+    with the server and pushed; the others are the local side's alone."""
     set_needed = target != local
-    push_needed = target != remote
+    want, have = _common(target, storable), _common(remote, storable)
+    push_needed = want != have
     actions: list[Action] = []
     if set_needed:
-        # With a push still to come, record the server's present flags: should the run stop
-        # between the two, merge(remote, target, remote) == target, so the next sync pushes
-        # instead of undoing the rename.
-        actions.append(SetLocalFlags(uid, key, target, synced=remote if push_needed else None))
+        # With a push still to come, record the server's present flags (and the local-only
+        # letters of the target): should the run stop between the two, the next merge still
+        # yields the target, so the next sync pushes instead of undoing the rename.
+        synced = _union(have, _minus(target, storable)) if push_needed else None
+        actions.append(SetLocalFlags(uid, key, target, synced=synced))
     if push_needed:
-        actions.append(PushFlags(uid, key, add=_minus(target, remote),
-                                 remove=_minus(remote, target), flags=target))
+        actions.append(PushFlags(uid, key, add=_minus(want, have), remove=_minus(have, want),
+                                 flags=target))
     if not set_needed and not push_needed and target != base:
         actions.append(RecordFlags(uid, key, target))
     return actions
@@ -159,7 +168,8 @@ def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
 
 def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
                  old_synced: Flags | None = None, size: int | None = None,
-                 message_id: str | None = None) -> tuple[Action, ...]:
+                 message_id: str | None = None,
+                 storable: Flags = ALL_LETTERS) -> tuple[Action, ...]:
     """Pair server ``uid`` with local ``key`` and bring both to one set of flags.
 
     Without history (``old_synced`` None) neither side is older, so the target is the union of
@@ -170,14 +180,15 @@ def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
     if old_synced is None:
         # merge(local & remote, local, remote) == local | remote: the intersection is the base
         # that makes a later merge reach the union even if the run stops after the Pair.
-        base, target = _common(local_flags, remote_flags), _union(local_flags, remote_flags)
+        base = _common(local_flags, remote_flags)
+        target = merge_keeping(base, local_flags, remote_flags, storable)
     else:
         base = normalize(old_synced)
-        target = merge(base, local_flags, remote_flags)
-    if target == local_flags == remote_flags:
+        target = merge_keeping(base, local_flags, remote_flags, storable)
+    if target == local_flags and _common(target, storable) == _common(remote_flags, storable):
         base = target  # nothing to move: record the final flags at once
     return (Pair(uid, key, base, size=size, message_id=message_id),
-            *_flag_actions(uid, key, base, local_flags, remote_flags, target))
+            *_flag_actions(uid, key, base, local_flags, remote_flags, target, storable))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +202,7 @@ class _Unpaired:
 
 
 def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
-               unpaired: Iterable[_Unpaired]) -> None:
+               unpaired: Iterable[_Unpaired], storable: Flags = ALL_LETTERS) -> None:
     """Rules 4 and 5: pair new server messages with unpaired local files, download the rest,
     upload the local files left over."""
     by_identity: dict[tuple[str, int], deque[_Unpaired]] = {}
@@ -217,7 +228,7 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
                 del leftovers[entry.message.key]
                 out.add(pair_actions(remote.uid, entry.message.key, entry.message.flags,
                                      remote.flags, old_synced=entry.old_synced, size=size,
-                                     message_id=message_id))
+                                     message_id=message_id, storable=storable))
                 continue
         candidates: tuple[str, ...] = ()
         if size is not None and message_id is None:
@@ -253,6 +264,8 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
     synced_uids: set[int] = set()
     synced_keys: set[str] = set()
     vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
+    retried = 0  # deferred expunges retried (decided at an earlier sync: not for the guard)
+    storable = policy.storable
 
     for row in snapshot.synced:
         synced_uids.add(row.uid)
@@ -262,12 +275,17 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
         if remote is None:
             # Expunged on the server: that wins over any local flag change.
             out.add((DeleteLocal(row.uid, row.key) if local else Forget(row.uid, row.key),))
+        elif local is None and row.uid in snapshot.pending_expunge:
+            # Marked \Deleted (and copied to the trash, for a move) by an earlier sync: only
+            # the expunge is left. Never downloaded again, never moved twice.
+            out.add((DeleteRemote(row.uid, row.key),))
+            retried += 1
         elif local is None:
             vanished.append((row, remote))  # decided below, all together (the guard)
         else:
-            target = merge(row.flags, local.flags, remote.flags)
+            target = merge_keeping(row.flags, local.flags, remote.flags, storable)
             out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
-                                  target))
+                                  target, storable))
 
     guard: str | None = None
     if vanished and policy.local_folder_missing:
@@ -279,7 +297,7 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
                      Download(remote.uid, remote.flags,
                               size=remote.size if remote.size is not None else row.size)))
     else:
-        guard = _guard_reason(len(vanished), len(snapshot.synced), policy)
+        guard = _guard_reason(len(vanished), len(snapshot.synced) - retried, policy)
         if guard is None:
             # The local deletion wins over a server-side flag change.
             out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder)
@@ -290,7 +308,7 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
     new_remote = (m for m in snapshot.remote if m.uid not in synced_uids)
     unpaired = (_Unpaired(m, m.size, m.message_id, None)
                 for m in snapshot.local if m.key not in synced_keys)
-    _match_new(out, new_remote, unpaired)
+    _match_new(out, new_remote, unpaired, storable)
     return guard
 
 
@@ -309,7 +327,8 @@ def _plan_uidvalidity(snapshot: FolderSnapshot, out: _Out) -> str | None:
         # The engine did not re-read a known file: identify it by what the old row recorded.
         return _Unpaired(local, old.size, old.message_id, old.flags)
 
-    _match_new(out, snapshot.remote, (unpaired(m) for m in snapshot.local))
+    _match_new(out, snapshot.remote, (unpaired(m) for m in snapshot.local),
+               snapshot.policy.storable)
     if snapshot.policy.local_folder_missing and snapshot.synced:
         return _missing_reason(len(snapshot.synced))
     return None

@@ -148,23 +148,24 @@ def test_a_folder_the_server_refuses_leaves_the_others_syncing(
 
 def test_a_refused_store_is_that_folders_error(
         tmp_path: Path, dovecot: Dovecot, imap_server: Callable[..., ImapServer]) -> None:
-    """mailutils: `BAD UID STORE Unrecognized flag` for a keyword. The folder reports it; the
-    other folders still sync."""
+    """A STORE the server refuses outright (not a keyword it cannot keep: that one stays
+    local-only, tests/faults/test_unkept_flags.py). The folder reports it; the other folders
+    still sync."""
     server = imap_server({"INBOX": msgs("INBOX", 1), "Other": msgs("Other", 1)})
     account = account_for(tmp_path, dovecot, server)
     rc, out, err = run_cli("--config", str(account.config), "sync")
     assert rc == 0, out + err
     [(_, path)] = local_files(account.maildir / "INBOX")
-    path.rename(path.parent.parent / "cur" / (path.name.split(":2,")[0] + ":2,P"))
+    path.rename(path.parent.parent / "cur" / (path.name.split(":2,")[0] + ":2,S"))
     server.folders["Other"].append(Msg(2, make_message(2, folder="Other")))
 
     def refuse(conn: Conn, tag: str, args: str) -> bool:
-        conn.line(f"{tag} BAD UID STORE Unrecognized flag")
+        conn.line(f"{tag} NO [NOPERM] Permission denied")
         return True
 
     server.overrides["UID STORE"] = refuse
     rc, out, err = run_cli("--config", str(account.config), "sync")
     text = out + err
     assert rc == 1, text
-    assert "INBOX" in text and "Unrecognized flag" in text, text
+    assert "INBOX" in text and "Permission denied" in text, text
     assert len(local_files(account.maildir / "Other")) == 2

@@ -38,11 +38,12 @@ def test_stores_and_expunge_in_one_batch(dovecot: Dovecot, user: User,
     replies = pipe.replies()
 
     assert [len(flagged), len(unseen), len(answered)] == [1, 1, 2]
-    assert len(replies) == 1 + 1 + 2 + len(gone) == 6
+    assert len(replies) == 1 + 1 + 2 + len(gone.stores) + len(gone.expunges) == 6
     assert all(r.ok for r in replies), replies
     assert [r.command for r in replies[:4]] == ["UID STORE"] * 4
     assert replies[-1].command == "UID EXPUNGE"
     raise_refused(replies)  # nothing refused: no error
+    assert session.finish_expunge(gone, replies).expunged == set(uids[6:8])
 
     flags = dovecot.flags(user, "INBOX")
     assert sorted(flags) == uids[:6]
@@ -72,7 +73,8 @@ def test_refused_command_in_the_middle(dovecot: Dovecot, user: User,
     assert replies[first[0]].ok
     assert replies[bad[0]].status in ("BAD", "NO"), replies[bad[0]]
     assert replies[after[0]].ok
-    assert all(replies[i].ok for i in gone)
+    assert all(replies[i].ok for i in (*gone.stores, *gone.expunges))
+    assert session.finish_expunge(gone, replies).expunged == {uids[3]}
     with pytest.raises(IMAPClientError, match="UID STORE failed"):
         raise_refused(replies)
 
