@@ -286,6 +286,7 @@ class ImapSession:
         from imapclient.exceptions import IMAPClientError, LoginError
 
         name = account.name
+        _refuse_while_paused(account)
         try:
             context = ssl_context_for(account.tls_ca_file)
         except (OSError, ssl.SSLError) as exc:
@@ -301,7 +302,8 @@ class ImapSession:
         except Exception as exc:
             raise connect_failed(account, exc) from None
         _quiet_imaplib(client)
-        ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
+        guard = ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
+        guard.account = name  # throttling replies pause the account (syncd/providers.py)
         try:
             if account.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
@@ -333,7 +335,12 @@ class ImapSession:
                 try:
                     client.login(account.username, secret)
                 except LoginError:
+                    if guard.throttled is not None:  # "NO Request is throttled", not a refusal
+                        _refuse_while_paused(account)
                     raise login_refused(account) from None
+            # Never the pre-login list: servers add capabilities after LOGIN (RFC 3501 6.2.3),
+            # and some (Exchange) put none in the OK of LOGIN. imapclient then asks CAPABILITY
+            # (see ImapSession.__init__) unless the login reply carried a [CAPABILITY ...].
             client._cached_capabilities = None
             session = cls(account, client)
             session.auth_mechanism = mechanism
@@ -989,6 +996,9 @@ class ReplyGuard:
         self.reply_limit = REPLY_LIMIT
         self.received = 0  # bytes since the last command was sent
         self.where: Callable[[], str] = lambda: "the server"
+        #: The account whose pause a throttling reply sets (syncd/providers.py); None: none.
+        self.account: str | None = None
+        self.throttled: object | None = None  # the last providers.Throttle seen
         cls = type(imap)
         self._read = cls.read.__get__(imap)
         self._readline = cls.readline.__get__(imap)
@@ -1041,7 +1051,20 @@ class ReplyGuard:
         except self.imap.error as exc:  # "got more than 1000000 bytes": mid-line, out of step
             raise self._abort(f"over-long line from the server ({exc})") from None
         self._count(len(line))
+        # Status lines only (tagged, "* NO/OK/BAD/BYE"): FETCH lines cost one slice each.
+        if self.account is not None and (line[:1] != b"*" or line[2:3] in b"NOB"):
+            self._look_for_throttle(line)
         return line
+
+    def _look_for_throttle(self, line: bytes) -> None:
+        from syncd.providers import PAUSES, describe_pause, throttle_from
+
+        throttle = throttle_from(line)
+        if throttle is None or self.account is None:
+            return
+        self.throttled = throttle
+        pause = PAUSES.note(self.account, throttle)
+        log.warning("%s: %s", self.account, describe_pause(pause))
 
     def read(self, size: int) -> bytes:
         if size > self.literal_limit:
@@ -1066,6 +1089,17 @@ class ReplyGuard:
         if kept is not None and typ not in _KEEP_ALL and len(kept) >= 2 * UNTAGGED_KEEP:
             del kept[:-UNTAGGED_KEEP]  # nobody reads old EXISTS/OK/ALERT lines
         self._append(typ, dat)
+
+
+def _refuse_while_paused(account: AccountSettings) -> None:
+    """No connection while a throttling reply's pause lasts (syncd/providers.py): whichever
+    thread tries (the worker, an IDLE watcher) waits instead of hammering the server."""
+    from syncd.providers import PAUSES, describe_pause
+
+    pause = PAUSES.get(account.name)
+    if pause is not None:
+        raise AccountError(account.name, f"{account.host}: {describe_pause(pause)}",
+                           cause="throttled")
 
 
 def _quiet_imaplib(client: IMAPClient) -> None:
