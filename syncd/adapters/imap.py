@@ -60,6 +60,10 @@ def _spare_imapclient_version_lookup() -> None:
         major, minor, micro = (int(part) for part in version.split("."))
     except ValueError:
         return
+    if major < 4:
+        # 3.x's version.py is plain constants (no metadata lookup), and its __init__ imports
+        # more of them (author): a stand-in would break the import.
+        return
     module = types.ModuleType("imapclient.version")
     module.version = version  # type: ignore[attr-defined]
     module.version_info = (major, minor, micro, "final")  # type: ignore[attr-defined]
