@@ -264,6 +264,7 @@ class ImapSession:
             c.decode("ascii", "replace").upper() for c in client.capabilities()
         )
         self.selected: str | None = None
+        self._selected_uidnext: int | None = None  # UIDNEXT of the last SELECT
         self.auth_mechanism = "LOGIN"  # or the SASL mechanism used (OAUTHBEARER, XOAUTH2)
         # ENABLE waits for the first command that needs it (SELECT, NOTIFY): a sync with
         # nothing to do never selects, and at 20 ms RTT each round trip is 10% of its time.
@@ -527,7 +528,9 @@ class ImapSession:
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
         self.client._imap.untagged_responses.pop("VANISHED", None)
-        return _select_info(name, response)
+        info = _select_info(name, response)
+        self._selected_uidnext = info.uidnext
+        return info
 
     def select_with_changes(self, name: str, changedsince: int, new_from: int | None
                             ) -> tuple[SelectInfo, SelectChanges]:
@@ -547,7 +550,9 @@ class ImapSession:
         modifiers = f"(CHANGEDSINCE {changedsince}{' VANISHED' if self.qresync else ''})"
         pipe = Pipeline(self)
         pipe.send("SELECT", self.client._normalise_folder(name))
-        pipe.send("UID", "FETCH", "1:*", "(UID FLAGS)", modifiers)
+        # The SELECT's UIDNEXT is not known yet: the largest UID bounds every one we know.
+        pipe.send("UID", "FETCH", _vanished_range(None) if self.qresync else "1:*",
+                  "(UID FLAGS)", modifiers)
         if new_from is not None:
             pipe.send("UID", "FETCH", f"{new_from}:*",
                       "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
@@ -564,6 +569,7 @@ class ImapSession:
         except (ValueError, TypeError, IndexError):
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         info = _select_info(name, response)
+        self._selected_uidnext = info.uidnext
         # The server may run the two fetches at once and interleave their responses (RFC 3501
         # 5.5; Dovecot does): their records are told apart by what they hold, not by which
         # tagged reply they came before. A flags record that came unasked (another client's
@@ -635,15 +641,17 @@ class ImapSession:
         """Flags of every message (UID FETCH 1:* FLAGS), or only of those changed since a
         modseq (plus VANISHED UIDs when QRESYNC is on)."""
         modifiers = None
+        uid_set = "1:*"
         if changedsince is not None:
             modifiers = [f"CHANGEDSINCE {changedsince}"]
             if self.qresync:
                 modifiers.append("VANISHED")
+                uid_set = _vanished_range(self._selected_uidnext)
         records = self._fetch_records(
-            "1:*", "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
+            uid_set, "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
         flags = _flags_from(records)
         if flags is None:
-            response = self._fetch("1:*", ["FLAGS"], modifiers)
+            response = self._fetch(uid_set, ["FLAGS"], modifiers)
             flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ()))
                      for uid, data in response.items() if b"FLAGS" in data}
         vanished = (self._take_vanished() if changedsince is not None and self.qresync
@@ -810,6 +818,20 @@ class ImapSession:
                 self.client.copy(uid_set, target)
                 self.expunge(chunk)
         self.client._imap.untagged_responses.pop("VANISHED", None)
+
+
+#: The largest UID there can be (RFC 3501 nz-number, 32 bits).
+MAX_UID = 4294967295
+
+
+def _vanished_range(uidnext: int | None) -> str:
+    """The UID set of a CHANGEDSINCE ... VANISHED fetch: an explicit upper bound, never "*".
+    Cyrus resolves "1:*" to the highest UID still present, and an expunged message above it is
+    then never reported VANISHED (its local copy would stay); "1:<UIDNEXT-1>" covers every UID
+    the folder ever gave out."""
+    if uidnext is None or uidnext <= 1:
+        return f"1:{MAX_UID}" if uidnext is None else "1:*"
+    return f"1:{min(uidnext - 1, MAX_UID)}"
 
 
 def _select_info(name: str, response: dict) -> SelectInfo:
