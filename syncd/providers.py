@@ -16,7 +16,9 @@
   (an AccountError with cause "throttled" saying until when), so whichever thread tries next
   waits instead of hammering; the worker and the watchers wait out ``remaining()``.
 
-Pure data and small functions; the only state is ``PAUSES`` (a lock and a dict).
+Pure data and small functions; the only state is ``PAUSES`` (a lock and a dict). No
+dataclasses: the dial-ahead of a no-change `syncd sync` imports this, and that path keeps
+its imports to a minimum (tests/integration/test_imap_round_trips.py).
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
 
 __all__ = ["PAUSES", "Provider", "Throttle", "provider_for", "throttle_from"]
 
 
-@dataclass(frozen=True)
 class Provider:
-    name: str
-    #: Seconds after which an IDLE is ended and issued again (None: RFC 2177's 29 minutes
-    #: apply; syncd re-issues at 25).
-    idle_renew: float | None = None
-    #: Simultaneous connections one account may hold (None: no known limit).
-    max_connections: int | None = None
+    __slots__ = ("idle_renew", "max_connections", "name")
+
+    def __init__(self, name: str, *, idle_renew: float | None = None,
+                 max_connections: int | None = None) -> None:
+        self.name = name
+        #: Seconds after which an IDLE is ended and issued again (None: RFC 2177's 29
+        #: minutes apply; syncd re-issues at 25).
+        self.idle_renew = idle_renew
+        #: Simultaneous connections one account may hold (None: no known limit).
+        self.max_connections = max_connections
 
 
 GENERIC = Provider("generic")
@@ -67,17 +71,32 @@ LIMIT_PAUSE = 3600.0
 #: [THROTTLED] without a suggested time, too many connections.
 SHORT_PAUSE = 60.0
 
-_SUGGESTED = re.compile(rb"throttled.{0,80}?backoff time:?\s*(\d{1,9})\s*(milli)?sec",
-                        re.IGNORECASE | re.DOTALL)
-_LIMITS = re.compile(rb"\b(?:command|bandwidth)s?\b.{0,30}?\blimits?\b", re.IGNORECASE)
-_SHORT = re.compile(rb"\[THROTTLED\]|too many simultaneous connections", re.IGNORECASE)
+_PATTERNS: tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]] | None = None
 
 
-@dataclass(frozen=True)
+def _patterns() -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]:
+    """(suggested backoff, command/bandwidth limits, short), compiled on first use: importing
+    this module stays cheap (the dial-ahead of a no-change sync does)."""
+    global _PATTERNS
+    if _PATTERNS is None:
+        _PATTERNS = (
+            re.compile(rb"throttled.{0,80}?backoff time:?\s*(\d{1,9})\s*(milli)?sec",
+                       re.IGNORECASE | re.DOTALL),
+            re.compile(rb"\b(?:command|bandwidth)s?\b.{0,30}?\blimits?\b", re.IGNORECASE),
+            re.compile(rb"\[THROTTLED\]|too many simultaneous connections", re.IGNORECASE))
+    return _PATTERNS
+
+
 class Throttle:
-    seconds: float
-    reason: str  # the server's words, trimmed
-    kind: str  # "suggested" | "limit" | "short"
+    __slots__ = ("kind", "reason", "seconds")
+
+    def __init__(self, seconds: float, reason: str, kind: str) -> None:
+        self.seconds = seconds
+        self.reason = reason  # the server's words, trimmed
+        self.kind = kind  # "suggested" | "limit" | "short"
+
+    def __repr__(self) -> str:
+        return f"Throttle({self.seconds!r}, {self.reason!r}, {self.kind!r})"
 
 
 def throttle_from(text: bytes | str) -> Throttle | None:
@@ -87,13 +106,14 @@ def throttle_from(text: bytes | str) -> Throttle | None:
     if b"thrott" not in lowered and b"limit" not in lowered and b"simultaneous" not in lowered:
         return None  # the common case, cheaply
     reason = _reason(data)
-    match = _SUGGESTED.search(data)
+    suggested, limits, short = _patterns()
+    match = suggested.search(data)
     if match:
         value = int(match.group(1)) / (1000.0 if match.group(2) else 1.0)
         return Throttle(min(SUGGESTED_MAX, max(SUGGESTED_MIN, value)), reason, "suggested")
-    if _LIMITS.search(data):
+    if limits.search(data):
         return Throttle(LIMIT_PAUSE, reason, "limit")
-    if _SHORT.search(data):
+    if short.search(data):
         return Throttle(SHORT_PAUSE, reason, "short")
     return None
 
@@ -107,10 +127,12 @@ def _reason(data: bytes) -> str:
     return " ".join(text.split())[:200]
 
 
-@dataclass(frozen=True)
 class Pause:
-    until: float  # time.time()
-    reason: str
+    __slots__ = ("reason", "until")
+
+    def __init__(self, until: float, reason: str) -> None:
+        self.until = until  # time.time()
+        self.reason = reason
 
 
 class Pauses:
