@@ -27,7 +27,8 @@ import re
 import threading
 import time
 
-__all__ = ["PAUSES", "Provider", "Throttle", "provider_for", "throttle_from"]
+__all__ = ["PAUSES", "Provider", "Throttle", "idle_folders_within_limit", "provider_for",
+           "throttle_from"]
 
 
 class Provider:
@@ -59,6 +60,19 @@ _HOSTS = {
 
 def provider_for(host: str) -> Provider:
     return _HOSTS.get(host.strip().rstrip(".").lower(), GENERIC)
+
+
+def idle_folders_within_limit(host: str, connections: int, idle: tuple[str, ...] | list[str]
+                              ) -> tuple[list[str], list[str]]:
+    """(folders watched with IDLE, folders left to polling) so that the daemon's connections
+    for one account (the worker's, up to ``connections`` at once, plus one per IDLE folder)
+    stay within the provider's limit (Gmail: 15)."""
+    folders = list(idle)
+    limit = provider_for(host).max_connections
+    if limit is None:
+        return folders, []
+    room = max(1, limit - connections)
+    return folders[:room], folders[room:]
 
 
 # --- throttling --------------------------------------------------------------------------------

@@ -322,3 +322,13 @@ def test_pauses_keep_the_longest_and_expire() -> None:
     assert pauses.remaining("a") == 60
     now[0] += 61
     assert pauses.get("a") is None and pauses.remaining("a") == 0
+
+
+def test_idle_folders_stay_within_gmails_connection_limit() -> None:
+    folders = [f"F{i}" for i in range(20)]
+    watched, polled = providers.idle_folders_within_limit("imap.gmail.com", 3, folders)
+    assert watched == folders[:12] and polled == folders[12:]  # 3 + 12 = 15
+    watched, polled = providers.idle_folders_within_limit("imap.gmail.com", 8, ["INBOX"])
+    assert (watched, polled) == (["INBOX"], [])
+    watched, polled = providers.idle_folders_within_limit("mail.example.org", 8, folders)
+    assert (watched, polled) == (folders, [])
