@@ -8,7 +8,8 @@
   before LOGIN than after (syncd must ask again after LOGIN); ``throttle(n, ms)``: the next n
   commands after LOGIN get ``NO Request is throttled. Suggested Backoff Time: <ms>
   milliseconds`` and the connection is dropped; ``append_line_limit``: an APPEND whose
-  message has a line longer than that gets ``BAD Command Error. 10``.
+  message has a line longer than that gets ``BAD Command Error. 10``; ``size_skew``: every
+  RFC822.SIZE is off by that much (Exchange reports sizes that are not the exact ones).
 - ``GmailLike``: ``alert(n)``: LOGIN answers ``NO [ALERT] Account exceeded command or bandwidth
   limits. (Failure)`` n times.
 
@@ -135,6 +136,7 @@ class ExchangeLike(ImapServer):
         self.append_line_limit: int | None = None
         self.logged_in: set[int] = set()  # id(conn)
         self.capability_after_login = 0  # CAPABILITY commands sent after LOGIN
+        self.size_skew = 0  # added to every RFC822.SIZE (Exchange's are not exact)
 
     def throttle(self, n: int, ms: int) -> None:
         with self._lock:
@@ -177,6 +179,14 @@ class ExchangeLike(ImapServer):
             super().dispatch(conn, tag, command, args)
         else:
             super().dispatch(conn, tag, command, args)
+
+
+    def fetch_response(self, seq: int, msg: Msg, kind: str) -> bytes:  # type: ignore[override]
+        data = ImapServer.fetch_response(seq, msg, kind)
+        if self.size_skew and kind == "FETCH-META":
+            data = re.sub(rb"RFC822\.SIZE (\d+)",
+                          lambda m: b"RFC822.SIZE %d" % (int(m.group(1)) + self.size_skew), data)
+        return data
 
 
 class GmailLike(ImapServer):

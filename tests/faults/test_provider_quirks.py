@@ -225,6 +225,31 @@ def test_exchange_long_line_append_is_refused(tmp_path: Path, dovecot: Dovecot,
                      "another branch's part of issue 15)")
 
 
+def test_exchange_sizes_that_are_not_exact(tmp_path: Path, dovecot: Dovecot, serve) -> None:
+    """RFC822.SIZE off by 37 bytes: every message is downloaded whole (the literal's length
+    decides, never the announced size), syncs are idempotent, and a lost state re-pairs
+    without a duplicate."""
+    server: ExchangeLike = serve(ExchangeLike, {"INBOX": msgs("INBOX", 3)})
+    server.size_skew = 37
+    fault("exchange: RFC822.SIZE not exact")
+    account = account_on(tmp_path, dovecot, server)
+    rc, text = sync(account)
+    assert rc == 0, text
+    local = sorted(path.read_bytes() for _, path in local_files(account.folder_dir("INBOX")))
+    assert local == sorted(m.body.replace(b"\r\n", b"\n") for m in server.folders["INBOX"])
+    rc, text = sync(account)
+    assert rc == 0 and "+0 down +0 up -0 ~0 flags" in text, text
+    state_files = list(account.state_dir.glob(f"{ACCOUNT}.sqlite3*"))
+    assert state_files
+    for path in state_files:
+        path.unlink()  # state lost: messages are paired again by content
+    rc, text = sync(account)
+    assert rc == 0, text
+    if count(account) != 3 or len(server.appended) != 0:
+        pytest.xfail(f"re-pairing trusts RFC822.SIZE ({text.strip()}); the fingerprint "
+                     "pairing is another branch's part of issue 15")
+
+
 # --------------------------------------------------------------------------------------------
 # Gmail
 
