@@ -1085,6 +1085,11 @@ class ReplyGuard:
     def _look_for_throttle(self, line: bytes) -> None:
         from syncd.providers import PAUSES, describe_pause, throttle_from
 
+        # Only a status response speaks for the server ("<tag>|* NO|BAD|BYE|OK ..."): not a
+        # literal's trailer, whatever words a message or folder name holds.
+        words = line.split(b" ", 2)
+        if len(words) < 3 or words[1].upper() not in (b"NO", b"BAD", b"BYE", b"OK"):
+            return
         throttle = throttle_from(line)
         if throttle is None or self.account is None:
             return

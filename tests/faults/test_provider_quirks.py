@@ -295,6 +295,31 @@ def test_gmail_alert_daemon_status(tmp_path: Path, dovecot: Dovecot, serve) -> N
     assert "auth failed" not in status_file.read_text()
 
 
+def test_a_folder_refusal_is_no_throttle(tmp_path: Path, dovecot: Dovecot, serve) -> None:
+    """A NO about one folder (its own limit, a lock) stays that folder's error: no pause,
+    the other folders sync, and the next sync connects again at once."""
+    server: ExchangeLike = serve(ExchangeLike, {"INBOX": msgs("INBOX", 2),
+                                                "Broken": msgs("Broken", 1)})
+
+    def refuse(conn, tag: str, args: str) -> bool:
+        if "Broken" in args:
+            conn.line(f"{tag} NO [LIMIT] Mailbox size limit exceeded; request throttled? no")
+            return True
+        return False
+
+    server.overrides["SELECT"] = refuse
+    server.overrides["EXAMINE"] = refuse
+    account = account_on(tmp_path, dovecot, server)
+    rc, text = sync(account)
+    assert rc == 1 and "Broken" in text, text
+    assert count(account) == 2, text
+    assert providers.PAUSES.remaining(ACCOUNT) == 0
+    connections = server.connections
+    rc, text = sync(account)
+    assert rc == 1 and "throttled by the server" not in text, text
+    assert server.connections > connections
+
+
 # --------------------------------------------------------------------------------------------
 # the pure parts
 
