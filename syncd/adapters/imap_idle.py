@@ -76,6 +76,9 @@ class IdleStream:
         by itself (``ended``), returns [] at once."""
         if self.ended is not None or not self._wait(timeout):
             return []
+        # Whatever is here already, but not forever: a server that streams responses
+        # without a pause must not keep the caller from its stop flag.
+        until = time.monotonic() + max(timeout, 0.1)
         responses: list[Response] = []
         while True:
             kind, response = self._read_response()
@@ -83,7 +86,7 @@ class IdleStream:
                 responses.append(response)
             elif kind == "tagged":
                 break  # the server ended IDLE (e.g. after its own time limit)
-            if not self._buffered():
+            if time.monotonic() > until or not self._buffered():
                 break
         return responses
 

@@ -283,3 +283,15 @@ def test_the_first_byte_already_buffered_is_seen(connect) -> None:
     assert stream.check(2.0) == [(7, b"EXISTS")]
     assert time.monotonic() - started < 1.0
     stream.done()
+
+
+def test_a_stream_of_keepalives_returns_to_the_caller(connect) -> None:
+    """A server that sends status lines without a pause: check() still returns in about its
+    timeout (the watcher's stop flag is looked at between calls)."""
+    _server, client = connect([b"+ idling\r\n", b"* OK Still here\r\n" * 20000, 2.0])
+    stream = IdleStream(client)
+    stream.start()
+    started = time.monotonic()
+    got = stream.check(0.2)
+    assert got and all(not is_change(r) for r in got)
+    assert time.monotonic() - started < 1.5
