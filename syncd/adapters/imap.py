@@ -61,6 +61,10 @@ def _spare_imapclient_version_lookup() -> None:
         major, minor, micro = (int(part) for part in version.split("."))
     except ValueError:
         return
+    if major < 4:
+        # 3.x's version.py is plain constants (no metadata lookup), and its __init__ imports
+        # more of them (author): a stand-in would break the import.
+        return
     module = types.ModuleType("imapclient.version")
     module.version = version  # type: ignore[attr-defined]
     module.version_info = (major, minor, micro, "final")  # type: ignore[attr-defined]
@@ -282,6 +286,7 @@ class ImapSession:
             c.decode("ascii", "replace").upper() for c in client.capabilities()
         )
         self.selected: str | None = None
+        self._selected_uidnext: int | None = None  # UIDNEXT of the last SELECT
         self.auth_mechanism = "LOGIN"  # or the SASL mechanism used (OAUTHBEARER, XOAUTH2)
         # ENABLE waits for the first command that needs it (SELECT, NOTIFY): a sync with
         # nothing to do never selects, and at 20 ms RTT each round trip is 10% of its time.
@@ -311,6 +316,7 @@ class ImapSession:
         from imapclient.exceptions import IMAPClientError, LoginError
 
         name = account.name
+        _refuse_while_paused(account)
         try:
             context = ssl_context_for(account.tls_ca_file)
         except (OSError, ssl.SSLError) as exc:
@@ -326,7 +332,8 @@ class ImapSession:
         except Exception as exc:
             raise connect_failed(account, exc) from None
         _quiet_imaplib(client)
-        ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
+        guard = ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
+        guard.account = name  # throttling replies pause the account (syncd/providers.py)
         try:
             if account.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
@@ -358,7 +365,12 @@ class ImapSession:
                 try:
                     client.login(account.username, secret)
                 except LoginError:
+                    if guard.throttled is not None:  # "NO Request is throttled", not a refusal
+                        _refuse_while_paused(account)
                     raise login_refused(account) from None
+            # Never the pre-login list: servers add capabilities after LOGIN (RFC 3501 6.2.3),
+            # and some (Exchange) put none in the OK of LOGIN. imapclient then asks CAPABILITY
+            # (see ImapSession.__init__) unless the login reply carried a [CAPABILITY ...].
             client._cached_capabilities = None
             session = cls(account, client)
             session.auth_mechanism = mechanism
@@ -593,7 +605,9 @@ class ImapSession:
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
         self.client._imap.untagged_responses.pop("VANISHED", None)
-        return _select_info(name, response)
+        info = _select_info(name, response)
+        self._selected_uidnext = info.uidnext
+        return info
 
     def select_with_changes(self, name: str, changedsince: int, new_from: int | None
                             ) -> tuple[SelectInfo, SelectChanges]:
@@ -613,7 +627,9 @@ class ImapSession:
         modifiers = f"(CHANGEDSINCE {changedsince}{' VANISHED' if self.qresync else ''})"
         pipe = Pipeline(self)
         pipe.send("SELECT", self.client._normalise_folder(name))
-        pipe.send("UID", "FETCH", "1:*", "(UID FLAGS)", modifiers)
+        # The SELECT's UIDNEXT is not known yet: the largest UID bounds every one we know.
+        pipe.send("UID", "FETCH", _vanished_range(None) if self.qresync else "1:*",
+                  "(UID FLAGS)", modifiers)
         if new_from is not None:
             pipe.send("UID", "FETCH", f"{new_from}:*",
                       "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
@@ -630,6 +646,7 @@ class ImapSession:
         except (ValueError, TypeError, IndexError):
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         info = _select_info(name, response)
+        self._selected_uidnext = info.uidnext
         # The server may run the two fetches at once and interleave their responses (RFC 3501
         # 5.5; Dovecot does): their records are told apart by what they hold, not by which
         # tagged reply they came before. A flags record that came unasked (another client's
@@ -737,15 +754,17 @@ class ImapSession:
         """Flags of every message (UID FETCH 1:* FLAGS), or only of those changed since a
         modseq (plus VANISHED UIDs when QRESYNC is on)."""
         modifiers = None
+        uid_set = "1:*"
         if changedsince is not None:
             modifiers = [f"CHANGEDSINCE {changedsince}"]
             if self.qresync:
                 modifiers.append("VANISHED")
+                uid_set = _vanished_range(self._selected_uidnext)
         records = self._fetch_records(
-            "1:*", "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
+            uid_set, "(UID FLAGS)", f"({' '.join(modifiers)})" if modifiers else None)
         flags = _flags_from(records)
         if flags is None:
-            response = self._fetch("1:*", ["FLAGS"], modifiers)
+            response = self._fetch(uid_set, ["FLAGS"], modifiers)
             flags = {uid: flagmap.from_imap(data.get(b"FLAGS", ()))
                      for uid, data in response.items() if b"FLAGS" in data}
         vanished = (self._take_vanished() if changedsince is not None and self.qresync
@@ -950,6 +969,20 @@ def refusal_text(exc: BaseException) -> str:
         return f"{'BAD' if ': BAD ' in text else 'NO'} {match.group(1)}"
     match = _IMAPCLIENT_NO.match(text)  # imapclient's words for a NO
     return f"NO {match.group(1)}" if match is not None else text
+
+
+#: The largest UID there can be (RFC 3501 nz-number, 32 bits).
+MAX_UID = 4294967295
+
+
+def _vanished_range(uidnext: int | None) -> str:
+    """The UID set of a CHANGEDSINCE ... VANISHED fetch: an explicit upper bound, never "*".
+    Cyrus resolves "1:*" to the highest UID still present, and an expunged message above it is
+    then never reported VANISHED (its local copy would stay); "1:<UIDNEXT-1>" covers every UID
+    the folder ever gave out."""
+    if uidnext is None or uidnext <= 1:
+        return f"1:{MAX_UID}" if uidnext is None else "1:*"
+    return f"1:{min(uidnext - 1, MAX_UID)}"
 
 
 def _select_info(name: str, response: dict) -> SelectInfo:
@@ -1164,6 +1197,9 @@ class ReplyGuard:
         self.reply_limit = REPLY_LIMIT
         self.received = 0  # bytes since the last command was sent
         self.where: Callable[[], str] = lambda: "the server"
+        #: The account whose pause a throttling reply sets (syncd/providers.py); None: none.
+        self.account: str | None = None
+        self.throttled: object | None = None  # the last providers.Throttle seen
         cls = type(imap)
         self._read = cls.read.__get__(imap)
         self._readline = cls.readline.__get__(imap)
@@ -1216,7 +1252,25 @@ class ReplyGuard:
         except self.imap.error as exc:  # "got more than 1000000 bytes": mid-line, out of step
             raise self._abort(f"over-long line from the server ({exc})") from None
         self._count(len(line))
+        # Status lines only (tagged, "* NO/OK/BAD/BYE"): FETCH lines cost one slice each.
+        if self.account is not None and (line[:1] != b"*" or line[2:3] in b"NOB"):
+            self._look_for_throttle(line)
         return line
+
+    def _look_for_throttle(self, line: bytes) -> None:
+        from syncd.providers import PAUSES, describe_pause, throttle_from
+
+        # Only a status response speaks for the server ("<tag>|* NO|BAD|BYE|OK ..."): not a
+        # literal's trailer, whatever words a message or folder name holds.
+        words = line.split(b" ", 2)
+        if len(words) < 3 or words[1].upper() not in (b"NO", b"BAD", b"BYE", b"OK"):
+            return
+        throttle = throttle_from(line)
+        if throttle is None or self.account is None:
+            return
+        self.throttled = throttle
+        pause = PAUSES.note(self.account, throttle)
+        log.warning("%s: %s", self.account, describe_pause(pause))
 
     def read(self, size: int) -> bytes:
         if size > self.literal_limit:
@@ -1241,6 +1295,17 @@ class ReplyGuard:
         if kept is not None and typ not in _KEEP_ALL and len(kept) >= 2 * UNTAGGED_KEEP:
             del kept[:-UNTAGGED_KEEP]  # nobody reads old EXISTS/OK/ALERT lines
         self._append(typ, dat)
+
+
+def _refuse_while_paused(account: AccountSettings) -> None:
+    """No connection while a throttling reply's pause lasts (syncd/providers.py): whichever
+    thread tries (the worker, an IDLE watcher) waits instead of hammering the server."""
+    from syncd.providers import PAUSES, describe_pause
+
+    pause = PAUSES.get(account.name)
+    if pause is not None:
+        raise AccountError(account.name, f"{account.host}: {describe_pause(pause)}",
+                           cause="throttled")
 
 
 def _quiet_imaplib(client: IMAPClient) -> None:

@@ -133,13 +133,15 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
         imap.login(account.username, secret)
     except imaplib.IMAP4.abort:
         raise
-    except imaplib.IMAP4.error:
+    except imaplib.IMAP4.error as exc:
+        _raise_if_throttled(account, str(exc))  # Gmail's [ALERT] limits are no wrong password
         raise login_refused(account) from None
-    # Most servers put the new capabilities in the login's OK; otherwise ask.
+    # Most servers put the new capabilities in the login's OK; otherwise ask (Exchange).
     caps_reply = imap.response("CAPABILITY")[1]
     if not caps_reply or caps_reply[0] is None:
         typ, caps_reply = imap.capability()
         if typ != "OK":
+            _raise_if_throttled(account, *caps_reply)
             return None
     words = b" ".join(c for c in caps_reply if isinstance(c, bytes)).upper().split()
     capabilities = {w.decode("ascii", "replace") for w in words}
@@ -151,6 +153,7 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
     # imaplib sends its arguments as they are: the pattern carries the RETURN options.
     typ, lines = imap.list('""', f'"*" RETURN (STATUS ({" ".join(STATUS_ITEMS)}))')
     if typ != "OK":
+        _raise_if_throttled(account, *lines)
         return None
     folders = _parse_list(lines)
     statuses = _parse_statuses(imap.response("STATUS")[1])
@@ -174,6 +177,20 @@ def _send(imap: imaplib.IMAP4, command: bytes) -> bytes:
         imap._mesg(f"> {line!r}")
     imap.send(line + b"\r\n")
     return tag
+
+
+def _raise_if_throttled(account: AccountSettings, *texts: object) -> None:
+    """A throttling reply (syncd/providers.py) pauses the account and is reported as such."""
+    from syncd.providers import PAUSES, describe_pause, throttle_from
+
+    for text in texts:
+        if not isinstance(text, (bytes, str)):
+            continue
+        throttle = throttle_from(text)
+        if throttle is not None:
+            pause = PAUSES.note(account.name, throttle)
+            raise AccountError(account.name, f"{account.host}: {describe_pause(pause)}",
+                               cause="throttled")
 
 
 # --- the two replies ------------------------------------------------------------------------

@@ -141,6 +141,10 @@ def _dial_key(account: AccountSettings) -> tuple[str, str, int, str]:
 def dial_ahead(account: AccountSettings) -> None:
     """Start opening the account's connection (TCP, plus TLS where it is implicit; a STARTTLS
     or plaintext account gets TCP only) for the first `take_dialed` of this process."""
+    from syncd.providers import PAUSES
+
+    if PAUSES.get(account.name) is not None:
+        return  # throttled: no connection before the pause ends (ImapSession.connect says so)
     dial = _Dial(account)
     with _DIALS_LOCK:
         if dial.key in _DIALS:

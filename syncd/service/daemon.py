@@ -86,10 +86,18 @@ class AccountRuntime:
         if mode != "idle":
             return
         assert self._watcher is not None
+        from syncd.providers import idle_folders_within_limit
+
+        watched, polled = idle_folders_within_limit(self.account.host, self.account.connections,
+                                                    self.account.idle)
+        if polled:
+            log.warning("%s: %s allows %d connections at once: %s polled, not watched with IDLE",
+                        self.account.name, self.account.host, len(watched) +
+                        self.account.connections, ", ".join(polled))
         with self._watchers_lock:
             if self._stopped:
                 return
-            for folder in self.account.idle[1:]:
+            for folder in watched[1:]:
                 extra = self._watcher(folder, first=False)
                 self.idle.append(extra)
                 extra.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd.errors import AccountError
+from syncd.providers import PAUSES
 from syncd.service.worker import AUTH_RETRY, next_backoff
 
 if TYPE_CHECKING:
@@ -21,10 +21,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.idle")
 
-# RFC 2177: servers may drop an IDLE after 30 minutes; re-issue well before.
+# RFC 2177: servers may drop an IDLE after 30 minutes; re-issue well before. Providers with
+# a shorter limit are in syncd/providers.py (Gmail: about 10 minutes).
 IDLE_RENEW = 25 * 60.0
 # How often the IDLE loop wakes to look at the stop flag (no traffic is sent).
 POLL_STEP = 1.0
+
+
+def idle_renew_interval(host: str) -> float:
+    """Seconds after which IDLE is ended and issued again on ``host``."""
+    from syncd.providers import provider_for
+
+    limit = provider_for(host).idle_renew
+    return IDLE_RENEW if limit is None else min(IDLE_RENEW, limit)
 
 
 def enable_keepalive(sock: socket.socket) -> None:
@@ -38,26 +47,6 @@ def enable_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     except OSError:
         pass
-
-
-def connection_closed(sock: socket.socket) -> bool:
-    """True when the peer has closed or reset the TCP connection.
-
-    imapclient's idle_check() takes EOF and socket errors for "no more responses", so without
-    this a dead IDLE connection looks like silence (and the loop spins: the socket stays
-    readable). Peeks at the TCP stream beneath TLS: b"" is EOF, an error is a reset; data
-    means a response is on its way."""
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if not poller.poll(0):
-            return False
-        data = socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return False
-    except (OSError, ValueError):
-        return True
-    return data == b""
 
 
 def is_change(response: object) -> bool:
@@ -149,6 +138,8 @@ class IdleWatcher(threading.Thread):
                 notice = "reconnect"
                 wait = AUTH_RETRY if exc.cause == "auth" else next_backoff(backoff)
                 backoff = wait
+                # A throttling reply paused the account: connect again only after it.
+                wait = max(wait, PAUSES.remaining(self.account.name))
                 self._set_state(f"offline: {exc.cause}")
                 log.info("%s/%s: IDLE connection failed: %s (retry in %.0f s)",
                          self.account.name, self.folder, exc, wait)
@@ -157,6 +148,7 @@ class IdleWatcher(threading.Thread):
                 notice = "reconnect"
                 backoff = next_backoff(backoff)
                 self._set_state("offline")
+                backoff = max(backoff, PAUSES.remaining(self.account.name))
                 log.info("%s/%s: IDLE connection lost: %s (retry in %.0f s)",
                          self.account.name, self.folder, exc or type(exc).__name__, backoff)
                 self._sleep(backoff)
@@ -182,11 +174,18 @@ class IdleWatcher(threading.Thread):
             self._halt.wait(min(remaining, POLL_STEP))
 
     def _idle_loop(self, notice: str | None) -> None:
+        from syncd.adapters.imap_idle import IdleStream
+
         assert self.session is not None
-        client = self.session.client
-        sock = client.socket()
+        # Not imapclient's idle_check(): it fails on a line that arrives in two TCP segments
+        # (imapclient issue 519) and cannot read literals; see adapters/imap_idle.py.
+        stream = IdleStream(self.session.client)
+        renew = idle_renew_interval(self.account.host)
         while not self._halt.is_set() and not self._reconnect.is_set():
-            client.idle()
+            changed: set[str] = set()
+            for response in stream.start():
+                if is_change(response):
+                    changed.add(changed_folder(response) or self.folder)
             if notice is not None:
                 # IDLE is up: from here on no change goes unnoticed; sync what came before
                 # (with NOTIFY that is every folder: None).
@@ -195,22 +194,15 @@ class IdleWatcher(threading.Thread):
                                              None if self.mode == "notify" else self.folder)
                 notice = None
             started = time.monotonic()
-            changed: set[str] = set()
-            while not self._halt.is_set() and not self._reconnect.is_set():
-                if time.monotonic() - started > IDLE_RENEW:
-                    break
-                responses = client.idle_check(timeout=POLL_STEP)
-                for response in responses:
+            while not changed and not self._halt.is_set() and not self._reconnect.is_set():
+                if time.monotonic() - started > renew or stream.ended is not None:
+                    break  # re-issue IDLE (the server's limit, or it ended IDLE itself)
+                for response in stream.check(POLL_STEP):
                     if is_change(response):
                         changed.add(changed_folder(response) or self.folder)
-                if changed:
-                    break
-                if not responses and connection_closed(sock):
-                    raise ConnectionError("the server closed the connection")
-            # Responses that arrive while DONE is on its way come back from idle_done():
+            # Responses that arrive while DONE is on its way come back from done():
             # dropping them lost events that landed in that instant.
-            _text, late = client.idle_done()
-            for response in late:
+            for response in stream.done():
                 if is_change(response):
                     changed.add(changed_folder(response) or self.folder)
             for folder in sorted(changed):

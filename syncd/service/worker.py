@@ -26,6 +26,16 @@ BACKOFF_CAP = 300.0
 AUTH_RETRY = 900.0  # a wrong password is retried slowly, never hammered
 
 
+def throttle_pause(account: str) -> tuple[float, str] | None:
+    """(seconds left, status text) of the pause a throttling reply set, or None."""
+    from syncd.providers import PAUSES, describe_pause
+
+    pause = PAUSES.get(account)
+    if pause is None:
+        return None
+    return PAUSES.remaining(account), describe_pause(pause)
+
+
 def next_backoff(previous: float | None, *, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff with ±25% jitter, capped: 2, 4, 8, ... 300 s."""
     base = BACKOFF_START if previous is None else min(BACKOFF_CAP, previous * 2)
@@ -136,19 +146,23 @@ class AccountWorker(threading.Thread):
     def _after(self, result: AccountResult, taken: Pending) -> None:
         self.syncs += 1
         self.last_result = result
-        if result.error:
+        # A throttling reply (syncd/providers.py) pauses the account however the sync ended.
+        paused = throttle_pause(self.account.name)
+        if result.error or paused:
             auth = result.error_cause == "auth"
             with self._cond:
                 self._backoff = AUTH_RETRY if auth else next_backoff(self._backoff)
+                if paused:
+                    self._backoff = max(self._backoff, paused[0])
                 self._retry_at = time.monotonic() + self._backoff
                 # What we could not do is still to do: keep it queued for the retry.
                 self._pending.full = self._pending.full or taken.full
                 self._pending.folders |= taken.folders
                 self._pending.due = self._pending.due or time.monotonic()
-            self.connection = (f"{'auth failed' if auth else 'offline'}, retry in "
-                               f"{self._backoff:.0f} s")
-            log.warning("%s: %s (retry in %.0f s)", self.account.name, result.error,
-                        self._backoff)
+            self.connection = paused[1] if paused else (
+                f"{'auth failed' if auth else 'offline'}, retry in {self._backoff:.0f} s")
+            log.warning("%s: %s (retry in %.0f s)", self.account.name,
+                        result.error or self.connection, self._backoff)
         else:
             with self._cond:
                 self._backoff = None

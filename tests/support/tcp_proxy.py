@@ -57,7 +57,12 @@ class TcpProxy:
     - ``stall_after`` / ``stall_for``: stop forwarding for ``stall_for`` seconds once a
       connection has carried that many bytes down (``stall_links`` as ``cut_links``);
     - ``refusing``: new connections are reset at once (counted in ``refused``);
-    - ``drop(link)`` / ``drop_all()``: reset open connections now, as a dying network path does.
+    - ``drop(link)`` / ``drop_all()``: reset open connections now, as a dying network path does;
+    - ``split_lines``: a delay in seconds (None: off). Every line the server sends (literal
+      data too) reaches the client in two TCP segments, cut in its middle, the second one
+      ``split_lines`` seconds after the first (as a server that writes a response in two
+      pieces, or a congested path, delivers it). Only meaningful on plaintext connections:
+      under TLS the proxy sees records, not lines. ``splits`` counts the cuts made.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", *,
@@ -81,6 +86,8 @@ class TcpProxy:
         self.stall_after: int | None = None
         self.stall_for = 0.0
         self.stall_links: set[int] | None = None
+        self.split_lines: float | None = None
+        self.splits = 0
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True,
                                           name="tcp-proxy")
 
@@ -235,8 +242,35 @@ class TcpProxy:
             time.sleep(self.stall_for)
             if link.closed:
                 return False, stalled
-        self._paced_send(link, False, data)
+        split = self.split_lines
+        if split is not None:
+            self._split_send(link, data, split)
+        else:
+            self._paced_send(link, False, data)
         return True, stalled
+
+    def _split_send(self, link: Link, data: bytes, delay: float) -> None:
+        """Send ``data`` with a cut in the middle of every line that ends in it (a line that
+        began in an earlier chunk is cut in the middle of its rest), ``delay`` seconds between
+        the pieces: each piece leaves as its own segment (TCP_NODELAY)."""
+        cuts = []
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            cuts.append((start + end + 1) // 2)
+            start = end + 1
+        begin = 0
+        for cut in cuts:
+            if cut <= begin:
+                continue
+            self._paced_send(link, False, data[begin:cut])
+            with self._lock:
+                self.splits += 1
+            begin = cut
+            time.sleep(delay)
+            if link.closed:
+                return
+        if begin < len(data):
+            self._paced_send(link, False, data[begin:])
 
     def _paced_send(self, link: Link, up: bool, data: bytes) -> None:
         """Send within ``rate``: each piece leaves once the line would have carried it, so
