@@ -890,7 +890,7 @@ class AccountSync:
                 data = crlf_to_lf(raw)
                 candidate = self._content_match(folder, action, data, paired_keys)
                 if candidate is not None:
-                    # Same bytes already here under another name (a crash between APPEND
+                    # Same content already here under another name (a crash between APPEND
                     # and its record, or a state rebuilt from scratch): pair, do not
                     # duplicate. As a planned Pair (see A.Download): record the merge base
                     # now, bring both sides to the union of their flags once the downloads

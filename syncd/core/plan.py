@@ -31,8 +31,8 @@ Decisions worth knowing (DESIGN.md Part 2):
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -245,15 +245,15 @@ def _take(queue: deque[_Unpaired] | None, digest: str | None) -> _Unpaired | Non
 
 
 def _pair_pass(remotes: list[RemoteMessage], local_left: dict[str, _Unpaired],
-               pairs: list[tuple[RemoteMessage, _Unpaired]], identity: _Identity
-               ) -> list[RemoteMessage]:
-    """Pair each server message with the first unpaired local file of the same identity;
-    returns the server messages left. Ascending uids meet ascending keys, so duplicate
-    Message-IDs pair one to one, in order."""
+               pairs: list[tuple[RemoteMessage, _Unpaired]], identity: _Identity,
+               skip_ids: Set[str] = frozenset()) -> list[RemoteMessage]:
+    """Pair each server message with the first unpaired local file of the same identity
+    (none under ``skip_ids``); returns the server messages left. Ascending uids meet ascending
+    keys, so duplicate Message-IDs pair one to one, in order."""
     queues: dict[tuple[object, ...], deque[_Unpaired]] = {}
     for entry in local_left.values():
         found = identity(entry.message_id, entry.size, entry.digest)
-        if found is not None:
+        if found is not None and entry.message_id not in skip_ids:
             queues.setdefault(found, deque()).append(entry)
     left: list[RemoteMessage] = []
     for remote in remotes:
@@ -268,19 +268,36 @@ def _pair_pass(remotes: list[RemoteMessage], local_left: dict[str, _Unpaired],
     return left
 
 
-def _match(new_remote: Iterable[RemoteMessage], unpaired: Iterable[_Unpaired]) -> _Matching:
-    """Which new server messages are unpaired local files. Two passes, cheapest first:
+def _ambiguous_ids(remotes: Iterable[RemoteMessage], entries: Iterable[_Unpaired]
+                   ) -> frozenset[str]:
+    """Message-IDs that more than one server message or more than one local file carries
+    (a message twice in a folder, drafts re-saved under one ID), on both sides: a size may
+    then pick the wrong one of them, so their digests decide."""
+    remote_ids = Counter(m.message_id for m in remotes if m.message_id is not None)
+    local_ids = Counter(e.message_id for e in entries if e.message_id is not None)
+    return frozenset(mid for mid in remote_ids.keys() & local_ids.keys()
+                     if remote_ids[mid] > 1 or local_ids[mid] > 1)
+
+
+def _match(new_remote: Iterable[RemoteMessage], unpaired: Iterable[_Unpaired], *,
+           final: bool = True) -> _Matching:
+    """Which new server messages are unpaired local files, cheapest evidence first:
     1. Message-ID and size without trace fields: no content is read (the common case, and
-       copies that differ only in X-TUID/X-UID/Status/... fields);
+       copies that differ only in X-TUID/X-UID/Status/... fields); not for ambiguous IDs;
     2. Message-ID and body digest (line ends normalised), for the candidates the engine was
        asked to digest (``digests_needed``): a server that stores LF, adds other headers or
-       reports an inexact RFC822.SIZE. Different bodies under one Message-ID never pair here.
-    A digest known on both sides vetoes a size match too."""
+       reports an inexact RFC822.SIZE, or an ambiguous ID. Different bodies never pair here;
+    3. (``final``) what is left of ambiguous IDs without digests, by size as in 1 (a caller
+       that gives no digests gets the plain Message-ID and size rule, one to one in order).
+    A digest known on both sides vetoes a size match."""
     local_left = {entry.key: entry for entry in sorted(unpaired, key=lambda e: e.key)}
+    remotes = sorted(new_remote, key=lambda m: m.uid)
     pairs: list[tuple[RemoteMessage, _Unpaired]] = []
-    remote_left = _pair_pass(sorted(new_remote, key=lambda m: m.uid), local_left, pairs,
-                             _by_size)
+    ambiguous = _ambiguous_ids(remotes, local_left.values())
+    remote_left = _pair_pass(remotes, local_left, pairs, _by_size, ambiguous)
     remote_left = _pair_pass(remote_left, local_left, pairs, _by_digest)
+    if final and ambiguous:
+        remote_left = _pair_pass(remote_left, local_left, pairs, _by_size)
     return _Matching(pairs, remote_left, local_left)
 
 
@@ -311,7 +328,8 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
 
 class DigestsNeeded(NamedTuple):
     """The server messages (BODY[TEXT]) and local files whose ``body_digest`` would let
-    ``plan_folder`` pair them: the same Message-ID on both sides, sizes that disagree."""
+    ``plan_folder`` pair them: the same Message-ID on both sides, and sizes that disagree or
+    an ID more than one message carries."""
 
     uids: tuple[int, ...] = ()
     keys: tuple[str, ...] = ()
@@ -325,7 +343,7 @@ def digests_needed(snapshot: FolderSnapshot) -> DigestsNeeded:
     LocalMessage). Nothing when Message-ID and size settle every pairing: an initial sync into
     an empty Maildir, new mail on one side, or copies that differ only in trace fields."""
     new_remote, unpaired = _unpaired(snapshot)
-    matching = _match(new_remote, unpaired)
+    matching = _match(new_remote, unpaired, final=False)
     local_ids = {entry.message_id for entry in matching.local_left.values()}
     remote_ids = {remote.message_id for remote in matching.remote_left}
     return DigestsNeeded(

@@ -135,7 +135,7 @@ def test_mbsync_maildir_pairs_without_transfer(dovecot: Dovecot, user: User, tmp
 @pytest.mark.parametrize(("fields", "digested"), [
     (b"X-UID: 7\r\nStatus: RO\r\n", False),  # an mbox server's (mailutils): a trace field
     (b"X-Spam-Score: 0.0\r\nX-Spam-Flag: NO\r\n", True),  # a filter's: bodies decide
-])
+], ids=["trace", "other"])
 def test_lost_state_pairs_server_copies_with_added_headers(
         dovecot: Dovecot, user: User, tmp_path: Path, text_fetches: list[list[int]],
         fields: bytes, digested: bool) -> None:

@@ -619,6 +619,23 @@ def test_known_digests_veto_a_size_match() -> None:
         Upload("a", ""))
 
 
+def test_an_ambiguous_message_id_is_settled_by_digests() -> None:
+    """Two local files under one Message-ID with equal sizes (an edited draft of the same
+    length): the size cannot tell which one the server has, so the digests are asked for."""
+    local = [L("a", "", 100, "<d@x>"), L("b", "S", 100, "<d@x>")]
+    remote = [R(1, "", 100, "<d@x>")]
+    snapshot = snap(local=local, remote=remote)
+    assert digests_needed(snapshot) == DigestsNeeded(uids=(1,), keys=("a", "b"))
+    digested = snap(local=[local[0]._replace(body_digest="edited"),
+                           local[1]._replace(body_digest="same")],
+                    remote=[remote[0]._replace(body_digest="same")])
+    assert plan_folder(digested).actions == (
+        Pair(1, "b", "", 100, "<d@x>"), PushFlags(1, "b", add="S", remove="", flags="S"),
+        Upload("a", ""))
+    # Not digested (the engine could not): Message-ID and size pair in order, as before.
+    assert plan_folder(snapshot).count(Pair) == 1
+
+
 def test_duplicate_message_ids_pair_one_to_one_by_digest() -> None:
     """The same message twice in a folder on an LF server, plus a different message under the
     same Message-ID locally: two pairs, one upload, no download."""
