@@ -646,7 +646,8 @@ class AccountSync:
                       ) -> FolderSnapshot:
         """The snapshot with the body digests the planner needs to pair copies whose sizes
         disagree under one Message-ID (a server storing LF, adding headers, or reporting
-        inexact sizes): BODY[TEXT] of just those server messages, and those local files."""
+        inexact sizes) or whose Message-ID several messages carry: BODY[TEXT] of just those
+        server messages, and those local files. Nothing is read in the common cases."""
         from syncd.core.message import body_digest, body_start
         from syncd.core.plan import digests_needed
 
@@ -662,7 +663,7 @@ class AccountSync:
             try:
                 data = folder.read(key)
             except FileNotFoundError:
-                continue  # gone meanwhile: it pairs by size or is uploaded (and skipped)
+                continue  # gone meanwhile: not paired; its Upload finds it gone
             local_digests[key] = body_digest(data[body_start(data):])
         log.debug("%s: digested %d server and %d local bodies to pair them",
                   self.account.name, len(remote_digests), len(local_digests))
