@@ -183,6 +183,7 @@ class AccountSync:
         # Folder id -> the letters its server keeps (SELECT's PERMANENTFLAGS, less what it
         # refused or dropped before): the rest stay local-only (see syncd/server_writes.py).
         self._storable: dict[int, str] = {}
+        self._candidate_digests: dict[str, str] = {}  # local key -> content digest
 
     # --- the whole account ----------------------------------------------------------------
     def run(self, only_folders: frozenset[str] | None = None, *,
@@ -561,10 +562,11 @@ class AccountSync:
                               local_folder_missing=local_folder_missing,
                               guard_held=fstate is not None and fstate.guard_held,
                               storable=storable)
-        plan = plan_folder(FolderSnapshot(synced=tuple(synced), local=tuple(local),
-                                          remote=tuple(remote.values()),
-                                          uidvalidity_changed=uidvalidity_changed,
-                                          policy=policy, pending_expunge=pending))
+        snapshot = FolderSnapshot(synced=tuple(synced), local=tuple(local),
+                                  remote=tuple(remote.values()),
+                                  uidvalidity_changed=uidvalidity_changed, policy=policy,
+                                  pending_expunge=pending)
+        plan = plan_folder(self._with_digests(snapshot, local_folder))
         result.guard = plan.guard
         if plan.guard:
             log.warning("%s/%s: %s", self.account.name, name, plan.guard)
@@ -665,8 +667,9 @@ class AccountSync:
                 meta.update(session.fetch_meta(rest, message_ids=message_ids))
             for uid in new_uids:
                 if uid in meta:
-                    size, message_id = meta[uid]
-                    view[uid] = RemoteMessage(uid, view[uid].flags, size, message_id)
+                    found = meta[uid]
+                    view[uid] = RemoteMessage(uid, view[uid].flags, found.size,
+                                              found.message_id, found.trace_bytes)
                 else:
                     del view[uid]  # expunged between the two fetches
         return view
@@ -679,11 +682,43 @@ class AccountSync:
                 local.append(LocalMessage(key, entry.flags))
                 continue
             try:
-                message_id, size = folder.header_info(key)
+                info = folder.header_info(key)
             except FileNotFoundError:
                 continue  # removed while we looked (mutt, another tool)
-            local.append(LocalMessage(key, entry.flags, size, message_id))
+            local.append(LocalMessage(key, entry.flags, info.size, info.message_id,
+                                      info.trace_bytes))
         return local
+
+    def _with_digests(self, snapshot: FolderSnapshot, folder: MaildirFolder
+                      ) -> FolderSnapshot:
+        """The snapshot with the body digests the planner needs to pair copies whose sizes
+        disagree under one Message-ID (a server storing LF, adding headers, or reporting
+        inexact sizes) or whose Message-ID several messages carry: BODY[TEXT] of just those
+        server messages, and those local files. Nothing is read in the common cases."""
+        from syncd.core.message import body_digest, body_start
+        from syncd.core.plan import digests_needed
+
+        wanted = digests_needed(snapshot)
+        if not wanted:
+            return snapshot
+        uids = set(wanted.uids)
+        sizes = [(m.uid, m.size) for m in snapshot.remote if m.uid in uids]
+        remote_digests = {uid: body_digest(text)
+                          for uid, text in self._session().fetch_texts(sizes)}
+        local_digests: dict[str, str] = {}
+        for key in wanted.keys:
+            try:
+                data = folder.read(key)
+            except FileNotFoundError:
+                continue  # gone meanwhile: not paired; its Upload finds it gone
+            local_digests[key] = body_digest(data[body_start(data):])
+        log.debug("%s: digested %d server and %d local bodies to pair them",
+                  self.account.name, len(remote_digests), len(local_digests))
+        return snapshot._replace(
+            remote=tuple(m._replace(body_digest=remote_digests[m.uid])
+                         if m.uid in remote_digests else m for m in snapshot.remote),
+            local=tuple(m._replace(body_digest=local_digests[m.key])
+                        if m.key in local_digests else m for m in snapshot.local))
 
     # --- executing a plan -----------------------------------------------------------------
     def execute(self, plan: A.FolderPlan, fstate: FolderState, folder: MaildirFolder,
@@ -851,6 +886,7 @@ class AccountSync:
                   local_flags: dict[str, str]) -> None:
         session = self._session()
         fid = fstate.id
+        self._candidate_digests = {}  # see _content_match; keys are this folder's
         total_bytes = sum(a.size or 0 for a in downloads)
         self.reporter.folder_started(self.account.name, fstate.remote_name, len(downloads),
                                      total_bytes)
@@ -898,7 +934,7 @@ class AccountSync:
                 data = crlf_to_lf(raw)
                 candidate = self._content_match(folder, action, data, paired_keys)
                 if candidate is not None:
-                    # Same bytes already here under another name (a crash between APPEND
+                    # Same content already here under another name (a crash between APPEND
                     # and its record, or a state rebuilt from scratch): pair, do not
                     # duplicate. As a planned Pair (see A.Download): record the merge base
                     # now, bring both sides to the union of their flags once the downloads
@@ -939,14 +975,26 @@ class AccountSync:
 
     def _content_match(self, folder: MaildirFolder, action: A.Download, data: bytes,
                        paired_keys: set[str]) -> str | None:
-        for key in action.pair_candidates:
-            if key in paired_keys:
-                continue
-            try:
-                if folder.read(key) == data:
-                    return key
-            except FileNotFoundError:
-                continue
+        """The first candidate (a local file without Message-ID, like this message) with the
+        same content digest: the same body and Date/From/To/Cc/Subject whatever the line ends
+        and added headers (a POP3 server's X-UIDL, mbsync's X-TUID). Bytes would not do."""
+        candidates = [key for key in action.pair_candidates if key not in paired_keys]
+        if not candidates:
+            return None
+        from syncd.core.message import content_digest
+
+        wanted = content_digest(data)
+        for key in candidates:
+            digest = self._candidate_digests.get(key)
+            if digest is None:
+                try:
+                    digest = content_digest(folder.read(key))
+                except FileNotFoundError:
+                    continue
+                # Every no-Message-ID download shares the candidates: read each file once.
+                self._candidate_digests[key] = digest
+            if digest == wanted:
+                return key
         return None
 
     def _upload(self, uploads: list[A.Upload], fstate: FolderState, folder: MaildirFolder,
@@ -968,7 +1016,7 @@ class AccountSync:
                 path = folder.path_of(action.key)
                 data = folder.read(action.key)
                 mtime = os.stat(path).st_mtime
-                message_id, _size = folder.header_info(action.key)
+                message_id = folder.header_info(action.key).message_id
             except FileNotFoundError:
                 continue  # deleted before we got to it
             [intent_id] = state.add_intents(fid, "upload",

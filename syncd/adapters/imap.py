@@ -22,6 +22,7 @@ from syncd.adapters.transport import connect_failed, ssl_context_for, take_diale
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
 from syncd.core.folders import Namespace, personal_namespace
+from syncd.core.message import IGNORED_FIELDS, header_identity
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
 
@@ -123,14 +124,29 @@ class FlagChanges(NamedTuple):
     vanished: frozenset[int]
 
 
+class MessageMeta(NamedTuple):
+    """What pairing needs of a server message the state does not know."""
+
+    size: int  # RFC822.SIZE
+    message_id: str | None
+    # Of ``size``: fields a server or tool adds (X-UID, Status, X-UIDL...; see
+    # syncd.core.message), so that a copy with them still pairs by size.
+    trace_bytes: int = 0
+
+
+# The header fields fetched for pairing: the Message-ID and the ones whose bytes do not count.
+_PAIRING_FIELDS = ("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID "
+                   + " ".join(sorted(name.upper() for name in IGNORED_FIELDS)) + ")]")
+
+
 class SelectChanges(NamedTuple):
     """What a pipelined SELECT brought besides the folder's numbers (see select_with_changes):
     None where the server refused or answered in a shape we do not parse; the caller then
     asks again the ordinary way."""
 
     changes: FlagChanges | None
-    #: UID -> (RFC822.SIZE, Message-ID) of the messages from the old UIDNEXT on.
-    meta: dict[int, tuple[int, str | None]] | None
+    #: UID -> MessageMeta of the messages from the old UIDNEXT on.
+    meta: dict[int, MessageMeta] | None
 
 
 class Reply(NamedTuple):
@@ -148,6 +164,8 @@ class Reply(NamedTuple):
 
 
 _BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}")
+_TEXT_LITERAL = re.compile(rb"BODY\[TEXT\] \{\d+\}")
+_TEXT_EMPTY = re.compile(rb'BODY\[TEXT\] (?:""|NIL)')
 _UID_ITEM = re.compile(rb"[( ]UID (\d+)")
 _INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
@@ -632,7 +650,7 @@ class ImapSession:
                   "(UID FLAGS)", modifiers)
         if new_from is not None:
             pipe.send("UID", "FETCH", f"{new_from}:*",
-                      "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                      f"(UID RFC822.SIZE {_PAIRING_FIELDS})")
         selected, flags_reply, *rest = pipe.replies()
         meta_reply = rest[0] if rest else None
         if not selected.ok:
@@ -779,17 +797,17 @@ class ImapSession:
         return set(self.client.search("ALL"))
 
     def fetch_meta(self, uids: Iterable[int], *, message_ids: bool = True
-                   ) -> dict[int, tuple[int, str | None]]:
-        """UID -> (RFC822.SIZE, Message-ID) for pairing. ``message_ids=False``: sizes only
-        (Message-ID None), when there is nothing local to pair with: the server then need not
+                   ) -> dict[int, MessageMeta]:
+        """UID -> MessageMeta for pairing. ``message_ids=False``: sizes only (no Message-ID,
+        no trace bytes), when there is nothing local to pair with: the server then need not
         parse every header (an initial sync into an empty Maildir)."""
-        result: dict[int, tuple[int, str | None]] = {}
+        result: dict[int, MessageMeta] = {}
         ordered = sorted(uids)
-        header = " BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" if message_ids else ""
+        header = f" {_PAIRING_FIELDS}" if message_ids else ""
         for chunk in _chunks(ordered, UID_SET_CHUNK):
             records = self._fetch_records(
                 format_uid_set(chunk), f"(UID RFC822.SIZE{header})")
-            fast: dict[int, tuple[int, str | None]] = {}
+            fast: dict[int, MessageMeta] = {}
             for text, literal in records or ():
                 uid = _UID_ITEM.search(text)
                 size = _SIZE_ITEM.search(text)
@@ -797,22 +815,21 @@ class ImapSession:
                     fast = {}
                     records = None
                     break
-                fast[int(uid.group(1))] = (int(size.group(1)),
-                                           parse_message_id(literal) if literal else None)
+                fast[int(uid.group(1))] = MessageMeta(int(size.group(1)),
+                                                      *header_identity(literal or b""))
             if records is not None:
                 result.update(fast)
                 continue
             response = self._fetch(
                 format_uid_set(chunk),
-                ["RFC822.SIZE", *(["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"] if message_ids
-                                  else [])])
+                ["RFC822.SIZE", *([_PAIRING_FIELDS] if message_ids else [])])
             for uid, data in response.items():
                 fields = b""
                 for key, value in data.items():
                     if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
                         fields = value
-                result[uid] = (int(data.get(b"RFC822.SIZE", 0)),
-                               parse_message_id(fields) if fields else None)
+                size = int(data.get(b"RFC822.SIZE", 0))  # type: ignore[call-overload]
+                result[uid] = MessageMeta(size, *header_identity(fields))
         return result
 
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]]
@@ -833,6 +850,48 @@ class ImapSession:
         if batch:
             with self.guard.expecting(largest, batch_bytes):
                 yield from self._fetch_body_batch(batch)
+
+    def fetch_texts(self, wanted: Sequence[tuple[int, int | None]]
+                    ) -> Iterator[tuple[int, bytes]]:
+        """Yield (uid, BODY[TEXT]) for (uid, size-if-known) pairs: the body without the header
+        block, to confirm a pairing by content (syncd.core.message.body_digest) where sizes
+        disagree. Batched like fetch_bodies; messages no longer there are absent."""
+        batch: list[int] = []
+        batch_bytes = 0
+        largest: int | None = 0
+        for uid, size in wanted:
+            batch.append(uid)
+            batch_bytes += size or 0
+            largest = None if size is None or largest is None else max(largest, size)
+            if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
+                with self.guard.expecting(largest, batch_bytes):
+                    yield from self._fetch_text_batch(batch)
+                batch, batch_bytes, largest = [], 0, 0
+        if batch:
+            with self.guard.expecting(largest, batch_bytes):
+                yield from self._fetch_text_batch(batch)
+
+    def _fetch_text_batch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
+        uid_set = format_uid_set(uids)
+        records = self._fetch_records(uid_set, "(UID BODY.PEEK[TEXT])")
+        texts: dict[int, bytes] = {}
+        for text, literal in records or ():
+            uid = _UID_ITEM.search(text)
+            if uid is None:
+                texts, records = {}, None
+                break
+            if literal is not None and _TEXT_LITERAL.search(text):
+                texts[int(uid.group(1))] = literal
+            elif _TEXT_EMPTY.search(text):
+                texts[int(uid.group(1))] = b""
+            # else: an unsolicited FETCH (another client's flag change)
+        if records is None:
+            response = self._fetch(uid_set, ["BODY.PEEK[TEXT]"])
+            texts = {uid: data[b"BODY[TEXT]"] for uid, data in response.items()
+                     if isinstance(data.get(b"BODY[TEXT]"), bytes)}
+        for uid in uids:
+            if uid in texts:
+                yield uid, texts.pop(uid)
 
     def _fetch_body_batch(self, uids: list[int]
                           ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
@@ -1048,13 +1107,13 @@ def _flags_from(records: list[tuple[bytes, bytes | None]] | None) -> dict[int, F
 
 
 def _meta_from(records: list[tuple[bytes, bytes | None]] | None
-               ) -> dict[int, tuple[int, str | None]] | None:
-    """UID -> (size, Message-ID) from (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])
-    records. A record without a size is an unsolicited flag update (another client), not an
-    answer: skipped."""
+               ) -> dict[int, MessageMeta] | None:
+    """UID -> MessageMeta from (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (...)]) records. A
+    record without a size is an unsolicited flag update (another client), not an answer:
+    skipped."""
     if records is None:
         return None
-    meta: dict[int, tuple[int, str | None]] = {}
+    meta: dict[int, MessageMeta] = {}
     for text, literal in records:
         uid = _UID_ITEM.search(text)
         size = _SIZE_ITEM.search(text)
@@ -1062,7 +1121,8 @@ def _meta_from(records: list[tuple[bytes, bytes | None]] | None
             continue
         if uid is None:
             return None
-        meta[int(uid.group(1))] = (int(size.group(1)), parse_message_id(literal or b""))
+        meta[int(uid.group(1))] = MessageMeta(int(size.group(1)),
+                                              *header_identity(literal or b""))
     return meta
 
 
@@ -1314,18 +1374,6 @@ def _quiet_imaplib(client: IMAPClient) -> None:
     of an initial sync. Keep that only when protocol traces are actually wanted (--debug)."""
     wanted = logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG)
     client._imap.debug = 5 if wanted else 0
-
-
-def parse_message_id(header: bytes) -> str | None:
-    """The Message-ID from a header block (folded lines joined); None if absent."""
-    text = header.decode("utf-8", "replace").replace("\r\n", "\n")
-    text = re.sub(r"\n[ \t]+", " ", text)
-    for line in text.split("\n"):
-        name, sep, value = line.partition(":")
-        if sep and name.strip().lower() == "message-id":
-            value = value.strip()
-            return value or None
-    return None
 
 
 def _positive(value: object, *, zero: bool = False) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from syncd.core.flags import KNOWN_LETTERS, Flags, from_info
+from syncd.core.message import header_identity
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ class LocalEntry(NamedTuple):
     subdir: Literal["cur", "new"]
     name: str  # the full file name as it is on disk now
     flags: Flags
+
+
+class HeaderInfo(NamedTuple):
+    """What pairing needs of a file the state does not know (see syncd.core.message)."""
+
+    message_id: str | None
+    size: int  # as the server would count it: every bare LF is a CRLF there
+    trace_bytes: int  # of ``size``: fields other tools add (X-TUID, Status, ...), CRLF counted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,8 +434,9 @@ class MaildirFolder:
                 continue
         raise AssertionError("unreachable")  # _retrying raises when it runs out
 
-    def header_info(self, key: str) -> tuple[str | None, int]:
-        """(Message-ID or None, size the message has on the server: LF -> CRLF counted)."""
+    def header_info(self, key: str) -> HeaderInfo:
+        """Message-ID, the size the message has on the server (LF -> CRLF counted) and the
+        bytes of that size taken by fields other tools add (mbsync's X-TUID, ...)."""
         for path in self._retrying(key):
             try:
                 with open(path, "rb") as handle:
@@ -716,7 +726,7 @@ class MaildirFolder:
         return removed
 
 
-def _header_info_stream(chunks: Iterable[bytes]) -> tuple[str | None, int]:
+def _header_info_stream(chunks: Iterable[bytes]) -> HeaderInfo:
     """One streamed pass: collect the header block (up to the first empty line), count the
     bytes and the LFs that are not preceded by CR (each becomes two bytes on the server)."""
     size = 0
@@ -741,7 +751,8 @@ def _header_info_stream(chunks: Iterable[bytes]) -> tuple[str | None, int]:
                 header_done = True
             elif len(header) > _MAX_HEADER:
                 header_done = True
-    return _parse_message_id(bytes(header)), size + bare_lf
+    message_id, trace = header_identity(bytes(header))
+    return HeaderInfo(message_id, size + bare_lf, trace)
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -753,29 +764,6 @@ def _header_end(buffer: bytearray, start: int) -> int | None:
         return 0  # no header at all
     match = _BLANK_LINE.search(buffer, start)
     return match.start() + 1 if match else None
-
-
-def _parse_message_id(header: bytes) -> str | None:
-    """The first Message-ID header's value; folded lines unfolded; the <...> part if present."""
-    text = header.decode("utf-8", "replace")
-    lines = text.replace("\r\n", "\n").split("\n")
-    value: list[str] | None = None
-    for line in lines:
-        if value is not None:
-            if line[:1] in (" ", "\t"):
-                value.append(line)
-                continue
-            break
-        name, colon, rest = line.partition(":")
-        if colon and name.strip().lower() == "message-id":
-            value = [rest]
-    if value is None:
-        return None
-    joined = " ".join(part.strip() for part in value).strip()
-    match = re.search(r"<[^<>]*>", joined)
-    if match:
-        return match.group(0).replace(" ", "")
-    return joined or None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ from syncd.core.flags import Flags
 class Download:
     """Fetch server message ``uid`` and deliver it locally with ``flags``.
 
-    ``pair_candidates`` are unpaired local keys of the same size without a Message-ID: if the
-    fetched body equals one of them byte for byte (after CRLF -> LF), the engine pairs instead of
-    delivering a duplicate. It pairs with the first candidate (in the given order) that matches
+    ``pair_candidates`` are the unpaired local keys without a Message-ID (the message has none
+    either): if the fetched message has the same ``syncd.core.message.content_digest`` as one of
+    them (body and Date/From/To/Cc/Subject; line ends and added fields such as X-UIDL do not
+    count, so sizes do not narrow the candidates), the engine pairs instead of delivering a
+    duplicate. It pairs with the first candidate (in the given order) that matches
     and that no earlier Download of the run has paired, and executes
     ``syncd.core.plan.pair_actions(uid, key, local_flags, self.flags, ...)`` for it: the pair is
     recorded and both sides are brought to the union of their flags, exactly as a planned Pair.

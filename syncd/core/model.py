@@ -35,14 +35,18 @@ class FolderStatus(NamedTuple):
 class RemoteMessage(NamedTuple):
     """A message on the server, as one SELECT/FETCH saw it.
 
-    ``size`` is RFC822.SIZE (CRLF line ends). ``message_id`` is filled only where the engine
-    needs it for pairing (messages the state does not know yet).
+    ``size`` is RFC822.SIZE (CRLF line ends). ``message_id`` and ``trace_bytes`` (the part of
+    ``size`` taken by header fields that servers and tools add, see syncd.core.message) are
+    filled only where the engine needs them for pairing (messages the state does not know
+    yet); ``body_digest`` only where ``digests_needed`` asked for it.
     """
 
     uid: int
     flags: Flags
     size: int | None = None
     message_id: str | None = None
+    trace_bytes: int = 0
+    body_digest: str | None = None
 
 
 class LocalMessage(NamedTuple):
@@ -50,13 +54,16 @@ class LocalMessage(NamedTuple):
 
     ``key`` is the file name before ``:2,`` (stable across mutt's flag renames). ``size`` is the
     size the message would have on the server (LF turned into CRLF); like ``message_id`` it is
-    filled only for files the state does not know yet.
+    filled only for files the state does not know yet; so are ``trace_bytes`` and (where
+    ``digests_needed`` asked for it) ``body_digest``.
     """
 
     key: str
     flags: Flags
     size: int | None = None
     message_id: str | None = None
+    trace_bytes: int = 0  # as RemoteMessage's: mbsync's X-TUID, ...
+    body_digest: str | None = None  # as RemoteMessage's
 
 
 class SyncedMessage(NamedTuple):

@@ -15,7 +15,11 @@ Decisions worth knowing (DESIGN.md Part 2):
   downloaded again (``Forget(uid, old_key)`` then ``Download(uid)``), even with
   ``force_deletions``.
 - A server message and a local file the state does not know are paired, not transferred, when
-  (Message-ID, size) agree; with no Message-ID on either side the engine compares content
+  their Message-IDs agree and either their sizes without trace fields (X-TUID, X-UID, Status,
+  X-UIDL...: ``syncd.core.message``) agree or their body digests (line ends normalised) do.
+  Digests are inputs: ``digests_needed`` names the few messages whose sizes disagree under one
+  Message-ID, the engine digests just those, then plans. With no Message-ID on either side the
+  engine compares content digests of the downloaded message and the local files
   (``Download.pair_candidates`` / ``Upload.unless_paired``). A fresh pair gets the union of both
   sides' flags (neither side is older); a re-pair after a UIDVALIDITY change merges against the
   old synced flags of the local file.
@@ -33,9 +37,10 @@ Decisions worth knowing (DESIGN.md Part 2):
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from syncd.core.actions import (
     Action,
@@ -62,7 +67,9 @@ from syncd.core.model import (
 )
 
 __all__ = [
+    "DigestsNeeded",
     "describe",
+    "digests_needed",
     "pair_actions",
     "plan_folder",
     "plan_pop3",
@@ -196,48 +203,188 @@ class _Unpaired:
     """A local file the (valid) state does not pair, with what identifies its content."""
 
     message: LocalMessage
-    size: int | None
+    size: int | None  # as the server would count it, without the trace fields (see below)
     message_id: str | None
     old_synced: Flags | None  # the old row's flags (UIDVALIDITY change), else None
+
+    @property
+    def key(self) -> str:
+        return self.message.key
+
+    @property
+    def digest(self) -> str | None:
+        return self.message.body_digest
+
+
+def _content_size(size: int | None, trace_bytes: int) -> int | None:
+    """The size without the header fields servers and tools add (syncd.core.message): what
+    two copies of one message agree on when one has mbsync's X-TUID or a server's X-UID."""
+    return None if size is None else size - trace_bytes
+
+
+def _fresh(local: LocalMessage, old_synced: Flags | None = None) -> _Unpaired:
+    return _Unpaired(local, _content_size(local.size, local.trace_bytes), local.message_id,
+                     old_synced)
+
+
+class _Matching(NamedTuple):
+    pairs: list[tuple[RemoteMessage, _Unpaired]]
+    remote_left: list[RemoteMessage]  # by uid
+    local_left: dict[str, _Unpaired]  # by key
+
+
+_Identity = Callable[[str | None, int | None, str | None], tuple[object, ...] | None]
+
+
+def _by_size(message_id: str | None, size: int | None, _digest: str | None
+             ) -> tuple[object, ...] | None:
+    return (message_id, size) if message_id is not None and size is not None else None
+
+
+def _by_digest(message_id: str | None, _size: int | None, digest: str | None
+               ) -> tuple[object, ...] | None:
+    return (message_id, digest) if message_id is not None and digest is not None else None
+
+
+def _take(queue: deque[_Unpaired] | None, digest: str | None) -> _Unpaired | None:
+    """The first entry of ``queue`` that the digests do not tell apart from the message."""
+    for entry in queue or ():
+        if digest is None or entry.digest is None or entry.digest == digest:
+            queue.remove(entry)  # type: ignore[union-attr]
+            return entry
+    return None
+
+
+def _pair_pass(remotes: list[RemoteMessage], local_left: dict[str, _Unpaired],
+               pairs: list[tuple[RemoteMessage, _Unpaired]], identity: _Identity,
+               skip_ids: Set[str] = frozenset()) -> list[RemoteMessage]:
+    """Pair each server message with the first unpaired local file of the same identity
+    (none under ``skip_ids``); returns the server messages left. Ascending uids meet ascending
+    keys, so duplicate Message-IDs pair one to one, in order."""
+    queues: dict[tuple[object, ...], deque[_Unpaired]] = {}
+    for entry in local_left.values():
+        found = identity(entry.message_id, entry.size, entry.digest)
+        if found is not None and entry.message_id not in skip_ids:
+            queues.setdefault(found, deque()).append(entry)
+    left: list[RemoteMessage] = []
+    for remote in remotes:
+        found = identity(remote.message_id, _content_size(remote.size, remote.trace_bytes),
+                         remote.body_digest)
+        entry = _take(queues.get(found), remote.body_digest) if found is not None else None
+        if entry is None:
+            left.append(remote)
+            continue
+        del local_left[entry.key]
+        pairs.append((remote, entry))
+    return left
+
+
+def _ambiguous_ids(remotes: Iterable[RemoteMessage], entries: Iterable[_Unpaired]
+                   ) -> frozenset[str]:
+    """Message-IDs that more than one server message or more than one local file carries
+    (a message twice in a folder, drafts re-saved under one ID), on both sides: a size may
+    then pick the wrong one of them, so their digests decide."""
+    remote_ids = Counter(m.message_id for m in remotes if m.message_id is not None)
+    local_ids = Counter(e.message_id for e in entries if e.message_id is not None)
+    return frozenset(mid for mid in remote_ids.keys() & local_ids.keys()
+                     if remote_ids[mid] > 1 or local_ids[mid] > 1)
+
+
+def _match(new_remote: Iterable[RemoteMessage], unpaired: Iterable[_Unpaired], *,
+           final: bool = True) -> _Matching:
+    """Which new server messages are unpaired local files, cheapest evidence first:
+    1. Message-ID and size without trace fields: no content is read (the common case, and
+       copies that differ only in X-TUID/X-UID/Status/... fields); not for ambiguous IDs;
+    2. Message-ID and body digest (line ends normalised), for the candidates the engine was
+       asked to digest (``digests_needed``): a server that stores LF, adds other headers or
+       reports an inexact RFC822.SIZE, or an ambiguous ID. Different bodies never pair here;
+    3. (``final``) what is left of ambiguous IDs without digests, by size as in 1 (a caller
+       that gives no digests gets the plain Message-ID and size rule, one to one in order).
+    A digest known on both sides vetoes a size match."""
+    local_left = {entry.key: entry for entry in sorted(unpaired, key=lambda e: e.key)}
+    remotes = sorted(new_remote, key=lambda m: m.uid)
+    pairs: list[tuple[RemoteMessage, _Unpaired]] = []
+    ambiguous = _ambiguous_ids(remotes, local_left.values())
+    remote_left = _pair_pass(remotes, local_left, pairs, _by_size, ambiguous)
+    remote_left = _pair_pass(remote_left, local_left, pairs, _by_digest)
+    if final and ambiguous:
+        remote_left = _pair_pass(remote_left, local_left, pairs, _by_size)
+    return _Matching(pairs, remote_left, local_left)
 
 
 def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
                unpaired: Iterable[_Unpaired], storable: Flags = ALL_LETTERS) -> None:
     """Rules 4 and 5: pair new server messages with unpaired local files, download the rest,
     upload the local files left over."""
-    by_identity: dict[tuple[str, int], deque[_Unpaired]] = {}
-    no_id_by_size: dict[int, list[str]] = {}
-    leftovers: dict[str, _Unpaired] = {}
-    for entry in sorted(unpaired, key=lambda e: e.message.key):
-        leftovers[entry.message.key] = entry
-        if entry.size is None:
-            continue  # unknown content: can only be uploaded
-        if entry.message_id is not None:
-            by_identity.setdefault((entry.message_id, entry.size), deque()).append(entry)
-        else:
-            no_id_by_size.setdefault(entry.size, []).append(entry.message.key)
+    matching = _match(new_remote, unpaired)
+    for remote, entry in matching.pairs:
+        out.add(pair_actions(remote.uid, entry.key, entry.message.flags, remote.flags,
+                             old_synced=entry.old_synced, size=remote.size,
+                             message_id=remote.message_id, storable=storable))
+    # Without a Message-ID the engine decides from the downloaded message (its content digest,
+    # which survives line ends and added headers): any local file without one may be it.
+    # Sizes do not narrow this down, as added headers change them. One shared tuple.
+    no_id = tuple(key for key, entry in matching.local_left.items()
+                  if entry.message_id is None and entry.size is not None)
+    any_no_id_remote = False
+    for remote in matching.remote_left:
+        candidates = no_id if remote.message_id is None else ()
+        any_no_id_remote = any_no_id_remote or bool(candidates)
+        out.add((Download(remote.uid, remote.flags, size=remote.size,
+                          pair_candidates=candidates),))
+    maybe_paired = set(no_id) if any_no_id_remote else set()
+    for key, entry in matching.local_left.items():
+        out.add((Upload(key, entry.message.flags, unless_paired=key in maybe_paired),))
 
-    hash_candidates: set[str] = set()
-    # Ascending uids meet ascending keys: duplicate Message-IDs pair in order.
-    for remote in sorted(new_remote, key=lambda m: m.uid):
-        size, message_id = remote.size, remote.message_id
-        if size is not None and message_id is not None:
-            queue = by_identity.get((message_id, size))
-            if queue:
-                entry = queue.popleft()
-                del leftovers[entry.message.key]
-                out.add(pair_actions(remote.uid, entry.message.key, entry.message.flags,
-                                     remote.flags, old_synced=entry.old_synced, size=size,
-                                     message_id=message_id, storable=storable))
-                continue
-        candidates: tuple[str, ...] = ()
-        if size is not None and message_id is None:
-            candidates = tuple(no_id_by_size.get(size, ()))
-            hash_candidates.update(candidates)
-        out.add((Download(remote.uid, remote.flags, size=size, pair_candidates=candidates),))
 
-    for key, entry in leftovers.items():
-        out.add((Upload(key, entry.message.flags, unless_paired=key in hash_candidates),))
+class DigestsNeeded(NamedTuple):
+    """The server messages (BODY[TEXT]) and local files whose ``body_digest`` would let
+    ``plan_folder`` pair them: the same Message-ID on both sides, and sizes that disagree or
+    an ID more than one message carries."""
+
+    uids: tuple[int, ...] = ()
+    keys: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.uids or self.keys)
+
+
+def digests_needed(snapshot: FolderSnapshot) -> DigestsNeeded:
+    """What the engine should digest before planning (``body_digest`` of RemoteMessage and
+    LocalMessage). Nothing when Message-ID and size settle every pairing: an initial sync into
+    an empty Maildir, new mail on one side, or copies that differ only in trace fields."""
+    new_remote, unpaired = _unpaired(snapshot)
+    matching = _match(new_remote, unpaired, final=False)
+    local_ids = {entry.message_id for entry in matching.local_left.values()}
+    remote_ids = {remote.message_id for remote in matching.remote_left}
+    return DigestsNeeded(
+        uids=tuple(remote.uid for remote in matching.remote_left
+                   if remote.message_id is not None and remote.message_id in local_ids
+                   and remote.body_digest is None),
+        keys=tuple(key for key, entry in matching.local_left.items()
+                   if entry.message_id is not None and entry.message_id in remote_ids
+                   and entry.digest is None))
+
+
+def _unpaired(snapshot: FolderSnapshot) -> tuple[list[RemoteMessage], list[_Unpaired]]:
+    """The server messages and local files that no state row pairs (all of them after a
+    UIDVALIDITY change)."""
+    if snapshot.uidvalidity_changed:
+        old_by_key = {row.key: row for row in snapshot.synced}
+        return list(snapshot.remote), [_reset_entry(m, old_by_key.get(m.key))
+                                       for m in snapshot.local]
+    synced_uids = {row.uid for row in snapshot.synced}
+    synced_keys = {row.key for row in snapshot.synced}
+    return ([m for m in snapshot.remote if m.uid not in synced_uids],
+            [_fresh(m) for m in snapshot.local if m.key not in synced_keys])
+
+
+def _reset_entry(local: LocalMessage, old: SyncedMessage | None) -> _Unpaired:
+    """A local file after a UIDVALIDITY change, identified by what was read of it, else by
+    what its old row recorded (the server's size then: no trace fields known)."""
+    if local.size is not None or old is None:
+        return _fresh(local, old.flags if old else None)
+    return _Unpaired(local, old.size, old.message_id, old.flags)
 
 
 def _guard_reason(vanished: int, known: int, policy: FolderPolicy) -> str | None:
@@ -306,8 +453,7 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
         # the user can confirm them with --force-deletions.
 
     new_remote = (m for m in snapshot.remote if m.uid not in synced_uids)
-    unpaired = (_Unpaired(m, m.size, m.message_id, None)
-                for m in snapshot.local if m.key not in synced_keys)
+    unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys)
     _match_new(out, new_remote, unpaired, storable)
     return guard
 
@@ -315,20 +461,8 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
 def _plan_uidvalidity(snapshot: FolderSnapshot, out: _Out) -> str | None:
     # Every old UID is void, so nothing can be deleted on either side: a server message we do
     # not find again may just have been renumbered beyond recognition.
-    old_by_key: dict[str, SyncedMessage] = {}
-    for row in snapshot.synced:
-        out.add((Forget(row.uid, row.key),))
-        old_by_key[row.key] = row
-
-    def unpaired(local: LocalMessage) -> _Unpaired:
-        old = old_by_key.get(local.key)
-        if local.size is not None or old is None:
-            return _Unpaired(local, local.size, local.message_id, old.flags if old else None)
-        # The engine did not re-read a known file: identify it by what the old row recorded.
-        return _Unpaired(local, old.size, old.message_id, old.flags)
-
-    _match_new(out, snapshot.remote, (unpaired(m) for m in snapshot.local),
-               snapshot.policy.storable)
+    out.add(Forget(row.uid, row.key) for row in snapshot.synced)
+    _match_new(out, *_unpaired(snapshot), snapshot.policy.storable)
     if snapshot.policy.local_folder_missing and snapshot.synced:
         return _missing_reason(len(snapshot.synced))
     return None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.imap import ImapSession
+from syncd.adapters.imap import ImapSession, MessageMeta
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     Account,
@@ -393,7 +393,7 @@ def test_message_ids_fetched_only_when_local_files_need_pairing(
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(6)])
     account = write_config(tmp_path, dovecot, user)
     calls: list[bool] = []
-    sizes: list[dict[int, tuple[int, str | None]]] = []
+    sizes: list[dict[int, MessageMeta]] = []
     original = ImapSession.fetch_meta
 
     def recording(self: ImapSession, uids: list[int], *, message_ids: bool = True) -> dict:
@@ -404,9 +404,9 @@ def test_message_ids_fetched_only_when_local_files_need_pairing(
     monkeypatch.setattr(ImapSession, "fetch_meta", recording)
     out = synced_ok(account)
     assert "+6 down" in out and calls == [False], (out, calls)
-    assert all(mid is None for _size, mid in sizes[0].values())
+    assert all(meta.message_id is None for meta in sizes[0].values())
     server = dovecot.messages(user, "INBOX")
-    assert {uid: size for uid, (size, _mid) in sizes[0].items()} == {
+    assert {uid: meta.size for uid, meta in sizes[0].items()} == {
         uid: m.size for uid, m in server.items()}
 
     calls.clear()
@@ -414,7 +414,7 @@ def test_message_ids_fetched_only_when_local_files_need_pairing(
     (account.state_dir / f"{account.name}.sqlite3").unlink()
     out = synced_ok(account)
     assert "+0 down +0 up" in out and calls == [True], (out, calls)
-    assert all(mid for _size, mid in sizes[0].values())
+    assert all(meta.message_id for meta in sizes[0].values())
     assert_folder_in_sync(dovecot, user, account, "INBOX")
 
 

@@ -554,15 +554,16 @@ def put(folder: MaildirFolder, key: str, data: bytes) -> str:
 def test_header_info_message_id(folder: MaildirFolder, data: bytes,
                                 expected_id: str | None) -> None:
     key = put(folder, "k", data)
-    message_id, size = folder.header_info(key)
+    message_id, size, trace = folder.header_info(key)
     assert message_id == expected_id
+    assert trace == 0
     assert size == len(lf_to_crlf(data))
 
 
 def test_header_info_size_counts_bare_lf_only(folder: MaildirFolder) -> None:
     data = b"a\nb\r\nc\n\r\n\rd"
     # bare LFs: after a, after c -> 2 extra bytes
-    assert folder.header_info(put(folder, "k", data)) == (None, len(data) + 2)
+    assert folder.header_info(put(folder, "k", data)) == (None, len(data) + 2, 0)
 
 
 def test_header_info_streams_across_chunk_boundaries(folder: MaildirFolder,
@@ -573,20 +574,31 @@ def test_header_info_streams_across_chunk_boundaries(folder: MaildirFolder,
     for i in range(4):  # shift the alignment
         blob = b"X-Pad: " + b"p" * i + b"\r\n" + data
         key = put(folder, f"k{i}", blob)
-        assert folder.header_info(key) == ("<split@example.org>", len(lf_to_crlf(blob)))
+        assert folder.header_info(key) == ("<split@example.org>", len(lf_to_crlf(blob)), 0)
 
 
 def test_header_info_large_body_is_streamed(folder: MaildirFolder) -> None:
     body = b"line\n" * 400_000  # 2 MB
     data = b"Message-ID: <big@x>\n\n" + body
     key = folder.deliver([data[:10], data[10:]], "")
-    assert folder.header_info(key) == ("<big@x>", len(data) + data.count(b"\n"))
+    assert folder.header_info(key) == ("<big@x>", len(data) + data.count(b"\n"), 0)
+
+
+def test_header_info_counts_trace_fields_as_the_server_would(folder: MaildirFolder) -> None:
+    """mbsync's X-TUID (and other added fields) are counted with CRLF, as RFC822.SIZE counts
+    them, so size - trace_bytes equals the server size of the copy without them."""
+    plain = b"Message-ID: <t@x>\nSubject: s\n\nbody\n"
+    tuid = b"Message-ID: <t@x>\nX-TUID: AbCdEf012345\nSubject: s\nStatus: RO\n\nbody\n"
+    info = folder.header_info(put(folder, "k", tuid))
+    assert info.message_id == "<t@x>"
+    assert info.size - info.trace_bytes == len(lf_to_crlf(plain))
+    assert info.trace_bytes == len(b"X-TUID: AbCdEf012345\r\nStatus: RO\r\n")
 
 
 def test_header_stream_caps_header_memory() -> None:
     # No blank line ever: the header collection stops at the cap, the size is still exact.
     chunks = [b"X: " + b"y" * 70_000 + b"\n" for _ in range(20)]
-    message_id, size = md._header_info_stream(iter(chunks))
+    message_id, size, _trace = md._header_info_stream(iter(chunks))
     assert message_id is None
     assert size == sum(len(c) + 1 for c in chunks)
 

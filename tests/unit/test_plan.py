@@ -36,7 +36,15 @@ from syncd.core.model import (
     RemoteMessage,
     SyncedMessage,
 )
-from syncd.core.plan import describe, pair_actions, plan_folder, plan_pop3, plan_summary
+from syncd.core.plan import (
+    DigestsNeeded,
+    describe,
+    digests_needed,
+    pair_actions,
+    plan_folder,
+    plan_pop3,
+    plan_summary,
+)
 
 S, L, R = SyncedMessage, LocalMessage, RemoteMessage
 
@@ -252,12 +260,14 @@ SCENARIOS: list[tuple[str, FolderSnapshot, list[Action]]] = [
           remote=[R(9, "S", 10, "<d@x>"), R(5, "", 10, "<d@x>")]),
      [Pair(5, "k1", "", 10, "<d@x>"), Pair(9, "k2", "", 10, "<d@x>"),
       SetLocalFlags(9, "k2", "S"), PushFlags(5, "k1", add="S", remove="", flags="S")]),
-    ("no Message-ID: same-size local files are content candidates",
+    # Any size: a header a server or tool added (X-UIDL, ...) changes it.
+    ("no Message-ID: every local file without one is a content candidate",
      snap(local=[L("k1", "", 10, None), L("k2", "S", 10, None), L("k3", "", 11, None),
                  L("k4", "", 10, "<x@x>")],
           remote=[R(3, "", 10, None)]),
-     [Download(3, "", 10, pair_candidates=("k1", "k2")), Upload("k1", "", unless_paired=True),
-      Upload("k2", "S", unless_paired=True), Upload("k3", ""), Upload("k4", "")]),
+     [Download(3, "", 10, pair_candidates=("k1", "k2", "k3")),
+      Upload("k1", "", unless_paired=True), Upload("k2", "S", unless_paired=True),
+      Upload("k3", "", unless_paired=True), Upload("k4", "")]),
     ("server has a Message-ID, local not: no candidates",
      snap(local=[L("k1", "", 10, None)], remote=[R(3, "", 10, "<a@x>")]),
      [Download(3, "", 10), Upload("k1", "")]),
@@ -556,6 +566,112 @@ def test_uidvalidity_with_missing_local_folder() -> None:
     plan = plan_folder(snapshot)
     assert plan.actions == (Forget(1, "a"), Download(5, "S", 10))
     assert plan.guard is not None and "missing" in plan.guard
+
+
+# --------------------------------------------------------------------------------------------
+# Copies that differ in line ends or added headers (issue 15, defect 5): never +n down +n up
+
+
+def test_trace_fields_do_not_count_in_the_size() -> None:
+    """mbsync's X-TUID in each local file (28 bytes), or a server's X-UID/Status (20 bytes):
+    Message-ID and the size without them pair, with nothing to digest."""
+    snapshot = snap(local=[L("a", "S", 128, "<a@x>", trace_bytes=28),
+                           L("b", "", 100, "<b@x>", trace_bytes=0)],
+                    remote=[R(1, "", 100, "<a@x>"), R(2, "F", 120, "<b@x>", trace_bytes=20)])
+    assert not digests_needed(snapshot)
+    assert plan_folder(snapshot).actions == (
+        Pair(1, "a", "", 100, "<a@x>"), Pair(2, "b", "", 120, "<b@x>"),
+        SetLocalFlags(2, "b", "F"), PushFlags(1, "a", add="S", remove="", flags="S"))
+    assert_idempotent(snapshot)
+
+
+def test_lf_server_copy_pairs_by_body_digest() -> None:
+    """A server that stores LF (pymap) reports a smaller size: Message-ID matches, sizes do not.
+    Only those messages are digested (BODY[TEXT] and the local files), then they pair."""
+    snapshot = snap(local=[L("a", "S", 120, "<a@x>"), L("n", "", 50, "<new@x>")],
+                    remote=[R(1, "", 114, "<a@x>"), R(2, "", 70, "<other@x>")])
+    assert digests_needed(snapshot) == DigestsNeeded(uids=(1,), keys=("a",))
+    # Without digests (the engine has not filled them) nothing pairs: sizes decide alone.
+    assert plan_folder(snapshot).count(Pair) == 0
+    digested = snapshot._replace(
+        local=(L("a", "S", 120, "<a@x>", body_digest="d1"), snapshot.local[1]),
+        remote=(R(1, "", 114, "<a@x>", body_digest="d1"), snapshot.remote[1]))
+    assert not digests_needed(digested)
+    assert plan_folder(digested).actions == (
+        Pair(1, "a", "", 114, "<a@x>"), PushFlags(1, "a", add="S", remove="", flags="S"),
+        Download(2, "", 70), Upload("n", ""))
+    assert_idempotent(digested)
+
+
+def test_same_message_id_different_body_is_not_paired() -> None:
+    snapshot = snap(local=[L("a", "", 120, "<a@x>", body_digest="mine")],
+                    remote=[R(1, "", 140, "<a@x>", body_digest="theirs")])
+    assert plan_folder(snapshot).actions == (Download(1, "", 140), Upload("a", ""))
+
+
+def test_known_digests_veto_a_size_match() -> None:
+    """Two local copies under one Message-ID, the same size: the digests say which it is."""
+    snapshot = snap(local=[L("a", "", 100, "<d@x>", body_digest="other"),
+                           L("b", "S", 100, "<d@x>", body_digest="same")],
+                    remote=[R(1, "", 100, "<d@x>", body_digest="same")])
+    assert plan_folder(snapshot).actions == (
+        Pair(1, "b", "", 100, "<d@x>"), PushFlags(1, "b", add="S", remove="", flags="S"),
+        Upload("a", ""))
+
+
+def test_an_ambiguous_message_id_is_settled_by_digests() -> None:
+    """Two local files under one Message-ID with equal sizes (an edited draft of the same
+    length): the size cannot tell which one the server has, so the digests are asked for."""
+    local = [L("a", "", 100, "<d@x>"), L("b", "S", 100, "<d@x>")]
+    remote = [R(1, "", 100, "<d@x>")]
+    snapshot = snap(local=local, remote=remote)
+    assert digests_needed(snapshot) == DigestsNeeded(uids=(1,), keys=("a", "b"))
+    digested = snap(local=[local[0]._replace(body_digest="edited"),
+                           local[1]._replace(body_digest="same")],
+                    remote=[remote[0]._replace(body_digest="same")])
+    assert plan_folder(digested).actions == (
+        Pair(1, "b", "", 100, "<d@x>"), PushFlags(1, "b", add="S", remove="", flags="S"),
+        Upload("a", ""))
+    # Not digested (the engine could not): Message-ID and size pair in order, as before.
+    assert plan_folder(snapshot).count(Pair) == 1
+
+
+def test_duplicate_message_ids_pair_one_to_one_by_digest() -> None:
+    """The same message twice in a folder on an LF server, plus a different message under the
+    same Message-ID locally: two pairs, one upload, no download."""
+    snapshot = snap(local=[L("k1", "", 100, "<d@x>", body_digest="x"),
+                           L("k2", "", 100, "<d@x>", body_digest="x"),
+                           L("k3", "", 90, "<d@x>", body_digest="y")],
+                    remote=[R(7, "S", 96, "<d@x>", body_digest="x"),
+                            R(8, "", 96, "<d@x>", body_digest="x")])
+    plan = plan_folder(snapshot)
+    assert [a for a in plan.actions if isinstance(a, Pair)] == [
+        Pair(7, "k1", "", 96, "<d@x>"), Pair(8, "k2", "", 96, "<d@x>")]
+    assert plan.count(Download) == 0
+    assert [a.key for a in plan.actions if isinstance(a, Upload)] == ["k3"]
+    assert_idempotent(snapshot)
+
+
+def test_digests_needed_is_empty_in_the_common_cases() -> None:
+    # An initial sync into an empty Maildir; new mail on each side; a UIDVALIDITY change where
+    # every size agrees.
+    assert not digests_needed(snap(remote=[R(1, "", 10, None), R(2, "", 10, "<a@x>")]))
+    assert not digests_needed(snap(local=[L("a", "", 10, "<a@x>")],
+                                   remote=[R(1, "", 20, "<b@x>")]))
+    assert not digests_needed(snap([S(1, "a", "", 10, "<a@x>")], [L("a", "", 10, "<a@x>")],
+                                   [R(5, "", 10, "<a@x>")], uidvalidity_changed=True))
+    # Known messages are never digested, whatever their sizes.
+    assert not digests_needed(snap([S(1, "a", "")], [L("a", "")], [R(1, "")]))
+
+
+def test_uidvalidity_change_on_an_lf_server_repairs_by_digest() -> None:
+    old = [S(1, "a", "S", 114, "<a@x>")]
+    snapshot = snap(old, [L("a", "S", 120, "<a@x>")], [R(9, "S", 114, "<a@x>")],
+                    uidvalidity_changed=True)
+    assert digests_needed(snapshot) == DigestsNeeded(uids=(9,), keys=("a",))
+    digested = snapshot._replace(local=(L("a", "S", 120, "<a@x>", body_digest="d"),),
+                                 remote=(R(9, "S", 114, "<a@x>", body_digest="d"),))
+    assert plan_folder(digested).actions == (Forget(1, "a"), Pair(9, "a", "S", 114, "<a@x>"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ Maildir (key -> flags, body) and the state rows. ``sync`` plans with ``plan_fold
 the actions exactly as the engine would, content checks of ``Download.pair_candidates``
 included. The mass-deletion guard is modelled: when it holds, the user confirms with
 --force-deletions.
+
+Copies of one message need not be byte-identical (issue 15, defect 5): the server may store
+every message with trace fields (an mbox server's X-UID/Status), with other added fields (a
+filter's), or with LF line ends (a smaller size), and a local file may carry mbsync's X-TUID.
+The planner asks for body digests (``digests_needed``) and the machine provides them, as the
+engine does; no such difference may ever make a message travel both ways.
 """
 
 from __future__ import annotations
@@ -43,17 +49,29 @@ from syncd.core.model import (
     RemoteMessage,
     SyncedMessage,
 )
-from syncd.core.plan import pair_actions, plan_folder
+from syncd.core.plan import digests_needed, pair_actions, plan_folder
 
 # Mostly few letters, so that both sides often make the same change (RecordFlags).
 FLAGS = st.one_of(st.sets(st.sampled_from("ST")), st.sets(st.sampled_from("DFPRST"))).map(
     normalize)
 
 
+# How the server stores each message it receives: (trace bytes, other bytes) added.
+SERVER_FORMS = {
+    "verbatim": (0, 0),
+    "trace": (21, 0),  # X-UID/Status: ignored when sizes are compared
+    "other": (0, 13),  # X-Spam-Score: counts in the size, the body digest decides
+    "lf": (0, -3),  # LF line ends: a smaller RFC822.SIZE, the body digest decides
+}
+TUID = 20  # mbsync's "X-TUID: ...\n" in a local file
+
+
 @dataclass(frozen=True)
 class Msg:
     flags: str
     body: str
+    trace: int = 0  # bytes of fields that pairing ignores (X-TUID, X-UID, Status, ...)
+    extra: int = 0  # bytes of other differences in this copy (added fields, LF storage)
 
     # Bodies look like "<7@x>|m0007" or "|m0007": all messages without a Message-ID have the
     # same size, so the content check (pair_candidates) is exercised for real.
@@ -63,7 +81,11 @@ class Msg:
 
     @property
     def size(self) -> int:
-        return len(self.body)
+        return len(self.body) + self.trace + self.extra
+
+    @property
+    def digest(self) -> str:
+        return f"digest of {self.body}"  # the same for every copy of one message
 
 
 class SyncMachine(RuleBasedStateMachine):
@@ -83,6 +105,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.lost_by_user: set[str] = set()  # deleted by the user (may stay deleted)
         # deleted on one side while paired: must be gone on both sides after the next sync
         self.deleted_since_sync: set[str] = set()
+        self.server_form = "verbatim"
+        self.siblings = 0  # different messages added under an existing Message-ID
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -93,10 +117,17 @@ class SyncMachine(RuleBasedStateMachine):
         return body
 
     def _server_add(self, msg: Msg) -> int:
+        """APPEND (or delivery): the server stores its own form of the message."""
+        trace, extra = SERVER_FORMS[self.server_form]
         uid = self.uidnext
         self.uidnext += 1
-        self.server[uid] = msg
+        self.server[uid] = replace(msg, trace=msg.trace + trace, extra=msg.extra + extra)
         return uid
+
+    def _downloaded(self, msg: Msg) -> Msg:
+        """The local file of a downloaded message: the server's added fields come along; LF
+        storage does not shrink it (the file's size is counted with CRLF)."""
+        return replace(msg, extra=max(msg.extra, 0))
 
     def _local_add(self, msg: Msg) -> str:
         key = f"{self.keynext:05d}.host"
@@ -105,21 +136,33 @@ class SyncMachine(RuleBasedStateMachine):
         return key
 
     def snapshot(self, policy: FolderPolicy) -> FolderSnapshot:
-        """What the engine hands the planner: size/Message-ID only where the state lacks them
-        (and for every server message after a UIDVALIDITY change)."""
-        known_keys = {row.key for row in self.state.values()}
+        """What the engine hands the planner: size/Message-ID/trace only where the state lacks
+        them (for every message after a UIDVALIDITY change), then the body digests the planner
+        asks for."""
+        known_keys = set() if self.uidvalidity_changed else {r.key for r in self.state.values()}
         local = tuple(
             LocalMessage(key, m.flags) if key in known_keys
-            else LocalMessage(key, m.flags, m.size, m.message_id)
+            else LocalMessage(key, m.flags, m.size, m.message_id, m.trace)
             for key, m in self.local.items()
         )
         remote = tuple(
             RemoteMessage(uid, m.flags) if uid in self.state and not self.uidvalidity_changed
-            else RemoteMessage(uid, m.flags, m.size, m.message_id)
+            else RemoteMessage(uid, m.flags, m.size, m.message_id, m.trace)
             for uid, m in self.server.items()
         )
-        return FolderSnapshot(tuple(self.state.values()), local, remote,
-                              uidvalidity_changed=self.uidvalidity_changed, policy=policy)
+        snapshot = FolderSnapshot(tuple(self.state.values()), local, remote,
+                                  uidvalidity_changed=self.uidvalidity_changed, policy=policy)
+        wanted = digests_needed(snapshot)
+        if not self.siblings and all(m.extra == 0 for m in
+                                     [*self.server.values(), *self.local.values()]):
+            # Trace fields alone never cost a body fetch: sizes without them settle it.
+            assert not wanted, wanted
+        uids, keys = set(wanted.uids), set(wanted.keys)
+        return snapshot._replace(
+            local=tuple(m._replace(body_digest=self.local[m.key].digest) if m.key in keys
+                        else m for m in local),
+            remote=tuple(m._replace(body_digest=self.server[m.uid].digest) if m.uid in uids
+                         else m for m in remote))
 
     def execute(self, plan: FolderPlan) -> None:
         if self.uidvalidity_changed:
@@ -146,8 +189,8 @@ class SyncMachine(RuleBasedStateMachine):
                     del self.state[uid]
             case Pair(uid, key, flags, size, message_id):
                 assert self.server[uid].body == self.local[key].body, "paired different mail"
-                assert (size, message_id) == (self.local[key].size, self.local[key].message_id)
-                self._row(uid, key, flags, self.local[key])
+                assert (size, message_id) == (self.server[uid].size, self.server[uid].message_id)
+                self._row(uid, key, flags, self.server[uid])
             case RecordFlags(uid, key, flags):
                 assert self.server[uid].flags == self.local[key].flags == flags
                 self._set_synced(uid, key, flags)
@@ -179,7 +222,7 @@ class SyncMachine(RuleBasedStateMachine):
                                                    size=msg.size, message_id=msg.message_id):
                             self._execute(follow, paired)
                         return
-                key = self._local_add(msg)
+                key = self._local_add(self._downloaded(msg))
                 self._row(uid, key, flags, msg)
             case Upload(key, flags, unless_paired):
                 if unless_paired and key in paired:
@@ -187,31 +230,52 @@ class SyncMachine(RuleBasedStateMachine):
                 msg = self.local[key]
                 assert msg.flags == flags
                 uid = self._server_add(msg)
-                self._row(uid, key, flags, msg)
+                self._row(uid, key, flags, self.server[uid])
 
     # ---- rules ---------------------------------------------------------------------------
 
-    @initialize(trash=st.sampled_from([None, "Trash"]))
-    def configure(self, trash: str | None) -> None:
+    @initialize(trash=st.sampled_from([None, "Trash"]), form=st.sampled_from(list(SERVER_FORMS)))
+    def configure(self, trash: str | None, form: str) -> None:
         self.policy = FolderPolicy(trash_folder=trash)
+        self.server_form = form
 
     @rule(flags=FLAGS, with_id=st.booleans())
     def server_add(self, flags: str, with_id: bool) -> None:
         self._server_add(Msg(flags, self._new_body(with_id)))
 
     @precondition(lambda self: not self.local_missing)
-    @rule(flags=FLAGS, with_id=st.booleans())
-    def local_add(self, flags: str, with_id: bool) -> None:
-        self._local_add(Msg(flags, self._new_body(with_id)))
+    @rule(flags=FLAGS, with_id=st.booleans(), tuid=st.booleans())
+    def local_add(self, flags: str, with_id: bool, tuid: bool) -> None:
+        self._local_add(Msg(flags, self._new_body(with_id), trace=TUID if tuid else 0))
 
     @precondition(lambda self: not self.local_missing)
-    @rule(local_flags=FLAGS, server_flags=FLAGS, with_id=st.booleans())
-    def both_add(self, local_flags: str, server_flags: str, with_id: bool) -> None:
+    @rule(local_flags=FLAGS, server_flags=FLAGS, with_id=st.booleans(), tuid=st.booleans())
+    def both_add(self, local_flags: str, server_flags: str, with_id: bool, tuid: bool) -> None:
         """The same message appears on both sides before syncd knows it (e.g. a first sync
-        against a maildir restored from a backup)."""
+        against a maildir restored from a backup, or one that mbsync kept: X-TUID)."""
         body = self._new_body(with_id)
         self._server_add(Msg(server_flags, body))
-        self._local_add(Msg(local_flags, body))
+        self._local_add(Msg(local_flags, body, trace=TUID if tuid else 0))
+
+    @precondition(lambda self: not self.local_missing and (self.server or self.local))
+    @rule(data=st.data(), on_server=st.booleans(), flags=FLAGS)
+    def add_sibling(self, data: st.DataObject, on_server: bool, flags: str) -> None:
+        """A different message under a Message-ID that already exists (an edited draft):
+        never to be paired with the other. Its size differs from every other message's under
+        that ID by more than any copy's form (same ID and size is the one case that pairs
+        on sizes alone, as DESIGN.md Part 2.4 accepts)."""
+        mids = sorted({m.message_id for m in [*self.server.values(), *self.local.values()]
+                       if m.message_id})
+        if not mids:
+            return
+        self.counter += 1
+        self.siblings += 1
+        body = f"{data.draw(st.sampled_from(mids))}|m{self.counter:04d}" + "~" * 37 * self.siblings
+        self.created.add(body)
+        if on_server:
+            self._server_add(Msg(flags, body))
+        else:
+            self._local_add(Msg(flags, body))
 
     @precondition(lambda self: self.server)
     @rule(data=st.data(), flags=FLAGS)
