@@ -326,6 +326,8 @@ class ImapServer(_Server):
         upper = args.upper()
         if "BODY.PEEK[]" in upper or "BODY[]" in upper:
             return "FETCH-BODY"
+        if "BODY.PEEK[TEXT]" in upper:
+            return "FETCH-TEXT"
         if "HEADER.FIELDS" in upper or "RFC822.SIZE" in upper:
             return "FETCH-META"
         return "FETCH-FLAGS"
@@ -348,6 +350,10 @@ class ImapServer(_Server):
         if kind == "FETCH-BODY":
             return (f'* {seq} FETCH (UID {msg.uid} INTERNALDATE "01-Jan-2024 08:00:00 +0000" '
                     f"BODY[] {{{len(msg.body)}}}\r\n").encode() + msg.body + b")\r\n"
+        if kind == "FETCH-TEXT":  # the body after the header block (pairing by content)
+            text = msg.body.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in msg.body else b""
+            return (f"* {seq} FETCH (UID {msg.uid} BODY[TEXT] {{{len(text)}}}\r\n").encode() \
+                + text + b")\r\n"
         if kind == "FETCH-META":
             header = b""
             for line in msg.body.split(b"\r\n"):
