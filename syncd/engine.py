@@ -1039,7 +1039,7 @@ class AccountSync:
             storable = normalize(set(storable) - set(dropped))
             checkpoint("upload.append")
             if uid is None and message_id:
-                uid = self._find_uploaded(fid, message_id)
+                uid = self._find_uploaded(fid, fstate.remote_name, message_id)
             if uid is not None:
                 appended[uid] = action.flags
             with state.transaction():
@@ -1057,10 +1057,14 @@ class AccountSync:
         if refused:
             result.error = refused.error()
 
-    def _find_uploaded(self, fid: int, message_id: str) -> int | None:
-        """The UID of a message we appended, on a server without UIDPLUS."""
+    def _find_uploaded(self, fid: int, folder: str, message_id: str) -> int | None:
+        """The UID of a message we appended, on a server without UIDPLUS (the folder selected
+        anew if the APPEND left it: ImapSession.append)."""
         session = self._session()
-        session.noop()
+        if session.selected == folder:
+            session.noop()
+        else:
+            session.select(folder)
         known = {m.uid for m in self.state.messages(fid)}
         candidates = [uid for uid in session.search_message_id(message_id) if uid not in known]
         return max(candidates) if candidates else None

@@ -956,7 +956,15 @@ class ImapSession:
 
     def append(self, folder: str, data: bytes, flags: Flags,
                internaldate: dt.datetime | None) -> int | None:
-        """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS)."""
+        """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS).
+
+        Without UIDPLUS the UID is found afterwards by a SEARCH in the folder selected anew,
+        so the folder is left first (UNSELECT, never CLOSE): GNU mailutils acknowledges a
+        second APPEND into its selected, formerly empty mbox and then loses it."""
+        if "UIDPLUS" not in self.capabilities and self.selected == folder \
+                and "UNSELECT" in self.capabilities:
+            self.client.unselect_folder()
+            self.selected = None
         response = self.client.append(folder, data, flagmap.to_imap(flags), internaldate)
         match = _APPENDUID.search(response if isinstance(response, bytes)
                                   else str(response).encode())
