@@ -529,7 +529,7 @@ def _apply_preset(data: dict[str, Any]) -> None:
             data["port"] = server.port
     smtp = data.get("smtp")
     if preset.smtp is not None and "smtp_host" not in data and (
-            smtp is None or isinstance(smtp, Mapping) and "host" not in smtp):
+            smtp is None or (isinstance(smtp, Mapping) and "host" not in smtp)):
         # The preset's server under the keys the user did not set; the preset's port only
         # with the preset's TLS mode.
         given = dict(smtp or {})
