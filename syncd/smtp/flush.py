@@ -61,7 +61,7 @@ class FlushReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.failed
+        return self.error is None and not self.failed and not self.deferred
 
     def summary(self) -> str:
         parts = [f"{len(self.sent)} sent"]
@@ -134,6 +134,7 @@ class _Flusher:
         self.smtp: smtplib.SMTP | None = None
         self.imap: ImapSession | None = None
         self._sent_folder: str | None = None
+        self._sent_exists = False
 
     def run(self, due_only: bool) -> None:
         now = time.time()
@@ -271,6 +272,8 @@ class _Flusher:
         folder = self._find_sent_folder()
         if folder is None:
             return None
+        if not self._sent_exists:
+            return False
         try:
             session = self._session()
             session.select(folder)
@@ -282,21 +285,26 @@ class _Flusher:
             raise ConnectionLost(f"cannot look in {folder} for {message_id}: {exc}") from None
 
     def _find_sent_folder(self, create: bool = False) -> str | None:
-        if self._sent_folder is not None:
-            return self._sent_folder
+        """``sent_folder``, else the server's \\Sent folder, else a well-known name; with
+        ``create``, "Sent" (in the personal namespace) is made where none exists."""
         try:
-            session = self._session()
-            name = self.account.sent_folder or _special_sent(session)
-            if name is None and create:
-                name = session.personal_namespace().prefix + "Sent"
-                session.create_folder(name)
+            if self._sent_folder is None:
+                session = self._session()
+                listed = {f.name for f in session.list_folders() if not f.noselect}
+                self._sent_folder = self.account.sent_folder or _special_sent(session)
+                self._sent_exists = self._sent_folder in listed
+            if self._sent_folder is None and create:
+                self._sent_folder = self._session().personal_namespace().prefix + "Sent"
+            if create and not self._sent_exists:
+                assert self._sent_folder is not None
+                self._session().create_folder(self._sent_folder)
+                self._sent_exists = True
         except AccountError:
             raise
         except Exception as exc:
             self.imap = None
-            raise ConnectionLost(f"cannot list the folders: {exc}") from None
-        self._sent_folder = name
-        return name
+            raise ConnectionLost(f"cannot find or create the Sent folder: {exc}") from None
+        return self._sent_folder
 
     def _file_copy(self, record: Record) -> None:
         if record.saved or not saves_sent(self.account):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# aiosmtpd warns, per connection, about AUTH without STARTTLS: with implicit TLS it is TLS.
+warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
 
 
 @dataclass
@@ -42,7 +46,7 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
-    async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
         mode = self.server.mode
         if mode == "4xx":
             return "451 4.3.0 try again later"
@@ -92,7 +96,8 @@ class SmtpServer:
             "auth_exclude_mechanism": ["CRAM-MD5"],
         }
         if self.tls == "implicit":
-            kwargs["ssl_context"] = self._context()
+            # aiosmtpd does not see TLS under it then, and would hide AUTH "until STARTTLS".
+            kwargs.update(ssl_context=self._context(), auth_require_tls=False)
         else:
             kwargs.update(tls_context=self._context(), require_starttls=True)
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port,
