@@ -845,7 +845,8 @@ def cmd_mutt_config(args: argparse.Namespace) -> int:
     account = _select_accounts(settings, [args.account])[0]
     from syncd.muttconfig import render
 
-    sys.stdout.write(render(account))
+    sys.stdout.write(render(account, args.config.expanduser().absolute()
+                            if args.config else None))
     return 0
 
 
