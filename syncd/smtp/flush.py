@@ -147,8 +147,8 @@ class _Flusher:
                 # The server is out of reach (or refuses us): the rest waits as well.
                 self._defer(record, exc)
                 for rest in records[records.index(record) + 1:]:
-                    if rest.state != "failed":
-                        self._defer(rest, exc, attempted=False)
+                    # Not tried: they wait as long as the one that was.
+                    self._defer(rest, exc, until=record.next_attempt)
                 self.report.error = str(exc).removeprefix(f"{self.account.name}: ")
                 self.report.error_cause = getattr(exc, "cause", "network")
                 return
@@ -204,8 +204,8 @@ class _Flusher:
 
     def _send(self, record: Record) -> None:
         data = _crlf(self.outbox.message(record.id))
+        record.attempts += 1  # before connecting: an unreachable server backs off too
         conn = self._connection()
-        record.attempts += 1
         try:
             self._envelope(conn, record, data)
             record.state = "sending"
@@ -325,13 +325,13 @@ class _Flusher:
         self.outbox.write_record(record)
 
     # --- outcomes --------------------------------------------------------------------------
-    def _defer(self, record: Record, exc: BaseException, *, attempted: bool = True) -> None:
+    def _defer(self, record: Record, exc: BaseException, *, until: float | None = None) -> None:
         record.last_error = str(exc).removeprefix(f"{self.account.name}: ")
-        if attempted or record.next_attempt <= time.time():
-            record.next_attempt = time.time() + retry_delay(max(1, record.attempts))
+        record.next_attempt = until if until is not None \
+            else time.time() + retry_delay(max(1, record.attempts))
         self.outbox.write_record(record)
         self.report.deferred.append(record.id)
-        if attempted:
+        if until is None:
             log.warning("%s: %s not sent yet (%s); retry in %.0f s", self.account.name,
                         record.id, record.last_error, record.next_attempt - time.time())
 
