@@ -134,7 +134,32 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
                            "`syncd check`), and smtp_url.")
         p.add_argument("account", metavar="ACCOUNT")
+
+    if wanted("send"):
+        # Parsed by syncd.smtp.sendmail (sendmail's options); listed here for --help.
+        sub.add_parser("send", help="queue a message from stdin (sendmail-compatible)",
+                       description="syncd send [-t] [-i] [-oi] [-f ADDR] [-F NAME] "
+                       "[--account NAME] [--] [RCPT ...] < message")
+
+    if wanted("outbox"):
+        _outbox_parser(sub)
     return parser
+
+
+def _outbox_parser(sub: Any) -> None:
+    p = sub.add_parser("outbox", help="the queue of mail to send; retry, drop, flush",
+                       description="The outbox per account: id, date, recipients, subject, "
+                       "attempts, last error, state (queued, sending, sent, failed).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    osub = p.add_subparsers(dest="outbox_command", metavar="ACTION")
+    retry = osub.add_parser("retry", help="requeue failed messages now")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    retry.add_argument("--all", action="store_true", help="every failed or waiting message")
+    drop = osub.add_parser("drop", help="remove a message from the outbox")
+    drop.add_argument("id", metavar="ID")
+    drop.add_argument("--yes", action="store_true", help="do not ask")
+    flush = osub.add_parser("flush", help="send the queue now, without the daemon")
+    flush.add_argument("accounts", nargs="*", metavar="ACCOUNT")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -218,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # syncd uses no pydantic plugins; looking for them scans every installed package's entry
     # points, a noticeable part of the start-up a quick no-change `sync` is made of.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
-    parser = build_parser(only=_command_in(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if _command_in(words) == "send":
+        return _send_main(words)  # sendmail's options are not argparse's (-oi, -f ADDR)
+    parser = build_parser(only=_command_in(words))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -298,6 +326,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.force_deletions and not args.accounts:
         raise UsageError("--force-deletions needs the account named explicitly "
                          "(syncd sync --force-deletions ACCOUNT)")
+    # The outbox goes first: the sync then brings the copies filed in Sent down.
+    unsent = False if args.dry_run else not _flush_outboxes(accounts, quiet_if_empty=True)
+    code = _sync_accounts(settings, accounts, args)
+    return code or int(unsent)
+
+
+def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
+                   args: argparse.Namespace) -> int:
     from syncd.adapters import transport
 
     # The IMAP connections open while the engine and imapclient are imported (see transport),
@@ -457,6 +493,89 @@ def _print_plan(result: AccountResult) -> None:
                 print(f"  {line}")
             if folder.guard:
                 print(f"  GUARD: {folder.guard}")
+
+
+# --- send and outbox ------------------------------------------------------------------------
+def _send_main(words: list[str]) -> int:
+    """`syncd [--config FILE] [--debug] send ...`: exit statuses from sysexits.h."""
+    from syncd.logs import setup_logging
+    from syncd.smtp.sendmail import USAGE, SendmailError, parse_args, send_command
+
+    at = words.index("send")
+    config: Path | None = None
+    debug = "--debug" in words[:at]
+    for i, word in enumerate(words[:at]):
+        if word == "--config":
+            config = Path(words[i + 1])
+        elif word.startswith("--config="):
+            config = Path(word.split("=", 1)[1])
+    setup_logging("debug" if debug else "warning", debug=debug)
+    try:
+        if parse_args(words[at + 1:]).help:
+            print(USAGE)
+            return 0
+        from syncd.settings import load_settings
+
+        settings = load_settings(config)
+        return send_command(settings, words[at + 1:], sys.stdin.buffer)
+    except SendmailError as exc:
+        _complain(str(exc))
+        return exc.exit_code
+    except SyncdError as exc:
+        _complain(f"syncd send: {exc}; nothing queued")
+        return exc.exit_code
+
+
+def _flush_outboxes(accounts: Sequence[AccountSettings], *, quiet_if_empty: bool = False,
+                    wait: float = 60.0) -> bool:
+    """Send what the accounts' outboxes hold; False if anything failed or stayed queued for
+    an error."""
+    from syncd.smtp import has_mail
+
+    ok = True
+    for account in accounts:
+        if account.smtp is None or (quiet_if_empty and not has_mail(account.state_dir,
+                                                                      account.name)):
+            continue
+        from syncd.smtp.flush import flush_account
+
+        try:
+            report = flush_account(account, wait=wait)
+        except (OSError, SyncdError) as exc:
+            print(f"{account.name}: outbox: {exc}".replace(f"{account.name}: {account.name}:",
+                                                          f"{account.name}:"))
+            ok = False
+            continue
+        print(report.summary())
+        ok &= report.ok
+    return ok
+
+
+def cmd_send(args: argparse.Namespace) -> int:  # reached only through _send_main
+    raise UsageError("usage: syncd send [-t] [-i] [-oi] [-f ADDR] [--] [RCPT ...]")
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    accounts = [a for a in settings.accounts.values() if a.smtp is not None]
+    from syncd.smtp import commands
+
+    action = args.outbox_command
+    if action is None:
+        commands.list_outbox(accounts, sys.stdout, as_json=args.json)
+        return 0
+    if action == "flush":
+        chosen = _select_accounts(settings, args.accounts)
+        return 0 if _flush_outboxes([a for a in chosen if a.smtp is not None]) else 1
+    if action == "retry":
+        done = commands.retry(accounts, args.ids, args.all)
+        print(f"requeued {len(done)} message(s); the daemon sends them now (or run `syncd "
+              "outbox flush`)")
+        return 0
+    ask = input if sys.stdin is not None and sys.stdin.isatty() else None
+    dropped = commands.drop(accounts, args.id, yes=args.yes, ask=ask)
+    print(f"dropped {dropped.id}" if dropped else "kept")
+    return 0
 
 
 # --- run ----------------------------------------------------------------------------------
@@ -726,7 +845,8 @@ def cmd_mutt_config(args: argparse.Namespace) -> int:
     account = _select_accounts(settings, [args.account])[0]
     from syncd.muttconfig import render
 
-    sys.stdout.write(render(account))
+    sys.stdout.write(render(account, args.config.expanduser().absolute()
+                            if args.config else None))
     return 0
 
 
@@ -740,4 +860,6 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "auth": cmd_auth,
     "init": cmd_init,
     "mutt-config": cmd_mutt_config,
+    "send": cmd_send,
+    "outbox": cmd_outbox,
 }

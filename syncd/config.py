@@ -39,6 +39,7 @@ from syncd.settings import (
     GeneralSettings,
     OAuth2Settings,
     Settings,
+    SmtpSettings,
     default_config_path,
     default_maildir_root,
     default_state_dir,
@@ -305,7 +306,8 @@ class _Model(BaseModel):
 
     @classmethod
     def _check_keys(cls, data: Mapping[str, Any], info: ValidationInfo) -> None:
-        allowed = set(cls.model_fields)
+        # A key that is a Python word ("from") is a field under another name, with an alias.
+        allowed = {f.alias or name for name, f in cls.model_fields.items()}
         if _context(info).get("from_config"):
             allowed -= cls._internal_keys
         for key in data:
@@ -436,6 +438,61 @@ class OAuth2Model(_Model):
         return self
 
 
+class SmtpModel(_Model):
+    """``smtp:`` of an account: where the outbox sends. Defaults are filled in by
+    ``_apply_smtp`` (port from tls and tls from port; the rest from the account)."""
+
+    host: Annotated[str, BeforeValidator(_host)]
+    port: Int = Field(ge=1, le=65535)
+    tls: Literal["implicit", "starttls", "none"]
+    username: Text | None = None
+    tls_ca_file: ConfigPath | None = None
+    password_command: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping):
+            cls._check_keys(data, info)
+        return data
+
+
+def _save_sent(value: Any) -> Any:
+    # "save_sent: no" is as natural as "never"; YAML reads it as a boolean.
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    return _lower(value)
+
+
+def _apply_smtp(data: dict[str, Any]) -> None:
+    """One ``smtp`` mapping from ``smtp:``, or from the older ``smtp_host``/``smtp_port``
+    (kept working), with the defaults that depend on each other: implicit TLS on 465,
+    STARTTLS elsewhere; port 465 for implicit TLS, 587 for STARTTLS. ``smtp_host`` and
+    ``smtp_port`` mirror the result (for `syncd mutt-config`)."""
+    smtp = data.get("smtp")
+    if "smtp_host" in data or "smtp_port" in data:
+        if smtp is not None:
+            raise _fail("use either smtp (a mapping) or the older smtp_host/smtp_port, not "
+                        "both", "smtp_host" if "smtp_host" in data else "smtp_port")
+        if "smtp_host" not in data:
+            raise _fail("smtp_port needs smtp_host (or use smtp: {host: ..., port: ...})",
+                        "smtp_port")
+        smtp = {"host": data["smtp_host"]}
+        if data.get("smtp_port") is not None:
+            smtp["port"] = data["smtp_port"]
+    if not isinstance(smtp, Mapping):
+        return  # absent (no sending), or not a mapping: the field validator says so
+    smtp = dict(smtp)
+    port = smtp.get("port")
+    if "tls" not in smtp:
+        smtp["tls"] = "implicit" if port in (None, 465) else "starttls"
+    if port is None:
+        smtp["port"] = 465 if smtp["tls"] == "implicit" else 587
+    data["smtp"] = smtp
+    data["smtp_host"] = smtp.get("host")
+    data["smtp_port"] = smtp["port"]
+
+
 IMAP_ONLY_KEYS = frozenset({"folders", "idle", "trash_folder"})
 POP3_ONLY_KEYS = frozenset(
     {"leave_on_server", "delete_after", "max_message_size", "max_messages_per_poll"})
@@ -470,9 +527,16 @@ def _apply_preset(data: dict[str, Any]) -> None:
         data.setdefault("tls", server.tls)
         if "port" not in data and data["tls"] == server.tls:
             data["port"] = server.port
-    if preset.smtp is not None and "smtp_host" not in data:
-        data["smtp_host"] = preset.smtp.host
-        data.setdefault("smtp_port", preset.smtp.port)
+    smtp = data.get("smtp")
+    if preset.smtp is not None and "smtp_host" not in data and (
+            smtp is None or (isinstance(smtp, Mapping) and "host" not in smtp)):
+        # The preset's server under the keys the user did not set; the preset's port only
+        # with the preset's TLS mode.
+        given = dict(smtp or {})
+        ours: dict[str, Any] = {"host": preset.smtp.host, "tls": preset.smtp.tls}
+        if given.get("tls", preset.smtp.tls) == preset.smtp.tls:
+            ours["port"] = preset.smtp.port
+        data["smtp"] = {**ours, **given}
     oauth2 = data.get("oauth2")
     if "auth" not in data:
         if preset.auth == "oauth2" and oauth2 is None:
@@ -492,6 +556,7 @@ class AccountModel(_Model):
     """One account. ``name`` (the key under ``accounts``) and ``state_dir`` (from ``general``)
     are filled in by the loader."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
     _internal_keys: ClassVar[frozenset[str]] = frozenset({"name", "state_dir"})
 
     name: str
@@ -508,9 +573,16 @@ class AccountModel(_Model):
     auth: Annotated[Literal["password", "oauth2"], BeforeValidator(_lower)] = "password"
     password_command: Text | None = None
     oauth2: OAuth2Model | None = None
-    # Only for `syncd mutt-config` (syncd itself never sends mail).
+    # The older spelling of smtp.host / smtp.port; they mirror smtp (see _apply_smtp).
     smtp_host: Annotated[str, BeforeValidator(_host)] | None = None
     smtp_port: Int | None = Field(None, ge=1, le=65535)
+    # The outbox (DESIGN.md Part 1b, "Outbox"): addresses this account sends as (globs;
+    # default: the username if it is an address), where it sends, and the Sent copy.
+    from_addresses: Patterns = Field((), alias="from")
+    smtp: SmtpModel | None = None
+    save_sent: Annotated[Literal["auto", "always", "never"], BeforeValidator(_save_sent)] = "auto"
+    sent_folder: Text | None = None
+    send_now: bool = False
     maildir: ConfigPath
     layout: Literal["verbatim", "maildir++"] = "verbatim"
     folders: FolderFilterModel = FolderFilterModel()
@@ -546,6 +618,10 @@ class AccountModel(_Model):
         ctx = _context(info)
         data = dict(data)
         _apply_preset(data)
+        _apply_smtp(data)
+        if ("from" not in data and "from_addresses" not in data
+                and isinstance(data.get("username"), str) and "@" in data["username"]):
+            data["from"] = (data["username"],)
         protocol = data.get("protocol")
         if protocol in ("imap", "pop3"):
             other, foreign = (("a POP3", POP3_ONLY_KEYS) if protocol == "imap"
@@ -590,7 +666,21 @@ class AccountModel(_Model):
                             "password_command")
         elif self.oauth2 is not None:
             raise _fail("oauth2 settings are only used with auth: oauth2", "oauth2")
+        self._check_outbox()
         return self
+
+    def _check_outbox(self) -> None:
+        if self.smtp is not None and self.smtp.tls == "none" and not self.allow_insecure:
+            raise _fail("tls: none sends the password and the mail unencrypted; set "
+                        "allow_insecure: true on this account if you really mean it",
+                        "smtp", "tls")
+        if self.smtp is not None and self.smtp.password_command is not None \
+                and self.auth == "oauth2":
+            raise _fail("password_command is not used with auth: oauth2", "smtp",
+                        "password_command")
+        if self.protocol == "pop3" and self.save_sent == "always":
+            raise _fail("save_sent: always needs an IMAP account (a POP3 account has no Sent "
+                        "folder on the server)", "save_sent")
 
 
 class SettingsModel(_Model):
@@ -803,7 +893,7 @@ def _dotted(loc: Loc) -> str:
 # Values of these keys are safe to quote back in an error (never secrets, hosts or users).
 _ECHO_KEYS = frozenset({
     "protocol", "tls", "layout", "log_level", "port", "allow_insecure", "leave_on_server",
-    "provider", "auth", "smtp_port",
+    "provider", "auth", "smtp_port", "save_sent", "send_now",
     "connections", "timeout", "poll_interval", "delete_after", "max_message_size",
     "max_messages_per_poll",
 })
@@ -821,6 +911,8 @@ _TEXT_ACCOUNT: frozenset[Loc] = frozenset({
                                   "token_endpoint", "device_authorization_endpoint",
                                   "authorization_endpoint", "scopes")),
     ("oauth2", "scopes", "*"),
+    ("from",), ("from", "*"), ("sent_folder",),
+    *(("smtp", key) for key in ("host", "tls", "username", "tls_ca_file", "password_command")),
 })
 
 _TOP_KEYS = ("general", "accounts")
@@ -936,6 +1028,9 @@ def _general(model: GeneralModel) -> GeneralSettings:
 
 def _account(model: AccountModel) -> AccountSettings:
     values = {name: getattr(model, name) for name in AccountModel.model_fields}
+    if model.smtp is not None:
+        values["smtp"] = SmtpSettings(
+            **{name: getattr(model.smtp, name) for name in SmtpModel.model_fields})
     values["folders"] = FolderFilter(include=model.folders.include,
                                      exclude=model.folders.exclude)
     if model.oauth2 is not None:

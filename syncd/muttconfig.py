@@ -8,7 +8,9 @@ Offline by design (it reads local files only):
   (``\\Sent``, ``\\Drafts``, ``\\Trash``, RFC 6154), recorded by ``syncd check`` in
   ``<state_dir>/<account>.folders.json``; else well-known names (``Sent Items``,
   ``[Gmail]/Sent Mail``, ...);
-- ``smtp_url`` from the account's SMTP server (a provider preset, or ``smtp_host``).
+- sending: through syncd's outbox (``set sendmail = "syncd send -oi"``) when the account has
+  an SMTP server (``smtp``, or a provider preset's); ``record`` is then unset where syncd
+  (``save_sent``) or the provider files the sent copy, so it appears once, not twice.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 if TYPE_CHECKING:
     from syncd.adapters.imap import RemoteFolder
@@ -152,8 +153,21 @@ def _pick_roles(account: AccountSettings, folders: Mapping[str, Path]) -> dict[s
     return chosen
 
 
-def render(account: AccountSettings) -> str:
-    """The snippet for ``account`` (text ending in a newline)."""
+def _files_sent_elsewhere(account: AccountSettings) -> bool:
+    """Whether the copy of a sent message reaches the server's Sent folder without mutt's
+    ``record``: syncd APPENDs it (save_sent) or the provider files it."""
+    if account.smtp is None:
+        return False
+    from syncd.presets import ACCOUNT_PRESETS
+    from syncd.smtp.flush import saves_sent
+
+    preset = ACCOUNT_PRESETS.get(account.provider or "")
+    return saves_sent(account) or (preset is not None and preset.files_sent)
+
+
+def render(account: AccountSettings, config_path: Path | None = None) -> str:
+    """The snippet for ``account`` (text ending in a newline); ``config_path`` (not the
+    default one) goes into the sendmail command."""
     root = account.maildir
     folders = _state_folders(account)
     source = "syncd's state"
@@ -176,7 +190,11 @@ def render(account: AccountSettings) -> str:
         roles = _pick_roles(account, folders)
         for variable in ("record", "postponed", "trash"):
             path = roles.get(variable)
-            if path is None:
+            if variable == "record" and _files_sent_elsewhere(account):
+                # mutt's own copy would be uploaded by the sync: a second one on the server.
+                lines.append("unset record  # the sent copy is filed in the server's Sent "
+                             "folder (syncd save_sent, or the provider) and synced down")
+            elif path is None:
                 lines.append(f"# {variable}: no {ROLES[variable][0]} folder found "
                              f"(run `syncd check {account.name}` first to ask the server)")
             elif variable == "trash" and account.trash_folder:
@@ -190,7 +208,7 @@ def render(account: AccountSettings) -> str:
         lines.append("# POP3 account: only INBOX is fetched; record/postponed stay local")
     if "@" in account.username:
         lines.append(f"set from = {_quote(account.username)}")
-    lines += _smtp_lines(account)
+    lines += _smtp_lines(account, config_path)
     ordered = sorted(folders.items(), key=lambda item: (item[0].upper() != "INBOX", item[0]))
     # neomutt rejects a `mailboxes` entry that does not exist (yet): list what is on disk.
     present = [path for _name, path in ordered if (path / "cur").is_dir()]
@@ -202,17 +220,15 @@ def render(account: AccountSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _smtp_lines(account: AccountSettings) -> list[str]:
-    if not account.smtp_host:
-        return ["# smtp_url: no SMTP server known for this account (set smtp_host in the "
-                "syncd config, or set smtp_url here)"]
-    port = account.smtp_port or 465
-    # Port 465 is TLS from the first byte (smtps://); others (587) upgrade with STARTTLS.
-    scheme = "smtps" if port == 465 else "smtp"
-    user = quote(account.username, safe="")
-    lines = [f"set smtp_url = {_quote(f'{scheme}://{user}@{account.smtp_host}:{port}/')}",
-             "set ssl_force_tls = yes"]
-    if account.auth == "oauth2":
-        lines.append("# sending needs OAuth2 too: see smtp_authenticators and "
-                     "smtp_oauth_refresh_command in the neomutt manual")
-    return lines
+def _smtp_lines(account: AccountSettings, config_path: Path | None = None) -> list[str]:
+    if account.smtp is not None:
+        # mutt splits $sendmail at spaces: a config path with spaces cannot be passed.
+        config = f"--config {config_path} " if config_path and " " not in str(config_path) \
+            else ""
+        # -oi: read to the end of input (without it, sendmail's rule ends the message at a
+        # line holding a single dot, which a mail body can contain).
+        return [f"set sendmail = {_quote(f'syncd {config}send -oi')}",
+                "unset smtp_url  # mail goes through syncd's outbox (`syncd outbox` lists it)",
+                "set sendmail_wait = 0"]
+    return ["# sending: no SMTP server known for this account (set smtp: {host: ...} in the "
+            "syncd config to send through syncd's outbox, or set smtp_url here)"]

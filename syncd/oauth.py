@@ -99,8 +99,10 @@ class OAuth2Config:
         return " ".join(self.scopes)
 
 
-def resolve(account: AccountSettings) -> OAuth2Config:
-    """The account's OAuth2 settings with the provider preset filled in."""
+def resolve(account: AccountSettings, protocol: str | None = None) -> OAuth2Config:
+    """The account's OAuth2 settings with the provider preset filled in. The scopes are the
+    ``protocol``'s (what a token refresh for that protocol asks for); without one, those a
+    sign-in asks for: the account's protocol's, plus SMTP's when the account sends mail."""
     settings = account.oauth2
     if account.auth != "oauth2" or settings is None:
         raise AccountError(account.name, "this account does not use OAuth2 (auth: oauth2)",
@@ -114,7 +116,10 @@ def resolve(account: AccountSettings) -> OAuth2Config:
 
     token_endpoint = pick(settings.token_endpoint, preset and preset.token_endpoint)
     assert token_endpoint is not None  # the config validator requires it for custom
-    scopes = tuple(settings.scopes or (preset.scopes.get(account.protocol, ()) if preset else ()))
+    wanted = [protocol] if protocol else [account.protocol] + (
+        ["smtp"] if getattr(account, "smtp", None) is not None else [])
+    scopes = tuple(settings.scopes or dict.fromkeys(
+        scope for name in wanted for scope in (preset.scopes.get(name, ()) if preset else ())))
     device = pick(settings.device_authorization_endpoint,
                   preset and preset.device_authorization_endpoint)
     authorize = pick(settings.authorization_endpoint, preset and preset.authorization_endpoint)
@@ -248,10 +253,13 @@ class TokenProvider:
     def __init__(self, account: AccountSettings, *,
                  clock: Callable[[], float] = time.time,
                  load: Callable[[str], str | None] = get_refresh_token,
-                 store: Callable[[str, str], None] = set_refresh_token) -> None:
+                 store: Callable[[str, str], None] = set_refresh_token,
+                 protocol: str | None = None) -> None:
         self.account = account
         self.name = account.name
-        self.config = resolve(account)
+        # Refreshes ask for one protocol's scopes (the SMTP token has its own provider): a
+        # refresh token signed in before the outbox existed keeps working for IMAP.
+        self.config = resolve(account, protocol or account.protocol)
         self.clock = clock
         self._load = load
         self._store = store
@@ -385,15 +393,17 @@ def _fingerprint(account: AccountSettings) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def token_provider(account: AccountSettings) -> TokenProvider:
-    """The process-wide TokenProvider of an account (shared by all its connections)."""
-    key = (account.name, _fingerprint(account))
+def token_provider(account: AccountSettings, protocol: str | None = None) -> TokenProvider:
+    """The process-wide TokenProvider of an account (shared by all its connections); with
+    ``protocol="smtp"``, the one for sending."""
+    key = (account.name if protocol in (None, account.protocol) else f"{account.name}:{protocol}",
+           _fingerprint(account))
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
             for stale in [k for k in _providers if k[0] == account.name]:
                 del _providers[stale]
-            provider = _providers[key] = TokenProvider(account)
+            provider = _providers[key] = TokenProvider(account, protocol=protocol)
         return provider
 
 

@@ -3,7 +3,7 @@
 Two tables:
 
 - ``ACCOUNT_PRESETS``: what ``provider: gmail`` (etc.) on an account fills in: the IMAP and POP3
-  servers, the SMTP server (for ``syncd mutt-config``), the default ``auth`` and, for OAuth2,
+  servers, the SMTP server (the outbox's ``smtp``), the default ``auth`` and, for OAuth2,
   which identity provider and tenant to use. Explicit keys in the config always win.
 - ``OAUTH2_PROVIDERS``: the endpoints, scopes and quirks of each OAuth2 identity provider
   (``oauth2: {provider: microsoft}``). ``custom`` has no entry: every endpoint comes from the
@@ -54,6 +54,9 @@ class AccountPreset:
     domains: tuple[str, ...] = ()
     # Shown by `syncd init` when the provider needs something from the user first.
     note: str | None = None
+    # The provider files every message sent through its SMTP server in the Sent folder
+    # itself: the outbox's `save_sent: auto` then saves no copy of its own.
+    files_sent: bool = False
 
     def server(self, protocol: str) -> Server | None:
         return {"imap": self.imap, "pop3": self.pop3, "smtp": self.smtp}.get(protocol)
@@ -67,21 +70,21 @@ ACCOUNT_PRESETS: Mapping[str, AccountPreset] = MappingProxyType({
         AccountPreset(
             "outlook", "Outlook.com / Hotmail (personal Microsoft account)",
             imap=_MS_IMAP, pop3=_MS_POP3, smtp=Server("smtp-mail.outlook.com", 587, "starttls"),
-            auth="oauth2", oauth2_provider="microsoft", tenant="consumers",
+            auth="oauth2", oauth2_provider="microsoft", tenant="consumers", files_sent=True,
             domains=("outlook.*", "hotmail.*", "live.*", "msn.com", "passport.com"),
             note="Microsoft accepts only OAuth2: you need an application (client) ID; see "
                  "the README, then run `syncd auth ACCOUNT`"),
         AccountPreset(
             "office365", "Microsoft 365 / Exchange Online (work or school account)",
             imap=_MS_IMAP, pop3=_MS_POP3, smtp=Server("smtp.office365.com", 587, "starttls"),
-            auth="oauth2", oauth2_provider="microsoft", tenant="organizations",
+            auth="oauth2", oauth2_provider="microsoft", tenant="organizations", files_sent=True,
             note="Microsoft accepts only OAuth2: you need an application (client) ID (your "
                  "IT department may have one); then run `syncd auth ACCOUNT`"),
         AccountPreset(
             "gmail", "Gmail / Google Workspace",
             imap=Server("imap.gmail.com", 993), pop3=Server("pop.gmail.com", 995),
             smtp=Server("smtp.gmail.com", 465),
-            auth="oauth2", oauth2_provider="google",
+            auth="oauth2", oauth2_provider="google", files_sent=True,
             domains=("gmail.com", "googlemail.com"),
             note="Google needs an OAuth2 client ID and secret (a 'Desktop app' client of a "
                  "Google Cloud project), or `auth: password` with an app password"),
@@ -144,6 +147,8 @@ OAUTH2_PROVIDERS: Mapping[str, OAuth2Provider] = MappingProxyType({
             scopes=MappingProxyType({
                 "imap": ("https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"),
                 "pop3": ("https://outlook.office.com/POP.AccessAsUser.All", "offline_access"),
+                # The outbox (smtp:); asked for at sign-in beside the mail protocol's.
+                "smtp": ("https://outlook.office.com/SMTP.Send", "offline_access"),
             }),
             default_tenant="common",
             default_flow="device",
@@ -161,6 +166,7 @@ OAUTH2_PROVIDERS: Mapping[str, OAuth2Provider] = MappingProxyType({
             scopes=MappingProxyType({
                 "imap": ("https://mail.google.com/",),
                 "pop3": ("https://mail.google.com/",),
+                "smtp": ("https://mail.google.com/",),
             }),
             default_flow="browser",
             authorize_params=MappingProxyType({"access_type": "offline", "prompt": "consent"}),

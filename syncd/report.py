@@ -85,6 +85,10 @@ def gather_status(settings: Settings) -> dict[str, Any]:
                 "error": saved_folders.get(remote_name, {}).get("error"),
             }
         _add_failed_folders(info, saved_folders, entry.get("last_attempt"))
+        if account.smtp is not None:
+            from syncd.smtp.commands import queue_summary
+
+            info["outbox"] = queue_summary(account)
         accounts[name] = info
     return {"accounts": accounts}
 
@@ -128,4 +132,9 @@ def render_status(data: dict[str, Any], stream: TextIO) -> None:
             table.add_row("", folder, _when(info.get("last_sync")),
                           f"{info['unread']}/{info['messages']}", pending_text,
                           info.get("error") or "")
+        outbox = account.get("outbox")
+        if outbox:
+            table.add_row("", "(outbox)", "", "", ", ".join(f"{n} {state}" for state, n
+                                                          in sorted(outbox.items())),
+                          "see `syncd outbox`")
     Console(file=stream, width=120).print(table)

@@ -27,6 +27,7 @@ __all__ = [
     "GeneralSettings",
     "OAuth2Settings",
     "Settings",
+    "SmtpSettings",
     "default_cache_dir",
     "default_config_path",
     "default_maildir_root",
@@ -104,6 +105,19 @@ class OAuth2Settings(NamedTuple):
     authorization_endpoint: str | None = None
 
 
+class SmtpSettings(NamedTuple):
+    """``smtp:`` of an account (the outbox sends through it). Unset keys fall back to the
+    account's: username, tls_ca_file and the credentials (password_command / keyring /
+    OAuth2)."""
+
+    host: str
+    port: int
+    tls: str = "implicit"
+    username: str | None = None
+    tls_ca_file: Path | None = None
+    password_command: str | None = None
+
+
 class AccountSettings(NamedTuple):
     """One account, as validated by syncd.config (which documents every key)."""
 
@@ -134,6 +148,12 @@ class AccountSettings(NamedTuple):
     delete_after: float | None = None
     max_message_size: int | None = None
     max_messages_per_poll: int | None = None
+    # The outbox (DESIGN.md Part 1b): `from` is from_addresses (addresses and globs).
+    from_addresses: tuple[str, ...] = ()
+    smtp: SmtpSettings | None = None
+    save_sent: str = "auto"
+    sent_folder: str | None = None
+    send_now: bool = False
 
     @property
     def state_path(self) -> Path:
@@ -281,7 +301,7 @@ def _settings_from(data: dict[str, Any]) -> Settings:
 
 
 _PATH_FIELDS = frozenset({"maildir", "tls_ca_file", "state_dir"})
-_TUPLE_FIELDS = frozenset({"idle"})
+_TUPLE_FIELDS = frozenset({"idle", "from_addresses"})
 
 
 def _account_from(raw: dict[str, Any]) -> AccountSettings:
@@ -300,5 +320,10 @@ def _account_from(raw: dict[str, Any]) -> AccountSettings:
             if oauth["scopes"] is not None:
                 oauth["scopes"] = tuple(oauth["scopes"])
             value = OAuth2Settings(**oauth)
+        elif name == "smtp" and value is not None:
+            smtp = dict(value)
+            if smtp["tls_ca_file"] is not None:
+                smtp["tls_ca_file"] = Path(smtp["tls_ca_file"])
+            value = SmtpSettings(**smtp)
         values[name] = value
     return AccountSettings(**values)

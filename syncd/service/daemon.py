@@ -126,6 +126,9 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._status_lock = threading.Lock()
+        from syncd.smtp.sender import OutboxSender
+
+        self.outbox = OutboxSender(lambda: self.settings)  # sends queued mail (syncd.smtp)
 
     # --- events (any thread) --------------------------------------------------------------
     def on_remote_change(self, account: str, folder: str | None) -> None:
@@ -159,6 +162,8 @@ class Daemon:
             record_result(self.settings.general.state_dir, result,
                           connection=worker.connection, daemon=True)
         run_new_mail_hooks(self.settings.general.on_new_mail, result, wait=False)
+        if not result.error:
+            self.outbox.reachable(result.account)
 
     # --- lifecycle (main thread) ----------------------------------------------------------
     def run(self) -> int:
@@ -169,6 +174,7 @@ class Daemon:
             self._start_scheduler()
             for account in self.settings.accounts.values():
                 self._start_account(account)
+            self.outbox.start()
             sdnotify.notify("READY=1\nSTATUS=first sync under way")
             log.info("syncd running: %d account(s)", len(self.accounts))
             self._loop()
@@ -313,6 +319,7 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         self.watcher.stop()
+        self.outbox.stop()
         for runtime in self.accounts.values():
             runtime.stop()
         for runtime in self.accounts.values():

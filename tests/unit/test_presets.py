@@ -112,8 +112,14 @@ def test_microsoft_endpoints_and_scopes_come_from_the_table() -> None:
     assert (office.token_endpoint, office.device_authorization_endpoint,
             office.authorization_endpoint) == (f"{base}/token", f"{base}/devicecode",
                                                f"{base}/authorize")
+    # Sign-in asks for SMTP.Send too (the preset's smtp: the outbox); IMAP refreshes do not,
+    # so a refresh token from before the outbox keeps working for IMAP.
     assert office.scopes == ("https://outlook.office.com/IMAP.AccessAsUser.All",
-                             "offline_access")
+                             "offline_access", "https://outlook.office.com/SMTP.Send")
+    assert oauth.resolve(account(three_lines("office365")), "imap").scopes == (
+        "https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access")
+    assert oauth.resolve(account(three_lines("office365")), "smtp").scopes == (
+        "https://outlook.office.com/SMTP.Send", "offline_access")
     assert office.default_flow == "device" and office.client_secret == "s3cret"
     personal = oauth.resolve(account(three_lines("outlook") + "\nprotocol: pop3"))
     assert "/consumers/" in personal.token_endpoint
