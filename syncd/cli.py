@@ -127,6 +127,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="ask nothing: use the flags and the guesses")
         p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
 
+    if wanted("adopt"):
+        p = sub.add_parser("adopt", help="take over a Maildir that mbsync or offlineimap syncs",
+                           description="Take over a Maildir that another tool has been "
+                           "syncing, with no message downloaded again: files are paired by "
+                           "the UIDs in their names and the tool's state (UIDVALIDITY "
+                           "checked), else left to pairing by content. File names are left "
+                           "alone. Reads the server's flags only; writes syncd's state in one "
+                           "transaction; refuses, changing nothing, if the tool's state "
+                           "disagrees with the server.")
+        p.add_argument("account", metavar="ACCOUNT")
+        p.add_argument("--from", dest="tool", choices=("mbsync", "offlineimap", "auto"),
+                       default="auto", help="the tool that synced the Maildir (default: auto)")
+        p.add_argument("--rc", metavar="FILE", type=Path,
+                       help="the tool's config (default ~/.mbsyncrc or ~/.offlineimaprc): "
+                       "where its state is")
+        p.add_argument("--dry-run", action="store_true", help="say what would be adopted; "
+                       "write nothing")
+
+    if wanted("import"):
+        p = sub.add_parser("import", help="add the accounts of ~/.mbsyncrc or ~/.offlineimaprc",
+                           description="Read mbsync's or offlineimap's config and add the "
+                           "equivalent accounts to syncd's config (an existing account is "
+                           "never overwritten); name every setting that cannot be carried "
+                           "over.")
+        p.add_argument("tool", choices=("mbsync", "offlineimap"))
+        p.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                       help="default ~/.mbsyncrc / ~/.offlineimaprc")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the accounts; change no file")
+
     if wanted("mutt-config"):
         p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
                            description="Print neomutt settings for an account's Maildir: folder, "
@@ -720,6 +750,29 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 1
 
 
+# --- adopt / import -----------------------------------------------------------------------
+def cmd_adopt(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    account = _select_accounts(settings, [args.account])[0]
+    from syncd.migrate.adopt_run import adopt
+
+    with account_lock(account.name, settings.general.state_dir):
+        _adoption, lines = adopt(account, _password_source(account), tool=args.tool,
+                                 rc=args.rc, dry_run=args.dry_run)
+    print("\n".join(lines))
+    if not args.dry_run:
+        print(f"next: `syncd sync {account.name}` (it downloads no message already here)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from syncd.config import default_config_path
+    from syncd.migrate.importer import run_import
+
+    path = (args.config or default_config_path()).expanduser()
+    return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
+
+
 # --- mutt-config --------------------------------------------------------------------------
 def cmd_mutt_config(args: argparse.Namespace) -> int:
     settings = _load(args)
@@ -740,4 +793,6 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "auth": cmd_auth,
     "init": cmd_init,
     "mutt-config": cmd_mutt_config,
+    "adopt": cmd_adopt,
+    "import": cmd_import,
 }
