@@ -150,6 +150,6 @@ def run_import(tool: str, file: Path | None, config_path: Path, *, dry_run: bool
         for note in account.not_carried:
             print(f"  {note}", file=out)
     if added:
-        print(f"next: `syncd adopt NAME` to take over the Maildir with no download, then "
-              f"`syncd sync NAME`", file=out)
+        print("next: `syncd adopt NAME` to take over the Maildir with no download, then "
+              "`syncd sync NAME`", file=out)
     return 0
