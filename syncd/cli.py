@@ -105,8 +105,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "Asks the few questions needed, or takes flags. Known providers "
                            "(presets) fill in the servers; for other domains imap.DOMAIN, "
                            "pop.DOMAIN and smtp.DOMAIN are guessed.")
+        p.add_argument("address", nargs="?", metavar="ADDRESS",
+                       help="the email address (the same as --email); its servers are found "
+                       "by presets, Thunderbird autoconfig, DNS SRV records (RFC 6186) and "
+                       "the MX host's provider")
         p.add_argument("--name", help="account name (default: from the address's domain)")
         p.add_argument("--email", help="the account's email address")
+        p.add_argument("--no-discover", action="store_true",
+                       help="do not look on the network for the servers (presets and the "
+                       "imap.DOMAIN guess only)")
         # A metavar, or argparse lists the choices (importing the presets) for every command.
         p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
                        help="provider preset: %(choices)s (default: guessed from the address)")
@@ -679,6 +686,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from syncd.initconfig import AccountAnswers, add_account, ask, fill_defaults
 
     interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
+    if args.address:
+        if args.email and args.email != args.address:
+            raise UsageError("give the address once: ADDRESS or --email")
+        args.email = args.address
     if not interactive and not args.email:
         raise UsageError("syncd init --non-interactive needs --email (and whatever else the "
                          "guesses cannot know)")
@@ -690,6 +701,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         protocol=args.protocol or "imap", username=args.username, host=args.host,
         port=args.port, tls=args.tls, tls_ca_file=args.tls_ca_file, smtp_host=args.smtp_host,
         auth=args.auth, password_command=args.password_command, oauth2=oauth2)
+    if answers.email and answers.provider is None and answers.host is None:
+        _discover(answers, network=not args.no_discover)
     if interactive:
         answers = ask(answers, input, print)
     elif not answers.name:
@@ -771,6 +784,28 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     path = (args.config or default_config_path()).expanduser()
     return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
+
+
+def _discover(answers: Any, *, network: bool) -> None:
+    """Fill the servers of `syncd init ADDRESS` from discovery, saying where each came from."""
+    from syncd.migrate.discover import discover
+
+    found = discover(answers.email, network=network)
+    print(f"servers for {answers.email}:")
+    for line in found.lines():
+        print(line)
+    if found.preset is not None:
+        answers.provider = found.preset.name
+        return
+    server = found.servers.get(answers.protocol)
+    if server is not None:
+        answers.host, answers.port, answers.tls = server.host, server.port, server.tls
+        answers.username = answers.username or server.username
+    smtp = found.servers.get("smtp")
+    if smtp is not None and answers.smtp_host is None:
+        answers.smtp_host, answers.smtp_port = smtp.host, smtp.port
+    if server is None:
+        print(f"  no {answers.protocol.upper()} server found: guessing from the domain")
 
 
 # --- mutt-config --------------------------------------------------------------------------
