@@ -172,6 +172,11 @@ def test_adopt_mbsync_verbatim_state_in_folders(tmp_path: Path, dovecot: Dovecot
     seed(dovecot, user)
     account = write_config(tmp_path, dovecot, user)
     rc = make_with_mbsync(tmp_path, dovecot, user, account)
+    code, dry, err = run_cli("--config", str(account.config), "adopt", "test", "--dry-run",
+                             "--rc", str(rc))
+    assert code == 0, dry + err
+    assert "dry run: nothing was written" in dry
+    assert not (account.state_dir / "test.sqlite3").exists()
     out = adopt_then_sync(tmp_path, dovecot, user, account, rc, "mbsync", {
         "INBOX": account.maildir / "INBOX", "Lists/dev": account.maildir / "Lists" / "dev",
         "Sent": account.maildir / "Sent"})
