@@ -105,8 +105,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "Asks the few questions needed, or takes flags. Known providers "
                            "(presets) fill in the servers; for other domains imap.DOMAIN, "
                            "pop.DOMAIN and smtp.DOMAIN are guessed.")
+        p.add_argument("address", nargs="?", metavar="ADDRESS",
+                       help="the email address (the same as --email); its servers are found "
+                       "by presets, Thunderbird autoconfig, DNS SRV records (RFC 6186) and "
+                       "the MX host's provider")
         p.add_argument("--name", help="account name (default: from the address's domain)")
         p.add_argument("--email", help="the account's email address")
+        p.add_argument("--no-discover", action="store_true",
+                       help="do not look on the network for the servers (presets and the "
+                       "imap.DOMAIN guess only)")
         # A metavar, or argparse lists the choices (importing the presets) for every command.
         p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
                        help="provider preset: %(choices)s (default: guessed from the address)")
@@ -126,6 +133,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--non-interactive", action="store_true",
                        help="ask nothing: use the flags and the guesses")
         p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
+
+    if wanted("adopt"):
+        p = sub.add_parser("adopt", help="take over a Maildir that mbsync or offlineimap syncs",
+                           description="Take over a Maildir that another tool has been "
+                           "syncing, with no message downloaded again: files are paired by "
+                           "the UIDs in their names and the tool's state (UIDVALIDITY "
+                           "checked), else left to pairing by content. File names are left "
+                           "alone. Reads the server's flags only; writes syncd's state in one "
+                           "transaction; refuses, changing nothing, if the tool's state "
+                           "disagrees with the server.")
+        p.add_argument("account", metavar="ACCOUNT")
+        p.add_argument("--from", dest="tool", choices=("mbsync", "offlineimap", "auto"),
+                       default="auto", help="the tool that synced the Maildir (default: auto)")
+        p.add_argument("--rc", metavar="FILE", type=Path,
+                       help="the tool's config (default ~/.mbsyncrc or ~/.offlineimaprc): "
+                       "where its state is")
+        p.add_argument("--dry-run", action="store_true", help="say what would be adopted; "
+                       "write nothing")
+
+    if wanted("import"):
+        p = sub.add_parser("import", help="add the accounts of ~/.mbsyncrc or ~/.offlineimaprc",
+                           description="Read mbsync's or offlineimap's config and add the "
+                           "equivalent accounts to syncd's config (an existing account is "
+                           "never overwritten); name every setting that cannot be carried "
+                           "over.")
+        p.add_argument("tool", choices=("mbsync", "offlineimap"))
+        p.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                       help="default ~/.mbsyncrc / ~/.offlineimaprc")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the accounts; change no file")
 
     if wanted("mutt-config"):
         p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
@@ -768,6 +805,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from syncd.initconfig import AccountAnswers, add_account, ask, fill_defaults
 
     interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
+    if args.address:
+        if args.email and args.email != args.address:
+            raise UsageError("give the address once: ADDRESS or --email")
+        args.email = args.address
     if not interactive and not args.email:
         raise UsageError("syncd init --non-interactive needs --email (and whatever else the "
                          "guesses cannot know)")
@@ -779,6 +820,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         protocol=args.protocol or "imap", username=args.username, host=args.host,
         port=args.port, tls=args.tls, tls_ca_file=args.tls_ca_file, smtp_host=args.smtp_host,
         auth=args.auth, password_command=args.password_command, oauth2=oauth2)
+    if answers.email and answers.provider is None and answers.host is None:
+        _discover(answers, network=not args.no_discover)
     if interactive:
         answers = ask(answers, input, print)
     elif not answers.name:
@@ -839,6 +882,51 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 1
 
 
+# --- adopt / import -----------------------------------------------------------------------
+def cmd_adopt(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    account = _select_accounts(settings, [args.account])[0]
+    from syncd.migrate.adopt_run import adopt
+
+    with account_lock(account.name, settings.general.state_dir):
+        _adoption, lines = adopt(account, _password_source(account), tool=args.tool,
+                                 rc=args.rc, dry_run=args.dry_run)
+    print("\n".join(lines))
+    if not args.dry_run:
+        print(f"next: `syncd sync {account.name}` (it downloads no message already here)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from syncd.config import default_config_path
+    from syncd.migrate.importer import run_import
+
+    path = (args.config or default_config_path()).expanduser()
+    return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
+
+
+def _discover(answers: Any, *, network: bool) -> None:
+    """Fill the servers of `syncd init ADDRESS` from discovery, saying where each came from."""
+    from syncd.migrate.discover import discover
+
+    found = discover(answers.email, network=network)
+    print(f"servers for {answers.email}:")
+    for line in found.lines():
+        print(line)
+    if found.preset is not None:
+        answers.provider = found.preset.name
+        return
+    server = found.servers.get(answers.protocol)
+    if server is not None:
+        answers.host, answers.port, answers.tls = server.host, server.port, server.tls
+        answers.username = answers.username or server.username
+    smtp = found.servers.get("smtp")
+    if smtp is not None and answers.smtp_host is None:
+        answers.smtp_host, answers.smtp_port = smtp.host, smtp.port
+    if server is None:
+        print(f"  no {answers.protocol.upper()} server found: guessing from the domain")
+
+
 # --- mutt-config --------------------------------------------------------------------------
 def cmd_mutt_config(args: argparse.Namespace) -> int:
     settings = _load(args)
@@ -862,4 +950,6 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "mutt-config": cmd_mutt_config,
     "send": cmd_send,
     "outbox": cmd_outbox,
+    "adopt": cmd_adopt,
+    "import": cmd_import,
 }

@@ -41,6 +41,7 @@ class AccountAnswers:
     tls: str | None = None
     tls_ca_file: str | None = None
     smtp_host: str | None = None
+    smtp_port: int | None = None
     auth: str | None = None
     password_command: str | None = None
     oauth2: dict[str, str] = field(default_factory=dict)
@@ -115,6 +116,7 @@ def account_block(answers: AccountAnswers, indent: str = "  ") -> str:
             if value is not None:
                 lines.append(f"{inner}{step}{key}: {_scalar(value)}")
     put("smtp_host", answers.smtp_host)
+    put("smtp_port", answers.smtp_port)
     return "\n".join(lines) + "\n"
 
 

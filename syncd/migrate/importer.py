@@ -1,0 +1,155 @@
+"""`syncd import mbsync|offlineimap [FILE]`: the other tool's accounts as syncd accounts.
+
+Every setting of the other tool's file is either carried over or named in the report (and in
+a comment in the account's block) with its value and why: none is dropped silently. The
+accounts are added to the config as text (initconfig's way: comments and order kept), never
+over an existing account of the same name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from syncd.errors import ConfigError, UsageError
+
+# The partial-mirror / policy keys of the contract (Part 1b) are not built yet: settings that
+# map onto them are reported with this reason.
+NOT_BUILT = "syncd has no such setting yet (the sync-policy keys are not built)"
+
+
+@dataclass
+class ImportedAccount:
+    name: str
+    source: str  # where it came from, for the report
+    # syncd keys, in writing order
+    settings: dict[str, Any] = field(default_factory=lambda: {"protocol": "imap"})
+    not_carried: list[str] = field(default_factory=list)
+
+    def skip(self, setting: str, value: str | None, why: str) -> None:
+        shown = f"{setting} {value}" if value not in (None, "") else setting
+        self.not_carried.append(f"{shown}: not carried over: {why}")
+
+
+def account_name(text: str) -> str:
+    """A valid syncd account name from the other tool's (letters, digits, '.', '_', '-')."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "mail"
+    return name[:64]
+
+
+# --- YAML text --------------------------------------------------------------------------------
+
+def render(account: ImportedAccount, indent: str = "  ") -> str:
+    from syncd.initconfig import _scalar
+
+    inner = indent * 2 if len(indent) <= 4 else indent + "  "
+    lines = [f"{indent}{account.name}:", f"{inner}# imported from {account.source}"]
+    lines += [f"{inner}# {note}" for note in account.not_carried]
+    for key, value in account.settings.items():
+        if isinstance(value, dict):
+            lines.append(f"{inner}{key}:")
+            for sub, item in value.items():
+                lines.append(f"{inner}  {sub}: {_flow(item)}")
+        elif isinstance(value, list):
+            lines.append(f"{inner}{key}: {_flow(value)}")
+        else:
+            lines.append(f"{inner}{key}: {_scalar(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
+    from syncd.initconfig import _scalar
+
+    return _scalar(value)
+
+
+def add_accounts(path: Path, accounts: list[ImportedAccount]) -> tuple[list[str], list[str]]:
+    """Insert the accounts into the config at ``path``; returns (added, skipped) names. The
+    result is validated as a whole before the file is replaced (atomically)."""
+    from syncd.config import parse_config
+    from syncd.initconfig import _HEADER, _accounts_insertion, _bare_accounts, _write_atomically
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        exists = True
+    except FileNotFoundError:
+        text, exists = "", False
+    existing: set[str] = set()
+    if text.strip():
+        try:
+            existing = set(parse_config(text, str(path)).accounts)
+        except ConfigError as exc:
+            if "no accounts" not in str(exc) and "no 'accounts'" not in str(exc):
+                raise ConfigError(str(exc).removeprefix("config error: ") +
+                                  "; fix it before importing") from None
+    added, skipped = [], []
+    for account in accounts:
+        if account.name in existing:
+            skipped.append(account.name)
+            continue
+        if not text.strip():
+            text = _HEADER + render(account)
+        else:
+            text = _bare_accounts(text)
+            index, indent, needs_key = _accounts_insertion(text)
+            lines = text.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines[index:index] = [("accounts:\n" if needs_key else "") +
+                                  render(account, indent)]
+            text = "".join(lines)
+        existing.add(account.name)
+        added.append(account.name)
+    if added:
+        try:
+            parse_config(text, str(path))
+        except ConfigError as exc:
+            raise ConfigError("the accounts were not added: " +
+                              str(exc).removeprefix("config error: ")) from None
+        _write_atomically(path, text, exists)
+    return added, skipped
+
+
+def run_import(tool: str, file: Path | None, config_path: Path, *, dry_run: bool,
+               out: TextIO) -> int:
+    source = file or Path(os.path.expanduser("~/.mbsyncrc" if tool == "mbsync"
+                                             else "~/.offlineimaprc"))
+    if not source.is_file():
+        raise UsageError(f"no {tool} config at {source}; give its path: syncd import {tool} FILE")
+    try:
+        if tool == "mbsync":
+            from syncd.migrate.import_mbsync import import_mbsync
+
+            accounts = import_mbsync(source)
+        else:
+            from syncd.migrate.import_offlineimap import import_offlineimap
+
+            accounts = import_offlineimap(source)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if not accounts:
+        print(f"{source}: no IMAP-to-Maildir account found; nothing to import", file=out)
+        return 0
+    if dry_run:
+        for account in accounts:
+            out.write(render(account))
+        print(f"(dry run: {config_path} not changed)", file=out)
+        return 0
+    added, skipped = add_accounts(config_path, accounts)
+    for account in accounts:
+        if account.name in skipped:
+            print(f"{account.name}: already in {config_path}; not overwritten", file=out)
+            continue
+        print(f"{account.name}: added to {config_path} (from {account.source})", file=out)
+        for note in account.not_carried:
+            print(f"  {note}", file=out)
+    if added:
+        print("next: `syncd adopt NAME` to take over the Maildir with no download, then "
+              "`syncd sync NAME`", file=out)
+    return 0
