@@ -219,10 +219,13 @@ class IdleWatcher(threading.Thread):
             started = time.monotonic()
             changed: set[str] = set()
             while not self._halt.is_set() and not self._reconnect.is_set():
-                self.heartbeat.beat("idling")
                 if time.monotonic() - started > IDLE_RENEW:
                     break
+                # Waiting for the server on purpose (bounded by the timeout); busy again, and
+                # so watched for getting stuck, as soon as it hands us something.
+                self.heartbeat.waiting("idling")
                 responses = client.idle_check(timeout=POLL_STEP)
+                self.heartbeat.beat("handling IDLE responses")
                 for response in responses:
                     if is_change(response):
                         changed.add(changed_folder(response) or self.folder)
