@@ -25,12 +25,13 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d openssl isync offlineimap3 neomutt t
 # dovecot and doveadm live in /usr/sbin, which is not on every user's PATH.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: help deps system-deps venv venv-python oldest-deps test lint demo clean distclean
+.PHONY: help deps system-deps venv venv-python oldest-deps test soak lint demo clean distclean
 
 help:
 	@echo "make demo       start a throwaway Dovecot, write demo/config.yaml, run syncd check"
 	@echo "make test       ruff + the whole pytest suite (PYTEST_ARGS='-q -x' ...)"
 	@echo "make deps       install missing system packages (as root, apt-get) and build $(VENV)"
+	@echo "make soak       the convergence soak for SOAK_MINUTES (default 10), SOAK_SEED"
 	@echo "make lint       ruff check"
 	@echo "make clean      remove demo/ and caches; make distclean also removes $(VENV)"
 
@@ -95,6 +96,15 @@ oldest-deps: venv $(OLDEST_STAMP)
 $(OLDEST_STAMP): pyproject.toml tests/support/oldest.py | $(PY)
 	$(PY) -m tests.support.oldest
 	@touch $@
+
+# The convergence soak (tests/system/test_daemon_soak.py) for SOAK_MINUTES of activity, with
+# SOAK_SEED; `make test` runs it for a few seconds. Prints the operations and the time to converge.
+SOAK_MINUTES ?= 10
+SOAK_SEED ?= 16
+soak: deps
+	SYNCD_SOAK_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) SYNCD_SOAK_SEED=$(SOAK_SEED) \
+	  $(PY) -m pytest -q -s --timeout=$$(( $(SOAK_MINUTES) * 60 + 600 )) \
+	  tests/system/test_daemon_soak.py
 
 lint: venv
 	$(VENV)/bin/ruff check syncd tests bench
