@@ -27,7 +27,7 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d openssl isync offlineimap3 neomutt t
 # dovecot and doveadm live in /usr/sbin, which is not on every user's PATH.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: help deps system-deps venv venv-python test test-interop interop-deps lint demo clean distclean
+.PHONY: help deps system-deps venv venv-python oldest-deps test test-interop interop-deps soak lint demo clean distclean
 
 help:
 	@echo "make demo       start a throwaway Dovecot, write demo/config.yaml, run syncd check"
@@ -35,6 +35,7 @@ help:
 	@echo "make test-interop  the full server matrix (Dovecot profiles, Cyrus, Courier, mailutils, pymap)"
 	@echo "make interop-deps  install the matrix's servers (apt-get; Cyrus/Courier unpacked in $(INTEROP))"
 	@echo "make deps       install missing system packages (as root, apt-get) and build $(VENV)"
+	@echo "make soak       the convergence soak for SOAK_MINUTES (default 10), SOAK_SEED"
 	@echo "make lint       ruff check"
 	@echo "make clean      remove demo/ and caches; make distclean also removes $(VENV)"
 
@@ -87,7 +88,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	@touch $@
 
 # pytest exits 5 when it collects no tests; make treats that as a failure, as it should.
-test: deps interop-deps
+test: deps interop-deps oldest-deps
 	$(VENV)/bin/ruff check syncd tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -160,6 +161,24 @@ interop-deps:
 	  echo "make: WARNING: libraries missing for Cyrus/Courier (above); the matrix skips what fails to start." >&2; \
 	fi; \
 	echo "$(INTEROP_DEBS)" > $(INTEROP_STAMP)
+
+# The oldest releases pyproject.toml allows (and a few known-bad ones), installed beside the
+# venv for the tests that run against them (tests/support/oldest.py); once, then offline.
+OLDEST_STAMP := $(VENV)/oldest/.installed
+oldest-deps: venv $(OLDEST_STAMP)
+
+$(OLDEST_STAMP): pyproject.toml tests/support/oldest.py | $(PY)
+	$(PY) -m tests.support.oldest
+	@touch $@
+
+# The convergence soak (tests/system/test_daemon_soak.py) for SOAK_MINUTES of activity, with
+# SOAK_SEED; `make test` runs it for a few seconds. Prints the operations and the time to converge.
+SOAK_MINUTES ?= 10
+SOAK_SEED ?= 16
+soak: deps
+	SYNCD_SOAK_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) SYNCD_SOAK_SEED=$(SOAK_SEED) \
+	  $(PY) -m pytest -q -s --timeout=$$(( $(SOAK_MINUTES) * 60 + 600 )) \
+	  tests/system/test_daemon_soak.py
 
 lint: venv
 	$(VENV)/bin/ruff check syncd tests bench

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd import __version__
 from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
-from syncd.locks import account_lock
+from syncd.locks import AccountBusy, AccountLock
 
 if TYPE_CHECKING:
     from syncd.config import AccountSettings, Settings
@@ -373,11 +373,16 @@ def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
                    args: argparse.Namespace) -> int:
     from syncd.adapters import transport
 
+    # Each account's lock first: an account that another process is syncing (the daemon, a
+    # sync from cron) must not even be dialled or logged in to.
+    locks = _take_locks(settings, accounts)
     # The IMAP connections open while the engine and imapclient are imported (see transport),
     # and the no-change check (see nochange) starts on them at once.
     passwords = {a.name: _password_source(a) for a in accounts}
     probes: dict[str, Probe] = {}
     for account in accounts:
+        if isinstance(locks[account.name], AccountBusy):
+            continue
         if account.protocol == "imap":
             transport.dial_ahead(account)
             if _light_check_allowed(account, args):
@@ -395,17 +400,21 @@ def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
                 # often takes a few tens.
                 account = accounts[0]
                 results = [_sync_one(settings, account, args, reporter, passwords[account.name],
-                                     probes.get(account.name))]
+                                     locks[account.name], probes.get(account.name))]
             else:
                 from concurrent.futures import ThreadPoolExecutor
 
                 with ThreadPoolExecutor(max_workers=max(1, min(8, len(accounts)))) as pool:
                     futures = [pool.submit(_sync_one, settings, account, args, reporter,
-                                           passwords[account.name], probes.get(account.name))
+                                           passwords[account.name], locks[account.name],
+                                           probes.get(account.name))
                                for account in accounts]
                     results = [f.result() for f in futures]
     finally:
         transport.close_dialed()
+        for lock in locks.values():
+            if isinstance(lock, AccountLock):
+                lock.release()
     failed = False
     for result in results:
         if args.dry_run:
@@ -422,19 +431,41 @@ def _light_check_allowed(account: AccountSettings, args: argparse.Namespace) -> 
             and not args.dry_run and not args.force_deletions)
 
 
+def _take_locks(settings: Settings,
+                accounts: list[AccountSettings]) -> dict[str, AccountLock | AccountBusy]:
+    """Every account's lock, taken now (a flock each, never waiting); AccountBusy for an
+    account another process holds."""
+    taken: dict[str, AccountLock | AccountBusy] = {}
+    for account in accounts:
+        lock = AccountLock(account.name, settings.general.state_dir)
+        try:
+            lock.acquire()
+        except AccountBusy as exc:
+            taken[account.name] = exc
+            continue
+        taken[account.name] = lock
+    return taken
+
+
 def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Namespace,
-              reporter: Any, password: Callable[[], str],
+              reporter: Any, password: Callable[[], str], lock: AccountLock | AccountBusy,
               probe: Probe | None = None) -> AccountResult:
+    """One account's sync, under its lock (taken by the caller; released here, so that a
+    daemon waiting for it starts as soon as this account is done, not after every other)."""
     from syncd.results import AccountResult
 
     state_dir = settings.general.state_dir
     started = time.time()
     try:
-        with account_lock(account.name, state_dir):
+        if isinstance(lock, AccountBusy):
+            raise lock
+        try:
             if account.protocol == "pop3":
                 result = _sync_pop3(settings, account, args)
             else:
                 result = _sync_imap(settings, account, args, reporter, password, probe)
+        finally:
+            lock.release()
     except AccountError as exc:
         result = AccountResult(account.name, error=str(exc).removeprefix(f"{account.name}: "),
                                error_cause=exc.cause)
@@ -886,6 +917,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_adopt(args: argparse.Namespace) -> int:
     settings = _load(args)
     account = _select_accounts(settings, [args.account])[0]
+    from syncd.locks import account_lock
     from syncd.migrate.adopt_run import adopt
 
     with account_lock(account.name, settings.general.state_dir):

@@ -67,6 +67,11 @@ else:
     A = None  # syncd.core.actions, imported by _import_planner()
 
 
+def _mtimes(stamp: str | None) -> list[str] | None:
+    """The directory mtimes of a MaildirFolder.stamp(), without the time it was taken."""
+    return stamp.split()[:2] if stamp else None
+
+
 def _import_planner() -> None:
     """The planner and its actions are imported when a folder first needs a plan: a sync with
     nothing to do (most of them) never plans, and starts ~15 ms sooner without them."""
@@ -428,15 +433,18 @@ class AccountSync:
         for folder in bulk:
             merged[folder.name] = FolderResult(folder.name)
             todo.put(folder)
-        failures: list[BaseException] = []
+        # (the folder an extra connection was syncing when it failed, or None, the error)
+        failures: list[tuple[str | None, BaseException]] = []
 
-        def drain(worker: AccountSync) -> None:
+        def drain(worker: AccountSync, current: list[str | None]) -> None:
             while not self.should_stop():
                 try:
                     folder = todo.get_nowait()
                 except queue.Empty:
                     return
+                current[0] = folder.name
                 worker._sync_guarded(folder, statuses.get(folder.name), merged[folder.name])
+                current[0] = None
 
         def extra() -> None:
             state = StateStore(self.state.path)
@@ -445,12 +453,13 @@ class AccountSync:
             worker.should_stop = self.should_stop
             worker._moved_into = self._moved_into  # its moves into the trash count too
             worker._map = self._map  # the same places (a read-only mapping by now)
+            current: list[str | None] = [None]
             try:
                 worker.session = self.connect()
-                drain(worker)
+                drain(worker, current)
                 worker._record_unchanged()
             except BaseException as exc:  # the main thread reports it
-                failures.append(exc)
+                failures.append((current[0], exc))
             finally:
                 worker.close()
                 state.close()
@@ -461,14 +470,22 @@ class AccountSync:
         for thread in threads:
             thread.start()
         try:
-            drain(self)
+            drain(self, [None])
         finally:
             for thread in threads:
                 thread.join()
-        for folder in bulk:
-            result = merged[folder.name]
-            if failures and not result.changed and result.error is None:
-                result.error = f"not synced: {failures[0]}"
+        # Each failure belongs to the folder it happened in (issue 16: the first one was
+        # given to every folder without changes, and the failed folder, if it had changed
+        # anything, looked complete). The folders the failed connection never took were
+        # synced by the others; one that failed before taking any is only logged.
+        for folder_name, exc in failures:
+            if folder_name is None:
+                log.info("%s: an extra connection failed: %s", self.account.name, exc)
+                continue
+            result = merged[folder_name]
+            if result.error is None:
+                result.error = (f"interrupted: {exc}" if result.changed
+                                else f"not synced: {exc}")
 
     def _session(self) -> ImapSession:
         assert self.session is not None
@@ -508,6 +525,9 @@ class AccountSync:
         if missing and not dry:
             local_folder.create()
             result.created_local = not synced
+        # The stamp describes the scan, so it is taken before it: a mail reader's change made
+        # while this sync runs then moves an mtime past it, and the next sync looks (issue 16).
+        scanned_stamp = None if dry else local_folder.stamp()
         entries = {} if missing else local_folder.scan()
         synced_by_key = {m.key: m for m in synced}
 
@@ -515,7 +535,7 @@ class AccountSync:
                 and not local_folder_missing
                 and self._unchanged(fstate, status, synced, entries, session)):
             if not dry:
-                stamp = local_folder.stamp()
+                stamp = scanned_stamp
                 with self.state.transaction():  # one commit for both
                     self.state.set_cursors(fstate.id, uidvalidity=fstate.uidvalidity,
                                            uidnext=fstate.uidnext,
@@ -593,18 +613,32 @@ class AccountSync:
                      result, reset=uidvalidity_changed)
         if self.should_stop():
             return result  # interrupted between batches: the cursors must not claim completion
-        # The stamp is taken after everything this sync did to the folder; a mail reader's
-        # change from now on moves an mtime and makes the next sync look. One commit for both.
         # No stamp after a refused upload: the next sync must look at the files again and
         # retry it, not find the folder unchanged.
-        stamp = local_folder.stamp() if result.error is None else None
-        with self.state.transaction():
+        stamp = (self._stamp_after_execute(local_folder, scanned_stamp, fstate.id)
+                 if result.error is None else None)
+        with self.state.transaction():  # one commit for both
             self.state.set_cursors(fstate.id, uidvalidity=info.uidvalidity,
                                    uidnext=info.uidnext, highestmodseq=info.highestmodseq,
                                    last_sync=self.clock())
             self.state.set_local_stamp(fstate.id, stamp)
         checkpoint("folder.cursors")
         return result
+
+    def _stamp_after_execute(self, folder: MaildirFolder, scanned: str | None,
+                             fid: int) -> str | None:
+        """The stamp to record once the plan is executed. The one taken before the scan holds
+        if the directories have not changed since. If they have (this sync's own renames,
+        deliveries and removals, or a mail reader's), one more look tells which: the files
+        exactly the synced ones means nothing is left to do, and a stamp taken before that
+        look holds; otherwise the stamp from before the scan makes the next sync look.
+        Either way syncd's own changes cost at most one scan more, never one per sync."""
+        if _mtimes(folder.stamp()) == _mtimes(scanned):
+            return scanned
+        again = folder.stamp()
+        if files_match(self.state.messages(fid), folder.scan()):
+            return again
+        return scanned
 
     def _unchanged(self, fstate: FolderState, status: FolderStatus,
                    synced: list[SyncedMessage], entries: dict[str, LocalEntry],

@@ -118,9 +118,10 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
         # The directories' mtimes do not vouch for the folder (a change, or a stamp taken
         # within a second of the last one): look at the files, as the engine would, and take
         # a new stamp if they are the synced ones (the next sync then needs only the stats).
+        stamp = local.stamp()  # before the look it vouches for (issue 16)
         if not local.exists() or not files_match(state.messages(fstate.id), local.scan()):
             return _full(account, f"{folder.name!r} changed locally")
-        restamped.append((fstate.id, local.stamp()))
+        restamped.append((fstate.id, stamp))
     with state.transaction():  # one commit
         state.set_last_sync(untouched + [fid for fid, _ in restamped], clock())
         for fid, stamp in restamped:

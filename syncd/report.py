@@ -56,6 +56,8 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             "last_attempt": entry.get("last_attempt"),
             "error": entry.get("error"),
             "connection": entry.get("connection", "unknown"),
+            # Set while the daemon waits for the account's lock (a `syncd sync` holds it).
+            "waiting": entry.get("waiting"),
             "folders": {},
         }
         saved_folders = entry.get("folders", {})
@@ -125,7 +127,8 @@ def render_status(data: dict[str, Any], stream: TextIO) -> None:
         table.add_column(column)
     for name, account in data["accounts"].items():
         table.add_row(name, "", _when(account.get("last_sync")), "", "",
-                      account.get("error") or account.get("connection") or "")
+                      account.get("waiting") or account.get("error")
+                      or account.get("connection") or "")
         for folder, info in account["folders"].items():
             pending = info["pending"]
             pending_text = " ".join(f"{k} {v}" for k, v in pending.items() if v) or "-"

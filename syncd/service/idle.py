@@ -4,6 +4,7 @@ they only tell the account's worker which folder changed."""
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import logging
 import socket
 import threading
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from syncd.errors import AccountError
 from syncd.providers import PAUSES
+from syncd.service.health import Heartbeat
 from syncd.service.worker import AUTH_RETRY, next_backoff
 
 if TYPE_CHECKING:
@@ -101,6 +103,8 @@ class IdleWatcher(threading.Thread):
         self._reconnect = threading.Event()
         self.session: ImapSession | None = None
         self.state = "starting"
+        # Beats at least every POLL_STEP while IDLE or a backoff runs (service/health.py).
+        self.heartbeat = Heartbeat(f"IDLE {account.name}/{folder}")
 
     def stop(self) -> None:
         self._halt.set()
@@ -123,6 +127,7 @@ class IdleWatcher(threading.Thread):
         while not self._halt.is_set():
             try:
                 self._reconnect.clear()
+                self.heartbeat.beat("connecting")
                 self.session = self.connect()
                 sock = self.session.client.socket()
                 enable_keepalive(sock)
@@ -158,15 +163,32 @@ class IdleWatcher(threading.Thread):
     def _choose_mode(self) -> str:
         assert self.session is not None
         mode = "notify" if self.allow_notify and self.session.has("NOTIFY") else "idle"
-        if mode == "notify":
-            self.session.notify_every_folder()
+        if mode == "notify" and not self._notify_accepted():
+            mode = "idle"
         if self.mode is None and self.on_mode is not None:
             self.on_mode(mode)
         self.mode = mode
         return mode
 
+    def _notify_accepted(self) -> bool:
+        """NOTIFY SET on this connection. A server that advertises NOTIFY and then refuses it
+        (NO or BAD; a proxy, a misconfigured plugin) gets IDLE on the `idle:` folders for
+        good, as a server without NOTIFY: retrying NOTIFY would leave no push at all."""
+        assert self.session is not None
+        try:
+            self.session.notify_every_folder()
+        except imaplib.IMAP4.abort:
+            raise  # the connection, not the command: reconnect as usual
+        except (AccountError, imaplib.IMAP4.error) as exc:
+            log.warning("%s: the server offers NOTIFY but refused it (%s); watching the "
+                        "`idle:` folders with IDLE instead", self.account.name, exc)
+            self.allow_notify = False
+            return False
+        return True
+
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
+        self.heartbeat.waiting("waiting to reconnect")
         while not self._halt.is_set() and not self._reconnect.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -197,7 +219,12 @@ class IdleWatcher(threading.Thread):
             while not changed and not self._halt.is_set() and not self._reconnect.is_set():
                 if time.monotonic() - started > renew or stream.ended is not None:
                     break  # re-issue IDLE (the server's limit, or it ended IDLE itself)
-                for response in stream.check(POLL_STEP):
+                # Waiting for the server on purpose (bounded by the timeout); busy again, and
+                # so watched for getting stuck, as soon as it hands us something.
+                self.heartbeat.waiting("idling")
+                responses = stream.check(POLL_STEP)
+                self.heartbeat.beat("handling IDLE responses")
+                for response in responses:
                     if is_change(response):
                         changed.add(changed_folder(response) or self.folder)
             # Responses that arrive while DONE is on its way come back from done():

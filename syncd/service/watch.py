@@ -4,14 +4,19 @@ and needs no filtering."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from syncd.service.health import Heartbeat
 
 log = logging.getLogger("syncd.watch")
 
@@ -20,12 +25,21 @@ DEBOUNCE = 0.3
 
 
 class MaildirEventHandler(FileSystemEventHandler):
+    """Runs in watchdog's dispatcher thread. Under watchdog <= 6 that thread holds the
+    observer's lock while it calls us, so nothing here may wait for a lock that is held while
+    calling into the observer (see MaildirWatcher.set_account)."""
+
     def __init__(self, lookup: Callable[[str], tuple[str, str] | None],
-                 on_change: Callable[[str, str], None]) -> None:
+                 on_change: Callable[[str, str], None], heartbeat: Heartbeat,
+                 canary_dir: str | None = None) -> None:
         self.lookup = lookup
         self.on_change = on_change
+        self.heartbeat = heartbeat
+        self.canary_dir = canary_dir
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # Any event proves the dispatcher alive; the canary's exist for nothing else.
+        self.heartbeat.waiting("watching")
         if event.is_directory or event.event_type in ("opened", "closed", "closed_no_write"):
             return
         paths = [event.src_path]
@@ -35,27 +49,62 @@ class MaildirEventHandler(FileSystemEventHandler):
         for raw in paths:
             path = os.fsdecode(raw)
             name = os.path.basename(path)
-            if name.startswith("."):
+            directory = os.path.dirname(path)
+            if name.startswith(".") or directory == self.canary_dir:
                 continue
-            target = self.lookup(os.path.dirname(path))
+            target = self.lookup(directory)
             if target is not None:
                 self.on_change(*target)
 
 
 class MaildirWatcher:
-    """Watches the cur/ and new/ directories of every synced folder of every account."""
+    """Watches the cur/ and new/ directories of every synced folder of every account.
 
-    def __init__(self, on_change: Callable[[str, str], None]) -> None:
+    Two locks, never nested the other way round: ``_schedule_lock`` serialises the changes to
+    the set of watches (workers of several accounts call set_account) and is held while calling
+    into the observer; ``_lock`` guards only the directory map the handler reads, and is never
+    held while calling into the observer. watchdog's dispatcher thread holds the observer's
+    lock while it runs the handler (up to watchdog 6), and schedule() takes that lock too:
+    holding ``_lock`` around schedule() deadlocked both threads for good (issue 16)."""
+
+    def __init__(self, on_change: Callable[[str, str], None], *,
+                 canary_dir: Path | None = None) -> None:
         self._on_change = on_change
         self._lock = threading.Lock()
+        self._schedule_lock = threading.Lock()
         self._dirs: dict[str, tuple[str, str]] = {}  # ".../Folder/cur" -> (account, folder)
-        self._watches: dict[str, object] = {}
+        self._watches: dict[str, ObservedWatch] = {}  # under _schedule_lock only
         self._observer = Observer()
         self._observer.daemon = True
-        self._handler = MaildirEventHandler(self._lookup, on_change)
+        self.heartbeat = Heartbeat("filesystem watcher")
+        self._canary_dir = canary_dir
+        self._handler = MaildirEventHandler(self._lookup, on_change, self.heartbeat,
+                                            str(canary_dir) if canary_dir else None)
 
     def start(self) -> None:
         self._observer.start()
+        self.heartbeat.waiting("watching")
+        if self._canary_dir is not None:
+            try:
+                self._canary_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with self._schedule_lock:
+                    self._observer.schedule(self._handler, str(self._canary_dir),
+                                            recursive=False)
+            except OSError as exc:
+                log.warning("cannot watch %s: %s", self._canary_dir, exc)
+                self._canary_dir = None
+
+    def probe(self) -> None:
+        """Make an event the dispatcher must deliver: if it does not within the stale
+        threshold, the heartbeat goes stale (a busy beat now, a waiting one on delivery)."""
+        if self._canary_dir is None:
+            return
+        self.heartbeat.beat("delivering a probe event")
+        try:
+            (self._canary_dir / "probe").write_bytes(b"%d\n" % time.monotonic_ns())
+        except OSError as exc:
+            log.warning("cannot write the watcher probe in %s: %s", self._canary_dir, exc)
+            self.heartbeat.waiting("watching")  # cannot tell; never restart for that
 
     def stop(self) -> None:
         self._observer.stop()
@@ -73,21 +122,29 @@ class MaildirWatcher:
         for folder, local_path in folders.items():
             for sub in ("cur", "new"):
                 wanted[str(Path(local_path) / sub)] = (account, folder)
-        with self._lock:
-            for directory, (owner, _) in list(self._dirs.items()):
-                if owner == account and directory not in wanted:
+        with self._schedule_lock:
+            with self._lock:  # the map first: events of dropped folders stop at once
+                dropped = [d for d, (owner, _) in self._dirs.items()
+                           if owner == account and d not in wanted]
+                for directory in dropped:
                     del self._dirs[directory]
-                    watch = self._watches.pop(directory, None)
-                    if watch is not None:
-                        self._observer.unschedule(watch)
-            for directory, target in wanted.items():
-                self._dirs[directory] = target
+                self._dirs.update(wanted)
+            for directory in dropped:
+                watch = self._watches.pop(directory, None)
+                if watch is not None:
+                    self._unschedule(watch)
+            for directory in wanted:
                 if directory not in self._watches and os.path.isdir(directory):
                     try:
                         self._watches[directory] = self._observer.schedule(
                             self._handler, directory, recursive=False)
                     except OSError as exc:
                         log.warning("cannot watch %s: %s", directory, exc)
+
+    def _unschedule(self, watch: ObservedWatch) -> None:
+        # KeyError: the emitter already ended (its directory was removed).
+        with contextlib.suppress(KeyError):
+            self._observer.unschedule(watch)
 
     def remove_account(self, account: str) -> None:
         self.set_account(account, {})

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from syncd import faults
 from syncd.results import AccountResult
+from syncd.service.health import BeatReporter, Heartbeat
 
 if TYPE_CHECKING:
     from syncd.adapters.state import StateStore
@@ -71,6 +73,8 @@ class AccountWorker(threading.Thread):
         self.connection = "starting"
         self.last_result: AccountResult | None = None
         self.syncs = 0
+        # Beats at every step of a sync, waits on purpose between syncs (service/health.py).
+        self.heartbeat = Heartbeat(f"worker {account.name}")
 
     # --- called from other threads --------------------------------------------------------
     def request(self, folder: str | None = None, reason: str = "", delay: float = 0.0) -> None:
@@ -118,13 +122,21 @@ class AccountWorker(threading.Thread):
                     ready = max(waits)
                     if ready <= now:
                         taken, self._pending = self._pending, Pending()
+                        self.heartbeat.beat("syncing")
                         return taken
+                    self.heartbeat.waiting("waiting to retry" if self._retry_at else "idle")
                     self._cond.wait(ready - now)
                 else:
+                    self.heartbeat.waiting("idle")
                     self._cond.wait()
             return None
 
+    def progress(self, step: str = "") -> None:
+        """The sync moved (a checkpoint, a folder, a download group): a heartbeat."""
+        self.heartbeat.beat(f"syncing: {step}" if step else None)
+
     def run(self) -> None:
+        faults.set_progress(self.progress)
         runner = self._make_runner()
         try:
             while True:
@@ -144,6 +156,7 @@ class AccountWorker(threading.Thread):
                 closer()
 
     def _after(self, result: AccountResult, taken: Pending) -> None:
+        self.heartbeat.beat("recording the result")
         self.syncs += 1
         self.last_result = result
         # A throttling reply (syncd/providers.py) pauses the account however the sync ended.
@@ -213,9 +226,16 @@ class ImapRunner:
             account = self.account
             self._sync = AccountSync(
                 account, state,
-                lambda: ImapSession.connect(account, lambda: get_password(account)))
-            self._sync.should_stop = lambda: self.worker.stopping
+                lambda: ImapSession.connect(account, lambda: get_password(account)),
+                reporter=BeatReporter(self.worker.heartbeat))
+            self._sync.should_stop = self._should_stop
         return self._sync
+
+    def _should_stop(self) -> bool:
+        # Asked between folders and download groups, also by the sync's extra connections'
+        # threads: progress of the account's sync, whichever thread makes it.
+        self.worker.progress()
+        return self.worker.stopping
 
     def __call__(self, folders: frozenset[str] | None) -> AccountResult:
         sync = self._ensure()
