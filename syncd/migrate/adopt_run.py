@@ -95,25 +95,20 @@ def look_at_server(session: ImapSession, names: Sequence[str]) -> dict[str, Serv
 
 
 def _local_identities(path: Path, keys: Sequence[str]) -> dict[str, Identity]:
-    """key -> (Message-ID, size on the server) of the files. mbsync adds an ``X-TUID:``
-    header to every message it downloads: its length is taken off, or no mbsync file would
-    ever match the server's size."""
+    """key -> (Message-ID, size without the fields tools and servers add) of the files:
+    mbsync adds ``X-TUID:`` to every message it downloads (syncd.core.message.IGNORED_FIELDS),
+    so its files never match the server's size as they are."""
     from syncd.adapters.maildir import MaildirFolder
 
     folder = MaildirFolder(path)
     result: dict[str, Identity] = {}
     for key in keys:
         try:
-            message_id, size = folder.header_info(key)
-            with open(folder.path_of(key), "rb") as handle:
-                head = handle.read(65536).split(b"\n\n", 1)[0]
+            header = folder.header_info(key)
         except FileNotFoundError:
             continue
-        for line in head.split(b"\n"):
-            if line.startswith(b"X-TUID: "):
-                size -= len(line) + 2  # with its CRLF, as the size on the server counts
-        if message_id:
-            result[key] = Identity(message_id, size)
+        if header.message_id:
+            result[key] = Identity(header.message_id, header.size - header.trace_bytes)
     return result
 
 
@@ -132,7 +127,8 @@ def pair_remaining(session: ImapSession, adoption: Adoption, tools: Sequence[Too
         info = server[folder.remote_name]
         session.select(folder.remote_name)
         meta = session.fetch_meta(list(info.flags), message_ids=True)
-        remote = {uid: Identity(mid, size) for uid, (size, mid) in meta.items() if mid}
+        remote = {uid: Identity(m.message_id, m.size - m.trace_bytes)
+                  for uid, m in meta.items() if m.message_id}
         keys = sorted(MaildirFolder(folder.local_path).scan())
         local = _local_identities(folder.local_path, keys)
         pair_by_content(folder, by_name[folder.remote_name], local, remote, info)
