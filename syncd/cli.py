@@ -21,9 +21,9 @@ from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
 from syncd.locks import AccountBusy, AccountLock
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings, Settings
-    from syncd.nochange import Probe
-    from syncd.results import AccountResult
+    from syncd.config.load import AccountSettings, Settings
+    from syncd.imap.nochange import Probe
+    from syncd.outcome.results import AccountResult
 
 log = logging.getLogger("syncd")
 
@@ -243,7 +243,7 @@ class _PresetNames:
     shown: every other command, a quick `sync` above all, starts without them."""
 
     def _names(self) -> list[str]:
-        from syncd.presets import ACCOUNT_PRESETS
+        from syncd.config.presets import ACCOUNT_PRESETS
 
         return sorted(ACCOUNT_PRESETS)
 
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from syncd.secrets import redact
+        from syncd.auth.secrets import redact
 
         _complain(f"syncd: internal error: {redact(f'{type(exc).__name__}: {exc}')} "
                   "(run with --debug for details)")
@@ -314,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _complain(text: str, *, priority: int = 3) -> None:
     """An error (or warning) line on stderr: redacted, and under the journal with a syslog
     priority prefix like every log line, so journald files it as an error, not as info."""
+    from syncd.auth.secrets import redact
     from syncd.logs import under_journal
-    from syncd.secrets import redact
 
     prefix = f"<{priority}>" if under_journal(sys.stderr) else ""
     print(f"{prefix}{redact(text)}", file=sys.stderr)
@@ -323,8 +323,8 @@ def _complain(text: str, *, priority: int = 3) -> None:
 
 # --- helpers ------------------------------------------------------------------------------
 def _load(args: argparse.Namespace) -> Settings:
+    from syncd.config.cache import load_settings
     from syncd.logs import setup_logging
-    from syncd.settings import load_settings
 
     settings = load_settings(args.config)
     setup_logging(settings.general.log_level, debug=args.debug)
@@ -344,7 +344,7 @@ def _select_accounts(settings: Settings, names: Sequence[str]) -> list[AccountSe
 def _password_source(account: AccountSettings) -> Callable[[], str]:
     """The account's password, asked for once per run (a password command may prompt, or
     decrypt with gpg, and the no-change check and the sync after it both log in)."""
-    from syncd.secrets import get_password
+    from syncd.auth.secrets import get_password
 
     known: list[str] = []
 
@@ -371,7 +371,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
                    args: argparse.Namespace) -> int:
-    from syncd.adapters import transport
+    from syncd import net as transport
 
     # Each account's lock first: an account that another process is syncing (the daemon, a
     # sync from cron) must not even be dialled or logged in to.
@@ -386,10 +386,10 @@ def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
         if account.protocol == "imap":
             transport.dial_ahead(account)
             if _light_check_allowed(account, args):
-                from syncd.nochange import Probe
+                from syncd.imap.nochange import Probe
 
                 probes[account.name] = Probe(account, passwords[account.name])
-    from syncd.progress import make_reporter
+    from syncd.outcome.progress import make_reporter
 
     reporter = make_reporter(sys.stderr)
     results: list[AccountResult] = []
@@ -452,7 +452,7 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
               probe: Probe | None = None) -> AccountResult:
     """One account's sync, under its lock (taken by the caller; released here, so that a
     daemon waiting for it starts as soon as this account is done, not after every other)."""
-    from syncd.results import AccountResult
+    from syncd.outcome.results import AccountResult
 
     state_dir = settings.general.state_dir
     started = time.time()
@@ -481,7 +481,7 @@ def _sync_one(settings: Settings, account: AccountSettings, args: argparse.Names
 def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Namespace,
                reporter: Any, password: Callable[[], str],
                probe: Probe | None = None) -> AccountResult:
-    from syncd.adapters.state import StateStore
+    from syncd.store.state import StateStore
 
     scratch = None
     state_path = account.state_path
@@ -499,20 +499,20 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
     try:
         result = None
         if probe is not None:
-            from syncd.nochange import sync_if_unchanged
+            from syncd.imap.nochange import sync_if_unchanged
 
             listing = probe.result()
             if not rebuilt:
                 result = sync_if_unchanged(account, state, listing)
             if result is None:
                 # The engine's own connection opens while the engine is imported.
-                from syncd.adapters import transport
+                from syncd import net as transport
 
                 transport.dial_ahead(account)
         if result is None:
-            from syncd.adapters.imap import ImapSession
-            from syncd.engine import AccountSync, SyncOptions
             from syncd.heap import keep_large_blocks_mapped
+            from syncd.imap.account import AccountSync, SyncOptions
+            from syncd.imap.client import ImapSession
 
             keep_large_blocks_mapped()
 
@@ -532,7 +532,7 @@ def _sync_imap(settings: Settings, account: AccountSettings, args: argparse.Name
 def _sync_pop3(settings: Settings, account: AccountSettings,
                args: argparse.Namespace) -> AccountResult:
     from syncd.heap import keep_large_blocks_mapped
-    from syncd.pop3sync import sync_pop3_account
+    from syncd.pop3.fetch import sync_pop3_account
 
     keep_large_blocks_mapped()
     result = sync_pop3_account(settings, account, dry_run=args.dry_run)
@@ -542,13 +542,13 @@ def _sync_pop3(settings: Settings, account: AccountSettings,
 
 
 def _run_new_mail_hook(settings: Settings, result: AccountResult) -> None:
-    from syncd.hooks import run_new_mail_hooks
+    from syncd.service.hooks import run_new_mail_hooks
 
     run_new_mail_hooks(settings.general.on_new_mail, result, wait=True)
 
 
 def _record_status(state_dir: Path, result: AccountResult, started: float) -> None:
-    from syncd.status import record_result
+    from syncd.outcome.status import record_result
 
     record_result(state_dir, result, started=started)
 
@@ -582,7 +582,7 @@ def _send_main(words: list[str]) -> int:
         if parse_args(words[at + 1:]).help:
             print(USAGE)
             return 0
-        from syncd.settings import load_settings
+        from syncd.config.cache import load_settings
 
         settings = load_settings(config)
         return send_command(settings, words[at + 1:], sys.stdin.buffer)
@@ -659,9 +659,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- status -------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _load(args)
-    from syncd.report import gather_status, render_status
+    from syncd.outcome.report import gather_status, render_status
+    from syncd.smtp.commands import queue_summary
 
-    data = gather_status(settings)
+    data = gather_status(settings, queue_summary)
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -689,7 +690,7 @@ def _check_account(account: AccountSettings) -> bool:
         else:
             _check_pop3(account)
     except AccountError as exc:
-        from syncd.secrets import redact
+        from syncd.auth.secrets import redact
 
         detail = redact(str(exc).removeprefix(f"{exc.account}: "))
         print(f"{exc.account}: FAILED ({exc.cause}): {detail}")
@@ -709,11 +710,11 @@ def _tls_label(account: AccountSettings) -> str:
 
 
 def _check_imap(account: AccountSettings) -> None:
-    from syncd.adapters.imap import INTERESTING_CAPABILITIES, ImapSession
-    from syncd.adapters.maildir import Maildir
+    from syncd.config.mutt import _state_folders
     from syncd.core.folders import folder_selected
-    from syncd.folder_map import FolderMap
-    from syncd.muttconfig import _state_folders
+    from syncd.imap.client import INTERESTING_CAPABILITIES, ImapSession
+    from syncd.imap.folder_map import FolderMap
+    from syncd.store.maildir import Maildir
 
     session = ImapSession.connect(account, _password_source(account))
     try:
@@ -724,7 +725,7 @@ def _check_imap(account: AccountSettings) -> None:
                         for c in INTERESTING_CAPABILITIES)
         print(f"  capabilities: {caps}")
         folders = session.list_folders()
-        from syncd.muttconfig import save_roles
+        from syncd.config.mutt import save_roles
 
         save_roles(account, folders)  # Sent/Drafts/Trash for `syncd mutt-config`
         maildir = Maildir(account.maildir, account.layout)
@@ -756,7 +757,7 @@ def _check_imap(account: AccountSettings) -> None:
 
 
 def _check_pop3(account: AccountSettings) -> None:
-    from syncd.adapters.pop3 import Pop3Session
+    from syncd.pop3.client import Pop3Session
 
     session = Pop3Session.connect(account, _password_source(account))
     try:
@@ -780,7 +781,7 @@ def cmd_password(args: argparse.Namespace) -> int:
         raise UsageError("usage: syncd password set ACCOUNT")
     import getpass
 
-    from syncd.secrets import set_password
+    from syncd.auth.secrets import set_password
 
     name = args.account
     try:
@@ -815,13 +816,13 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def _sign_in(account: AccountSettings, browser: bool = False, device: bool = False) -> None:
-    from syncd.oauth import sign_in
-    from syncd.secrets import oauth2_keyring_user
+    from syncd.auth.oauth import sign_in
+    from syncd.auth.secrets import oauth2_keyring_user
 
     options: dict[str, Any] = {}
     choice = True if browser else False if device else None
     if choice is not False and sys.stdin is not None and sys.stdin.isatty():
-        from syncd.oauth import resolve
+        from syncd.auth.oauth import resolve
 
         if choice or resolve(account).default_flow == "browser":
             options["paste"] = sys.stdin
@@ -832,8 +833,8 @@ def _sign_in(account: AccountSettings, browser: bool = False, device: bool = Fal
 
 # --- init ---------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from syncd.config import default_config_path
-    from syncd.initconfig import AccountAnswers, add_account, ask, fill_defaults
+    from syncd.config.init import AccountAnswers, add_account, ask, fill_defaults
+    from syncd.config.load import default_config_path
 
     interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
     if args.address:
@@ -856,11 +857,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     if interactive:
         answers = ask(answers, input, print)
     elif not answers.name:
-        from syncd.initconfig import default_name
+        from syncd.config.init import default_name
 
         answers.name = default_name(answers.email)
     answers = fill_defaults(answers)
-    from syncd.presets import ACCOUNT_PRESETS
+    from syncd.config.presets import ACCOUNT_PRESETS
 
     preset = ACCOUNT_PRESETS.get(answers.provider or "")
     wants_oauth2 = (answers.auth or (preset.auth if preset else "password")) == "oauth2"
@@ -890,7 +891,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             return 0
         _sign_in(account)
     elif account.password_command is None:
-        from syncd.secrets import set_password
+        from syncd.auth.secrets import set_password
 
         if not interactive:
             print(f"next: `syncd password set {account.name}` to store the password, then "
@@ -930,8 +931,8 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from syncd.config import default_config_path
-    from syncd.migrate.importer import run_import
+    from syncd.config.load import default_config_path
+    from syncd.migrate.import_run import run_import
 
     path = (args.config or default_config_path()).expanduser()
     return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
@@ -939,7 +940,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _discover(answers: Any, *, network: bool) -> None:
     """Fill the servers of `syncd init ADDRESS` from discovery, saying where each came from."""
-    from syncd.migrate.discover import discover
+    from syncd.config.discover import discover
 
     found = discover(answers.email, network=network)
     print(f"servers for {answers.email}:")
@@ -963,7 +964,7 @@ def _discover(answers: Any, *, network: bool) -> None:
 def cmd_mutt_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     account = _select_accounts(settings, [args.account])[0]
-    from syncd.muttconfig import render
+    from syncd.config.mutt import render
 
     sys.stdout.write(render(account, args.config.expanduser().absolute()
                             if args.config else None))

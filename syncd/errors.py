@@ -7,10 +7,15 @@ secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from syncd.config import AccountSettings
+
+class _LoginTarget(Protocol):
+    """What login_refused names (an account's settings; errors stays below config)."""
+
+    name: str
+    username: str
+    host: str
 
 
 class SyncdError(Exception):
@@ -53,7 +58,7 @@ class AccountError(SyncdError):
         super().__init__(f"{account}: {message}")
 
 
-def login_refused(account: AccountSettings) -> AccountError:
+def login_refused(account: _LoginTarget) -> AccountError:
     """The server said NO to LOGIN (both IMAP paths report it in the same words)."""
     return AccountError(
         account.name, f"login as {account.username!r} on {account.host} failed: wrong "
@@ -75,6 +80,3 @@ class FolderError(SyncdError):
         self.folder = folder
         super().__init__(f"{account}/{folder}: {message}")
 
-
-class MassDeletionRefused(FolderError):
-    """The mass-deletion guard held: local deletions were not propagated."""

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TextIO
 
-from syncd.secrets import RedactingFilter
+from syncd.auth.secrets import RedactingFilter
 
 # syslog priorities (sd-daemon(3)): journald parses a leading "<N>".
 _PRIORITY = {

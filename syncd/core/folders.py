@@ -1,6 +1,6 @@
 """Which server folders a sync covers, which local folders the server lacks, and when a folder
 can be skipped because neither side changed. Pure: the engine and the no-change check
-(syncd/nochange.py) decide with the same functions.
+(syncd/imap/nochange.py) decide with the same functions.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Nothing here does I/O or reads a clock; the engine gathers the snapshot, calls
 ``plan_folder`` and executes the plan. Everything is O(n) dictionary work plus one sort per
 action kind, so planning stays cheap for large folders.
 
-Decisions worth knowing (DESIGN.md Part 2):
+Decisions worth knowing (docs/architecture.md "What every sync keeps"):
 
 - Flags merge three ways per flag against the last synced flags (``flags.merge``).
 - A deletion on one side beats a flag change on the other, in both directions.

@@ -31,9 +31,9 @@ from syncd.core.model import RemoteFolder, SyncedMessage
 from syncd.errors import AccountError
 
 if TYPE_CHECKING:
-    from syncd.adapters.maildir import Maildir
-    from syncd.adapters.state import StateStore
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
+    from syncd.store.maildir import Maildir
+    from syncd.store.state import StateStore
 
 log = logging.getLogger("syncd.adopt")
 
@@ -187,7 +187,7 @@ def check_place(account: AccountSettings, maildir: Maildir, tool: ToolFolder) ->
     it; else what to change in the config."""
     if maildir.folder_name_of(tool.path) is not None:
         return None
-    from syncd.adapters.maildir import Maildir as MaildirClass
+    from syncd.store.maildir import Maildir as MaildirClass
 
     other = "maildir++" if maildir.layout == "verbatim" else "verbatim"
     if MaildirClass(maildir.root, other).folder_name_of(tool.path) is not None:

@@ -22,10 +22,10 @@ from syncd.migrate.adopt import (
 )
 
 if TYPE_CHECKING:
-    from syncd.adapters.imap import ImapSession
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
     from syncd.core.folders import Namespace
     from syncd.core.model import RemoteFolder
+    from syncd.imap.client import ImapSession
 
 TOOLS = ("mbsync", "offlineimap")
 
@@ -98,7 +98,7 @@ def _local_identities(path: Path, keys: Sequence[str]) -> dict[str, Identity]:
     """key -> (Message-ID, size without the fields tools and servers add) of the files:
     mbsync adds ``X-TUID:`` to every message it downloads (syncd.core.message.IGNORED_FIELDS),
     so its files never match the server's size as they are."""
-    from syncd.adapters.maildir import MaildirFolder
+    from syncd.store.maildir import MaildirFolder
 
     folder = MaildirFolder(path)
     result: dict[str, Identity] = {}
@@ -117,8 +117,8 @@ def pair_remaining(session: ImapSession, adoption: Adoption, tools: Sequence[Too
     """Folders whose UIDs could not be used: pair by Message-ID and size now (headers only),
     so that no message is downloaded again even where the next sync's size check would not
     see through another tool's added header."""
-    from syncd.adapters.maildir import MaildirFolder
     from syncd.migrate.adopt import pair_by_content
+    from syncd.store.maildir import MaildirFolder
 
     by_name = {t.remote_name: t for t in tools}
     for folder in adoption.folders:
@@ -137,10 +137,10 @@ def pair_remaining(session: ImapSession, adoption: Adoption, tools: Sequence[Too
 def adopt(account: AccountSettings, password: Callable[[], str], *, tool: str = "auto",
           rc: Path | None = None, dry_run: bool = False) -> tuple[Adoption, list[str]]:
     """Adopt the account's Maildir; returns the adoption and the lines describing it."""
-    from syncd.adapters.imap import ImapSession
-    from syncd.adapters.maildir import Maildir
-    from syncd.adapters.state import StateStore
     from syncd.core.folders import folder_selected
+    from syncd.imap.client import ImapSession
+    from syncd.store.maildir import Maildir
+    from syncd.store.state import StateStore
 
     if account.protocol != "imap":
         raise UsageError(f"{account.name}: adopt is for IMAP accounts")

@@ -9,13 +9,12 @@ over an existing account of the same name.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from syncd.errors import ConfigError, UsageError
+from syncd.errors import ConfigError
 
 # The partial-mirror / policy keys of the contract (Part 1b) are not built yet: settings that
 # map onto them are reported with this reason.
@@ -44,7 +43,7 @@ def account_name(text: str) -> str:
 # --- YAML text --------------------------------------------------------------------------------
 
 def render(account: ImportedAccount, indent: str = "  ") -> str:
-    from syncd.initconfig import _scalar
+    from syncd.config.init import _scalar
 
     inner = indent * 2 if len(indent) <= 4 else indent + "  "
     lines = [f"{indent}{account.name}:", f"{inner}# imported from {account.source}"]
@@ -64,7 +63,7 @@ def render(account: ImportedAccount, indent: str = "  ") -> str:
 def _flow(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
-    from syncd.initconfig import _scalar
+    from syncd.config.init import _scalar
 
     return _scalar(value)
 
@@ -72,8 +71,8 @@ def _flow(value: Any) -> str:
 def add_accounts(path: Path, accounts: list[ImportedAccount]) -> tuple[list[str], list[str]]:
     """Insert the accounts into the config at ``path``; returns (added, skipped) names. The
     result is validated as a whole before the file is replaced (atomically)."""
-    from syncd.config import parse_config
-    from syncd.initconfig import _HEADER, _accounts_insertion, _bare_accounts, _write_atomically
+    from syncd.config.init import _HEADER, _accounts_insertion, _bare_accounts, _write_atomically
+    from syncd.config.load import parse_config
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -114,42 +113,3 @@ def add_accounts(path: Path, accounts: list[ImportedAccount]) -> tuple[list[str]
                               str(exc).removeprefix("config error: ")) from None
         _write_atomically(path, text, exists)
     return added, skipped
-
-
-def run_import(tool: str, file: Path | None, config_path: Path, *, dry_run: bool,
-               out: TextIO) -> int:
-    source = file or Path(os.path.expanduser("~/.mbsyncrc" if tool == "mbsync"
-                                             else "~/.offlineimaprc"))
-    if not source.is_file():
-        raise UsageError(f"no {tool} config at {source}; give its path: syncd import {tool} FILE")
-    try:
-        if tool == "mbsync":
-            from syncd.migrate.import_mbsync import import_mbsync
-
-            accounts = import_mbsync(source)
-        else:
-            from syncd.migrate.import_offlineimap import import_offlineimap
-
-            accounts = import_offlineimap(source)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    if not accounts:
-        print(f"{source}: no IMAP-to-Maildir account found; nothing to import", file=out)
-        return 0
-    if dry_run:
-        for account in accounts:
-            out.write(render(account))
-        print(f"(dry run: {config_path} not changed)", file=out)
-        return 0
-    added, skipped = add_accounts(config_path, accounts)
-    for account in accounts:
-        if account.name in skipped:
-            print(f"{account.name}: already in {config_path}; not overwritten", file=out)
-            continue
-        print(f"{account.name}: added to {config_path} (from {account.source})", file=out)
-        for note in account.not_carried:
-            print(f"  {note}", file=out)
-    if added:
-        print("next: `syncd adopt NAME` to take over the Maildir with no download, then "
-              "`syncd sync NAME`", file=out)
-    return 0

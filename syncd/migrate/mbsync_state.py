@@ -192,7 +192,7 @@ def places_by_probing(root: Path, folders: Sequence[RemoteFolder],
 
 def read_folder(account: str, remote_name: str, place: Place) -> ToolFolder | None:
     """The evidence for one folder; None when mbsync never synced it (no folder, no state)."""
-    from syncd.adapters.maildir import MaildirFolder
+    from syncd.store.maildir import MaildirFolder
 
     folder = MaildirFolder(place.path)
     if not folder.exists():

@@ -80,7 +80,7 @@ def local_name(folder: RemoteFolder, sep: str) -> str:
 
 def read_folder(account: OfflineimapAccount, folder: RemoteFolder, root: Path
                 ) -> ToolFolder | None:
-    from syncd.adapters.maildir import MaildirFolder
+    from syncd.store.maildir import MaildirFolder
 
     name = local_name(folder, account.sep)
     path = root.joinpath(*name.split("/")) if account.sep == "/" else root / name

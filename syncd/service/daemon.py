@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING
 
 from syncd.core.folders import folder_selected
 from syncd.errors import ConfigError, SyncdError
-from syncd.hooks import HookRunner
 from syncd.locks import AccountBusy, AccountLock, daemon_lock
+from syncd.outcome.status import record_result, update_account
 from syncd.service import sdnotify
 from syncd.service.health import Heartbeat, Stuck, find_stuck, stale_threshold
+from syncd.service.hooks import HookRunner
 from syncd.service.idle import IdleWatcher
 from syncd.service.watch import DEBOUNCE, MaildirWatcher
 from syncd.service.worker import AccountWorker
-from syncd.status import record_result, update_account
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from syncd.config import AccountSettings, Settings
-    from syncd.results import AccountResult
+    from syncd.config.load import AccountSettings, Settings
+    from syncd.outcome.results import AccountResult
 
 log = logging.getLogger("syncd.daemon")
 
@@ -63,8 +63,8 @@ class AccountRuntime:
         self.worker.start()
         self.worker.request(None, "startup")
         if self.account.protocol == "imap":
-            from syncd.adapters.imap import ImapSession
-            from syncd.secrets import get_password
+            from syncd.auth.secrets import get_password
+            from syncd.imap.client import ImapSession
 
             account = self.account
             if not account.idle:
@@ -92,7 +92,7 @@ class AccountRuntime:
         if mode != "idle":
             return
         assert self._watcher is not None
-        from syncd.providers import idle_folders_within_limit
+        from syncd.config.providers import idle_folders_within_limit
 
         watched, polled = idle_folders_within_limit(self.account.host, self.account.connections,
                                                     self.account.idle)
@@ -440,7 +440,7 @@ class Daemon:
             runtime.worker.reconnect_now(reason)
 
     def reload(self) -> None:
-        from syncd.settings import load_settings
+        from syncd.config.cache import load_settings
 
         try:
             settings = load_settings(self.config_path)

@@ -68,8 +68,9 @@ def find_stuck(beats: Iterable[Heartbeat], threshold: float,
 
 
 class BeatReporter:
-    """A progress Reporter (syncd.results) that turns the engine's progress into beats: every
-    folder started and every message downloaded shows that the account's sync moves."""
+    """A progress Reporter (syncd.outcome.results) that turns the engine's progress into
+    beats: every folder started and every message downloaded shows that the account's sync
+    moves."""
 
     def __init__(self, heartbeat: Heartbeat) -> None:
         self.heartbeat = heartbeat

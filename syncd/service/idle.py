@@ -12,19 +12,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from syncd.config.providers import PAUSES
 from syncd.errors import AccountError
-from syncd.providers import PAUSES
 from syncd.service.health import Heartbeat
 from syncd.service.worker import AUTH_RETRY, next_backoff
 
 if TYPE_CHECKING:
-    from syncd.adapters.imap import ImapSession
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
+    from syncd.imap.client import ImapSession
 
 log = logging.getLogger("syncd.idle")
 
 # RFC 2177: servers may drop an IDLE after 30 minutes; re-issue well before. Providers with
-# a shorter limit are in syncd/providers.py (Gmail: about 10 minutes).
+# a shorter limit are in syncd/config/providers.py (Gmail: about 10 minutes).
 IDLE_RENEW = 25 * 60.0
 # How often the IDLE loop wakes to look at the stop flag (no traffic is sent).
 POLL_STEP = 1.0
@@ -32,7 +32,7 @@ POLL_STEP = 1.0
 
 def idle_renew_interval(host: str) -> float:
     """Seconds after which IDLE is ended and issued again on ``host``."""
-    from syncd.providers import provider_for
+    from syncd.config.providers import provider_for
 
     limit = provider_for(host).idle_renew
     return IDLE_RENEW if limit is None else min(IDLE_RENEW, limit)
@@ -83,7 +83,6 @@ class IdleWatcher(threading.Thread):
     def __init__(self, account: AccountSettings, folder: str, *,
                  connect: Callable[[], ImapSession],
                  on_change: Callable[[str, str | None], None],
-                 on_state: Callable[[str, str, str], None] | None = None,
                  on_reconnect: Callable[[str, str | None], None] | None = None,
                  notify: bool = False,
                  on_mode: Callable[[str], None] | None = None) -> None:
@@ -92,7 +91,6 @@ class IdleWatcher(threading.Thread):
         self.folder = folder
         self.connect = connect
         self.on_change = on_change
-        self.on_state = on_state
         self.allow_notify = notify
         self.on_mode = on_mode  # told once whether this watcher runs "notify" or "idle"
         self.mode: str | None = None
@@ -115,8 +113,6 @@ class IdleWatcher(threading.Thread):
 
     def _set_state(self, state: str) -> None:
         self.state = state
-        if self.on_state is not None:
-            self.on_state(self.account.name, self.folder, state)
 
     def run(self) -> None:
         backoff: float | None = None
@@ -196,7 +192,7 @@ class IdleWatcher(threading.Thread):
             self._halt.wait(min(remaining, POLL_STEP))
 
     def _idle_loop(self, notice: str | None) -> None:
-        from syncd.adapters.imap_idle import IdleStream
+        from syncd.imap.idle_stream import IdleStream
 
         assert self.session is not None
         # Not imapclient's idle_check(): it fails on a line that arrives in two TCP segments

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncd import faults
-from syncd.results import AccountResult
+from syncd.outcome.results import AccountResult
 from syncd.service.health import BeatReporter, Heartbeat
 
 if TYPE_CHECKING:
-    from syncd.adapters.state import StateStore
-    from syncd.config import AccountSettings, Settings
-    from syncd.engine import AccountSync
+    from syncd.config.load import AccountSettings, Settings
+    from syncd.imap.account import AccountSync
+    from syncd.store.state import StateStore
 
 log = logging.getLogger("syncd.worker")
 
@@ -30,7 +30,7 @@ AUTH_RETRY = 900.0  # a wrong password is retried slowly, never hammered
 
 def throttle_pause(account: str) -> tuple[float, str] | None:
     """(seconds left, status text) of the pause a throttling reply set, or None."""
-    from syncd.providers import PAUSES, describe_pause
+    from syncd.config.providers import PAUSES, describe_pause
 
     pause = PAUSES.get(account)
     if pause is None:
@@ -159,7 +159,7 @@ class AccountWorker(threading.Thread):
         self.heartbeat.beat("recording the result")
         self.syncs += 1
         self.last_result = result
-        # A throttling reply (syncd/providers.py) pauses the account however the sync ended.
+        # A throttling reply (syncd/config/providers.py) pauses the account however the sync ended.
         paused = throttle_pause(self.account.name)
         if result.error or paused:
             auth = result.error_cause == "auth"
@@ -192,7 +192,7 @@ class AccountWorker(threading.Thread):
         return ImapRunner(self, self.settings, self.account)
 
     def _pop3_runner(self) -> Callable[[frozenset[str] | None], AccountResult]:
-        from syncd.pop3sync import sync_pop3_account
+        from syncd.pop3.fetch import sync_pop3_account
 
         def run(_folders: frozenset[str] | None) -> AccountResult:
             return sync_pop3_account(self.settings, self.account)
@@ -213,10 +213,10 @@ class ImapRunner:
 
     def _ensure(self) -> AccountSync:
         if self._sync is None:
-            from syncd.adapters.imap import ImapSession
-            from syncd.adapters.state import StateStore
-            from syncd.engine import AccountSync
-            from syncd.secrets import get_password
+            from syncd.auth.secrets import get_password
+            from syncd.imap.account import AccountSync
+            from syncd.imap.client import ImapSession
+            from syncd.store.state import StateStore
 
             state, rebuilt = StateStore.open_or_rebuild(self.account.state_path)
             if rebuilt:

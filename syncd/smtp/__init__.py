@@ -1,4 +1,4 @@
-"""The outbox (DESIGN.md Part 1b, "Outbox"): `syncd send` queues a message durably, the daemon,
+"""The outbox (README, "Sending mail"): `syncd send` queues a message durably, the daemon,
 `syncd sync` and `syncd outbox flush` send it exactly once.
 
 - ``queue``: the queue, a Maildir per account under ``<state_dir>/outbox/`` plus one JSON

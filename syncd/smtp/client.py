@@ -16,12 +16,12 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd.adapters.transport import describe_connect_error, ssl_context_for
 from syncd.errors import AccountError
+from syncd.net import describe_connect_error, ssl_context_for
 
 if TYPE_CHECKING:
-    from syncd.oauth import OAuthSasl
-    from syncd.settings import AccountSettings, SmtpSettings
+    from syncd.auth.oauth import OAuthSasl
+    from syncd.config.settings import AccountSettings, SmtpSettings
 
 __all__ = ["Permanent", "SmtpFailure", "Transient", "connect", "reply_text"]
 
@@ -159,7 +159,7 @@ def _login(account: AccountSettings, conn: smtplib.SMTP, password: Callable[[], 
 
 def _oauth2_login(account: AccountSettings, conn: smtplib.SMTP, offered: list[str],
                   username: str) -> None:
-    from syncd.oauth import SaslRejected, choose_mechanism, login_with_oauth2, token_provider
+    from syncd.auth.oauth import SaslRejected, choose_mechanism, login_with_oauth2, token_provider
 
     smtp = _smtp(account)
     mechanism = choose_mechanism(offered)

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import TextIO
 
+from syncd.config.settings import AccountSettings
 from syncd.errors import UsageError
-from syncd.settings import AccountSettings
 from syncd.smtp.queue import Outbox, Record
 
 __all__ = ["drop", "find", "list_outbox", "queue_summary", "retry"]

@@ -28,16 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from syncd.config import presets
 from syncd.errors import AccountError
 from syncd.faults import checkpoint
 from syncd.smtp.client import Permanent, SmtpFailure, Transient, refusal, reply_text
 from syncd.smtp.queue import Outbox, Record
 
 if TYPE_CHECKING:
-    from syncd.adapters.imap import ImapSession
-    from syncd.settings import AccountSettings
+    from syncd.config.settings import AccountSettings
+    from syncd.imap.client import ImapSession
 
-__all__ = ["BACKOFF_CAP", "FlushReport", "flush_account", "retry_delay", "saves_sent"]
+__all__ = ["BACKOFF_CAP", "FlushReport", "flush_account", "retry_delay"]
 
 log = logging.getLogger("syncd.outbox")
 
@@ -80,18 +81,6 @@ def retry_delay(attempts: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_START * 2 ** max(0, attempts - 1))
 
 
-def saves_sent(account: AccountSettings) -> bool:
-    """``save_sent`` resolved: ``auto`` saves unless the provider files sent mail itself."""
-    if account.save_sent != "auto":
-        return account.save_sent == "always"
-    if account.protocol != "imap":
-        return False
-    from syncd.presets import ACCOUNT_PRESETS
-
-    preset = ACCOUNT_PRESETS.get(account.provider or "")
-    return not (preset is not None and preset.files_sent)
-
-
 def flush_account(account: AccountSettings, *, wait: float = 0.0, due_only: bool = False,
                   password: Callable[[], str] | None = None) -> FlushReport:
     """Send what the account's queue holds (``due_only``: what is due by its backoff)."""
@@ -112,7 +101,7 @@ def _password(account: AccountSettings, smtp: bool = False) -> Callable[[], str]
 
     def password() -> str:
         if not known:
-            from syncd.secrets import get_password
+            from syncd.auth.secrets import get_password
 
             command = account.smtp.password_command if smtp and account.smtp else None
             known.append(get_password(account._replace(password_command=command)
@@ -259,7 +248,7 @@ class _Flusher:
     # --- IMAP: the Sent folder ---------------------------------------------------------------
     def _session(self) -> ImapSession:
         if self.imap is None:
-            from syncd.adapters.imap import ImapSession
+            from syncd.imap.client import ImapSession
 
             self.imap = ImapSession.connect(self.account, self.imap_password)
         return self.imap
@@ -307,7 +296,7 @@ class _Flusher:
         return self._sent_folder
 
     def _file_copy(self, record: Record) -> None:
-        if record.saved or not saves_sent(self.account):
+        if record.saved or not presets.saves_sent(self.account):
             return
         folder = self._find_sent_folder(create=True)
         assert folder is not None
@@ -355,7 +344,7 @@ class _Flusher:
 
 
 def _special_sent(session: ImapSession) -> str | None:
-    from syncd.muttconfig import ROLES
+    from syncd.config.mutt import ROLES
 
     folders = [f for f in session.list_folders() if not f.noselect]
     for folder in folders:

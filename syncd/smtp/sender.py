@@ -22,7 +22,7 @@ from syncd.errors import SyncdError
 from syncd.smtp import queue_dir
 
 if TYPE_CHECKING:
-    from syncd.settings import AccountSettings, Settings
+    from syncd.config.settings import AccountSettings, Settings
 
 __all__ = ["OutboxSender"]
 

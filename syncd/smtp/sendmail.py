@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from syncd.errors import SyncdError
 
 if TYPE_CHECKING:
-    from syncd.settings import AccountSettings, Settings
+    from syncd.config.settings import AccountSettings, Settings
 
 __all__ = ["EX_DATAERR", "EX_IOERR", "EX_USAGE", "SendRequest", "SendmailError",
            "choose_account", "parse_args", "read_message", "send_command"]

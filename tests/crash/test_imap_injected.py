@@ -1,5 +1,5 @@
 """Crash tests: an injected crash at every checkpoint of the engine, for scenarios mixing every
-operation (ARCHITECTURE.md, Tests; issue 3, "crash tests").
+operation (docs/architecture.md; issue 3, "crash tests").
 
 The engine calls ``syncd.faults.checkpoint()`` between every I/O step and every state commit.
 For each scenario we first run it once with a recording trace to learn how many checkpoints it
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from syncd import engine, faults
-from syncd.adapters import imap as imap_adapter
+from syncd import faults
 from syncd.faults import InjectedCrash
+from syncd.imap import account as engine
+from syncd.imap import client as imap_adapter
 from tests.crash.crash_support import (
     SCENARIOS,
     Template,

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from syncd import faults
-from syncd.adapters import imap as imap_adapter
+from syncd.imap import client as imap_adapter
 from tests.crash.crash_support import (
     SCENARIOS,
     Template,

@@ -3,7 +3,8 @@ checkpoints with ``SYNCD_CRASH_AT=n``: the process SIGKILLs itself there), then 
 flush. The queue never loses a message, and a message the server recorded is never sent
 twice when the Sent folder can tell (a provider that files sent mail itself). Where syncd
 files the copy itself, the one step that cannot be settled (after the server's 250, before
-the record says "sent") resends once and reports a possible duplicate, as DESIGN.md says.
+the record says "sent") resends once and reports a possible duplicate (README,
+"Sending mail").
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from syncd import faults, pop3sync
-from syncd.config import load_config
+from syncd import faults
+from syncd.config.load import load_config
 from syncd.faults import InjectedCrash
-from syncd.results import AccountResult
+from syncd.outcome.results import AccountResult
+from syncd.pop3 import fetch as pop3sync
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import DownloadFloor
 from tests.support.tcp_proxy import TcpProxy

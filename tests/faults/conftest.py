@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from syncd import faults
-from syncd.adapters import imap as imap_adapter
+from syncd.imap import client as imap_adapter
 from tests.faults.faultlib import FIGURES, SECRETS, write_summary
 
 _scanned = {"files": 0, "tests": 0}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters import maildir as maildir_adapter
+from syncd.store import maildir as maildir_adapter
 from tests.faults.faultlib import (
     compare,
     count_files,

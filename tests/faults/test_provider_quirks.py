@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from syncd import providers
-from syncd.config import load_config
+from syncd.config.load import load_config
+from syncd.imap import providers
 from tests.faults.faultlib import fault, make_account
 from tests.faults.hostile import ImapServer, Msg
 from tests.faults.quirky import MAX_UID, CyrusLike, ExchangeLike, GmailLike
@@ -103,7 +103,7 @@ def test_cyrus_an_expunge_above_the_highest_uid_left_is_seen(tmp_path: Path, dov
 def test_cyrus_fetch_flags_asks_up_to_uidnext(tmp_path: Path, dovecot: Dovecot,
                                               serve) -> None:
     """The fetch that follows a SELECT (not pipelined) bounds the set by the SELECT's UIDNEXT."""
-    from syncd.adapters.imap import ImapSession
+    from syncd.imap.client import ImapSession
 
     server: CyrusLike = serve(CyrusLike, {"INBOX": msgs("INBOX", 4)})
     account = account_on(tmp_path, dovecot, server)
@@ -121,7 +121,7 @@ def test_cyrus_fetch_flags_asks_up_to_uidnext(tmp_path: Path, dovecot: Dovecot,
 
 
 def test_vanished_range() -> None:
-    from syncd.adapters.imap import _vanished_range
+    from syncd.imap.client import _vanished_range
 
     assert _vanished_range(5) == "1:4"
     assert _vanished_range(None) == f"1:{MAX_UID}"
@@ -134,7 +134,7 @@ def test_vanished_range() -> None:
 
 def test_exchange_capabilities_are_asked_again_after_login(tmp_path: Path, dovecot: Dovecot,
                                                           serve) -> None:
-    from syncd.adapters.imap import ImapSession
+    from syncd.imap.client import ImapSession
 
     server: ExchangeLike = serve(ExchangeLike, {"INBOX": msgs("INBOX", 2)})
     account = account_on(tmp_path, dovecot, server)

@@ -1,4 +1,4 @@
-"""Flags the server cannot keep (issue 15 defect 4; DESIGN.md Part 2 item 8), against scripted
+"""Flags the server cannot keep (issue 15 defect 4), against scripted
 servers that fail the way real ones do (tests/faults/limited.py): mailutils refuses any keyword
 with BAD, pymap drops them silently, mailutils with Maildir ignores APPEND's flags, and a
 PERMANENTFLAGS without ``\\*`` allows no keyword at all.

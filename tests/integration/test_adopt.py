@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.state import StateStore
+from syncd.store.state import StateStore
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     Account,

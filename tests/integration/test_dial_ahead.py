@@ -1,5 +1,5 @@
 """`syncd sync` opens each IMAP account's connection (TCP and TLS) in a thread while it is still
-importing the engine and imapclient (syncd.adapters.transport): the session must then run on
+importing the engine and imapclient (syncd.net): the session must then run on
 that very connection, a failure to open it must be reported as connecting on the spot would
 report it (once: no second attempt, no second timeout), and an unused one must be closed."""
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters import transport
-from syncd.adapters.imap import ImapSession
+from syncd import net as transport
+from syncd.config.cache import load_settings
 from syncd.errors import AccountError
-from syncd.settings import load_settings
+from syncd.imap.client import ImapSession
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import REPO, run_subprocess, write_config
 
@@ -127,7 +127,7 @@ def test_sync_uses_one_connection(dovecot: Dovecot, user: User, tmp_path: Path) 
 def test_imapclient_version_without_importlib_metadata() -> None:
     """syncd provides imapclient.version itself (its own lookup imports importlib.metadata
     and scans every installed package): the value must be the real one."""
-    code = ("import sys, syncd.adapters.imap, imapclient\n"
+    code = ("import sys, syncd.imap.client, imapclient\n"
             "assert 'importlib.metadata' not in sys.modules\n"
             "from importlib.metadata import version\n"
             "assert imapclient.__version__ == version('imapclient'), imapclient.__version__\n"

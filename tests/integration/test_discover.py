@@ -17,8 +17,8 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from syncd.config import parse_config
-from syncd.migrate.discover import parse_autoconfig
+from syncd.config.discover import parse_autoconfig
+from syncd.config.load import parse_config
 from tests.support.dovecot import Dovecot
 from tests.support.syncd_env import run_cli
 

@@ -1,4 +1,4 @@
-"""syncd never expunges a message the user did not delete (DESIGN.md Part 2 item 8; issue 15
+"""syncd never expunges a message the user did not delete (issue 15
 defect 1), against a real Dovecot that advertises no UIDPLUS and no MOVE: a plain EXPUNGE
 there removes every message marked \\Deleted, those another client marked and those that
 mutt only marked T (which syncd pushes as \\Deleted) included."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.imap import ImapSession
+from syncd.imap.client import ImapSession
 from tests.integration.test_imap_round_trips import commands
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from imapclient.exceptions import IMAPClientError
 
-from syncd.adapters.imap import ImapSession, raise_refused
-from syncd.config import load_config
+from syncd.config.load import load_config
+from syncd.imap.client import ImapSession, raise_refused
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import write_config
 

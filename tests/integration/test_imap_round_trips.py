@@ -9,8 +9,8 @@ import re
 import time
 from pathlib import Path
 
-from syncd.adapters.imap import ImapSession
-from syncd.config import load_config
+from syncd.config.load import load_config
+from syncd.imap.client import ImapSession
 from tests.support.dovecot import PLAIN_IMAP_CAPABILITY, Dovecot, User, make_message
 from tests.support.syncd_env import run_subprocess, write_config
 
@@ -113,9 +113,9 @@ def test_no_change_sync_imports_neither_validation_nor_planner(dovecot: Dovecot,
     assert out.returncode == 0, out.stdout + out.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "syncd.nochange" in imported  # the measurement sees our imports at all
+    assert "syncd.imap.nochange" in imported  # the measurement sees our imports at all
     # Nothing to do: the no-change check answers without the engine and imapclient.
-    unwanted = {"pydantic", "yaml", "syncd.config", "syncd.core.plan", "syncd.core.actions",
-                "syncd.presets", "rich", "importlib.metadata", "ctypes", "shutil",
-                "syncd.engine", "imapclient", "dataclasses", "concurrent.futures"}
+    unwanted = {"pydantic", "yaml", "syncd.config.load", "syncd.core.plan", "syncd.core.actions",
+                "syncd.config.presets", "rich", "importlib.metadata", "ctypes", "shutil",
+                "syncd.imap.account", "imapclient", "dataclasses", "concurrent.futures"}
     assert not imported & unwanted, sorted(imported & unwanted)

@@ -1,4 +1,5 @@
-"""`syncd sync` for IMAP accounts against the real Dovecot: every behaviour of DESIGN.md Part 2.
+"""`syncd sync` for IMAP accounts against the real Dovecot: every behaviour of
+docs/architecture.md, "What every sync keeps".
 
 Each test ends with an exact comparison of the Maildir and the server (bodies byte for byte
 after CRLF -> LF, flags, no duplicates on either side)."""
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.imap import ImapSession, MessageMeta
+from syncd.imap.client import ImapSession, MessageMeta
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     Account,
@@ -354,7 +355,7 @@ def test_no_change_sync_reads_neither_maildir_nor_messages(
         dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With CONDSTORE and untouched Maildir directories a sync does no per-message work at
     all; a change made right after a sync (same second) is still seen."""
-    from syncd.adapters.maildir import MaildirFolder
+    from syncd.store.maildir import MaildirFolder
 
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(30)])
     account = write_config(tmp_path, dovecot, user)
@@ -422,7 +423,7 @@ def test_incremental_changes_in_several_folders_run_side_by_side(
         dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Changes in two or more big folders: each gets its own connection (engine
     BUSY_FOLDER_MESSAGES), every change on both sides lands, and nothing is done twice."""
-    from syncd import engine
+    from syncd.imap import account as engine
 
     monkeypatch.setattr(engine, "BUSY_FOLDER_MESSAGES", 10)
     big = ("INBOX", "Archive", "Lists/python")

@@ -1,4 +1,4 @@
-"""The no-change check of `syncd sync` (syncd/nochange.py) against the real Dovecot: with
+"""The no-change check of `syncd sync` (syncd/imap/nochange.py) against the real Dovecot: with
 nothing to do, one login, one LIST-STATUS and no engine; with anything to do on either side,
 the full sync runs after it and does it.
 
@@ -152,7 +152,7 @@ def test_right_after_a_sync_the_files_are_looked_at_without_the_engine(
 
 def test_an_interrupted_transfer_is_finished_by_the_full_sync(dovecot: Dovecot, user: User,
                                                               tmp_path: Path) -> None:
-    from syncd.adapters.state import StateStore
+    from syncd.store.state import StateStore
 
     account = settled(dovecot, user, tmp_path)
     store = StateStore(account.state_dir / f"{account.name}.sqlite3")

@@ -22,11 +22,11 @@ from pathlib import Path
 import keyring
 import pytest
 
-from syncd import oauth
-from syncd.adapters.imap import ImapSession
-from syncd.adapters.pop3 import Pop3Session
-from syncd.config import AccountSettings, load_config
+from syncd.auth import oauth
+from syncd.config.load import AccountSettings, load_config
 from syncd.errors import AccountError
+from syncd.imap.client import ImapSession
+from syncd.pop3.client import Pop3Session
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.fake_idp import FakeIdP, follow_redirects
 from tests.support.file_keyring import FileKeyring, read_all
@@ -358,7 +358,7 @@ def test_refresh_after_a_rejected_token(tmp_path: Path, servers: dict[str, Dovec
         except BaseException as exc:
             errors.append(exc)
 
-    with caplog.at_level(logging.INFO, logger="syncd.oauth"):
+    with caplog.at_level(logging.INFO, logger="syncd.auth.oauth"):
         threads = [threading.Thread(target=connect) for _ in range(4)]
         for thread in threads:
             thread.start()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.pop3 import Pop3Session
-from syncd.config import Settings, load_config
-from syncd.pop3sync import sync_pop3_account
-from syncd.results import AccountResult
+from syncd.config.load import Settings, load_config
+from syncd.outcome.results import AccountResult
+from syncd.pop3.client import Pop3Session
+from syncd.pop3.fetch import sync_pop3_account
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import run_cli
 from tests.support.tcp_proxy import TcpProxy

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.imap import ImapSession
+from syncd.imap.client import ImapSession
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import Account, local_files, sync, write_config
 

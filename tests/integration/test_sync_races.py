@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from syncd import faults
-from syncd.adapters.maildir import MaildirFolder
 from syncd.locks import AccountLock
+from syncd.store.maildir import MaildirFolder
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
     Account,

@@ -2,7 +2,8 @@
 tests/support/servers — Dovecot (full, Exchange-like, Gmail-like, bare IMAP4rev1, INBOX.
 namespace), Cyrus imapd, Courier-IMAP, GNU mailutils imap4d, pymap — with the real CLI.
 
-Each test asserts the behaviour the contract promises (DESIGN.md, Part 2), on every server:
+Each test asserts the behaviour the contract promises (docs/architecture.md, "What every sync
+keeps"), on every server:
 nothing lost, nothing duplicated, idempotent, flags merged, deletions and new files both ways,
 folders shown locally without the server's namespace prefix. A failure here is a finding about
 syncd on that server (the harness's own failures say "harness"). The first three tests are the

@@ -115,6 +115,10 @@ accounts:
     leave_on_server: false   # download, then delete from the server (the default)
     poll_interval: 10m
 """
+    # 0600 from the start: the file names a password_command, and syncd warns about a config
+    # that others can read.
+    demo.config.touch(mode=0o600)
+    demo.config.chmod(0o600)
     demo.config.write_text(text)
     return demo.config
 

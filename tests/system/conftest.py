@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 
-STOP_LIMIT = 5.0  # SIGTERM -> exit 0 within this many seconds (DESIGN.md)
+STOP_LIMIT = 5.0  # SIGTERM -> exit 0 within this many seconds (the README's contract)
 
 StartDaemon = Callable[..., DaemonProcess]
 

@@ -38,7 +38,7 @@ from tests.support.syncd_env import (
 )
 from tests.support.tcp_proxy import TcpProxy
 
-STOP_LIMIT = 5.0  # SIGTERM -> exit 0 within this many seconds (DESIGN.md)
+STOP_LIMIT = 5.0  # SIGTERM -> exit 0 within this many seconds (the README's contract)
 EVENT_LIMIT = 5.0  # a generous bound on one real-time event; the targets are far lower
 
 StartDaemon = Callable[..., DaemonProcess]

@@ -17,7 +17,7 @@ from pathlib import Path
 import keyring
 import pytest
 
-from syncd.presets import ACCOUNT_PRESETS
+from syncd.config.presets import ACCOUNT_PRESETS
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.file_keyring import FileKeyring, read_all
 from tests.support.syncd_env import REPO, run_cli

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.transport import _hashed_system_capath
+from syncd.net import _hashed_system_capath
 from tests.support.dovecot import Dovecot, User
 from tests.support.syncd_env import REPO
 

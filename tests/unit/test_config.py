@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import (
+from syncd.config.load import (
     Settings,
     build_account,
     default_config_path,

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters.imap import parse_namespace, refusal_text
-from syncd.adapters.imap_probe import _parse_namespace
-from syncd.adapters.maildir import Maildir
 from syncd.core.folders import (
     NO_NAMESPACE,
     Namespace,
@@ -22,8 +19,11 @@ from syncd.core.folders import (
 )
 from syncd.core.model import RemoteFolder
 from syncd.errors import FolderError
-from syncd.folder_map import FolderMap
-from syncd.refusals import MAX_REFUSALS_IN_A_ROW, RefusedUploads, subject_of
+from syncd.imap.client import parse_namespace, refusal_text
+from syncd.imap.folder_map import FolderMap
+from syncd.imap.probe import _parse_namespace
+from syncd.imap.refusals import MAX_REFUSALS_IN_A_ROW, RefusedUploads, subject_of
+from syncd.store.maildir import Maildir
 
 COURIER = Namespace("INBOX.", ".")
 

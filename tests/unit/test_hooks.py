@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from syncd.hooks import HookRunner, run_new_mail_hooks
-from syncd.results import AccountResult, FolderResult
+from syncd.outcome.results import AccountResult, FolderResult
+from syncd.service.hooks import HookRunner, run_new_mail_hooks
 from tests.support.daemon import wait_until
 
 

@@ -1,4 +1,4 @@
-"""The IDLE reader (syncd/adapters/imap_idle.py) against a scripted server on loopback, plain
+"""The IDLE reader (syncd/imap/idle_stream.py) against a scripted server on loopback, plain
 and over TLS: responses that arrive in pieces (a line cut in two TCP segments or TLS records,
 a literal cut in its middle), several at once, untagged responses before the "+", a server
 that ends IDLE by itself, a server that hangs up mid-line, and ReplyGuard's limits during IDLE.
@@ -22,8 +22,8 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from syncd.adapters.imap import LITERAL_LIMIT, ReplyGuard
-from syncd.adapters.imap_idle import IdleStream
+from syncd.imap.client import LITERAL_LIMIT, ReplyGuard
+from syncd.imap.idle_stream import IdleStream
 from syncd.service.idle import changed_folder, is_change
 
 PAUSE = 0.05  # between the pieces of a response: long enough to be separate reads

@@ -1,4 +1,4 @@
-"""The no-change check's reading of LIST and STATUS replies (syncd/adapters/imap_probe.py):
+"""The no-change check's reading of LIST and STATUS replies (syncd/imap/probe.py):
 the same names as imapclient gives the engine, and "cannot tell" (None) for anything else."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from imapclient.imap_utf7 import decode as imapclient_decode
 from imapclient.imap_utf7 import encode as imapclient_encode
 
-from syncd.adapters.imap_probe import _parse_list, _parse_statuses, decode_folder_name
 from syncd.core.model import FolderStatus, RemoteFolder
+from syncd.imap.probe import _parse_list, _parse_statuses, decode_folder_name
 
 NAMES = ["INBOX", "Sent Items", "Überweisungen", "Entwürfe/2024", "a&b", "&", "日本語",
          "Lists/python", "emoji 📬 box", "[Gmail]/All Mail", "~peter/mail/台北/日本語",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from syncd.config import parse_config
+from syncd.config.load import parse_config
 from syncd.migrate.import_mbsync import import_mbsync
 from syncd.migrate.import_offlineimap import import_offlineimap, password_eval_command
 from syncd.migrate.mbsyncrc import MbsyncrcError, parse_mbsyncrc, split_args

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from imapclient.datetime_util import datetime_to_INTERNALDATE, parse_to_datetime
 
-from syncd.adapters.imap import parse_internaldate
+from syncd.imap.client import parse_internaldate
 
 
 @pytest.mark.parametrize("text", [b"17-Jul-1996 02:44:25 -0700", b" 5-Mar-2024 10:11:12 +0100",

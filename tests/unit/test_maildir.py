@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.adapters import maildir as md
-from syncd.adapters.maildir import (
+from syncd.store import maildir as md
+from syncd.store.maildir import (
     LocalEntry,
     Maildir,
     MaildirFolder,

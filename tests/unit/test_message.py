@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.adapters.maildir import lf_to_crlf
 from syncd.core.message import (
     body_digest,
     body_start,
@@ -16,6 +15,7 @@ from syncd.core.message import (
     parse_message_id,
     trace_bytes,
 )
+from syncd.store.maildir import lf_to_crlf
 
 
 @pytest.mark.parametrize(("header", "expected"), [

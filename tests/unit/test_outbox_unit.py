@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import parse_config
+from syncd.config.load import parse_config
+from syncd.config.presets import saves_sent
 from syncd.smtp import has_mail
-from syncd.smtp.flush import retry_delay, saves_sent
+from syncd.smtp.flush import retry_delay
 from syncd.smtp.message import BadMessage, prepare
 from syncd.smtp.queue import Outbox, Record
 from syncd.smtp.sendmail import (

@@ -263,7 +263,7 @@ class SyncMachine(RuleBasedStateMachine):
         """A different message under a Message-ID that already exists (an edited draft):
         never to be paired with the other. Its size differs from every other message's under
         that ID by more than any copy's form (same ID and size is the one case that pairs
-        on sizes alone, as DESIGN.md Part 2.4 accepts)."""
+        on sizes alone, as docs/architecture.md "What every sync keeps" accepts)."""
         mids = sorted({m.message_id for m in [*self.server.values(), *self.local.values()]
                        if m.message_id})
         if not mids:

@@ -24,16 +24,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.adapters.pop3 import (
+from syncd.config.load import AccountSettings, Settings, parse_config
+from syncd.errors import AccountError
+from syncd.pop3.client import (
     _BOL,
     Pop3ConnectionLost,
     Pop3ProtocolError,
     Pop3Session,
     _scan,
 )
-from syncd.config import AccountSettings, Settings, parse_config
-from syncd.errors import AccountError
-from syncd.pop3sync import _Counter, _crlf_to_lf, sync_pop3_account
+from syncd.pop3.fetch import _Counter, _crlf_to_lf, sync_pop3_account
 
 # ---------------------------------------------------------------------------------------------
 # the scanner

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from syncd import oauth
-from syncd.config import AccountSettings, parse_config
+from syncd.auth import oauth
+from syncd.config.init import AccountAnswers, account_block, add_account, fill_defaults
+from syncd.config.load import AccountSettings, parse_config
+from syncd.config.presets import (
+    ACCOUNT_PRESETS,
+    OAUTH2_PROVIDERS,
+    guess_servers,
+    preset_for_address,
+)
 from syncd.errors import ConfigError
-from syncd.initconfig import AccountAnswers, account_block, add_account, fill_defaults
-from syncd.presets import ACCOUNT_PRESETS, OAUTH2_PROVIDERS, guess_servers, preset_for_address
 
 
 def account(body: str, name: str = "a") -> AccountSettings:
@@ -214,7 +219,7 @@ def test_sasl_responses() -> None:
         b"n,a=a=2Cb=3Dc,\x01host=imap.example.com\x01port=993\x01auth=Bearer tok\x01\x01")
     assert bearer.error_response() == b"\x01"
     # the base64 spelling is registered as a secret, for --debug traces
-    from syncd.secrets import redact
+    from syncd.auth.secrets import redact
 
     line = base64.b64encode(bearer.initial_response("me")).decode()
     assert redact(f"> {line}") == "> ***"
@@ -350,7 +355,7 @@ def scripted(replies: list[str]) -> tuple[list[str], object]:
 
 
 def test_init_questions_for_an_oauth2_preset() -> None:
-    from syncd.initconfig import ask
+    from syncd.config.init import ask
 
     asked, prompt = scripted(["me@contoso.com", "work", "office365", "", "", "app-id-1"])
     said: list[str] = []
@@ -373,7 +378,7 @@ def test_init_questions_for_an_oauth2_preset() -> None:
 
 
 def test_init_questions_repeat_until_valid() -> None:
-    from syncd.initconfig import ask
+    from syncd.config.init import ask
 
     _asked, prompt = scripted(["not an address", "me@example.org", "bad name!", "ok",
                               "aol", "other", "smtp", "imap", "", "", ""])

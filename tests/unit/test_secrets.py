@@ -13,16 +13,16 @@ import keyring.backend
 import keyring.errors
 import pytest
 
-from syncd import secrets
-from syncd.config import AccountSettings, build_account
-from syncd.errors import SecretError
-from syncd.secrets import (
+from syncd.auth import secrets
+from syncd.auth.secrets import (
     RedactingFilter,
     get_password,
     redact,
     register_secret,
     set_password,
 )
+from syncd.config.load import AccountSettings, build_account
+from syncd.errors import SecretError
 
 SECRET = "s3cr3t-Pa55word"
 

@@ -1,5 +1,5 @@
-"""syncd.settings.load_settings: the cache of validated config files is only ever faster,
-never different, from validating the file (syncd.config.load_config)."""
+"""syncd.config.settings.load_settings: the cache of validated config files is only ever faster,
+never different, from validating the file (syncd.config.load.load_config)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from syncd.config import load_config
+from syncd.config.cache import load_settings
+from syncd.config.load import load_config
 from syncd.errors import ConfigError
-from syncd.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,10 +85,10 @@ def test_a_cache_hit_needs_neither_pydantic_nor_yaml(env: Path) -> None:
     load_settings(env)
     code = textwrap.dedent(f"""
         import sys
-        from syncd.settings import load_settings
+        from syncd.config.cache import load_settings
         settings = load_settings({str(env)!r})
         assert list(settings.accounts) == ["work", "google", "isp"], settings
-        print(sorted(m for m in ("pydantic", "yaml", "syncd.config") if m in sys.modules))
+        print(sorted(m for m in ("pydantic", "yaml", "syncd.config.load") if m in sys.modules))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=os.environ.copy())
@@ -156,7 +156,7 @@ def test_an_unwritable_cache_dir_only_costs_speed(env: Path) -> None:
 
 def test_code_changes_invalidate_the_cache(env: Path, tmp_path: Path) -> None:
     # The key covers syncd's validation code: a new syncd with new defaults re-validates.
-    from syncd import settings as module
+    from syncd.config import settings as module
 
     load_settings(env)
     [entry] = entries(env)
@@ -175,7 +175,7 @@ def test_the_readable_by_others_warning_comes_on_cache_hits_too(
         env: Path, caplog: pytest.LogCaptureFixture) -> None:
     load_settings(env)
     env.chmod(0o644)
-    with caplog.at_level("WARNING", logger="syncd.config"):
+    with caplog.at_level("WARNING", logger="syncd.config.load"):
         load_settings(env)  # the chmod changed no content: a cache hit
     assert "readable by other users" in caplog.text
     assert "accounts.work.password_command" in caplog.text

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from syncd.adapters import state as state_mod
-from syncd.adapters.state import (
+from syncd.core.model import SyncedMessage
+from syncd.store import state as state_mod
+from syncd.store.state import (
     SCHEMA_VERSION,
     FolderState,
     Intent,
@@ -22,7 +23,6 @@ from syncd.adapters.state import (
     StateStore,
     StateTooNew,
 )
-from syncd.core.model import SyncedMessage
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from syncd.errors import SecretError
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
 
 def _keyring() -> ModuleType:
     """Imported on first use: it costs ~0.2 s of start-up (entry points, backends) that
@@ -307,7 +307,7 @@ def set_password(account_name: str, password: str, *, timeout: float = 60.0) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# OAuth2 refresh tokens (written by `syncd auth`, read by syncd.oauth.TokenProvider)
+# OAuth2 refresh tokens (written by `syncd auth`, read by syncd.auth.oauth.TokenProvider)
 # ---------------------------------------------------------------------------------------------
 
 

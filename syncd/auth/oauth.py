@@ -1,7 +1,7 @@
 """OAuth2 for IMAP/POP3: signing in (`syncd auth`), access tokens for the daemon, SASL.
 
 - ``resolve(account)`` merges the account's ``oauth2:`` settings with the provider preset
-  (``syncd.presets.OAUTH2_PROVIDERS``): endpoints, scopes, quirks. Provider differences are
+  (``syncd.config.presets.OAUTH2_PROVIDERS``): endpoints, scopes, quirks. Provider differences are
   data there, not branches here.
 - ``device_flow`` (RFC 8628: prints a URL and a code; works on a headless machine) and
   ``browser_flow`` (authorization code with PKCE, RFC 7636, redirected to a loopback port,
@@ -16,7 +16,7 @@
   and POP3 adapters, and ``login_with_oauth2`` runs the try / refresh / try-once-more dance.
 
 HTTP goes through Authlib's requests client. Every token, code and client secret is
-registered with ``syncd.secrets.register_secret`` the moment it is seen, so logs and error
+registered with ``syncd.auth.secrets.register_secret`` the moment it is seen, so logs and error
 messages are scrubbed of it.
 """
 
@@ -39,14 +39,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from syncd.auth.secrets import get_refresh_token, redact, register_secret, set_refresh_token
+from syncd.config.presets import OAUTH2_PROVIDERS
 from syncd.errors import AccountError
-from syncd.presets import OAUTH2_PROVIDERS
-from syncd.secrets import get_refresh_token, redact, register_secret, set_refresh_token
 
 if TYPE_CHECKING:
     from authlib.integrations.requests_client import OAuth2Session
 
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
 
 __all__ = [
     "DEVICE_GRANT",
@@ -63,7 +63,7 @@ __all__ = [
     "token_provider",
 ]
 
-log = logging.getLogger("syncd.oauth")
+log = logging.getLogger("syncd.auth.oauth")
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 #: An access token is refreshed this long before it expires (at most a quarter of its life),

@@ -1,9 +1,9 @@
 """YAML configuration -> validated, frozen settings.
 
-The schema is the user contract of DESIGN.md Part 1. Validation is done by pydantic, but the
-YAML is composed by hand first so that every key and list item keeps its line number: a pydantic
-error ``loc`` is mapped back to that line, and every ``ConfigError`` names the key as a dotted
-path (``accounts.work.tls``) and the line it is on.
+The schema is the user contract the README documents key by key. Validation is done by
+pydantic, but the YAML is composed by hand first so that every key and list item keeps its line
+number: a pydantic error ``loc`` is mapped back to that line, and every ``ConfigError`` names
+the key as a dotted path (``accounts.work.tls``) and the line it is on.
 
 No error text ever echoes a value that could be a secret: values are only quoted for keys in
 ``_ECHO_KEYS`` (enums, numbers, durations), never for hosts, user names or commands.
@@ -32,8 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from syncd.errors import ConfigError
-from syncd.settings import (
+from syncd.config.settings import (
     AccountSettings,
     FolderFilter,
     GeneralSettings,
@@ -45,6 +44,7 @@ from syncd.settings import (
     default_state_dir,
     warn_if_readable_by_others,
 )
+from syncd.errors import ConfigError
 
 __all__ = [
     "ACCOUNT_NAME_RE",
@@ -398,7 +398,7 @@ OAuth2ProviderName = Literal["microsoft", "google", "custom"]
 
 class OAuth2Model(_Model):
     """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
-    (``syncd.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
+    (``syncd.config.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
 
     provider: Annotated[OAuth2ProviderName, BeforeValidator(_lower)]
     client_id: Text
@@ -505,7 +505,7 @@ _DEFAULT_POLL = {"imap": 300.0, "pop3": 600.0}
 def _apply_preset(data: dict[str, Any]) -> None:
     """Fill what ``provider:`` implies, under the keys the user did not set. An unknown
     provider is left for the field validator to report (with the list of presets)."""
-    from syncd.presets import ACCOUNT_PRESETS
+    from syncd.config.presets import ACCOUNT_PRESETS
 
     name = data.get("provider")
     preset = ACCOUNT_PRESETS.get(name.lower()) if isinstance(name, str) else None
@@ -560,7 +560,7 @@ class AccountModel(_Model):
     _internal_keys: ClassVar[frozenset[str]] = frozenset({"name", "state_dir"})
 
     name: str
-    # A preset (syncd.presets.ACCOUNT_PRESETS) fills protocol, host, port, tls, auth and the
+    # A preset (syncd.config.presets.ACCOUNT_PRESETS) fills protocol, host, port, tls, auth and the
     # SMTP server; explicit keys override it.
     provider: Annotated[AccountProvider, BeforeValidator(_lower)] | None = None
     protocol: Literal["imap", "pop3"]
@@ -576,7 +576,7 @@ class AccountModel(_Model):
     # The older spelling of smtp.host / smtp.port; they mirror smtp (see _apply_smtp).
     smtp_host: Annotated[str, BeforeValidator(_host)] | None = None
     smtp_port: Int | None = Field(None, ge=1, le=65535)
-    # The outbox (DESIGN.md Part 1b, "Outbox"): addresses this account sends as (globs;
+    # The outbox (README, "Sending mail"): addresses this account sends as (globs;
     # default: the username if it is an address), where it sends, and the Sent copy.
     from_addresses: Patterns = Field((), alias="from")
     smtp: SmtpModel | None = None
@@ -1019,8 +1019,8 @@ def build_account(**values: Any) -> AccountSettings:
     return _account(AccountModel.model_validate(values))
 
 
-# The models above validate; the rest of syncd works with syncd.settings' dataclasses, which
-# need neither pydantic nor PyYAML (see syncd.settings.load_settings).
+# The models above validate; the rest of syncd works with syncd.config.settings' dataclasses, which
+# need neither pydantic nor PyYAML (see syncd.config.settings.load_settings).
 def _general(model: GeneralModel) -> GeneralSettings:
     return GeneralSettings(maildir_root=model.maildir_root, state_dir=model.state_dir,
                            log_level=model.log_level, on_new_mail=model.on_new_mail)

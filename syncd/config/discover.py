@@ -1,5 +1,5 @@
 """Finding the servers of an address for `syncd init ADDRESS`, in the contract's order:
-1. the built-in presets (syncd/presets.py), no network;
+1. the built-in presets (syncd/config/presets.py), no network;
 2. Thunderbird autoconfig: ``https://autoconfig.DOMAIN/mail/config-v1.1.xml``, then
    ``https://DOMAIN/.well-known/autoconfig/mail/config-v1.1.xml`` (HTTPS only, certificates
    checked: a forged answer would send the password elsewhere);
@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from syncd.presets import ACCOUNT_PRESETS, AccountPreset, preset_for_address
+from syncd.config.presets import ACCOUNT_PRESETS, AccountPreset, preset_for_address
 
 DEFAULT_AUTOCONFIG_URLS = (
     "https://autoconfig.{domain}/mail/config-v1.1.xml?emailaddress={email}",

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncd.adapters.imap import RemoteFolder
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
+    from syncd.core.model import RemoteFolder
 
 __all__ = ["ROLES", "render", "roles_path", "save_roles"]
 
@@ -95,7 +95,7 @@ def _state_folders(account: AccountSettings) -> dict[str, Path] | None:
 
 
 def _local_folders(account: AccountSettings) -> dict[str, Path]:
-    from syncd.adapters.maildir import Maildir
+    from syncd.store.maildir import Maildir
 
     maildir = Maildir(account.maildir, account.layout)
     result: dict[str, Path] = {}
@@ -105,7 +105,7 @@ def _local_folders(account: AccountSettings) -> dict[str, Path]:
 
 
 def _local_path(account: AccountSettings, name: str, delimiter: str | None) -> Path:
-    from syncd.adapters.maildir import Maildir
+    from syncd.store.maildir import Maildir
 
     parts = ("INBOX",) if name.upper() == "INBOX" else (
         tuple(name.split(delimiter)) if delimiter else (name,))
@@ -158,8 +158,7 @@ def _files_sent_elsewhere(account: AccountSettings) -> bool:
     ``record``: syncd APPENDs it (save_sent) or the provider files it."""
     if account.smtp is None:
         return False
-    from syncd.presets import ACCOUNT_PRESETS
-    from syncd.smtp.flush import saves_sent
+    from syncd.config.presets import ACCOUNT_PRESETS, saves_sent
 
     preset = ACCOUNT_PRESETS.get(account.provider or "")
     return saves_sent(account) or (preset is not None and preset.files_sent)

@@ -1,7 +1,7 @@
 """The question `syncd sync` asks first for an IMAP account: has anything changed at all?
 
 Most syncs (a timer, a mail reader's hook, a habit) find nothing to do. The answer needs one
-LIST-STATUS (syncd/adapters/imap_probe.py), the state's cursors and two stats per folder (or,
+LIST-STATUS (syncd/imap/probe.py), the state's cursors and two stats per folder (or,
 where the directories' mtimes do not vouch, a look at the files), and none of the engine,
 imapclient or the planner, whose imports are most of such a sync's time.
 It is the engine's own status shortcuts (core.folders: server_untouched, then the stamps or
@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd.adapters.maildir import Maildir
 from syncd.core.folders import files_match, folder_selected, server_untouched
-from syncd.folder_map import FolderMap
-from syncd.results import AccountResult, FolderResult
+from syncd.imap.folder_map import FolderMap
+from syncd.outcome.results import AccountResult, FolderResult
+from syncd.store.maildir import Maildir
 
 if TYPE_CHECKING:
-    from syncd.adapters.imap_probe import Listing
-    from syncd.adapters.state import StateStore
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
+    from syncd.imap.probe import Listing
+    from syncd.store.state import StateStore
 
-log = logging.getLogger("syncd.nochange")
+log = logging.getLogger("syncd.imap.nochange")
 
 
 class Probe:
@@ -49,11 +49,11 @@ class Probe:
         self._thread.start()
 
     def _run(self) -> None:
-        from syncd.adapters import transport
+        from syncd import net as transport
 
         try:
             # Imported while the TLS handshake is still under way.
-            from syncd.adapters.imap_probe import probe
+            from syncd.imap.probe import probe
 
             try:
                 sock = transport.take_dialed(self.account)

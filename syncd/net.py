@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
     from syncd.errors import AccountError
 
 _CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
@@ -141,7 +141,7 @@ def _dial_key(account: AccountSettings) -> tuple[str, str, int, str]:
 def dial_ahead(account: AccountSettings) -> None:
     """Start opening the account's connection (TCP, plus TLS where it is implicit; a STARTTLS
     or plaintext account gets TCP only) for the first `take_dialed` of this process."""
-    from syncd.providers import PAUSES
+    from syncd.config.providers import PAUSES
 
     if PAUSES.get(account.name) is not None:
         return  # throttled: no connection before the pause ends (ImapSession.connect says so)

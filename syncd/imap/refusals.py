@@ -14,7 +14,7 @@ import re
 
 from syncd.errors import FolderError
 
-log = logging.getLogger("syncd.engine")
+log = logging.getLogger("syncd.imap.account")
 
 #: Response codes (RFC 5530, RFC 3501) that concern the folder, not the one message: every
 #: other APPEND to it would be refused the same way.

@@ -23,10 +23,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from syncd.adapters.imap import ExpungeOutcome, ImapSession, Pipeline, Reply, flags_in
 from syncd.core.actions import PushFlags
 from syncd.core.flags import KEYWORD_LETTERS, LETTER_TO_IMAP, Flags, normalize
 from syncd.faults import checkpoint
+from syncd.imap.client import ExpungeOutcome, ImapSession, Pipeline, Reply, flags_in
 
 log = logging.getLogger("syncd.imap")
 

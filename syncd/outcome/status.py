@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from syncd.results import AccountResult
+    from syncd.outcome.results import AccountResult
 
-log = logging.getLogger("syncd.status")
+log = logging.getLogger("syncd.outcome.status")
 
 STATUS_FILE = "status.json"
 

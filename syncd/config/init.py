@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from syncd.config import ACCOUNT_NAME_RE, Settings, parse_config
+from syncd.config.load import ACCOUNT_NAME_RE, Settings, parse_config
+from syncd.config.presets import ACCOUNT_PRESETS, guess_servers, preset_for_address
 from syncd.errors import ConfigError, UsageError
-from syncd.presets import ACCOUNT_PRESETS, guess_servers, preset_for_address
 
 __all__ = ["AccountAnswers", "account_block", "add_account", "ask", "default_name"]
 

@@ -10,9 +10,9 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncd.results import AccountResult
+    from syncd.outcome.results import AccountResult
 
-log = logging.getLogger("syncd.hooks")
+log = logging.getLogger("syncd.service.hooks")
 
 SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 HOOK_TIMEOUT = 120.0

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from syncd.status import read_status
+from syncd.outcome.status import read_status
 
 if TYPE_CHECKING:
-    from syncd.config import Settings
+    from syncd.config.load import AccountSettings, Settings
 
 
 def _folder_rows(db_path: str) -> list[tuple[int, str, str, float | None]]:
@@ -43,8 +44,9 @@ def _message_flags(db_path: str, folder_id: int) -> dict[str, str]:
         conn.close()
 
 
-def gather_status(settings: Settings) -> dict[str, Any]:
-    from syncd.adapters.maildir import MaildirFolder
+def gather_status(settings: Settings, outbox_summary: Callable[[AccountSettings], Any] | None = None
+                  ) -> dict[str, Any]:
+    from syncd.store.maildir import MaildirFolder
 
     saved = read_status(settings.general.state_dir).get("accounts", {})
     accounts: dict[str, Any] = {}
@@ -87,10 +89,8 @@ def gather_status(settings: Settings) -> dict[str, Any]:
                 "error": saved_folders.get(remote_name, {}).get("error"),
             }
         _add_failed_folders(info, saved_folders, entry.get("last_attempt"))
-        if account.smtp is not None:
-            from syncd.smtp.commands import queue_summary
-
-            info["outbox"] = queue_summary(account)
+        if account.smtp is not None and outbox_summary is not None:
+            info["outbox"] = outbox_summary(account)  # the outbox is above this module
         accounts[name] = info
     return {"accounts": accounts}
 

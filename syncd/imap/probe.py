@@ -1,7 +1,7 @@
 """A light look at an IMAP account: log in and list every folder with its STATUS in one
 `LIST "" "*" RETURN (STATUS (...))` (RFC 5819), on the standard library's imaplib.
 
-This is what `syncd sync` asks first (see syncd/nochange.py): most syncs find nothing to do,
+This is what `syncd sync` asks first (see syncd/imap/nochange.py): most syncs find nothing to do,
 and answering that must not cost importing imapclient and the engine, which are most of a
 no-change sync's time. Anything this module does not understand (no LIST-STATUS or CONDSTORE,
 a literal, an odd reply) makes it answer "cannot tell" (None), and the full sync, on
@@ -24,7 +24,7 @@ from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, login_refused
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
 
 STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ")
 
@@ -100,7 +100,7 @@ def probe(account: AccountSettings, sock: socket.socket,
     connection is closed afterwards in every case. None when the server or its replies do not
     allow the light path. Raises AccountError where the full path would fail the same way
     (the connection broke, the login was refused), so a refused login is not tried twice."""
-    from syncd.adapters.transport import connect_failed
+    from syncd.net import connect_failed
 
     try:
         imap = IMAP4OnSocket(account.host, account.port, sock)
@@ -180,8 +180,8 @@ def _send(imap: imaplib.IMAP4, command: bytes) -> bytes:
 
 
 def _raise_if_throttled(account: AccountSettings, *texts: object) -> None:
-    """A throttling reply (syncd/providers.py) pauses the account and is reported as such."""
-    from syncd.providers import PAUSES, describe_pause, throttle_from
+    """A throttling reply (syncd/config/providers.py) pauses the account and is reported as such."""
+    from syncd.config.providers import PAUSES, describe_pause, throttle_from
 
     for text in texts:
         if not isinstance(text, (bytes, str)):

@@ -1,5 +1,5 @@
 """Executes sync plans for one IMAP account: gathers snapshots (state, Maildir scan, server),
-asks the pure planner what to do, and does it in the crash-safe order of ARCHITECTURE.md.
+asks the pure planner what to do, and does it in the crash-safe order of docs/architecture.md.
 
 Ordering rules that make kill -9 at any instant safe:
 - a downloaded message is written to tmp/, fsynced, linked into place and its directory fsynced
@@ -26,18 +26,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
-from syncd.adapters.imap import (
-    UID_SET_CHUNK,
-    FolderStatus,
-    ImapSession,
-    RemoteFolder,
-    SelectChanges,
-    SelectInfo,
-    raise_refused,
-    refusal_text,
-)
-from syncd.adapters.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
-from syncd.adapters.state import FolderState, StateStore
 from syncd.core.flags import ALL_LETTERS, normalize
 from syncd.core.folders import (
     files_match,
@@ -56,12 +44,24 @@ from syncd.core.model import (
 )
 from syncd.errors import AccountError, FolderError
 from syncd.faults import checkpoint
-from syncd.folder_map import FolderMap
-from syncd.refusals import RefusedUploads, is_refusal
-from syncd.results import AccountResult, FolderResult, NullReporter, Reporter
+from syncd.imap.client import (
+    UID_SET_CHUNK,
+    FolderStatus,
+    ImapSession,
+    RemoteFolder,
+    SelectChanges,
+    SelectInfo,
+    raise_refused,
+    refusal_text,
+)
+from syncd.imap.folder_map import FolderMap
+from syncd.imap.refusals import RefusedUploads, is_refusal
+from syncd.outcome.results import AccountResult, FolderResult, NullReporter, Reporter
+from syncd.store.maildir import LocalEntry, Maildir, MaildirFolder, crlf_to_lf, lf_to_crlf
+from syncd.store.state import FolderState, StateStore
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings
+    from syncd.config.load import AccountSettings
     from syncd.core import actions as A
 else:
     A = None  # syncd.core.actions, imported by _import_planner()
@@ -81,7 +81,7 @@ def _import_planner() -> None:
 
         A = actions
 
-log = logging.getLogger("syncd.engine")
+log = logging.getLogger("syncd.imap.account")
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
 DOWNLOAD_COMMIT_COUNT = 200
@@ -186,7 +186,7 @@ class AccountSync:
         self._in_folder: str | None = None  # the folder being synced (for error messages)
         self._unchanged_folders: list[FolderState] = []
         # Folder id -> the letters its server keeps (SELECT's PERMANENTFLAGS, less what it
-        # refused or dropped before): the rest stay local-only (see syncd/server_writes.py).
+        # refused or dropped before): the rest stay local-only (see syncd/imap/writes.py).
         self._storable: dict[int, str] = {}
         self._candidate_digests: dict[str, str] = {}  # local key -> content digest
 
@@ -427,7 +427,7 @@ class AccountSync:
                           merged: dict[str, FolderResult]) -> None:
         """Big initial syncs: up to `connections` folders at once, each extra worker with its
         own connection and its own state connection (SQLite serialises the commits)."""
-        from syncd.adapters.state import StateStore
+        from syncd.store.state import StateStore
 
         todo: queue.Queue[RemoteFolder] = queue.Queue()
         for folder in bulk:
@@ -895,7 +895,7 @@ class AccountSync:
         go once the expunge of ``to_expunge`` succeeded."""
         if not pushes and not deletes:
             return
-        from syncd.server_writes import write_changes
+        from syncd.imap.writes import write_changes
 
         outcome = write_changes(self._session(), pushes, to_expunge,
                                 self._storable.get(fid, ALL_LETTERS))
@@ -1033,7 +1033,7 @@ class AccountSync:
 
     def _upload(self, uploads: list[A.Upload], fstate: FolderState, folder: MaildirFolder,
                 result: FolderResult) -> None:
-        from syncd.server_writes import append_keeping, verify_appended
+        from syncd.imap.writes import append_keeping, verify_appended
 
         session = self._session()
         state = self.state

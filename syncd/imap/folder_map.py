@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from syncd.adapters.maildir import FolderName, Maildir, MaildirFolder
 from syncd.core.folders import Namespace, local_components, local_only_folders, server_delimiter
 from syncd.core.model import RemoteFolder
+from syncd.store.maildir import FolderName, Maildir, MaildirFolder
 
 
 class FolderMap:

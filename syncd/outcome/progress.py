@@ -6,7 +6,7 @@ import threading
 from types import TracebackType
 from typing import Any, TextIO
 
-from syncd.results import NullReporter
+from syncd.outcome.results import NullReporter
 
 
 class NullProgress(NullReporter):

@@ -1,6 +1,6 @@
 """Thin POP3 adapter on poplib: implicit TLS or STLS with verified certificates, USER/PASS,
 AUTH PLAIN (and a SASL hook for other mechanisms, e.g. XOAUTH2 later), STAT, UIDL, LIST,
-pipelined RETR/DELE, QUIT. No sync decisions here: ``syncd.pop3sync`` makes them.
+pipelined RETR/DELE, QUIT. No sync decisions here: ``syncd.pop3.fetch`` makes them.
 
 Why not poplib's own ``retr``: it reads the whole message into a list of lines (memory grows
 with the message) and waits for each reply before the next command (one round trip per
@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from syncd.adapters.transport import connect_failed, describe_connect_error, ssl_context_for
 from syncd.errors import AccountError
+from syncd.net import connect_failed, describe_connect_error, ssl_context_for
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings
-    from syncd.oauth import OAuthSasl
+    from syncd.auth.oauth import OAuthSasl
+    from syncd.config.load import AccountSettings
 
 T = TypeVar("T")
 
@@ -508,7 +508,7 @@ def _oauth2_login(client: poplib.POP3, account: AccountSettings,
     """AUTH XOAUTH2 / OAUTHBEARER (whichever the server lists) with an OAuth2 access token,
     refreshed and retried once if rejected. A rejection arrives as a "+" challenge carrying
     the error JSON, answered with the mechanism's error response, then -ERR."""
-    from syncd.oauth import SaslRejected, choose_mechanism, login_with_oauth2
+    from syncd.auth.oauth import SaslRejected, choose_mechanism, login_with_oauth2
 
     mechanism = choose_mechanism(mechanisms)
 

@@ -1,7 +1,7 @@
 """POP3 accounts: download into the account's INBOX Maildir, then (by default) delete from the
 server, never losing and never duplicating a message.
 
-The order for every message (ARCHITECTURE.md, "Durability"):
+The order for every message (docs/architecture.md, "The order that makes kill -9 safe"):
 
 1. an intent naming the Maildir key the message will get is committed (in blocks: one commit
    for many messages);
@@ -48,21 +48,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from syncd import faults
-from syncd.adapters.maildir import Maildir, MaildirFolder, crlf_to_lf_stream
-from syncd.adapters.pop3 import ListedMessage, Pipeline, Pop3Session
-from syncd.adapters.state import StateStore, StateTooNew
 from syncd.core.model import Pop3Known, Pop3Plan
 from syncd.core.plan import plan_pop3
 from syncd.errors import AccountError
-from syncd.results import AccountResult, FolderResult
+from syncd.outcome.results import AccountResult, FolderResult
+from syncd.pop3.client import ListedMessage, Pipeline, Pop3Session
+from syncd.store.maildir import Maildir, MaildirFolder, crlf_to_lf_stream
+from syncd.store.state import StateStore, StateTooNew
 
 if TYPE_CHECKING:
-    from syncd.config import AccountSettings, Settings
+    from syncd.config.load import AccountSettings, Settings
 
 log = logging.getLogger("syncd.pop3")
 
 INBOX = ("INBOX",)
-#: The intent op of a POP3 delivery (see syncd.adapters.state.Intent).
+#: The intent op of a POP3 delivery (see syncd.store.state.Intent).
 INTENT_OP = "pop3_retr"
 #: Prefix of a content-hash identity in the pop3_seen table (a UIDL never contains ":").
 HASH_PREFIX = "sha256:"
@@ -200,7 +200,7 @@ class Pop3Run:
 
     def run(self) -> None:
         # A missing INBOX (a wiped or never-mounted maildir) is not "the user deleted all that
-        # mail": what the server still keeps is downloaded again (DESIGN.md Part 2, 5).
+        # mail": what the server still keeps is downloaded again (the mass-deletion guard).
         self.inbox_missing = not self.inbox.exists()
         if not self.dry_run:
             self.inbox.create()
@@ -213,7 +213,7 @@ class Pop3Run:
             session.close()
 
     def connect(self) -> Pop3Session:
-        from syncd.secrets import get_password
+        from syncd.auth.secrets import get_password
 
         account = self.account
         return Pop3Session.connect(account, lambda: get_password(account))

@@ -18,19 +18,19 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from syncd.adapters.transport import connect_failed, ssl_context_for, take_dialed
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
 from syncd.core.folders import Namespace, personal_namespace
 from syncd.core.message import IGNORED_FIELDS, header_identity
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
+from syncd.net import connect_failed, ssl_context_for, take_dialed
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
 
-    from syncd.config import AccountSettings
-    from syncd.oauth import OAuthSasl, TokenProvider
+    from syncd.auth.oauth import OAuthSasl, TokenProvider
+    from syncd.config.load import AccountSettings
 
 log = logging.getLogger("syncd.imap")
 
@@ -246,7 +246,7 @@ def _oauth2_login(client: IMAPClient, account: AccountSettings,
     Returns the mechanism used."""
     from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-    from syncd.oauth import SaslRejected, choose_mechanism, login_with_oauth2
+    from syncd.auth.oauth import SaslRejected, choose_mechanism, login_with_oauth2
 
     advertised = [c.decode("ascii", "replace")[5:] for c in client.capabilities()
                   if c.upper().startswith(b"AUTH=")]
@@ -273,7 +273,7 @@ def _client_on_socket() -> type[IMAPClient]:
 
     from imapclient import IMAPClient
 
-    from syncd.adapters.imap_probe import IMAP4OnSocket
+    from syncd.imap.probe import IMAP4OnSocket
 
     class ClientOnSocket(IMAPClient):
         def __init__(self, *args: Any, sock: socket.socket, **kwargs: Any) -> None:
@@ -351,7 +351,7 @@ class ImapSession:
             raise connect_failed(account, exc) from None
         _quiet_imaplib(client)
         guard = ReplyGuard.install(client)  # hostile-server limits (fault suite): see ReplyGuard
-        guard.account = name  # throttling replies pause the account (syncd/providers.py)
+        guard.account = name  # throttling replies pause the account (syncd/config/providers.py)
         try:
             if account.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
@@ -689,8 +689,8 @@ class ImapSession:
 
     def send_store(self, pipe: Pipeline, uids: Sequence[int], add: Flags,
                    remove: Flags) -> list[int]:
-        """store_flags() on a pipeline: the commands are written, not yet answered; returns
-        their indexes in pipe.replies()."""
+        """UID STORE +FLAGS/-FLAGS on a pipeline: the commands are written, not yet answered;
+        returns their indexes in pipe.replies()."""
         sent = []
         for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
             uid_set = format_uid_set(chunk)
@@ -946,14 +946,6 @@ class ImapSession:
         return result
 
     # --- changes --------------------------------------------------------------------------
-    def store_flags(self, uids: Sequence[int], add: Flags, remove: Flags) -> None:
-        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
-            uid_set = format_uid_set(chunk)
-            if add:
-                self.client.add_flags(uid_set, flagmap.to_imap(add), silent=True)
-            if remove:
-                self.client.remove_flags(uid_set, flagmap.to_imap(remove), silent=True)
-
     def append(self, folder: str, data: bytes, flags: Flags,
                internaldate: dt.datetime | None) -> int | None:
         """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS).
@@ -1265,7 +1257,7 @@ class ReplyGuard:
         self.reply_limit = REPLY_LIMIT
         self.received = 0  # bytes since the last command was sent
         self.where: Callable[[], str] = lambda: "the server"
-        #: The account whose pause a throttling reply sets (syncd/providers.py); None: none.
+        #: The account whose pause a throttling reply sets (syncd/config/providers.py); None: none.
         self.account: str | None = None
         self.throttled: object | None = None  # the last providers.Throttle seen
         cls = type(imap)
@@ -1326,7 +1318,7 @@ class ReplyGuard:
         return line
 
     def _look_for_throttle(self, line: bytes) -> None:
-        from syncd.providers import PAUSES, describe_pause, throttle_from
+        from syncd.config.providers import PAUSES, describe_pause, throttle_from
 
         # Only a status response speaks for the server ("<tag>|* NO|BAD|BYE|OK ..."): not a
         # literal's trailer, whatever words a message or folder name holds.
@@ -1366,9 +1358,9 @@ class ReplyGuard:
 
 
 def _refuse_while_paused(account: AccountSettings) -> None:
-    """No connection while a throttling reply's pause lasts (syncd/providers.py): whichever
+    """No connection while a throttling reply's pause lasts (syncd/config/providers.py): whichever
     thread tries (the worker, an IDLE watcher) waits instead of hammering the server."""
-    from syncd.providers import PAUSES, describe_pause
+    from syncd.config.providers import PAUSES, describe_pause
 
     pause = PAUSES.get(account.name)
     if pause is not None:
@@ -1410,6 +1402,6 @@ def _status_from(raw: dict) -> FolderStatus:
 
 
 def _close_quietly(client: IMAPClient) -> None:
-    from syncd.adapters.imap_probe import logout_quietly
+    from syncd.imap.probe import logout_quietly
 
     logout_quietly(client._imap)

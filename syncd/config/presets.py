@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
+from typing import Protocol as _Interface
 
 __all__ = [
     "ACCOUNT_PRESETS",
@@ -203,3 +204,21 @@ def guess_servers(address_or_domain: str) -> dict[str, Server]:
         "pop3": Server(f"pop.{domain}", 995),
         "smtp": Server(f"smtp.{domain}", 465),
     }
+
+
+class _Sender(_Interface):
+    """What saves_sent reads of an account's settings (presets stay below the schema)."""
+
+    save_sent: str
+    protocol: str
+    provider: str | None
+
+
+def saves_sent(account: _Sender) -> bool:
+    """``save_sent`` resolved: ``auto`` saves unless the provider files sent mail itself."""
+    if account.save_sent != "auto":
+        return account.save_sent == "always"
+    if account.protocol != "imap":
+        return False
+    preset = ACCOUNT_PRESETS.get(account.provider or "")
+    return not (preset is not None and preset.files_sent)

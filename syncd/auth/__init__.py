@@ -1,0 +1,1 @@
+"""Credentials: password sources (command, keyring) and OAuth2."""

@@ -1,0 +1,1 @@
+"""Configuration: the schema, loading YAML, presets, `syncd init`, the mutt snippet."""

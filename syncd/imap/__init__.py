@@ -1,0 +1,1 @@
+"""IMAP: the client adapter, the light probe, the no-change check, the account sync."""

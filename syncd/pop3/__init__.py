@@ -1,0 +1,1 @@
+"""POP3: the client adapter and download-and-delete."""

@@ -1,0 +1,1 @@
+"""Local storage: Maildir folders and the SQLite sync state."""
