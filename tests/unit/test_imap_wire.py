@@ -7,16 +7,21 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
+import os
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 
 from syncd.imap import wire
+from tests.support import oldest
+
+REPO = Path(__file__).resolve().parents[2]
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE NAMESPACE LIST-STATUS] scripted\r\n"
 # Verb -> what the server sends before "<tag> OK done" ({tag} is the command's tag).
@@ -272,3 +277,27 @@ def test_hook_io(imap: imaplib.IMAP4) -> None:
     imap.noop()
     assert seen[0] == "send" and "readline" in seen and "untagged EXISTS" in seen
     assert wire.kept_untagged(imap, "EXISTS") == [b"3"]
+
+
+# --- the declared lower bound ---------------------------------------------------------------
+@pytest.mark.parametrize("version", oldest.releases("imapclient"))
+def test_wire_with_oldest_imapclient(version: str) -> None:
+    """Every test above, against the oldest imapclient pyproject.toml allows (installed beside
+    the venv by tests/support/oldest.py)."""
+    path = oldest.ensure("imapclient", version)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), str(REPO)]),
+               SYNCD_WIRE_IMAPCLIENT=version)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           __file__, "-k", "not oldest_imapclient"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_imapclient_under_test() -> None:
+    """In the run above, the release asked for is the one imported, not the venv's."""
+    wanted = os.environ.get("SYNCD_WIRE_IMAPCLIENT")
+    if wanted is None:
+        pytest.skip("only in the run against an older imapclient")
+    import imapclient
+
+    assert imapclient.__version__ == wanted
