@@ -131,7 +131,6 @@ _INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE_ITEM = re.compile(rb"RFC822\.SIZE (\d+)")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
-_COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
 
 
 _INTERNALDATE = re.compile(

@@ -86,6 +86,9 @@ class FolderSync:
         if fstate is not None and not self.options.dry_run:
             record_folder(self.state, fstate, ending, place, error=result.error,
                           clock=self.clock, untouched=self.untouched)
+        # The folder's end, for the progress display and the daemon's heartbeat (a folder
+        # with much to do but nothing to download beats here too).
+        self.reporter.folder_done(self.account.name, name)
 
     def _open(self, name: str, place: MaildirFolder) -> FolderState | None:
         """The folder's row (made on its first sync), with the intents a crash left open
