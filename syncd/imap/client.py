@@ -225,6 +225,35 @@ def _oauth2_login(client: IMAPClient, account: AccountSettings,
     return mechanism
 
 
+def _starttls(client: IMAPClient, account: AccountSettings, context: ssl.SSLContext) -> None:
+    """STARTTLS before anything else is sent; every way it cannot happen is an AccountError,
+    never a fall-back to plaintext."""
+    from imapclient.exceptions import IMAPClientError
+
+    name = account.name
+    if not client.has_capability("STARTTLS"):
+        raise AccountError(
+            name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
+            "to continue in plaintext (use tls: implicit, or a server that offers "
+            "STARTTLS)", cause="tls")
+    if wire.state_of(wire.imaplib_of(client)) != "NONAUTH":
+        # A PREAUTH greeting: the session is already authenticated, in plaintext.
+        raise AccountError(
+            name, f"{account.host}:{account.port} greeted with PREAUTH (an "
+            "unencrypted, already authenticated session); refusing to continue "
+            "without TLS", cause="tls")
+    try:
+        client.starttls(context)
+    except IMAPClientError as exc:
+        # The server announced STARTTLS and then refused it (NO/BAD): never fall back to
+        # plaintext. TLS handshake failures are ssl errors, mapped by the caller.
+        raise AccountError(
+            name, f"{account.host}:{account.port} refused STARTTLS ({exc}); "
+            "refusing to continue in plaintext", cause="tls") from None
+    # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
+    wire.forget_capabilities(client)
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -293,27 +322,7 @@ class ImapSession:
         guard.account = name  # throttling replies pause the account (syncd/config/providers.py)
         try:
             if account.tls == "starttls":
-                if not client.has_capability("STARTTLS"):
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
-                        "to continue in plaintext (use tls: implicit, or a server that offers "
-                        "STARTTLS)", cause="tls")
-                if wire.state_of(wire.imaplib_of(client)) != "NONAUTH":
-                    # A PREAUTH greeting: the session is already authenticated, in plaintext.
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} greeted with PREAUTH (an "
-                        "unencrypted, already authenticated session); refusing to continue "
-                        "without TLS", cause="tls")
-                try:
-                    client.starttls(context)
-                except IMAPClientError as exc:
-                    # The server announced STARTTLS and then refused it (NO/BAD): never fall
-                    # back to plaintext. TLS handshake failures are ssl errors, mapped below.
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} refused STARTTLS ({exc}); "
-                        "refusing to continue in plaintext", cause="tls") from None
-                # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
-                wire.forget_capabilities(client)
+                _starttls(client, account, context)
             mechanism = "LOGIN"
             if account.auth == "oauth2":
                 mechanism = _oauth2_login(client, account, tokens)

@@ -10,7 +10,7 @@ before the ``+`` (which RFC 2177 allows).
 Here the socket is only ever *polled* without blocking: a response is read once its first byte
 is there, and then read whole (lines and literals) through imaplib's own buffered reader, in
 blocking mode with the connection's read timeout, exactly like any other reply. The reads go
-through ``ReplyGuard`` (adapters/imap.py), so its limits (line length, literal size, bytes per
+through ``ReplyGuard`` (syncd/imap/client.py), so its limits (line length, literal size, bytes per
 command) hold during IDLE too. A response that stops in the middle for longer than the read
 timeout is a dead connection (socket timeout), never a half line taken for a whole one.
 """

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from syncd.config import providers
 from syncd.config.load import load_config
-from syncd.imap import providers
 from tests.faults.faultlib import fault, make_account
 from tests.faults.hostile import ImapServer, Msg
 from tests.faults.quirky import MAX_UID, CyrusLike, ExchangeLike, GmailLike
