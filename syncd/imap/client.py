@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import logging
-import os
 import re
-import socket
 import ssl
-import sys
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,6 +19,7 @@ from syncd.core.folders import Namespace, personal_namespace
 from syncd.core.message import IGNORED_FIELDS, header_identity
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
+from syncd.imap import wire
 from syncd.net import connect_failed, ssl_context_for, take_dialed
 
 if TYPE_CHECKING:
@@ -35,44 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd.imap")
 
 
-def _spare_imapclient_version_lookup() -> None:
-    """imapclient/version.py asks importlib.metadata for imapclient's version when imported,
-    which imports importlib.metadata (email, zipfile, csv, ...) and scans every distribution
-    on sys.path: 40-50 ms, a seventh of a no-change `syncd sync`. The module is provided
-    here with the same value, read from the name of imapclient's .dist-info directory; where
-    that is not found (an unusual install), imapclient looks its version up as usual."""
-    if "imapclient.version" in sys.modules:
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("imapclient")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
-    try:
-        names = os.listdir(site)
-    except OSError:
-        return
-    found = [n[len("imapclient-"):-len(".dist-info")] for n in names
-             if n.lower().startswith("imapclient-") and n.endswith(".dist-info")]
-    if len(found) != 1:
-        return
-    version = found[0]
-    try:
-        major, minor, micro = (int(part) for part in version.split("."))
-    except ValueError:
-        return
-    if major < 4:
-        # 3.x's version.py is plain constants (no metadata lookup), and its __init__ imports
-        # more of them (author): a stand-in would break the import.
-        return
-    module = types.ModuleType("imapclient.version")
-    module.version = version  # type: ignore[attr-defined]
-    module.version_info = (major, minor, micro, "final")  # type: ignore[attr-defined]
-    sys.modules["imapclient.version"] = module
-
-
-_spare_imapclient_version_lookup()
+# Before imapclient is first imported (see wire.spare_version_lookup).
+wire.spare_version_lookup()
 
 # Capabilities worth reporting, in the order `syncd check` prints them.
 INTERESTING_CAPABILITIES = (
@@ -171,7 +131,6 @@ _INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE_ITEM = re.compile(rb"RFC822\.SIZE (\d+)")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
-_COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
 
 
 _INTERNALDATE = re.compile(
@@ -266,24 +225,33 @@ def _oauth2_login(client: IMAPClient, account: AccountSettings,
     return mechanism
 
 
-@functools.cache
-def _client_on_socket() -> type[IMAPClient]:
-    """IMAPClient on a connection that is already open (see transport.dial_ahead)."""
-    import imaplib
+def _starttls(client: IMAPClient, account: AccountSettings, context: ssl.SSLContext) -> None:
+    """STARTTLS before anything else is sent; every way it cannot happen is an AccountError,
+    never a fall-back to plaintext."""
+    from imapclient.exceptions import IMAPClientError
 
-    from imapclient import IMAPClient
-
-    from syncd.imap.probe import IMAP4OnSocket
-
-    class ClientOnSocket(IMAPClient):
-        def __init__(self, *args: Any, sock: socket.socket, **kwargs: Any) -> None:
-            self._given = sock
-            super().__init__(*args, **kwargs)
-
-        def _create_IMAP4(self) -> imaplib.IMAP4:
-            return IMAP4OnSocket(self.host, self.port, self._given)
-
-    return ClientOnSocket
+    name = account.name
+    if not client.has_capability("STARTTLS"):
+        raise AccountError(
+            name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
+            "to continue in plaintext (use tls: implicit, or a server that offers "
+            "STARTTLS)", cause="tls")
+    if wire.state_of(wire.imaplib_of(client)) != "NONAUTH":
+        # A PREAUTH greeting: the session is already authenticated, in plaintext.
+        raise AccountError(
+            name, f"{account.host}:{account.port} greeted with PREAUTH (an "
+            "unencrypted, already authenticated session); refusing to continue "
+            "without TLS", cause="tls")
+    try:
+        client.starttls(context)
+    except IMAPClientError as exc:
+        # The server announced STARTTLS and then refused it (NO/BAD): never fall back to
+        # plaintext. TLS handshake failures are ssl errors, mapped by the caller.
+        raise AccountError(
+            name, f"{account.host}:{account.port} refused STARTTLS ({exc}); "
+            "refusing to continue in plaintext", cause="tls") from None
+    # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
+    wire.forget_capabilities(client)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
@@ -342,7 +310,7 @@ class ImapSession:
                                cause="certificate") from None
         try:
             sock = take_dialed(account)
-            client_class = IMAPClient if sock is None else _client_on_socket()
+            client_class = IMAPClient if sock is None else wire.client_on_socket()
             client = client_class(account.host, port=account.port,
                                   ssl=account.tls == "implicit", ssl_context=context,
                                   timeout=account.timeout,
@@ -354,27 +322,7 @@ class ImapSession:
         guard.account = name  # throttling replies pause the account (syncd/config/providers.py)
         try:
             if account.tls == "starttls":
-                if not client.has_capability("STARTTLS"):
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} does not offer STARTTLS; refusing "
-                        "to continue in plaintext (use tls: implicit, or a server that offers "
-                        "STARTTLS)", cause="tls")
-                if client._imap.state != "NONAUTH":
-                    # A PREAUTH greeting: the session is already authenticated, in plaintext.
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} greeted with PREAUTH (an "
-                        "unencrypted, already authenticated session); refusing to continue "
-                        "without TLS", cause="tls")
-                try:
-                    client.starttls(context)
-                except IMAPClientError as exc:
-                    # The server announced STARTTLS and then refused it (NO/BAD): never fall
-                    # back to plaintext. TLS handshake failures are ssl errors, mapped below.
-                    raise AccountError(
-                        name, f"{account.host}:{account.port} refused STARTTLS ({exc}); "
-                        "refusing to continue in plaintext", cause="tls") from None
-                # Capabilities may change after STARTTLS (RFC 3501 6.2.1): forget the cache.
-                client._cached_capabilities = None
+                _starttls(client, account, context)
             mechanism = "LOGIN"
             if account.auth == "oauth2":
                 mechanism = _oauth2_login(client, account, tokens)
@@ -389,7 +337,7 @@ class ImapSession:
             # Never the pre-login list: servers add capabilities after LOGIN (RFC 3501 6.2.3),
             # and some (Exchange) put none in the OK of LOGIN. imapclient then asks CAPABILITY
             # (see ImapSession.__init__) unless the login reply carried a [CAPABILITY ...].
-            client._cached_capabilities = None
+            wire.forget_capabilities(client)
             session = cls(account, client)
             session.auth_mechanism = mechanism
             return session
@@ -427,8 +375,8 @@ class ImapSession:
 
         imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
         self._enable_extensions()  # STATUS responses then carry HIGHESTMODSEQ
-        typ, data = self.client._imap._simple_command(
-            "NOTIFY", "SET (personal (MessageNew MessageExpunge FlagChange))")
+        typ, data = wire.simple_command(wire.imaplib_of(self.client), "NOTIFY",
+                                        "SET (personal (MessageNew MessageExpunge FlagChange))")
         if typ != "OK":
             raise AccountError(self.account.name, f"NOTIFY refused: {data}", cause="protocol")
 
@@ -491,18 +439,12 @@ class ImapSession:
         both up. None if the server does not offer NAMESPACE."""
         if "NAMESPACE" not in self.capabilities:
             return None
-        imap = self.client._imap
-        tag: bytes = imap._new_tag()
-        line = tag + b" NAMESPACE"
-        if getattr(imap, "debug", 0) >= 4:
-            imap._mesg(f"> {line!r}")  # in the --debug trace like imaplib's own commands
-        imap.send(line + b"\r\n")
-        return tag
+        return wire.write_command(wire.imaplib_of(self.client), b"NAMESPACE")
 
     def _take_namespace(self, tag: bytes) -> Namespace:
-        imap = self.client._imap
-        typ, _ = imap._get_tagged_response(tag)
-        raw = imap.untagged_responses.pop("NAMESPACE", None)
+        imap = wire.imaplib_of(self.client)
+        typ, _ = wire.tagged_reply(imap, tag)
+        raw = wire.take_untagged(imap, "NAMESPACE")
         if typ != "OK" or not raw:
             return Namespace()  # refused: behave as a server without NAMESPACE
         return parse_namespace(raw)  # a list: a prefix may come as a literal
@@ -521,20 +463,20 @@ class ImapSession:
             return None
         raw_list, statuses = reply
         try:
-            listing = self.client._proc_folder_list(raw_list)
+            listing = wire.parse_folder_list(self.client, raw_list)
         except Exception:
             return None  # extended data we do not parse: the plain LIST will do
         if not all(isinstance(flags, tuple) and isinstance(name, str)
                    for flags, _delimiter, name in listing):
             return None
-        self._listed_statuses = (self.client._imap.tagnum, statuses)
+        self._listed_statuses = (wire.tag_count(wire.imaplib_of(self.client)), statuses)
         return listing
 
     def status_all(self, names: Sequence[str]) -> dict[str, FolderStatus]:
         """Status of many folders. With LIST-STATUS this is one round trip for all of them, or
         none right after list_folders()."""
         listed, self._listed_statuses = self._listed_statuses, None
-        if listed is not None and listed[0] == self.client._imap.tagnum \
+        if listed is not None and listed[0] == wire.tag_count(wire.imaplib_of(self.client)) \
                 and self.selected is None:
             # No command since the LIST: its statuses are as fresh as a new STATUS would be.
             statuses = dict(listed[1])
@@ -570,26 +512,25 @@ class ImapSession:
                      ) -> tuple[list, dict[str, FolderStatus]] | None:
         """One LIST "" "*" RETURN (STATUS (...)): the raw LIST responses and every folder's
         STATUS, or None if the server refused it."""
-        imap = self.client._imap
+        imap = wire.imaplib_of(self.client)
         returns = (["SPECIAL-USE"] if special_use else []) + [
             f"STATUS ({' '.join(self._status_items())})"]
-        typ, data = imap._simple_command("LIST", '""', '"*"', f"RETURN ({' '.join(returns)})")
+        typ, _ = wire.simple_command(imap, "LIST", '""', '"*"', f"RETURN ({' '.join(returns)})")
         if typ != "OK":
             return None
-        _, raw_list = imap._untagged_response(typ, data, "LIST")
+        raw_list = wire.untagged(imap, "LIST")
         return raw_list, self._parse_statuses(imap)
 
     @staticmethod
     def _parse_statuses(imap: Any) -> dict[str, FolderStatus]:
         from imapclient.imap_utf7 import decode as decode_utf7
-        from imapclient.response_parser import parse_response
 
-        _, raw_statuses = imap._untagged_response("OK", [None], "STATUS")
+        raw_statuses = wire.untagged(imap, "STATUS")
         result: dict[str, FolderStatus] = {}
         for raw in raw_statuses:
             if raw is None:
                 continue
-            parsed = parse_response([raw])
+            parsed = wire.parse_response([raw])
             if len(parsed) < 2:
                 continue
             name = parsed[0]
@@ -622,7 +563,7 @@ class ImapSession:
         except (ValueError, TypeError):  # imapclient's int() of a garbage number
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
-        self.client._imap.untagged_responses.pop("VANISHED", None)
+        wire.take_untagged(wire.imaplib_of(self.client), "VANISHED")
         info = _select_info(name, response)
         self._selected_uidnext = info.uidnext
         return info
@@ -638,13 +579,12 @@ class ImapSession:
         from imapclient.exceptions import ProtocolError
 
         self._enable_extensions()  # before the SELECT (VANISHED needs QRESYNC enabled)
-        imap = self.client._imap
+        imap = wire.imaplib_of(self.client)
         # As imaplib's select(): the old mailbox's responses must not pass for the new one's.
-        imap.untagged_responses = {}
-        imap.is_readonly = False
+        wire.swap_untagged(imap)
         modifiers = f"(CHANGEDSINCE {changedsince}{' VANISHED' if self.qresync else ''})"
         pipe = Pipeline(self)
-        pipe.send("SELECT", self.client._normalise_folder(name))
+        pipe.send("SELECT", wire.folder_argument(self.client, name))
         # The SELECT's UIDNEXT is not known yet: the largest UID bounds every one we know.
         pipe.send("UID", "FETCH", _vanished_range(None) if self.qresync else "1:*",
                   "(UID FLAGS)", modifiers)
@@ -653,14 +593,13 @@ class ImapSession:
                       f"(UID RFC822.SIZE {_PAIRING_FIELDS})")
         selected, flags_reply, *rest = pipe.replies()
         meta_reply = rest[0] if rest else None
+        wire.set_selected(imap, selected.ok)
         if not selected.ok:
-            imap.state = "AUTH"
             self.selected = None
             raise_refused([selected])
-        imap.state = "SELECTED"
         self.selected = name
         try:
-            response = self.client._process_select_response(selected.untagged)
+            response = wire.parse_select(self.client, selected.untagged)
         except (ValueError, TypeError, IndexError):
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         info = _select_info(name, response)
@@ -757,16 +696,9 @@ class ImapSession:
                modifiers: Sequence[str] | None = None) -> dict[int, dict[bytes, object]]:
         """UID FETCH with a UID-set string ("1:*", "3:9,12"); imapclient's fetch() only takes
         explicit UID lists. Responses are keyed by UID."""
-        from imapclient.imapclient import seq_to_parenstr_upper
-        from imapclient.response_parser import parse_fetch_response
-
-        imap = self.client._imap
-        tag = imap._command("UID", "FETCH", uid_set, seq_to_parenstr_upper(items),
-                            *([seq_to_parenstr_upper(modifiers)] if modifiers else []))
-        typ, data = imap._command_complete("FETCH", tag)
-        self.client._checkok("fetch", typ, data)
-        typ, data = imap._untagged_response(typ, data, "FETCH")
-        return parse_fetch_response(data, self.client.normalise_times, True)
+        data = wire.uid_fetch(self.client, uid_set, wire.parenthesised(items),
+                              *([wire.parenthesised(modifiers)] if modifiers else []))
+        return wire.parse_fetch(self.client, data)
 
     def fetch_flags(self, changedsince: int | None = None) -> FlagChanges:
         """Flags of every message (UID FETCH 1:* FLAGS), or only of those changed since a
@@ -790,7 +722,7 @@ class ImapSession:
         return FlagChanges(flags=flags, vanished=vanished)
 
     def _take_vanished(self) -> frozenset[int]:
-        return _vanished_from(self.client._imap.untagged_responses.pop("VANISHED", None) or [])
+        return _vanished_from(wire.take_untagged(wire.imaplib_of(self.client), "VANISHED") or [])
 
     def search_all_uids(self) -> set[int]:
         """Every UID in the selected folder (expunge detection without QRESYNC)."""
@@ -920,13 +852,8 @@ class ImapSession:
         initial sync; regexes over the short texts do the same for the flat responses syncd
         asks for. None when a response has a shape we do not expect (the caller then uses the
         general parser)."""
-        imap = self.client._imap
-        args = ["UID", "FETCH", uid_set, items] + ([modifiers] if modifiers else [])
-        tag = imap._command(*args)
-        typ, data = imap._command_complete("FETCH", tag)
-        self.client._checkok("fetch", typ, data)
-        typ, data = imap._untagged_response(typ, data, "FETCH")
-        return _records(data)
+        return _records(wire.uid_fetch(self.client, uid_set, items,
+                                       *([modifiers] if modifiers else [])))
 
     def _fetch_bodies_fast(self, uid_set: str
                            ) -> dict[int, tuple[bytes, dt.datetime | None]] | None:
@@ -972,7 +899,7 @@ class ImapSession:
         pipe = self.pipeline()
         request = self.send_expunge(pipe, uids)
         outcome = self.finish_expunge(request, pipe.replies())
-        self.client._imap.untagged_responses.pop("VANISHED", None)
+        wire.take_untagged(wire.imaplib_of(self.client), "VANISHED")
         return outcome
 
     def move(self, uids: Sequence[int], target: str) -> bool:
@@ -988,7 +915,7 @@ class ImapSession:
                 self.client.move(uid_set, target)
             else:
                 self.client.copy(uid_set, target)
-        self.client._imap.untagged_responses.pop("VANISHED", None)
+        wire.take_untagged(wire.imaplib_of(self.client), "VANISHED")
         return moving
 
 
@@ -997,10 +924,9 @@ def parse_namespace(raw: object) -> Namespace:
     its first entry, which RFC 2342 makes the default for new folders. Anything we cannot
     read is "no prefix", which is how syncd behaved before it asked."""
     from imapclient.imap_utf7 import decode as decode_utf7
-    from imapclient.response_parser import parse_response
 
     try:
-        parsed = parse_response([raw] if not isinstance(raw, list) else raw)
+        parsed = wire.parse_response([raw] if not isinstance(raw, list) else raw)
         personal = parsed[0] if parsed else None
         if not personal or not isinstance(personal, tuple) or not isinstance(personal[0],
                                                                                 tuple):
@@ -1176,19 +1102,15 @@ class Pipeline:
 
     def __init__(self, session: ImapSession) -> None:
         self._session = session
-        self._imap = session.client._imap
+        self._imap = wire.imaplib_of(session.client)
         self._sent: list[tuple[bytes, str]] = []  # (tag, command name) in order
 
     def send(self, *words: str | bytes) -> int:
         """Write one command now; returns its index in replies()."""
         imap = self._imap
-        imap._check_bye()
-        tag = imap._new_tag()
+        wire.check_bye(imap)
         parts = [w if isinstance(w, bytes) else w.encode("ascii") for w in words]
-        line = b" ".join([tag, *parts])
-        if getattr(imap, "debug", 0) >= 4:
-            imap._mesg(f"> {line!r}")  # the --debug trace shows it like imaplib's own commands
-        imap.send(line + b"\r\n")
+        tag = wire.write_command(imap, *parts)
         name = " ".join(p.decode("ascii", "replace") for p in parts[:2]) \
             if parts[:1] == [b"UID"] else parts[0].decode("ascii", "replace")
         self._sent.append((tag, name))
@@ -1199,17 +1121,16 @@ class Pipeline:
         result: list[Reply] = []
         for tag, name in self._sent:
             try:
-                status, data = imap._get_tagged_response(tag)
+                status, data = wire.tagged_reply(imap, tag)
             except imap.abort:
                 raise
             except imap.error as exc:
                 # Unparseable mid-batch: the rest of the stream cannot be trusted.
                 raise imap.abort(f"{name}: {exc}; connection dropped") from None
-            untagged = imap.untagged_responses
-            imap.untagged_responses = {}
+            untagged = wire.swap_untagged(imap)
             bye = untagged.pop("BYE", None)
             if bye is not None:
-                imap.untagged_responses["BYE"] = bye  # reported by the next command
+                wire.swap_untagged(imap, {"BYE": bye})  # reported by the next command
             text = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
             result.append(Reply(name, status, text, untagged))
         self._sent = []
@@ -1251,7 +1172,7 @@ class ReplyGuard:
     dropped and made anew), never a half-read stream that later replies would be parsed from.
     """
 
-    def __init__(self, imap: object) -> None:
+    def __init__(self, imap: Any) -> None:
         self.imap = imap
         self.literal_limit = LITERAL_LIMIT
         self.reply_limit = REPLY_LIMIT
@@ -1260,23 +1181,18 @@ class ReplyGuard:
         #: The account whose pause a throttling reply sets (syncd/config/providers.py); None: none.
         self.account: str | None = None
         self.throttled: object | None = None  # the last providers.Throttle seen
-        cls = type(imap)
-        self._read = cls.read.__get__(imap)
-        self._readline = cls.readline.__get__(imap)
-        self._send = cls.send.__get__(imap)
-        self._append = cls._append_untagged.__get__(imap)
+        # imaplib's own methods, which the guard's call once they have checked.
+        self._own = wire.hook_io(imap, wire.ImapIO(self.read, self.readline, self.send,
+                                                   self.append_untagged))
 
     @classmethod
     def install(cls, client: IMAPClient) -> ReplyGuard:
-        imap = client._imap
+        """The connection's guard, put in place on its first call (one per connection)."""
+        imap = wire.imaplib_of(client)
         guard = getattr(imap, "_syncd_guard", None)
         if guard is None:
             guard = cls(imap)
-            imap._syncd_guard = guard
-            imap.read = guard.read
-            imap.readline = guard.readline
-            imap.send = guard.send
-            imap._append_untagged = guard.append_untagged
+            imap._syncd_guard = guard  # type: ignore[attr-defined]
         return guard
 
     @contextlib.contextmanager
@@ -1302,11 +1218,11 @@ class ReplyGuard:
 
     def send(self, data: bytes) -> None:
         self.received = 0
-        self._send(data)
+        self._own.send(data)
 
     def readline(self) -> bytes:
         try:
-            line = self._readline()
+            line = self._own.readline()
         except self.imap.abort:
             raise
         except self.imap.error as exc:  # "got more than 1000000 bytes": mid-line, out of step
@@ -1338,12 +1254,12 @@ class ReplyGuard:
                               f"{self.literal_limit} expected")
         self._count(size)
         if size <= _READ_CHUNK:
-            return self._read(size)
+            return self._own.read(size)
         # In pieces, so that memory follows what actually arrives, not what was announced.
         parts = []
         remaining = size
         while remaining:
-            part = self._read(min(remaining, _READ_CHUNK))
+            part = self._own.read(min(remaining, _READ_CHUNK))
             if not part:
                 break
             parts.append(part)
@@ -1351,10 +1267,10 @@ class ReplyGuard:
         return b"".join(parts)
 
     def append_untagged(self, typ: str, dat: object) -> None:
-        kept = self.imap.untagged_responses.get(typ)
+        kept = wire.kept_untagged(self.imap, typ)
         if kept is not None and typ not in _KEEP_ALL and len(kept) >= 2 * UNTAGGED_KEEP:
             del kept[:-UNTAGGED_KEEP]  # nobody reads old EXISTS/OK/ALERT lines
-        self._append(typ, dat)
+        self._own.append_untagged(typ, dat)
 
 
 def _refuse_while_paused(account: AccountSettings) -> None:
@@ -1372,8 +1288,7 @@ def _quiet_imaplib(client: IMAPClient) -> None:
     """imapclient turns imaplib's debug level up to 5, and imaplib then formats the repr of
     every response, message bodies included, before the logger can drop it: a third of the CPU
     of an initial sync. Keep that only when protocol traces are actually wanted (--debug)."""
-    wanted = logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG)
-    client._imap.debug = 5 if wanted else 0
+    wire.set_trace(wire.imaplib_of(client), wire.TRACE.isEnabledFor(logging.DEBUG))
 
 
 def _positive(value: object, *, zero: bool = False) -> int:
@@ -1404,4 +1319,4 @@ def _status_from(raw: dict) -> FolderStatus:
 def _close_quietly(client: IMAPClient) -> None:
     from syncd.imap.probe import logout_quietly
 
-    logout_quietly(client._imap)
+    logout_quietly(wire.imaplib_of(client))

@@ -10,7 +10,7 @@ before the ``+`` (which RFC 2177 allows).
 Here the socket is only ever *polled* without blocking: a response is read once its first byte
 is there, and then read whole (lines and literals) through imaplib's own buffered reader, in
 blocking mode with the connection's read timeout, exactly like any other reply. The reads go
-through ``ReplyGuard`` (adapters/imap.py), so its limits (line length, literal size, bytes per
+through ``ReplyGuard`` (syncd/imap/client.py), so its limits (line length, literal size, bytes per
 command) hold during IDLE too. A response that stops in the middle for longer than the read
 timeout is a dead connection (socket timeout), never a half line taken for a whole one.
 """
@@ -23,6 +23,8 @@ import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
+
+from syncd.imap import wire
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
@@ -43,7 +45,7 @@ class IdleStream:
 
     def __init__(self, client: IMAPClient) -> None:
         self.client = client
-        self.imap = client._imap
+        self.imap = wire.imaplib_of(client)
         self.tag: bytes | None = None
         #: The tagged reply to IDLE once it came: (status, text). Set when the server ends
         #: IDLE by itself (then done() sends no DONE) or after done().
@@ -58,7 +60,7 @@ class IdleStream:
         if not self.client.has_capability("IDLE"):
             raise CapabilityError("Server does not support IDLE capability")
         self.ended = None
-        self.tag = self.imap._command("IDLE")
+        self.tag = wire.start_command(self.imap, "IDLE")
         early: list[Response] = []
         while True:
             kind, response = self._read_response()
@@ -96,8 +98,7 @@ class IdleStream:
         late: list[Response] = []
         if self.ended is None:
             self.imap.send(b"DONE\r\n")
-            if getattr(self.imap, "debug", 0) >= 4:
-                self.imap._mesg("> b'DONE'")
+            wire.trace(self.imap, "> b'DONE'")
             while self.ended is None:
                 kind, response = self._read_response()
                 if kind == "untagged":
@@ -107,7 +108,7 @@ class IdleStream:
 
     # --- reading ------------------------------------------------------------------------
     def _sock(self) -> socket.socket:
-        return self.imap.sock
+        return self.imap.socket()
 
     def _buffered(self) -> bool:
         """True when the first byte of a response is here: in imaplib's buffer, or decrypted
@@ -116,7 +117,7 @@ class IdleStream:
         saved = sock.gettimeout()
         sock.setblocking(False)
         try:
-            return bool(self.imap.file.peek(1))
+            return bool(wire.reader(self.imap).peek(1))
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
             return False
@@ -152,8 +153,7 @@ class IdleStream:
             raise self.imap.abort("socket error: EOF")
         if not line.endswith(b"\r\n"):
             raise self.imap.abort(f"socket error: unterminated line: {line[:80]!r}")
-        if getattr(self.imap, "debug", 0) >= 4:
-            self.imap._mesg(f"< {line!r}")
+        wire.trace(self.imap, f"< {line!r}")
         return line[:-2]
 
     def _read_response(self) -> tuple[str, Response | None]:
@@ -168,7 +168,7 @@ class IdleStream:
                 raise self.imap.abort(f"unexpected tagged response: {line[:80]!r}")
             status, _, text = rest.partition(b" ")
             self.ended = (status.decode("ascii", "replace").upper(), text)
-            self.imap.tagged_commands.pop(tag, None)
+            wire.forget_tag(self.imap, tag)
             return "tagged", None
         parts: list[bytes | tuple[bytes, bytes]] = []
         while (match := _LITERAL_AT_END.search(line)) is not None:
@@ -195,7 +195,6 @@ def _parse(parts: list[bytes | tuple[bytes, bytes]]) -> Response:
     """An untagged response (its "* " included in the first part) as imapclient parses one.
     What imapclient cannot parse is returned raw: (b"?", line) counts as a change."""
     from imapclient.exceptions import ProtocolError
-    from imapclient.response_parser import parse_response
 
     first = parts[0]
     head = (first[0] if isinstance(first, tuple) else first)[2:]
@@ -203,7 +202,7 @@ def _parse(parts: list[bytes | tuple[bytes, bytes]]) -> Response:
     if len(parts) == 1 and head.startswith((b"OK ", b"NO ", b"BAD ", b"BYE ")):
         return tuple(head.split(b" ", 1))
     try:
-        return tuple(parse_response(parts))
+        return tuple(wire.parse_response(parts))
     except (ProtocolError, ValueError, IndexError):
         return (b"?", head)
 

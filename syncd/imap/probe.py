@@ -13,7 +13,6 @@ from __future__ import annotations
 import binascii
 import contextlib
 import imaplib
-import logging
 import re
 import socket
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from syncd.core.folders import Namespace, personal_namespace
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, login_refused
+from syncd.imap import wire
+from syncd.imap.wire import IMAP4OnSocket
 
 if TYPE_CHECKING:
     from syncd.config.load import AccountSettings
@@ -39,55 +40,12 @@ class Listing(NamedTuple):
     namespace: Namespace = Namespace()
 
 
-# The --debug protocol trace: the logger, and the redaction, imapclient uses for its own.
-_TRACE = logging.getLogger("imapclient.imaplib")
-
-
-class IMAP4OnSocket(imaplib.IMAP4):
-    """imaplib on a connection that is already open (transport.dial_ahead): it reads the
-    greeting from it as from one it opened itself. Under --debug the conversation, greeting
-    included, goes to the protocol trace with LOGIN's arguments cut."""
-
-    def __init__(self, host: str, port: int, sock: socket.socket) -> None:
-        self._given = sock
-        super().__init__(host, port)
-
-    def open(self, host: str = "", port: int = imaplib.IMAP4_PORT,
-             timeout: float | None = None) -> None:
-        if _TRACE.isEnabledFor(logging.DEBUG):
-            self.debug = 5  # before the greeting is read
-        super().open(host, port, timeout)
-
-    def _mesg(self, s: str, secs: float | None = None) -> None:
-        if s.startswith(">"):
-            for command in ("LOGIN", "AUTHENTICATE"):
-                if command in s:
-                    s = f"{s.split(command)[0]}{command} **REDACTED**"
-                    break
-        _TRACE.debug(s)
-
-    def _create_socket(self, timeout: float | None = None) -> socket.socket:
-        return self._given
-
-    def _get_capabilities(self) -> None:
-        # imaplib asks CAPABILITY after every greeting; most servers announce them in it
-        # (RFC 3501 7.1): one round trip less per connection.
-        announced = self.untagged_responses.pop("CAPABILITY", None)
-        if announced and isinstance(announced[-1], bytes):
-            self.capabilities = tuple(announced[-1].decode("ascii", "replace").upper().split())
-            return
-        super()._get_capabilities()
-
-
 def logout_quietly(imap: imaplib.IMAP4) -> None:
     """LOGOUT without waiting for the server's BYE (nothing in it matters to us, and waiting
     costs a round trip), then close."""
     try:
         if getattr(imap, "state", None) in ("AUTH", "SELECTED", "NONAUTH"):
-            line = imap._new_tag() + b" LOGOUT"
-            if getattr(imap, "debug", 0) >= 4:
-                imap._mesg(f"> {line!r}")
-            imap.send(line + b"\r\n")
+            wire.write_command(imap, b"LOGOUT")
     except Exception:
         pass
     with contextlib.suppress(Exception):
@@ -126,7 +84,7 @@ def probe(account: AccountSettings, sock: socket.socket,
 
 def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
                     password: Callable[[], str]) -> Listing | None:
-    if imap.state != "NONAUTH" or "LOGINDISABLED" in imap.capabilities:
+    if wire.state_of(imap) != "NONAUTH" or "LOGINDISABLED" in imap.capabilities:
         return None  # PREAUTH or no LOGIN: the full path knows what to do or say
     secret = password()
     try:
@@ -149,7 +107,8 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
         return None  # without both, the status shortcut never applies anyway
     # NAMESPACE is written ahead of the LIST, without waiting: imaplib files its tagged reply
     # while it reads the LIST's, so both cost one round trip.
-    namespace_tag = _send(imap, b"NAMESPACE") if "NAMESPACE" in capabilities else None
+    namespace_tag = (wire.write_command(imap, b"NAMESPACE") if "NAMESPACE" in capabilities
+                     else None)
     # imaplib sends its arguments as they are: the pattern carries the RETURN options.
     typ, lines = imap.list('""', f'"*" RETURN (STATUS ({" ".join(STATUS_ITEMS)}))')
     if typ != "OK":
@@ -161,22 +120,12 @@ def _login_and_list(account: AccountSettings, imap: imaplib.IMAP4,
         return None
     namespace = Namespace()
     if namespace_tag is not None:
-        typ, _ = imap._get_tagged_response(namespace_tag)
+        typ, _ = wire.tagged_reply(imap, namespace_tag)
         parsed = _parse_namespace(imap.response("NAMESPACE")[1]) if typ == "OK" else None
         if parsed is None:
             return None  # a reply we do not read: the full path asks again and knows
         namespace = parsed
     return Listing(folders, statuses, namespace)
-
-
-def _send(imap: imaplib.IMAP4, command: bytes) -> bytes:
-    """Write a command without waiting for its reply; returns its tag."""
-    tag: bytes = imap._new_tag()
-    line = tag + b" " + command
-    if getattr(imap, "debug", 0) >= 4:
-        imap._mesg(f"> {line!r}")
-    imap.send(line + b"\r\n")
-    return tag
 
 
 def _raise_if_throttled(account: AccountSettings, *texts: object) -> None:

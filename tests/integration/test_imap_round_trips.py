@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from syncd.config.load import load_config
+from syncd.imap import wire
 from syncd.imap.client import ImapSession
 from tests.support.dovecot import PLAIN_IMAP_CAPABILITY, Dovecot, User, make_message
 from tests.support.syncd_env import run_subprocess, write_config
@@ -62,9 +63,9 @@ def test_listed_statuses_are_used_only_right_after_the_list(dovecot: Dovecot, us
     session = ImapSession.connect(account, lambda: user.password)
     try:
         assert [f.name for f in session.list_folders()] == ["INBOX"]
-        tag = session.client._imap.tagnum
+        tag = wire.tag_count(wire.imaplib_of(session.client))
         assert session.status_all(["INBOX"])["INBOX"].messages == 3
-        assert session.client._imap.tagnum == tag, "status_all() sent a command"
+        assert wire.tag_count(wire.imaplib_of(session.client)) == tag, "status_all() sent a command"
         # Anything in between (here a new message and a NOOP) makes status_all() ask again.
         dovecot.seed(user, "INBOX", [make_message(3)])
         session.list_folders()

@@ -365,9 +365,21 @@ def test_fchmod_skipped_only_when_the_umask_cannot_remove_bits(
         assert calls == expected
 
 
-def test_sync_fsyncs_without_error(folder: MaildirFolder) -> None:
+def test_sync_fsyncs_each_directory(folder: MaildirFolder,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync() is what makes deliveries, renames and removals durable (the engine records them
+    only after it): a real fsync of each of cur/, new/ and tmp/ themselves, not of a file."""
     folder.deliver(b"x", "")
+    synced: list[str] = []
+    real = md.os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(md.os, "fsync", recording)
     folder.sync()
+    assert synced == [str(folder.path / sub) for sub in ("cur", "new", "tmp")]
 
 
 # ---------------------------------------------------------------------------------------------

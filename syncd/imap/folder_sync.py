@@ -1,0 +1,180 @@
+"""One folder's sync, as data flows through it: open (the state's row, open intents
+recovered) -> gather (state rows once, Maildir scan, server view) -> plan (core/plan, pure) ->
+execute (execute.py, in the crash-safe order) -> record (record.py, in one place).
+
+Two shortcuts end it before planning: STATUS equal to the cursors with the Maildir
+directories as the last sync left them (untouched: two stats, no per-message work), or the
+scan holding exactly the synced files (unchanged). Either way the ending is recorded by
+record.py like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from syncd.core.folders import folder_untouched
+from syncd.core.model import FolderPolicy
+from syncd.imap.gather import (
+    FolderView,
+    LocalScan,
+    gather_view,
+    read_rows,
+    scan_local,
+    unchanged,
+    with_digests,
+)
+from syncd.imap.record import (
+    COMPLETED,
+    INTERRUPTED,
+    PLANNED,
+    UNCHANGED,
+    UNTOUCHED,
+    Ending,
+    record_folder,
+)
+from syncd.imap.recover import recover
+
+if TYPE_CHECKING:
+    from syncd.config.load import AccountSettings
+    from syncd.core.actions import FolderPlan
+    from syncd.core.model import FolderStatus
+    from syncd.imap.client import ImapSession
+    from syncd.outcome.results import FolderResult, Reporter
+    from syncd.store.maildir import MaildirFolder
+    from syncd.store.state import FolderState, StateStore
+
+log = logging.getLogger("syncd.imap.account")
+
+
+class SyncOptions(NamedTuple):
+    dry_run: bool = False
+    force_deletions: bool = False
+    # Only these folders (server names); None = every folder the config selects.
+    only_folders: frozenset[str] | None = None
+    # Skip SELECT when STATUS and the local scan show nothing changed (cheap periodic checks).
+    use_status_shortcut: bool = True
+
+
+class FolderSync:
+    """Syncs folders of one account on one connection and one state store (the account's,
+    or a parallel worker's); owns nothing beyond a run."""
+
+    def __init__(self, account: AccountSettings, state: StateStore, session: ImapSession,
+                 options: SyncOptions, *, reporter: Reporter,
+                 should_stop: Callable[[], bool], moved_into: set[str],
+                 untouched: list[FolderState], clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.account = account
+        self.state = state
+        self.session = session
+        self.options = options
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.moved_into = moved_into  # see FolderJob.moved_into
+        self.untouched = untouched  # see record_folder
+        self.clock = clock
+
+    def run(self, name: str, place: MaildirFolder, status: FolderStatus | None,
+            result: FolderResult) -> None:
+        """Sync the server folder ``name`` with the local folder ``place``; what it did goes
+        into ``result``. A dry run plans and records nothing."""
+        fstate = self._open(name, place)
+        ending = self._sync(name, fstate, place, status, result)
+        if fstate is not None and not self.options.dry_run:
+            record_folder(self.state, fstate, ending, place, error=result.error,
+                          clock=self.clock, untouched=self.untouched)
+        # The folder's end, for the progress display and the daemon's heartbeat (a folder
+        # with much to do but nothing to download beats here too).
+        self.reporter.folder_done(self.account.name, name)
+
+    def _open(self, name: str, place: MaildirFolder) -> FolderState | None:
+        """The folder's row (made on its first sync), with the intents a crash left open
+        finished or undone. A dry run changes nothing: a new folder has no row."""
+        fstate = self.state.folder(name)
+        if self.options.dry_run:
+            return fstate
+        if fstate is None:
+            fstate = self.state.ensure_folder(name, str(place.path))
+        recover(self.session, self.state, fstate, place, self.account.name)
+        return fstate
+
+    def _sync(self, name: str, fstate: FolderState | None, place: MaildirFolder,
+              status: FolderStatus | None, result: FolderResult) -> Ending:
+        if self._untouched(fstate, status, place):
+            return Ending(UNTOUCHED)
+        rows = read_rows(self.state, fstate)
+        scan, created = scan_local(place, rows.synced, dry=self.options.dry_run)
+        if created:
+            result.created_local = True
+        if (self.options.use_status_shortcut and fstate is not None and status is not None
+                and unchanged(fstate, status, rows, scan, condstore=self.session.condstore)):
+            return Ending(UNCHANGED, scan.stamp)
+        view = gather_view(self.session, fstate, name, status, rows, scan, place,
+                           self._policy(fstate, scan))
+        plan = self._plan(name, view, place, result)
+        if self.options.dry_run:
+            return Ending(PLANNED)
+        assert fstate is not None
+        self._execute(plan, view, fstate, place, scan, result)
+        if self.should_stop():
+            return Ending(INTERRUPTED)
+        return Ending(COMPLETED, scan.stamp, view.info)
+
+    def _untouched(self, fstate: FolderState | None, status: FolderStatus | None,
+                   place: MaildirFolder) -> bool:
+        """Nothing changed on either side: STATUS equals the cursors and the Maildir
+        directories are as the last sync left them. Two stats and no per-message work, so a
+        no-change sync costs the same for 100 messages or 100,000."""
+        if (not self.options.use_status_shortcut or fstate is None or status is None
+                or self.options.force_deletions):
+            return False
+        return folder_untouched(
+            fstate, status, condstore=self.session.condstore,
+            synced_count=lambda: self.state.message_count(fstate.id),
+            local_unchanged=lambda: place.unchanged_since(fstate.local_stamp))
+
+    def _policy(self, fstate: FolderState | None, scan: LocalScan) -> FolderPolicy:
+        """What the planner may do here (gather_view adds what the server keeps)."""
+        return FolderPolicy(trash_folder=self.account.trash_folder,
+                            force_deletions=self.options.force_deletions,
+                            local_folder_missing=scan.folder_missing,
+                            guard_held=fstate is not None and fstate.guard_held)
+
+    def _plan(self, name: str, view: FolderView, place: MaildirFolder,
+              result: FolderResult) -> FolderPlan:
+        # The planner is imported when a folder first needs a plan: a sync with nothing to do
+        # (most of them) never plans, and starts ~15 ms sooner without it.
+        from syncd.core.plan import describe, plan_folder
+
+        plan = plan_folder(with_digests(self.session, view.snapshot, place, self.account.name))
+        result.guard = plan.guard
+        if plan.guard:
+            log.warning("%s/%s: %s", self.account.name, name, plan.guard)
+        if self.options.dry_run:
+            result.plan_lines = describe(plan)
+        return plan
+
+    def _execute(self, plan: FolderPlan, view: FolderView, fstate: FolderState,
+                 place: MaildirFolder, scan: LocalScan, result: FolderResult) -> None:
+        from syncd.core import actions as A
+        from syncd.imap.execute import execute
+        from syncd.imap.job import FolderJob
+
+        if view.uidvalidity_changed:
+            log.warning("%s/%s: UIDVALIDITY changed (%s -> %s); re-pairing by content",
+                        self.account.name, fstate.remote_name, fstate.uidvalidity,
+                        view.info.uidvalidity)
+        # Past planning only pairings look the server's view up again; the rest is in the
+        # plan.
+        pairs = {a.uid for a in plan.actions if isinstance(a, A.Pair)}
+        paired_remote = {m.uid: m for m in view.snapshot.remote if m.uid in pairs}
+        job = FolderJob(self.account.name, self.session, self.state, fstate, place, result,
+                        view.snapshot.policy.storable,
+                        {m.key: m.flags for m in view.snapshot.local}, self.reporter,
+                        self.should_stop, self.moved_into)
+        # The guard's verdict is kept (held) unless the folder itself vanished locally.
+        held = plan.guard is not None and not scan.folder_missing
+        execute(job, plan, paired_remote, reset=view.uidvalidity_changed, guard_held=held)

@@ -1,0 +1,258 @@
+"""One folder's snapshot, gathered before anything is planned: the state's rows (read once),
+the Maildir scan (its stamp taken before it), and the server's view (SELECT, flags, and the
+size and Message-ID of messages nobody knows yet); body digests only where pairing needs them.
+
+Nothing here writes: the state, the Maildir and the server are as they were (a missing local
+folder is created, which the planner reports as created). See docs/architecture.md, "One
+folder's sync".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NamedTuple
+
+from syncd.core.flags import normalize
+from syncd.core.folders import files_match, server_untouched
+from syncd.core.model import (
+    FolderPolicy,
+    FolderSnapshot,
+    LocalMessage,
+    RemoteMessage,
+    SyncedMessage,
+)
+from syncd.imap.client import UID_SET_CHUNK
+
+if TYPE_CHECKING:
+    from syncd.core.model import FolderStatus
+    from syncd.imap.client import FlagChanges, ImapSession, SelectChanges, SelectInfo
+    from syncd.store.maildir import LocalEntry, MaildirFolder
+    from syncd.store.state import FolderState, StateStore
+
+log = logging.getLogger("syncd.imap.account")
+
+
+class FolderRows(NamedTuple):
+    """The state's side of one folder, read in one place before planning: the synced rows,
+    the letters the server is known not to keep, the UIDs whose expunge is still pending."""
+
+    synced: list[SyncedMessage]
+    unkept: str
+    pending: frozenset[int]
+
+
+def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
+    """The folder's rows; none for a folder the state does not know (a dry run's new one)."""
+    if fstate is None:
+        return FolderRows([], "", frozenset())
+    return FolderRows(state.messages(fstate.id), state.unkept_flags(fstate.id),
+                      state.pending_expunges(fstate.id))
+
+
+class LocalScan(NamedTuple):
+    """The Maildir side: its files, and the stamp taken before they were read."""
+
+    entries: dict[str, LocalEntry]
+    # Taken before the scan, so a mail reader's change made while this sync runs moves an
+    # mtime past it and the next sync looks (issue 16). None in a dry run (never recorded).
+    stamp: str | None
+    # The directory vanished although messages were synced into it: the planner must not
+    # take that for the user deleting every message (the guard).
+    folder_missing: bool
+
+
+def scan_local(folder: MaildirFolder, synced: list[SyncedMessage], *, dry: bool
+               ) -> tuple[LocalScan, bool]:
+    """The scan, and whether the folder was created locally just now (it had never been
+    synced: a new folder, not a lost one)."""
+    missing = not folder.exists()
+    created = False
+    if missing and not dry:
+        folder.create()
+        created = not synced
+    stamp = None if dry else folder.stamp()
+    entries = {} if missing else folder.scan()
+    return LocalScan(entries, stamp, missing and bool(synced)), created
+
+
+def unchanged(fstate: FolderState, status: FolderStatus, rows: FolderRows, scan: LocalScan,
+              *, condstore: bool) -> bool:
+    """True when neither side can have changed since the last completed sync: the server's
+    STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
+    cannot know, so never), and the Maildir holds exactly the synced files and flags."""
+    return (not scan.folder_missing
+            and server_untouched(fstate, status, condstore=condstore,
+                                 synced_count=lambda: len(rows.synced))
+            and files_match(rows.synced, scan.entries))
+
+
+class FolderView(NamedTuple):
+    """Everything one folder's plan is made from, and the SELECT's numbers, which become the
+    cursors once the plan is executed. The server's view is kept only as the snapshot's
+    tuple: a big initial sync holds one record per message, not a dict besides."""
+
+    info: SelectInfo
+    snapshot: FolderSnapshot
+    uidvalidity_changed: bool
+
+
+def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
+                status: FolderStatus | None, rows: FolderRows, scan: LocalScan,
+                folder: MaildirFolder, policy: FolderPolicy) -> FolderView:
+    """SELECT the folder and build the snapshot: the server's view, the local one, and the
+    policy completed with what the server keeps and the pending expunges."""
+    info, prefetched = select(session, fstate, name, status)
+    uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
+                           and fstate.uidvalidity != info.uidvalidity)
+    synced_by_key = {m.key: m for m in rows.synced}
+    # Message-IDs only serve pairing local files the state does not know with server
+    # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
+    unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in scan.entries)
+    remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
+                         None if uidvalidity_changed else prefetched,
+                         message_ids=unpaired_local)
+    # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
+    local = local_view(folder, scan.entries, {} if uidvalidity_changed else synced_by_key)
+    storable = info.storable
+    if fstate is not None:
+        storable = normalize(set(storable) - set(rows.unkept))
+    snapshot = FolderSnapshot(synced=tuple(rows.synced), local=tuple(local),
+                              remote=tuple(remote.values()),
+                              uidvalidity_changed=uidvalidity_changed,
+                              policy=policy._replace(storable=storable),
+                              pending_expunge=rows.pending)
+    return FolderView(info, snapshot, uidvalidity_changed)
+
+
+def select(session: ImapSession, fstate: FolderState | None, name: str,
+           status: FolderStatus | None) -> tuple[SelectInfo, SelectChanges | None]:
+    """SELECT; in the incremental case with what changed in the same round trip. STATUS (just
+    taken) vouches for the UIDVALIDITY, so the old cursors apply. The new UIDs' meta rides
+    along unless STATUS announces more new messages than one fetch_meta chunk: that reply
+    would not be bounded."""
+    if (fstate is not None and fstate.highestmodseq is not None and fstate.uidnext
+            and session.condstore and status is not None
+            and status.uidvalidity == fstate.uidvalidity):
+        many = (status.uidnext or 0) - fstate.uidnext > UID_SET_CHUNK
+        return session.select_with_changes(name, fstate.highestmodseq,
+                                           None if many else fstate.uidnext)
+    return session.select(name), None
+
+
+def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectInfo,
+                synced: list[SyncedMessage], uidvalidity_changed: bool,
+                prefetched: SelectChanges | None = None, *,
+                message_ids: bool = True) -> dict[int, RemoteMessage]:
+    """Every message on the server with its flags; size and Message-ID for UIDs the state
+    does not know. With CONDSTORE only what changed since the last sync is fetched (or taken
+    from ``prefetched``, asked for together with the SELECT)."""
+    incremental = (not uidvalidity_changed and fstate is not None
+                   and fstate.highestmodseq is not None and info.highestmodseq is not None
+                   and session.condstore)
+    if incremental:
+        assert fstate is not None
+        view = _changed_flags(session, fstate, info, synced, prefetched)
+    else:
+        full = session.fetch_flags() if info.exists else None
+        view = {uid: RemoteMessage(uid, flags)
+                for uid, flags in (full.flags.items() if full else ())}
+    known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
+    new_uids = [uid for uid in view if uid not in known_uids]
+    if new_uids:
+        _add_meta(session, view, new_uids, prefetched, message_ids=message_ids)
+    return view
+
+
+def _changed_flags(session: ImapSession, fstate: FolderState, info: SelectInfo,
+                   synced: list[SyncedMessage], prefetched: SelectChanges | None
+                   ) -> dict[int, RemoteMessage]:
+    """The server's flags from the state's rows and what changed since the last modseq."""
+    if info.highestmodseq == fstate.highestmodseq and info.uidnext == fstate.uidnext \
+            and info.exists == len(synced):
+        return {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+    assert fstate.highestmodseq is not None
+    changes: FlagChanges = prefetched.changes if prefetched is not None \
+        and prefetched.changes is not None \
+        else session.fetch_flags(changedsince=fstate.highestmodseq)
+    view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
+            if m.uid not in changes.vanished}
+    for uid, flags in changes.flags.items():
+        view[uid] = RemoteMessage(uid, flags)
+    if len(view) != info.exists:
+        # Expunges we were not told about (no QRESYNC) or a server that skipped some: the UID
+        # list settles it in one round trip.
+        present = session.search_all_uids() if info.exists else set()
+        view = {uid: msg for uid, msg in view.items() if uid in present}
+        missing = present - set(view)
+        if missing:
+            full = session.fetch_flags()
+            for uid in missing:
+                if uid in full.flags:
+                    view[uid] = RemoteMessage(uid, full.flags[uid])
+    return view
+
+
+def _add_meta(session: ImapSession, view: dict[int, RemoteMessage], new_uids: list[int],
+              prefetched: SelectChanges | None, *, message_ids: bool) -> None:
+    """Size, Message-ID and trace bytes of the UIDs the state does not know, in place; what
+    came with the SELECT is not asked again."""
+    early = prefetched.meta if prefetched is not None and prefetched.meta else {}
+    meta = {uid: early[uid] for uid in new_uids if uid in early}
+    rest = [uid for uid in new_uids if uid not in meta]
+    if rest:
+        meta.update(session.fetch_meta(rest, message_ids=message_ids))
+    for uid in new_uids:
+        if uid in meta:
+            found = meta[uid]
+            view[uid] = RemoteMessage(uid, view[uid].flags, found.size, found.message_id,
+                                      found.trace_bytes)
+        else:
+            del view[uid]  # expunged between the two fetches
+
+
+def local_view(folder: MaildirFolder, entries: dict[str, LocalEntry],
+               synced_by_key: dict[str, SyncedMessage]) -> list[LocalMessage]:
+    """The local files; size and identity only of those the state does not know."""
+    local = []
+    for key, entry in entries.items():
+        if key in synced_by_key:
+            local.append(LocalMessage(key, entry.flags))
+            continue
+        try:
+            info = folder.header_info(key)
+        except FileNotFoundError:
+            continue  # removed while we looked (mutt, another tool)
+        local.append(LocalMessage(key, entry.flags, info.size, info.message_id,
+                                  info.trace_bytes))
+    return local
+
+
+def with_digests(session: ImapSession, snapshot: FolderSnapshot, folder: MaildirFolder,
+                 account: str) -> FolderSnapshot:
+    """The snapshot with the body digests the planner needs to pair copies whose sizes
+    disagree under one Message-ID (a server storing LF, adding headers, or reporting inexact
+    sizes) or whose Message-ID several messages carry: BODY[TEXT] of just those server
+    messages, and those local files. Nothing is read in the common cases."""
+    from syncd.core.message import body_digest, body_start
+    from syncd.core.plan import digests_needed
+
+    wanted = digests_needed(snapshot)
+    if not wanted:
+        return snapshot
+    uids = set(wanted.uids)
+    sizes = [(m.uid, m.size) for m in snapshot.remote if m.uid in uids]
+    remote_digests = {uid: body_digest(text) for uid, text in session.fetch_texts(sizes)}
+    local_digests: dict[str, str] = {}
+    for key in wanted.keys:
+        try:
+            data = folder.read(key)
+        except FileNotFoundError:
+            continue  # gone meanwhile: not paired; its Upload finds it gone
+        local_digests[key] = body_digest(data[body_start(data):])
+    log.debug("%s: digested %d server and %d local bodies to pair them", account,
+              len(remote_digests), len(local_digests))
+    return snapshot._replace(
+        remote=tuple(m._replace(body_digest=remote_digests[m.uid])
+                     if m.uid in remote_digests else m for m in snapshot.remote),
+        local=tuple(m._replace(body_digest=local_digests[m.key])
+                    if m.key in local_digests else m for m in snapshot.local))
