@@ -727,9 +727,10 @@ def _check_imap(account: AccountSettings) -> None:
         folders = session.list_folders()
         from syncd.config.mutt import save_roles
 
-        save_roles(account, folders)  # Sent/Drafts/Trash for `syncd mutt-config`
-        maildir = Maildir(account.maildir, account.layout)
         namespace = session.personal_namespace()  # came with the LIST
+        # Sent/Drafts/Trash for `syncd mutt-config`, placed as a sync will place them
+        save_roles(account, folders, namespace)
+        maildir = Maildir(account.maildir, account.layout)
         if namespace.prefix:
             print(f'  personal namespace "{namespace.prefix}" (delimiter '
                   f'"{namespace.delimiter}"): shown locally without it; new local folders '
