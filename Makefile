@@ -201,8 +201,8 @@ distclean: clean
 #                     initial-sync msgs/s, no-change resync time and peak RSS
 # BENCH_ARGS adds flags, e.g. make bench BENCH_ARGS='--messages 5000 --no-latency'.
 BENCH_ARGS ?=
-BENCH_TOOLS    := mbsync offlineimap fetchmail safecat
-BENCH_PACKAGES := isync offlineimap3 fetchmail safecat
+BENCH_TOOLS    := mbsync offlineimap fetchmail safecat msmtp
+BENCH_PACKAGES := isync offlineimap3 fetchmail safecat msmtp
 # getmail6 comes from PyPI with the bench extra (pyproject.toml): Debian's 6.18.11 is too old
 BENCH_STAMP    := $(VENV)/.syncd-bench-installed
 

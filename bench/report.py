@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 SCENARIO_TITLE = {"initial": "initial sync", "resync": "no-change resync",
-                  "incremental": "incremental + sync", "pop3": "download-and-delete"}
+                  "incremental": "incremental + sync", "pop3": "download-and-delete",
+                  "outbox": "deliver the queue"}
 
 
 def _median(xs: list[float]) -> float | None:
@@ -97,6 +98,9 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 ratio_goal(f"POP3 ≤ {peer} ({net})", "pop3", net, "pop3", peer, 1.0)
         if net != "loopback":
             ratio_goal(f"POP3 ≤ fetchmail / 4 ({net})", "pop3", net, "pop3", "fetchmail", 0.25)
+    for net in networks:  # issue 19: the queue over one connection beats one by one
+        ratio_goal(f"outbox flush ≤ msmtp one by one ({net})", "outbox", net, "outbox",
+                   "msmtp", 1.0)
     for d in results["daemon"]:
         net = d["network"]
         for key, label in (("append_latencies", "server APPEND → Maildir file"),
@@ -199,10 +203,14 @@ def markdown(results: dict[str, Any], png_name: str) -> str:
         out.append(f"| {goal} | {measured} | {mark} |")
     networks = sorted({r["network"] for r in rows}, key=lambda n: n != "loopback")
     for part, title in (("imap", "IMAP ↔ Maildir"), ("pop3", "POP3 download-and-delete"),
-                        ("scaling", "syncd at a smaller size (scaling)")):
+                        ("scaling", "syncd at a smaller size (scaling)"),
+                        ("outbox", "Outbox: `syncd outbox flush` (one connection, pipelined) "
+                                   "against msmtp once per message")):
         for net in networks:
             if any(r["part"] == part and r["network"] == net for r in rows):
-                suffix = f", {args['pop3_messages']:,} messages" if part == "pop3" else ""
+                suffix = {"pop3": f", {args['pop3_messages']:,} messages",
+                          "outbox": f", {args.get('outbox_messages', 0):,} messages"
+                          }.get(part, "")
                 out += ["", f"## {title}: {net}{suffix}", "", *_table(rows, part, net)]
     if results["daemon"]:
         out += ["", "## syncd daemon (`syncd run`)", "",

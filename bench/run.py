@@ -1,4 +1,5 @@
-"""syncd against mbsync, offlineimap3, getmail6 and fetchmail on one private Dovecot (issue 6).
+"""syncd against mbsync, offlineimap3, getmail6 and fetchmail on one private Dovecot (issue 6),
+and its outbox against msmtp on one local SMTP sink (issue 19).
 
     .venv/bin/python -m bench.run [--quick] [--messages N] [--peers mbsync,offlineimap,...]
                                   [--no-latency] [--skip pop3,daemon,...]
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import corpus, measure, snap, verify
+from bench import outbox as outbox_bench
 from bench.tools import (
     DEBIAN_PACKAGE,
     EXECUTABLE,
@@ -47,7 +49,7 @@ from bench.tools import (
 from tests.support.dovecot import Dovecot, HarnessError, User
 
 NETWORKS = {"loopback": 0.0, "20ms": 0.010}  # name -> one-way delay of the proxy
-PARTS = ("imap", "incremental", "pop3", "daemon", "scaling")
+PARTS = ("imap", "incremental", "pop3", "daemon", "scaling", "outbox")
 
 
 #: Before every timed run: mbsync waits for the clock to pass the second in which it last wrote
@@ -139,6 +141,7 @@ class Bench:
         self.daemon: list[DaemonResult] = []
         self.notes: list[str] = []
         self.dc: Dovecot | None = None
+        self.sink: outbox_bench.SmtpServer | None = None  # the outbox part's SMTP server
         self.uid_maps: dict[str, dict[int, tuple[str, int]]] = {}
         self.corpus_bytes: dict[str, int] = {}
 
@@ -153,6 +156,8 @@ class Bench:
         log(f"Dovecot up: {self.dc!r}")
 
     def stop(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
         if self.dc is not None:
             self.dc.stop()
 
@@ -550,6 +555,42 @@ class Bench:
             with contextlib.suppress(Exception):
                 conn.logout()
 
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_run(self, network: str, endpoint: Endpoint, smtp_port: int) -> None:
+        """N queued messages: one `syncd outbox flush` against msmtp once per message
+        (bench/outbox.py), both to the same sink, each message checked to arrive once."""
+        assert self.dc is not None and self.sink is not None
+        args = self.args
+        n = args.outbox_messages
+        size = sum(len(outbox_bench.message(i)) for i in range(n))
+        root = self.work / "clients" / f"outbox-{network}"
+        for tool in outbox_bench.TOOLS:
+            row = Row("outbox", network, "outbox", tool, n, size)
+            self.rows.append(row)
+            logfile = self.logs / f"outbox-{tool}-{network}.log"
+            for r in range(args.repeats):
+                outbox_bench.remove(root)
+                since, logins = outbox_bench.counted(self.sink)
+                log(f"{network} {tool}: {n} messages to the SMTP sink {r + 1}/{args.repeats}")
+                if tool == "syncd":
+                    config = outbox_bench.syncd_config(root / "syncd", endpoint,
+                                                       self._user("outbox"), smtp_port,
+                                                       self.sink)
+                    m = outbox_bench.run_syncd(config, n, logfile, args.timeout)
+                else:
+                    config = outbox_bench.msmtp_config(root / "msmtp", self.dc.ca_file,
+                                                       smtp_port, self.sink)
+                    m = outbox_bench.run_msmtp(config, n, logfile, args.timeout)
+                row.add(m)
+                row.correct = outbox_bench.delivered(self.sink, since, n)
+                connections = self.sink.logins - logins
+                row.note = f"{connections} login{'s' if connections != 1 else ''}"
+                log(f"  {m.wall:.2f} s, {n / m.wall:.0f} msgs/s, CPU {m.cpu:.1f} s, "
+                    f"rc {m.returncode}, {row.note}, correctness: {row.correct}")
+                if m.returncode != 0 or row.correct != "ok":
+                    break
+
     # ------------------------------------------------------------------ the whole run
 
     def run(self) -> None:
@@ -561,10 +602,13 @@ class Bench:
         daemon_user = (self.corpus_user("c", min(args.messages, args.daemon_messages))
                        if "daemon" not in args.skip else None)
         networks = args.networks
+        if "outbox" not in args.skip:
+            self.sink = outbox_bench.start_sink(self.dc)
+        targets = [self.dc.imaps_port, self.dc.pop3s_port,
+                   *([self.sink.port] if self.sink is not None else [])]
         for network in networks:
             delay = NETWORKS[network]
-            proxy = (measure.Proxy([self.dc.imaps_port, self.dc.pop3s_port], delay,
-                                   sys.executable, self.logs / "proxy.log")
+            proxy = (measure.Proxy(targets, delay, sys.executable, self.logs / "proxy.log")
                      if delay else contextlib.nullcontext())
             with proxy as px:
                 if px is None:
@@ -581,6 +625,9 @@ class Bench:
                         self.pop3_tool(name, network, endpoint, pop_user)
                 if daemon_user is not None:
                     self.daemon_run(network, endpoint, daemon_user)
+                if self.sink is not None:
+                    self.outbox_run(network, endpoint, self.sink.port if px is None
+                                    else px.ports[self.sink.port])
         if "scaling" not in args.skip and args.messages > 5000 and "imap" not in args.skip:
             self.scaling()
 
@@ -713,6 +760,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 60)")
     p.add_argument("--daemon-messages", type=int,
                    help="mailbox size of the daemon account (default 2000; quick 500)")
+    p.add_argument("--outbox-messages", type=int,
+                   help="queued messages for the outbox against msmtp (default 1000; quick 200)")
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     p.add_argument("--timeout", type=float, default=1800, help="per-run limit in seconds")
     p.add_argument("--workdir", default=str(REPO / "bench" / "work"))
@@ -727,7 +776,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q = args.quick
     defaults = {"messages": 5000 if q else 20000, "repeats": 1 if q else 3,
                 "pop3_messages": 500 if q else 5000, "daemon_events": 10 if q else 100,
-                "daemon_messages": 500 if q else 2000,
+                "daemon_messages": 500 if q else 2000, "outbox_messages": 200 if q else 1000,
                 "idle_seconds": 10.0 if q else 60.0, "feasible": 90.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -758,9 +807,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: must run as root (the private Dovecot switches users)", file=sys.stderr)
         return 2
     missing = missing_tools(args.tools)
+    if "outbox" not in args.skip and shutil.which("msmtp") is None:
+        missing.append("msmtp")
     if missing:
         how = []
-        if debs := [DEBIAN_PACKAGE[t] for t in missing if t in DEBIAN_PACKAGE]:
+        if debs := [DEBIAN_PACKAGE.get(t, t) for t in missing if t not in PIP_PACKAGE]:
             how.append(f"apt-get install -y {' '.join(debs)}")
         if pips := [PIP_PACKAGE[t] for t in missing if t in PIP_PACKAGE]:
             how.append(f"the bench extra: .venv/bin/pip install -e '.[bench]' ({', '.join(pips)})")

@@ -727,9 +727,10 @@ def _check_imap(account: AccountSettings) -> None:
         folders = session.list_folders()
         from syncd.config.mutt import save_roles
 
-        save_roles(account, folders)  # Sent/Drafts/Trash for `syncd mutt-config`
-        maildir = Maildir(account.maildir, account.layout)
         namespace = session.personal_namespace()  # came with the LIST
+        # Sent/Drafts/Trash for `syncd mutt-config`, placed as a sync will place them
+        save_roles(account, folders, namespace)
+        maildir = Maildir(account.maildir, account.layout)
         if namespace.prefix:
             print(f'  personal namespace "{namespace.prefix}" (delimiter '
                   f'"{namespace.delimiter}"): shown locally without it; new local folders '
@@ -833,7 +834,13 @@ def _sign_in(account: AccountSettings, browser: bool = False, device: bool = Fal
 
 # --- init ---------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from syncd.config.init import AccountAnswers, add_account, ask, fill_defaults
+    from syncd.config.init import (
+        AccountAnswers,
+        add_account,
+        apply_discovery,
+        ask,
+        fill_defaults,
+    )
     from syncd.config.load import default_config_path
 
     interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
@@ -852,10 +859,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         protocol=args.protocol or "imap", username=args.username, host=args.host,
         port=args.port, tls=args.tls, tls_ca_file=args.tls_ca_file, smtp_host=args.smtp_host,
         auth=args.auth, password_command=args.password_command, oauth2=oauth2)
+    def discover(found_for: AccountAnswers) -> None:
+        apply_discovery(found_for, network=not args.no_discover, say=print)
+
     if answers.email and answers.provider is None and answers.host is None:
-        _discover(answers, network=not args.no_discover)
+        discover(answers)
     if interactive:
-        answers = ask(answers, input, print)
+        # An address typed at the prompt is discovered too, before the questions it settles.
+        answers = ask(answers, input, print, on_email=discover)
     elif not answers.name:
         from syncd.config.init import default_name
 
@@ -936,28 +947,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     path = (args.config or default_config_path()).expanduser()
     return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
-
-
-def _discover(answers: Any, *, network: bool) -> None:
-    """Fill the servers of `syncd init ADDRESS` from discovery, saying where each came from."""
-    from syncd.config.discover import discover
-
-    found = discover(answers.email, network=network)
-    print(f"servers for {answers.email}:")
-    for line in found.lines():
-        print(line)
-    if found.preset is not None:
-        answers.provider = found.preset.name
-        return
-    server = found.servers.get(answers.protocol)
-    if server is not None:
-        answers.host, answers.port, answers.tls = server.host, server.port, server.tls
-        answers.username = answers.username or server.username
-    smtp = found.servers.get("smtp")
-    if smtp is not None and answers.smtp_host is None:
-        answers.smtp_host, answers.smtp_port = smtp.host, smtp.port
-    if server is None:
-        print(f"  no {answers.protocol.upper()} server found: guessing from the domain")
 
 
 # --- mutt-config --------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from syncd.config.load import ACCOUNT_NAME_RE, Settings, parse_config
 from syncd.config.presets import ACCOUNT_PRESETS, guess_servers, preset_for_address
 from syncd.errors import ConfigError, UsageError
 
-__all__ = ["AccountAnswers", "account_block", "add_account", "ask", "default_name"]
+__all__ = ["AccountAnswers", "account_block", "add_account", "apply_discovery", "ask",
+           "default_name"]
 
 
 @dataclass
@@ -250,9 +251,38 @@ def _write_atomically(path: Path, text: str, exists: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def apply_discovery(answers: AccountAnswers, *, network: bool,
+                    say: Callable[[str], None]) -> None:
+    """Find the servers of ``answers.email`` (syncd/config/discover.py) and fill what the
+    user has not given, saying where each value came from. Runs as soon as the address is
+    known: from the command line, or typed at the prompt (then the questions that follow
+    offer what was found instead of guesses)."""
+    from syncd.config.discover import discover
+
+    found = discover(answers.email, network=network)
+    say(f"servers for {answers.email}:")
+    for line in found.lines():
+        say(line)
+    if found.preset is not None:
+        answers.provider = found.preset.name
+        return
+    server = found.servers.get(answers.protocol)
+    if server is not None:
+        answers.host, answers.port, answers.tls = server.host, server.port, server.tls
+        answers.username = answers.username or server.username
+    smtp = found.servers.get("smtp")
+    if smtp is not None and answers.smtp_host is None:
+        answers.smtp_host, answers.smtp_port = smtp.host, smtp.port
+    if server is None:
+        say(f"  no {answers.protocol.upper()} server found: guessing from the domain")
+
+
 def ask(answers: AccountAnswers, prompt: Callable[[str], str],
-        say: Callable[[str], None]) -> AccountAnswers:
-    """Ask for what is still open (prompt returns the typed line; empty = the default)."""
+        say: Callable[[str], None],
+        on_email: Callable[[AccountAnswers], None] | None = None) -> AccountAnswers:
+    """Ask for what is still open (prompt returns the typed line; empty = the default).
+    ``on_email`` runs once an address typed at the prompt is known (discovery), before the
+    questions its answers may settle."""
 
     def question(text: str, default: str | None = None,
                  check: Callable[[str], str | None] | None = None) -> str:
@@ -267,6 +297,8 @@ def ask(answers: AccountAnswers, prompt: Callable[[str], str],
     if not answers.email:
         answers.email = question("Email address", check=lambda v: None if "@" in v
                                  else "that is not an email address")
+        if on_email is not None and answers.provider is None and answers.host is None:
+            on_email(answers)
     if not answers.name:
         answers.name = question("Account name (for syncd commands and the maildir)",
                                 default_name(answers.email),

@@ -6,8 +6,10 @@ Offline by design (it reads local files only):
   found in the local maildir;
 - the special-use folders (Sent, Drafts, Trash): what the server said in its LIST
   (``\\Sent``, ``\\Drafts``, ``\\Trash``, RFC 6154), recorded by ``syncd check`` in
-  ``<state_dir>/<account>.folders.json``; else well-known names (``Sent Items``,
-  ``[Gmail]/Sent Mail``, ...);
+  ``<state_dir>/<account>.folders.json`` with the personal namespace; else well-known names
+  (``Sent Items``, ``[Gmail]/Sent Mail``, ...) among the synced folders and the server's;
+  a folder not synced yet gets the place a sync will give it: without the namespace prefix
+  (Courier's ``INBOX.Sent`` is ``+Sent``, as syncd/imap/folder_map.py lays it out);
 - sending: through syncd's outbox (``set sendmail = "syncd send -oi"``) when the account has
   an SMTP server (``smtp``, or a provider preset's); ``record`` is then unset where syncd
   (``save_sent``) or the provider files the sent copy, so it appears once, not twice.
@@ -22,11 +24,13 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from syncd.core.folders import NO_NAMESPACE, Namespace, local_components, without_prefix
+from syncd.core.model import RemoteFolder
 
 if TYPE_CHECKING:
     from syncd.config.load import AccountSettings
-    from syncd.core.model import RemoteFolder
 
 __all__ = ["ROLES", "render", "roles_path", "save_roles"]
 
@@ -48,11 +52,14 @@ def roles_path(account: AccountSettings) -> Path:
     return account.state_dir / f"{account.name}.folders.json"
 
 
-def save_roles(account: AccountSettings, folders: Iterable[RemoteFolder]) -> None:
-    """Record the server's folder list with special-use flags (called by `syncd check`).
-    Best effort: a read-only state directory only costs mutt-config its exact answer."""
+def save_roles(account: AccountSettings, folders: Iterable[RemoteFolder],
+               namespace: Namespace = NO_NAMESPACE) -> None:
+    """Record the server's folder list with special-use flags and the personal namespace
+    (called by `syncd check`). Best effort: a read-only state directory only costs
+    mutt-config its exact answer."""
     data = {"folders": [{"name": f.name, "delimiter": f.delimiter, "special_use": f.special_use,
-                         "noselect": f.noselect} for f in folders]}
+                         "noselect": f.noselect} for f in folders],
+            "namespace": {"prefix": namespace.prefix, "delimiter": namespace.delimiter}}
     path = roles_path(account)
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -67,13 +74,39 @@ def save_roles(account: AccountSettings, folders: Iterable[RemoteFolder]) -> Non
             raise
 
 
-def _load_roles(account: AccountSettings) -> list[dict[str, object]] | None:
+class ServerFolders(NamedTuple):
+    """What `syncd check` recorded of the server's folders."""
+
+    folders: list[RemoteFolder]
+    namespace: Namespace
+
+
+def _load_roles(account: AccountSettings) -> ServerFolders | None:
     try:
         data = json.loads(roles_path(account).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    folders = data.get("folders") if isinstance(data, dict) else None
-    return [f for f in folders if isinstance(f, dict)] if isinstance(folders, list) else None
+    if not isinstance(data, dict) or not isinstance(data.get("folders"), list):
+        return None
+    folders = [_remote_folder(f) for f in data["folders"] if isinstance(f, dict)]
+    return ServerFolders(folders, _namespace(data.get("namespace")))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _remote_folder(entry: dict[str, object]) -> RemoteFolder:
+    return RemoteFolder(name=str(entry.get("name")), delimiter=_text(entry.get("delimiter")),
+                        noselect=bool(entry.get("noselect")),
+                        special_use=_text(entry.get("special_use")))
+
+
+def _namespace(entry: object) -> Namespace:
+    """A file written before syncd recorded the namespace has none: no prefix (as then)."""
+    if not isinstance(entry, dict):
+        return NO_NAMESPACE
+    return Namespace(_text(entry.get("prefix")) or "", _text(entry.get("delimiter")))
 
 
 def _state_folders(account: AccountSettings) -> dict[str, Path] | None:
@@ -104,12 +137,14 @@ def _local_folders(account: AccountSettings) -> dict[str, Path]:
     return result
 
 
-def _local_path(account: AccountSettings, name: str, delimiter: str | None) -> Path:
+def _local_path(account: AccountSettings, folder: RemoteFolder,
+                namespace: Namespace = NO_NAMESPACE) -> Path:
+    """Where a sync puts a server folder it has not synced yet: without the personal
+    namespace prefix (the engine's rule 2 in syncd/imap/folder_map.py)."""
     from syncd.store.maildir import Maildir
 
-    parts = ("INBOX",) if name.upper() == "INBOX" else (
-        tuple(name.split(delimiter)) if delimiter else (name,))
-    return Maildir(account.maildir, account.layout).local_path(parts)
+    return Maildir(account.maildir, account.layout).local_path(
+        local_components(folder, namespace))
 
 
 def _quote(value: str) -> str:
@@ -130,27 +165,43 @@ def _mailbox(root: Path, path: Path) -> str:
 
 
 def _pick_roles(account: AccountSettings, folders: Mapping[str, Path]) -> dict[str, Path]:
-    """neomutt variable -> local path of the matching folder."""
+    """neomutt variable -> local path of the matching folder: the server's special-use
+    flag first, then a well-known name among the synced folders, then among the server's."""
+    server = _load_roles(account) or ServerFolders([], NO_NAMESPACE)
+
+    def place(folder: RemoteFolder) -> Path:
+        return folders.get(folder.name) or _local_path(account, folder, server.namespace)
+
     chosen: dict[str, Path] = {}
-    server = _load_roles(account)
-    if server is not None:
-        for variable, (flag, _names) in ROLES.items():
-            for entry in server:
-                if str(entry.get("special_use") or "").lower() == flag.lower():
-                    name = str(entry.get("name"))
-                    delimiter = entry.get("delimiter")
-                    chosen[variable] = folders.get(name) or _local_path(
-                        account, name, delimiter if isinstance(delimiter, str) else None)
-                    break
+    for variable, (flag, _names) in ROLES.items():
+        marked = next((f for f in server.folders
+                       if (f.special_use or "").lower() == flag.lower()), None)
+        if marked is not None:
+            chosen[variable] = place(marked)
     by_name = {name.lower(): path for name, path in folders.items()}
+    listed = _by_short_name([f for f in server.folders if not f.noselect], server.namespace)
     for variable, (_flag, names) in ROLES.items():
         if variable in chosen:
             continue
-        for candidate in names:
-            if candidate in by_name:
-                chosen[variable] = by_name[candidate]
-                break
+        found = next((by_name[n] for n in names if n in by_name), None)
+        if found is None:
+            found = next((place(listed[n]) for n in names if n in listed), None)
+        if found is not None:
+            chosen[variable] = found
     return chosen
+
+
+def _by_short_name(folders: Iterable[RemoteFolder], namespace: Namespace
+                   ) -> dict[str, RemoteFolder]:
+    """Server folders by lower-case name, and by the name without the personal prefix
+    (Courier's INBOX.Sent answers to "sent"), the full names winning."""
+    found: dict[str, RemoteFolder] = {}
+    for folder in folders:
+        short = without_prefix(folder.name, namespace)
+        if short is not None:
+            found.setdefault(short.lower(), folder)
+    found.update({f.name.lower(): f for f in folders})
+    return found
 
 
 def _files_sent_elsewhere(account: AccountSettings) -> bool:
@@ -175,7 +226,7 @@ def render(account: AccountSettings, config_path: Path | None = None) -> str:
         source = "the local maildir"
     inbox = next((path for name, path in folders.items() if name.upper() == "INBOX"), None)
     if inbox is None:
-        inbox = _local_path(account, "INBOX", None)
+        inbox = _local_path(account, RemoteFolder("INBOX", None, False, None))
         folders = {"INBOX": inbox, **folders}
     lines = [
         f"# neomutt settings for syncd account {account.name!r}",

@@ -98,6 +98,20 @@ def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str], *
     return any(matches(p) for p in include) and not any(matches(p) for p in exclude)
 
 
+def prefixed_name(name: str, namespace: Namespace) -> str:
+    """The server name a folder written as syncd shows it locally stands for: ``Lists`` (or
+    ``Lists/python``, its local path) is ``INBOX.Lists`` (``INBOX.Lists.python``) under
+    Courier's ``INBOX.`` prefix. INBOX, a name already under the prefix, and any name on a
+    server without a prefix are returned as they are. Whether a folder outside the prefix
+    really has this name is the caller's to ask (only the server knows)."""
+    prefix = namespace.prefix
+    if (not prefix or _is_inbox(name.split("/", 1)[0])
+            or name.upper().startswith(prefix.upper())):
+        return name
+    delimiter = namespace.delimiter
+    return prefix + (name.replace("/", delimiter) if delimiter else name)
+
+
 def local_components(folder: RemoteFolder, namespace: Namespace = NO_NAMESPACE
                      ) -> tuple[str, ...]:
     """The folder's path components under the account's Maildir (any INBOX is "INBOX"),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from syncd.core.folders import folder_selected
+from syncd.core.folders import NO_NAMESPACE, Namespace, folder_selected
 from syncd.errors import ConfigError, SyncdError
 from syncd.locks import AccountBusy, AccountLock, daemon_lock
 from syncd.outcome.status import record_result, update_account
@@ -84,6 +84,13 @@ class AccountRuntime:
             first = watcher(account.idle[0], first=True)
             self.idle.append(first)
             first.start()
+
+    def namespace(self) -> Namespace:
+        """The server's personal namespace as the IDLE/NOTIFY connections learnt it (the one
+        that reports a folder by name has always asked); none known yet: no prefix."""
+        with self._watchers_lock:
+            known = [w.namespace for w in self.idle if w.namespace is not None]
+        return known[0] if known else NO_NAMESPACE
 
     def _watch_mode(self, mode: str) -> None:
         log.info("%s: watching %s", self.account.name,
@@ -193,8 +200,12 @@ class Daemon:
         if runtime is None:
             return
         filters = runtime.account.folders
-        if folder is not None and not folder_selected(folder, filters.include, filters.exclude):
-            return  # NOTIFY reports every folder; excluded ones are none of our business
+        # NOTIFY reports every folder by its server name; the patterns match it, or the name
+        # without the namespace prefix, exactly as the engine selects folders (`include:
+        # [Lists]` wants Courier's INBOX.Lists). Excluded ones are none of our business.
+        if folder is not None and not folder_selected(folder, filters.include, filters.exclude,
+                                                      namespace=runtime.namespace()):
+            return
         runtime.worker.request(folder, "idle")
 
     def on_server_back(self, account: str, folder: str | None) -> None:

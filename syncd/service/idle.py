@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd.config.providers import PAUSES
+from syncd.core.folders import Namespace, prefixed_name
 from syncd.errors import AccountError
 from syncd.service.health import Heartbeat
 from syncd.service.worker import AUTH_RETRY, next_backoff
@@ -100,6 +101,10 @@ class IdleWatcher(threading.Thread):
         self._halt = threading.Event()
         self._reconnect = threading.Event()
         self.session: ImapSession | None = None
+        # The `idle:` name as the server spells it ("Lists" is INBOX.Lists on Courier), and
+        # the personal namespace: both known once connected (see _learn_namespace).
+        self.server_folder = folder
+        self.namespace: Namespace | None = None
         self.state = "starting"
         # Beats at least every POLL_STEP while IDLE or a backoff runs (service/health.py).
         self.heartbeat = Heartbeat(f"IDLE {account.name}/{folder}")
@@ -129,8 +134,10 @@ class IdleWatcher(threading.Thread):
                 enable_keepalive(sock)
                 # With NOTIFY nothing is selected: Dovecot reports the selected folder's
                 # changes only once IDLE ends, but every other folder's at once (STATUS).
-                if self._choose_mode() == "idle":
-                    self.session.client.select_folder(self.folder, readonly=True)
+                mode = self._choose_mode()
+                self._learn_namespace(mode)
+                if mode == "idle":
+                    self.session.client.select_folder(self.server_folder, readonly=True)
                 backoff = None
                 self._set_state("idle")
                 self._idle_loop(notice)
@@ -165,6 +172,39 @@ class IdleWatcher(threading.Thread):
             self.on_mode(mode)
         self.mode = mode
         return mode
+
+    def _learn_namespace(self, mode: str) -> None:
+        """Ask the personal namespace where it matters: NOTIFY reports server names, which the
+        daemon's include/exclude filter matches with and without the prefix; and an `idle:`
+        folder may be written as syncd shows it locally. `idle: [INBOX]` on IDLE (the common
+        case) costs no round trip."""
+        assert self.session is not None
+        if mode == "idle" and self.folder.upper() == "INBOX":
+            return
+        self.namespace = self.session.personal_namespace()
+        if mode == "idle":
+            self.server_folder = self._resolve_folder(self.namespace)
+
+    def _resolve_folder(self, namespace: Namespace) -> str:
+        """`idle: [Lists]` on a server with an INBOX. prefix means INBOX.Lists, unless the
+        server really has a folder named Lists (outside the personal namespace)."""
+        assert self.session is not None
+        candidate = prefixed_name(self.folder, namespace)
+        if candidate == self.folder or self._listed(self.folder):
+            return self.folder
+        if candidate != self.server_folder:
+            log.info("%s: IDLE folder %s is %s on the server", self.account.name, self.folder,
+                     candidate)
+        return candidate
+
+    def _listed(self, name: str) -> bool:
+        assert self.session is not None
+        try:
+            return bool(self.session.client.list_folders("", name))
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error:
+            return False  # a server that refuses the name outside its namespace: not there
 
     def _notify_accepted(self) -> bool:
         """NOTIFY SET on this connection. A server that advertises NOTIFY and then refuses it
@@ -203,13 +243,13 @@ class IdleWatcher(threading.Thread):
             changed: set[str] = set()
             for response in stream.start():
                 if is_change(response):
-                    changed.add(changed_folder(response) or self.folder)
+                    changed.add(changed_folder(response) or self.server_folder)
             if notice is not None:
                 # IDLE is up: from here on no change goes unnoticed; sync what came before
                 # (with NOTIFY that is every folder: None).
                 callback = self.on_reconnect if notice == "reconnect" else None
-                (callback or self.on_change)(self.account.name,
-                                             None if self.mode == "notify" else self.folder)
+                (callback or self.on_change)(
+                    self.account.name, None if self.mode == "notify" else self.server_folder)
                 notice = None
             started = time.monotonic()
             while not changed and not self._halt.is_set() and not self._reconnect.is_set():
@@ -222,12 +262,12 @@ class IdleWatcher(threading.Thread):
                 self.heartbeat.beat("handling IDLE responses")
                 for response in responses:
                     if is_change(response):
-                        changed.add(changed_folder(response) or self.folder)
+                        changed.add(changed_folder(response) or self.server_folder)
             # Responses that arrive while DONE is on its way come back from done():
             # dropping them lost events that landed in that instant.
             for response in stream.done():
                 if is_change(response):
-                    changed.add(changed_folder(response) or self.folder)
+                    changed.add(changed_folder(response) or self.server_folder)
             for folder in sorted(changed):
                 self.on_change(self.account.name, folder)
 

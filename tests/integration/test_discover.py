@@ -4,9 +4,11 @@ SYNCD_AUTOCONFIG_URLS and SYNCD_DNS_SERVER."""
 
 from __future__ import annotations
 
+import builtins
 import http.server
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +209,33 @@ def test_autoconfig_with_a_dtd_is_refused() -> None:
     assert parse_autoconfig(evil, "a@b.test", "x") == []
     assert [f.host for f in parse_autoconfig(AUTOCONFIG, "a@b.test", "x")] == [
         "imaps.example.test", "smtp.example.test", "imap.example.test"]
+
+
+def test_an_address_typed_at_the_prompt_is_discovered_too(
+        tmp_path: Path, knobs: None, dns_server: DnsServer, https: type[_Handler],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`syncd init` without ADDRESS asks for it; the servers are then found as for
+    `syncd init ADDRESS`, and the questions they answer are not asked (issue 20)."""
+    https.pages["/example.test/config-v1.1.xml"] = AUTOCONFIG
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    answers = iter(["jo@example.test", "", "", ""])  # address, then every default
+    prompts: list[str] = []
+
+    def fake_input(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    config = tmp_path / "config.yaml"
+    code, out, err = run_cli("--config", str(config), "init", "--no-check",
+                             "--password-command", "printf secret")
+    assert code == 0, out + err
+    assert prompts == ["Email address: ",
+                       "Account name (for syncd commands and the maildir) [example]: ",
+                       "Protocol (imap or pop3) [imap]: ", "Username [jo]: "], prompts
+    assert "servers for jo@example.test:" in out and "from autoconfig https://127.0.0.1:" in out
+    account = parse_config(config.read_text(), str(config)).accounts["example"]
+    assert (account.host, account.port, account.tls) == ("imaps.example.test", 993, "implicit")
+    assert account.username == "jo"
+    assert account.smtp_host == "smtp.example.test" and account.smtp_port == 465
+    assert https.seen[0] == "/example.test/config-v1.1.xml?emailaddress=jo@example.test"

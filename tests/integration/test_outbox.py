@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import json
+import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,3 +214,30 @@ def test_the_daemon_sends_when_the_server_is_back(
     assert len(smtp.messages()) == 1
     sent = email.message_from_bytes(smtp.messages()[0].data)
     assert sent["Message-ID"] and sent["Date"]
+
+
+def test_one_connection_for_the_queue_and_pipelining_where_offered(
+        tmp_path: Path, dovecot: Dovecot, user: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue goes out over one connection (one login), and where the server offers
+    PIPELINING the envelope goes in one write: smtplib's one-command-per-round-trip mail()
+    and rcpt() are never called."""
+    dovecot.ensure_certs()
+    with SmtpServer(dovecot.cert_file, dovecot.key_file, pipelining=True) as smtp:
+        account = outbox_config(tmp_path, dovecot, user, smtp, save_sent="never")
+        for n in range(3):
+            data = MESSAGE.replace(b"Subject: hello", f"Subject: hello {n}".encode())
+            assert send(account, "-oi", "-t", data=data).returncode == 0
+
+        def one_by_one(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a command sent on its own despite PIPELINING")
+
+        monkeypatch.setattr(smtplib.SMTP, "mail", one_by_one)
+        monkeypatch.setattr(smtplib.SMTP, "rcpt", one_by_one)
+        rc, out = flush(account)
+        assert rc == 0, out
+        got = smtp.messages()
+        assert smtp.logins == 1 and smtp.commands == 9  # 3 x (MAIL + 2 RCPT)
+    assert sorted(m.data.split(b"Subject: ")[1].split(b"\r\n")[0] for m in got) == [
+        b"hello 0", b"hello 1", b"hello 2"]
+    assert all(sorted(m.rcpt_tos) == ["hidden@example.net", "you@example.net"] for m in got)
+    assert outbox(account) == []

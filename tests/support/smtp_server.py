@@ -9,6 +9,9 @@
 - ``file_sent``: called with every recorded message (a provider that files sent mail in the
   Sent folder itself; the tests APPEND it to the Dovecot user's Sent).
 - ``stop()`` / ``start()`` on the same port (a server that is down, then back).
+- ``pipelining``: advertise PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands
+  one line at a time, so pipelined commands work either way. ``commands`` counts the
+  envelope commands (MAIL, RCPT) received.
 """
 
 from __future__ import annotations
@@ -46,6 +49,27 @@ class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
+    async def handle_EHLO(self, smtp: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.server.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, smtp: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        self.server.commands += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, smtp: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        self.server.commands += 1
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
         mode = self.server.mode
         if mode == "4xx":
@@ -75,6 +99,8 @@ class SmtpServer:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     logins: int = 0
+    pipelining: bool = False
+    commands: int = 0
     _controller: Controller | None = None
 
     def _context(self) -> ssl.SSLContext:

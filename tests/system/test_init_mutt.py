@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keyring
@@ -368,3 +368,50 @@ def test_mutt_config_unknown_account(home: Path, tmp_path: Path,
     assert result.returncode == 2
     assert "unknown account 'nope' (configured: box)" in result.stderr
 
+
+
+COURIER_SPECIAL_USE = r"""
+namespace inbox {
+  mailbox Sent-X {
+    special_use = \Sent
+  }
+  mailbox Drafts-X {
+    special_use = \Drafts
+  }
+  mailbox Trash-X {
+    special_use = \Trash
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("special_use", [True, False], ids=["special-use", "names"])
+def test_mutt_config_leaves_the_namespace_prefix_out(
+        home: Path, tmp_path: Path, dovecot_factory: Callable[..., Dovecot],
+        special_use: bool) -> None:
+    """A Courier-like server keeps Sent under INBOX.: a sync shows it as +Sent, so the
+    snippet must name that place before the folder is synced (issue 15)."""
+    dc = dovecot_factory(inbox_prefix="INBOX.", separator=".",
+                         extra_conf=COURIER_SPECIAL_USE if special_use else "")
+    user = dc.add_user()
+    suffix = "-X" if special_use else ""
+    for name in ("Sent", "Drafts", "Trash"):
+        dc.create_folder(user, f"INBOX.{name}{suffix}")
+    config = make_account(tmp_path, dc, user, "verbatim", extra="    save_sent: never\n")
+    result = syncd(home, "--config", str(config), "check")  # no sync: nothing local yet
+    assert result.returncode == 0, result.stdout + result.stderr
+    snippet, text = write_snippet(home, "box", config)
+    root = tmp_path / "Mail" / "box"
+    assert "INBOX/" not in text, text
+    for line in ("record", "postponed", "trash"):
+        assert f"set {line} = " in text, text
+    assert {k: v for k, v in (line.split(" = ", 1) for line in text.splitlines()
+                              if line.startswith(("set record", "set postponed", "set trash")))
+            } == {"set record": f'"+Sent{suffix}"', "set postponed": f'"+Drafts{suffix}"',
+                  "set trash": f'"+Trash{suffix}"'}
+    # After the sync, the folders are where the snippet said.
+    result = syncd(home, "--config", str(config), "sync")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("Sent", "Drafts", "Trash"):
+        assert (root / f"{name}{suffix}" / "cur").is_dir()
+    neomutt_query(home, snippet, "record", "postponed", "trash")

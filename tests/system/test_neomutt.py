@@ -1,6 +1,8 @@
 """A real neomutt (Debian package) reads the Maildir that a running `syncd run` keeps in step
 with Dovecot: it sees the synced mail and new mail arriving, and what the user does in it
-(open a message, delete another) reaches the server within seconds.
+(open a message, delete another) reaches the server within seconds. Configured by `syncd
+mutt-config`, it sends through the outbox while the SMTP server is down; the mail goes out
+once when the server is back, with one copy in Sent.
 
 neomutt runs in a detached tmux session on its own tmux server (`-L`, own config, socket in
 the test's tmp dir), driven with send-keys and read with capture-pane, with a muttrc that never
@@ -11,11 +13,13 @@ server are ended by PID, and the socket file removed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,14 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, User, make_message
-from tests.support.syncd_env import assert_folder_in_sync, local_files, write_config
+from tests.support.smtp_server import SmtpServer
+from tests.support.syncd_env import (
+    Account,
+    assert_folder_in_sync,
+    local_files,
+    run_cli,
+    write_config,
+)
 
 SUBJECTS = ["Alpha report", "Bravo minutes", "Charlie invoice"]
 
@@ -221,3 +232,103 @@ def test_neomutt_reads_marks_read_and_deletes(dovecot: Dovecot, user: User, tmp_
     wait_until(lambda: assert_folder_in_sync(dovecot, user, account, "INBOX") == 3, 5)
     rc_, seconds = d.stop(5.0)
     assert rc_ == 0 and seconds < 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Sending through the outbox while the SMTP server is down (issue 19)
+
+EDITOR = """\
+#!/bin/sh
+# neomutt's $editor: write the body, as a user typing it would.
+printf 'Written on a plane.\\n.\\nA lone dot above, kept with -oi.\\n' >> "$1"
+"""
+
+
+def sending_muttrc(tmp_path: Path, account: Account, snippet: Path) -> Path:
+    """The reading muttrc plus `source` of what `syncd mutt-config` printed, and what a
+    scripted compose needs: an editor that writes the body, no questions."""
+    editor = tmp_path / "editor.sh"
+    editor.write_text(EDITOR)
+    editor.chmod(0o755)
+    base = muttrc(tmp_path / "muttrc", account.maildir, account.folder_dir("INBOX"))
+    with base.open("a") as rc:
+        rc.write(f"""\
+source "{snippet}"
+set from="me@example.org"
+set realname="Me"
+set editor="{editor}"
+set edit_headers=no
+set autoedit=no
+set abort_unmodified=no
+set askcc=no
+set askbcc=no
+set fast_reply=yes
+set include=no
+set crypt_autosign=no
+set crypt_opportunistic_encrypt=no
+""")
+    return base
+
+
+def test_neomutt_sends_through_the_outbox_while_offline(
+        dovecot: Dovecot, user: User, tmp_path: Path, tmux: Tmux) -> None:
+    dovecot.ensure_certs()
+    smtp = SmtpServer(dovecot.cert_file, dovecot.key_file)  # not started: the server is down
+    extra = (f"    from: [me@example.org]\n"
+             f"    smtp: {{host: 127.0.0.1, port: {smtp.port}, tls: starttls, "
+             f"username: {smtp.user}, password_command: \"printf {smtp.password}\"}}\n"
+             f"    save_sent: always\n    sent_folder: Sent\n")
+    account = write_config(tmp_path, dovecot, user, extra=extra)
+    cli = ("--config", str(account.config))
+    rc, out, err = run_cli(*cli, "sync")
+    assert rc == 0, out + err
+    rc, snippet_text, err = run_cli(*cli, "mutt-config", account.name)
+    assert rc == 0, err
+    assert f'set sendmail = "syncd --config {account.config} send -oi"' in snippet_text
+    snippet = tmp_path / "syncd.muttrc"
+    snippet.write_text(snippet_text)
+    rc_file = sending_muttrc(tmp_path, account, snippet)
+
+    neomutt = shutil.which("neomutt")
+    assert neomutt is not None
+    # $sendmail runs `syncd`: the console script of the venv running this test.
+    tmux.env["PATH"] = f"{Path(sys.executable).parent}:{tmux.env.get('PATH', '')}"
+    tmux.start([neomutt, "-n", "-F", str(rc_file)])
+    tmux.wait_for("INBOX", timeout=10)
+    tmux.keys("m")
+    tmux.wait_for("To:")
+    tmux.keys("you@example.net", "Enter")
+    tmux.wait_for("Subject:")
+    tmux.keys("Offline hello", "Enter")
+    tmux.wait_for("you@example.net", timeout=10)  # the compose screen
+    tmux.keys("y")
+    tmux.wait_for("Mail sent", timeout=15)
+
+    # Queued on disk, nothing sent (the server is down).
+    rc, listing, err = run_cli(*cli, "outbox")
+    assert rc == 0, err
+    assert "Offline hello" in listing and "you@example.net" in listing, listing
+    rc, out, err = run_cli(*cli, "outbox", "flush")
+    assert rc == 1 and smtp.messages() == [], out + err
+    rc, listing, err = run_cli(*cli, "outbox")
+    assert "Offline hello" in listing, listing
+
+    # The server is back: delivered once, with one copy in Sent, however often we ask.
+    with smtp:
+        rc, out, err = run_cli(*cli, "outbox", "flush")
+        assert rc == 0, out + err
+        for _ in range(2):
+            rc, out, err = run_cli(*cli, "outbox", "flush")
+            assert rc == 0, out + err
+            rc, out, err = run_cli(*cli, "sync")
+            assert rc == 0, out + err
+        (got,) = smtp.messages()
+    assert got.mail_from == "me@example.org" and got.rcpt_tos == ["you@example.net"]
+    assert b"Subject: Offline hello" in got.data
+    assert b"plane.\r\n.\r\nA lone dot above" in got.data  # -oi: the dot is no end
+    rc, listing, err = run_cli(*cli, "outbox", "--json")
+    assert json.loads(listing)["accounts"][account.name] == []
+    (copy,) = dovecot.messages(user, "Sent").values()
+    assert b"Subject: Offline hello" in copy.body and "\\Seen" in copy.flags
+    assert len(local_files(account.folder_dir("Sent"))) == 1
+    assert_folder_in_sync(dovecot, user, account, "Sent")

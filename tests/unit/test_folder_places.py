@@ -14,6 +14,7 @@ from syncd.core.folders import (
     local_components,
     local_only_folders,
     personal_namespace,
+    prefixed_name,
     server_name,
     without_prefix,
 )
@@ -103,6 +104,23 @@ def test_patterns_match_with_or_without_the_prefix(name: str, include: list[str]
 
 def test_without_a_namespace_patterns_see_only_the_server_name() -> None:
     assert folder_selected("INBOX.Trash", ["*"], ["Trash"]) is True
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Lists", "INBOX.Lists"),
+    ("Lists/python", "INBOX.Lists.python"),  # as the local path shows it
+    ("INBOX.Lists", "INBOX.Lists"),          # already the server's name
+    ("inbox.Lists", "inbox.Lists"),
+    ("INBOX", "INBOX"),
+    ("inbox", "inbox"),
+])
+def test_prefixed_name_of_an_idle_folder(name: str, expected: str) -> None:
+    assert prefixed_name(name, COURIER) == expected
+
+
+def test_prefixed_name_without_a_prefix_changes_nothing() -> None:
+    assert prefixed_name("Lists/python", NO_NAMESPACE) == "Lists/python"
+    assert prefixed_name("Lists", Namespace("", "/")) == "Lists"
 
 
 def test_local_only_folders() -> None:

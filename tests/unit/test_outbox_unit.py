@@ -187,3 +187,60 @@ def test_save_sent_auto_and_backoff(tmp_path: Path) -> None:
         "smtp.gmail.com", 465, "implicit")
     assert settings.accounts["other"].smtp.tls == "starttls"  # port 587
     assert [retry_delay(n) for n in (1, 2, 3, 20)] == [2.0, 4.0, 8.0, 300.0]
+
+
+class PipeliningConnection:
+    """What _Flusher._envelope uses of an smtplib.SMTP that offers PIPELINING: one write of
+    the whole envelope, then the scripted replies in order."""
+
+    def __init__(self, replies: list[tuple[int, bytes]]) -> None:
+        self.replies = replies
+        self.writes: list[str] = []
+        self.resets = 0
+
+    def has_extn(self, name: str) -> bool:
+        return name.lower() == "pipelining"
+
+    def send(self, text: str) -> None:
+        self.writes.append(text)
+
+    def getreply(self) -> tuple[int, bytes]:
+        return self.replies.pop(0)
+
+    def rset(self) -> tuple[int, bytes]:
+        self.resets += 1
+        return 250, b"OK"
+
+
+def envelope_through(conn: PipeliningConnection, recipients: list[str]) -> None:
+    from syncd.smtp.flush import _Flusher
+
+    flusher = object.__new__(_Flusher)  # only the envelope is under test
+    flusher.account = type("A", (), {"name": "work"})()  # type: ignore[assignment]
+    flusher.smtp = None
+    record = Record(id="x", account="work", sender="me@example.org", recipients=recipients,
+                    created=0.0)
+    flusher._envelope(conn, record, b"Subject: hi\r\n\r\nbody\r\n")  # type: ignore[arg-type]
+
+
+def test_pipelined_envelope_is_one_write_and_a_refused_recipient_is_skipped() -> None:
+    conn = PipeliningConnection([(250, b"OK"), (550, b"no such user"), (250, b"OK")])
+    envelope_through(conn, ["gone@example.net", "you@example.net"])
+    assert conn.writes == ["mail FROM:<me@example.org>\r\nrcpt TO:<gone@example.net>\r\n"
+                           "rcpt TO:<you@example.net>\r\n"]
+    assert conn.replies == [] and conn.resets == 0
+
+
+@pytest.mark.parametrize(("replies", "verdict"), [
+    ([(451, b"later"), (503, b"need MAIL"), (503, b"need MAIL")], "Transient"),
+    ([(250, b"OK"), (550, b"no"), (450, b"busy")], "Permanent"),  # a 5xx wins
+    ([(250, b"OK"), (550, b"no"), (551, b"no")], "Permanent"),
+])
+def test_pipelined_refusals_read_every_reply_then_reset(
+        replies: list[tuple[int, bytes]], verdict: str) -> None:
+    from syncd.smtp import client
+
+    conn = PipeliningConnection(replies)
+    with pytest.raises(getattr(client, verdict)):
+        envelope_through(conn, ["a@example.net", "b@example.net"])
+    assert conn.replies == [] and conn.resets == 1  # the stream stays in step
