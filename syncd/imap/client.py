@@ -655,6 +655,25 @@ class ImapSession:
             search = pipe.send("UID", "SEARCH", "DELETED")
         return ExpungeRequest(frozenset(uids), tuple(stores), tuple(expunges), search)
 
+    def _still_there(self, uids: frozenset[int], replies: Sequence[Reply]) -> frozenset[int]:
+        """Which of ``uids`` an OK'd UID EXPUNGE left in place. The OK does not promise that
+        every one went: Dovecot keeps a message whose file another session renamed at that
+        instant (a flag change), and syncd would then forget a message the server still has.
+        Under QRESYNC the expunge's own VANISHED responses say what went (what they do not
+        name counts as still there: the next sync asks again); otherwise one UID SEARCH,
+        after the expunge's reply (pipelined with it, Dovecot ran the SEARCH first)."""
+        if self.qresync:
+            vanished = _vanished_from([line for reply in replies
+                                       for line in reply.untagged.get("VANISHED", [])])
+            return uids - vanished
+        pipe = self.pipeline()
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            pipe.send("UID", "SEARCH", "UID", format_uid_set(chunk))
+        found = pipe.replies()
+        if not all(reply.ok for reply in found):
+            return uids  # unknown: the rows stay, the next sync expunges again
+        return frozenset(_search_uids(found) & uids)
+
     def finish_expunge(self, request: ExpungeRequest, replies: Sequence[Reply]
                        ) -> ExpungeOutcome:
         """The second half (see send_expunge). Without UIDPLUS a plain EXPUNGE removes every
@@ -667,9 +686,13 @@ class ImapSession:
         if not request.uids or not all(replies[i].ok for i in request.stores):
             return ExpungeOutcome()
         if request.search is None:
-            if all(replies[i].ok for i in request.expunges):
-                return ExpungeOutcome(expunged=request.uids)
-            return ExpungeOutcome()
+            if not all(replies[i].ok for i in request.expunges):
+                return ExpungeOutcome()
+            left = self._still_there(request.uids, replies)
+            if left:
+                log.info("%s: %d message(s) still there after UID EXPUNGE; retried at the "
+                         "next sync", self.account.name, len(left))
+            return ExpungeOutcome(expunged=request.uids - left)
         if not replies[request.search].ok:
             return ExpungeOutcome(deferred=request.uids)
         marked = _search_uids(replies)

@@ -56,6 +56,25 @@ def test_stores_and_expunge_in_one_batch(dovecot: Dovecot, user: User,
     assert set(session.fetch_flags().flags) == set(uids[:6])
 
 
+@pytest.mark.parametrize("qresync", [True, False], ids=["vanished", "search"])
+def test_a_message_that_survives_uid_expunge_is_not_recorded_gone(
+        dovecot: Dovecot, user: User, session: ImapSession, qresync: bool) -> None:
+    """An OK to UID EXPUNGE with one of the UIDs still there (Dovecot keeps a message whose
+    file another session renamed at that instant): only the one really gone counts as
+    expunged, so the state keeps the other's row and the next sync expunges it again. Told by
+    the expunge's VANISHED under QRESYNC, else by a UID SEARCH after it."""
+    uids = dovecot.seed(user, "INBOX", [(make_message(i), "S") for i in range(2)])
+    session.select("INBOX")
+    session.qresync = session.qresync and qresync
+    pipe = session.pipeline()
+    gone = session.send_expunge(pipe, uids[:1])  # the server is asked to expunge one only,
+    replies = pipe.replies()
+    # ... but syncd is told both were meant: uids[1] stands for the one that survived.
+    survived = gone._replace(uids=frozenset(uids))
+    assert session.finish_expunge(survived, replies).expunged == {uids[0]}
+    assert session.finish_expunge(gone, replies).expunged == {uids[0]}
+
+
 def test_refused_command_in_the_middle(dovecot: Dovecot, user: User,
                                        session: ImapSession) -> None:
     """A STORE on a UID set the server rejects (UID 0 is no valid UID: BAD) between good ones:
