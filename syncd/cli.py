@@ -555,12 +555,14 @@ def _record_status(state_dir: Path, result: AccountResult, started: float) -> No
 
 def _print_plan(result: AccountResult) -> None:
     for folder in result.folders:
-        if folder.plan_lines or folder.guard:
+        if folder.plan_lines or folder.guard or folder.notice:
             print(f"{result.account}/{folder.folder}:")
             for line in folder.plan_lines:
                 print(f"  {line}")
             if folder.guard:
                 print(f"  GUARD: {folder.guard}")
+            if folder.notice:
+                print(f"  NOTE: {folder.notice}")
 
 
 # --- send and outbox ------------------------------------------------------------------------

@@ -587,7 +587,12 @@ class AccountSync:
                                   uidvalidity_changed=uidvalidity_changed, policy=policy,
                                   pending_expunge=pending)
         plan = plan_folder(self._with_digests(snapshot, local_folder))
-        result.guard = plan.guard
+        # With the local folder missing, the plan's "guard" only says that its messages are
+        # downloaded again: a warning, not a refusal that fails the run.
+        if local_folder_missing:
+            result.notice = plan.guard
+        else:
+            result.guard = plan.guard
         if plan.guard:
             log.warning("%s/%s: %s", self.account.name, name, plan.guard)
         if dry:
