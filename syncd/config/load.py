@@ -330,6 +330,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     _record: ClassVar[type[tuple[Any, ...]]]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _before(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping):
+            cls._check_keys(data, info)
+        return data
+
     @classmethod
     def _check_keys(cls, data: Mapping[str, Any], info: ValidationInfo) -> None:
         # A key that is a Python word ("from") is a field under another name, with an alias.
@@ -352,13 +359,6 @@ class _Model(BaseModel):
 class _FolderFilterRules(_Model):
     _record = FolderFilter
 
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
-
 
 class _GeneralRules(_Model):
     _record = GeneralSettings
@@ -369,13 +369,6 @@ class _GeneralRules(_Model):
             return (f"'{key}' is a per-account setting and cannot go under general; set it on "
                     f"each account (a YAML anchor and '<<: *name' can share it)")
         return None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
 
 
 def _endpoint_url(value: Any) -> Any:
@@ -414,13 +407,6 @@ EndpointURL = Annotated[str, BeforeValidator(_endpoint_url)]
 class _OAuth2Rules(_Model):
     _record = OAuth2Settings
 
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
-
     @model_validator(mode="after")
     def _after(self) -> _OAuth2Rules:
         if self.provider == "custom":
@@ -446,13 +432,6 @@ class _OAuth2Rules(_Model):
 class _SmtpRules(_Model):
     # Defaults of port and tls are filled in by _apply_smtp (each from the other).
     _record = SmtpSettings
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
 
 
 def _save_sent(value: Any) -> Any:
