@@ -172,6 +172,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            "`syncd check`), and smtp_url.")
         p.add_argument("account", metavar="ACCOUNT")
 
+    if wanted("systemd-unit"):
+        p = sub.add_parser("systemd-unit", help="write the systemd user unit for this config",
+                           description="Write ~/.config/systemd/user/syncd.service: the daemon "
+                           "as a hardened user service that may write only the config's "
+                           "maildirs, its state and its cache (created now if missing). Re-run "
+                           "it after changing those paths. A unit syncd did not write is not "
+                           "overwritten without --force.")
+        p.add_argument("--print", action="store_true", dest="print_only",
+                       help="print the unit on stdout; write and create nothing")
+        p.add_argument("--force", action="store_true",
+                       help="replace a unit that syncd did not write")
+
     if wanted("send"):
         # Parsed by syncd.smtp.sendmail (sendmail's options); listed here for --help.
         sub.add_parser("send", help="queue a message from stdin (sendmail-compatible)",
@@ -555,12 +567,14 @@ def _record_status(state_dir: Path, result: AccountResult, started: float) -> No
 
 def _print_plan(result: AccountResult) -> None:
     for folder in result.folders:
-        if folder.plan_lines or folder.guard:
+        if folder.plan_lines or folder.guard or folder.notice:
             print(f"{result.account}/{folder.folder}:")
             for line in folder.plan_lines:
                 print(f"  {line}")
             if folder.guard:
                 print(f"  GUARD: {folder.guard}")
+            if folder.notice:
+                print(f"  NOTE: {folder.notice}")
 
 
 # --- send and outbox ------------------------------------------------------------------------
@@ -960,6 +974,28 @@ def cmd_mutt_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- systemd-unit -------------------------------------------------------------------------
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    from syncd.service.unit import UnitExists, inputs_from, render_unit, unit_path, write_unit
+
+    inputs = inputs_from(settings, args.config.expanduser() if args.config else None)
+    if args.print_only:
+        sys.stdout.write(render_unit(inputs))
+        return 0
+    path = unit_path()
+    try:
+        write_unit(inputs, path, force=args.force)
+    except UnitExists:
+        raise UsageError(f"{path} exists and was not written by syncd: compare it with "
+                         "`syncd systemd-unit --print`, then use --force to replace it, or "
+                         "add the paths with `systemctl --user edit syncd`") from None
+    print(f"wrote {path} (writable: {', '.join(str(p) for p in inputs.writable)})")
+    print("next: systemctl --user daemon-reload && systemctl --user enable --now syncd "
+          "(or restart it)")
+    return 0
+
+
 # Every command and what runs it (main); also how _command_in knows a command's name.
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sync": cmd_sync,
@@ -974,4 +1010,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "outbox": cmd_outbox,
     "adopt": cmd_adopt,
     "import": cmd_import,
+    "systemd-unit": cmd_systemd_unit,
 }

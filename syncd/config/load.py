@@ -1,13 +1,15 @@
 """YAML configuration -> validated, frozen settings.
 
-The schema is the user contract the README documents key by key. Validation is done by
-pydantic, but the YAML is composed by hand first so that every key and list item keeps its line
-number: a pydantic error ``loc`` is mapped back to that line, and every ``ConfigError`` names
-the key as a dotted path (``accounts.work.tls``) and the line it is on.
+The schema is the user contract the README documents key by key, declared once in
+syncd.config.settings: its records' fields (name, type, default) and Annotated markers. This
+module derives the pydantic models from them (``_derive``) and keeps only what relates keys to
+each other (presets, SMTP defaults, protocol-only keys, shared maildirs) in the models' rules.
+The YAML is composed by hand first so that every key and list item keeps its line number: a
+pydantic error ``loc`` is mapped back to that line, and every ``ConfigError`` names the key as a
+dotted path (``accounts.work.tls``) and the line it is on.
 
 No error text ever echoes a value that could be a secret: values are only quoted for keys in
-``_ECHO_KEYS`` (enums, numbers, durations), never for hosts, user names or commands.
-"""
+``_ECHO_KEYS`` (choices, numbers, durations), never for hosts, user names or commands."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ import difflib
 import math
 import os
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import (
@@ -28,20 +31,38 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from syncd.config.settings import (
+    DURATION,
+    HOST,
+    IMAP_ONLY,
+    INTERNAL,
+    LOWER,
+    POP3_ONLY,
+    REQUIRED,
+    SIZE,
+    URL,
+    VERBATIM,
+    YES_NO_CHOICE,
     AccountSettings,
+    Check,
+    Default,
+    FieldSpec,
     FolderFilter,
     GeneralSettings,
     OAuth2Settings,
+    Range,
     Settings,
     SmtpSettings,
+    YamlKey,
     default_config_path,
     default_maildir_root,
     default_state_dir,
+    field_specs,
     warn_if_readable_by_others,
 )
 from syncd.errors import ConfigError
@@ -51,6 +72,7 @@ __all__ = [
     "AccountSettings",
     "FolderFilter",
     "GeneralSettings",
+    "Located",
     "OAuth2Settings",
     "Settings",
     "build_account",
@@ -58,6 +80,7 @@ __all__ = [
     "default_maildir_root",
     "default_state_dir",
     "load_config",
+    "load_located",
     "parse_config",
     "parse_duration",
     "parse_size",
@@ -68,11 +91,6 @@ __all__ = [
 ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 Loc = tuple[str | int, ...]
-
-# ---------------------------------------------------------------------------------------------
-# Defaults (read from the environment at call time so that tests and SIGHUP reloads see changes)
-# ---------------------------------------------------------------------------------------------
-
 
 # ---------------------------------------------------------------------------------------------
 # Durations and sizes
@@ -285,6 +303,15 @@ Patterns = Annotated[tuple[Text, ...], BeforeValidator(_string_list)]
 # ---------------------------------------------------------------------------------------------
 
 
+def _keys(record: type[tuple[Any, ...]], check: Check) -> frozenset[str]:
+    """The YAML keys of ``record`` marked ``check``."""
+    return frozenset(spec.key for spec in field_specs(record) if spec.has(check))
+
+
+def _names(record: type[tuple[Any, ...]]) -> frozenset[str]:
+    return frozenset(spec.name for spec in field_specs(record))
+
+
 def _suggest(key: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -298,18 +325,26 @@ def _unknown_key_message(key: str, candidates: Iterable[str]) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """The validators of one record of syncd.config.settings; _derive adds its fields."""
 
-    # Keys filled in by the loader rather than typed by users: accepted when the model is built
-    # directly (tests, other modules), rejected as unknown when they come from a config file.
-    _internal_keys: ClassVar[frozenset[str]] = frozenset()
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    _record: ClassVar[type[tuple[Any, ...]]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping):
+            cls._check_keys(data, info)
+        return data
 
     @classmethod
     def _check_keys(cls, data: Mapping[str, Any], info: ValidationInfo) -> None:
         # A key that is a Python word ("from") is a field under another name, with an alias.
         allowed = {f.alias or name for name, f in cls.model_fields.items()}
         if _context(info).get("from_config"):
-            allowed -= cls._internal_keys
+            # Keys filled in by the loader rather than typed by users: accepted when the model
+            # is built directly (tests, other modules), unknown when they come from a file.
+            allowed -= _keys(cls._record, INTERNAL)
         for key in data:
             if key not in allowed:
                 raise _fail(cls._misplaced(str(key)) or _unknown_key_message(str(key), allowed),
@@ -321,44 +356,19 @@ class _Model(BaseModel):
         return None
 
 
-class FolderFilterModel(_Model):
-    """Glob patterns on server folder names: a folder is synced if it matches an include
-    pattern and no exclude pattern. A pattern also matches the name without the personal
-    namespace prefix (core.folders.folder_selected)."""
-
-    include: Patterns = ("*",)
-    exclude: Patterns = ()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
+class _FolderFilterRules(_Model):
+    _record = FolderFilter
 
 
-LogLevel = Literal["debug", "info", "warning", "error"]
-
-
-class GeneralModel(_Model):
-    maildir_root: ConfigPath = Field(default_factory=default_maildir_root)
-    state_dir: ConfigPath = Field(default_factory=default_state_dir)
-    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
-    on_new_mail: Text | None = None
+class _GeneralRules(_Model):
+    _record = GeneralSettings
 
     @classmethod
     def _misplaced(cls, key: str) -> str | None:
-        if key in AccountModel.model_fields and key not in AccountModel._internal_keys:
+        if key in _names(AccountSettings) and key not in _keys(AccountSettings, INTERNAL):
             return (f"'{key}' is a per-account setting and cannot go under general; set it on "
                     f"each account (a YAML anchor and '<<: *name' can share it)")
         return None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
 
 
 def _endpoint_url(value: Any) -> Any:
@@ -392,32 +402,13 @@ def _is_loopback(host: str) -> bool:
 
 
 EndpointURL = Annotated[str, BeforeValidator(_endpoint_url)]
-AccountProvider = Literal["outlook", "office365", "gmail", "fastmail", "icloud", "yahoo"]
-OAuth2ProviderName = Literal["microsoft", "google", "custom"]
 
 
-class OAuth2Model(_Model):
-    """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
-    (``syncd.config.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
-
-    provider: Annotated[OAuth2ProviderName, BeforeValidator(_lower)]
-    client_id: Text
-    client_secret: Text | None = None
-    tenant: Text | None = None
-    scopes: Patterns | None = None
-    token_endpoint: EndpointURL | None = None
-    device_authorization_endpoint: EndpointURL | None = None
-    authorization_endpoint: EndpointURL | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
+class _OAuth2Rules(_Model):
+    _record = OAuth2Settings
 
     @model_validator(mode="after")
-    def _after(self) -> OAuth2Model:
+    def _after(self) -> _OAuth2Rules:
         if self.provider == "custom":
             if self.token_endpoint is None:
                 raise _fail("provider custom needs token_endpoint (and "
@@ -438,23 +429,9 @@ class OAuth2Model(_Model):
         return self
 
 
-class SmtpModel(_Model):
-    """``smtp:`` of an account: where the outbox sends. Defaults are filled in by
-    ``_apply_smtp`` (port from tls and tls from port; the rest from the account)."""
-
-    host: Annotated[str, BeforeValidator(_host)]
-    port: Int = Field(ge=1, le=65535)
-    tls: Literal["implicit", "starttls", "none"]
-    username: Text | None = None
-    tls_ca_file: ConfigPath | None = None
-    password_command: Text | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _before(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping):
-            cls._check_keys(data, info)
-        return data
+class _SmtpRules(_Model):
+    # Defaults of port and tls are filled in by _apply_smtp (each from the other).
+    _record = SmtpSettings
 
 
 def _save_sent(value: Any) -> Any:
@@ -493,9 +470,8 @@ def _apply_smtp(data: dict[str, Any]) -> None:
     data["smtp_port"] = smtp["port"]
 
 
-IMAP_ONLY_KEYS = frozenset({"folders", "idle", "trash_folder"})
-POP3_ONLY_KEYS = frozenset(
-    {"leave_on_server", "delete_after", "max_message_size", "max_messages_per_poll"})
+IMAP_ONLY_KEYS = _keys(AccountSettings, IMAP_ONLY)
+POP3_ONLY_KEYS = _keys(AccountSettings, POP3_ONLY)
 
 _DEFAULT_PORTS = {("imap", True): 993, ("imap", False): 143, ("pop3", True): 995,
                   ("pop3", False): 110}
@@ -552,58 +528,13 @@ def _apply_preset(data: dict[str, Any]) -> None:
         data["oauth2"] = oauth2
 
 
-class AccountModel(_Model):
-    """One account. ``name`` (the key under ``accounts``) and ``state_dir`` (from ``general``)
-    are filled in by the loader."""
-
+class _AccountRules(_Model):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    _internal_keys: ClassVar[frozenset[str]] = frozenset({"name", "state_dir"})
-
-    name: str
-    # A preset (syncd.config.presets.ACCOUNT_PRESETS) fills protocol, host, port, tls, auth and the
-    # SMTP server; explicit keys override it.
-    provider: Annotated[AccountProvider, BeforeValidator(_lower)] | None = None
-    protocol: Literal["imap", "pop3"]
-    host: Annotated[str, BeforeValidator(_host)]
-    port: Int = Field(ge=1, le=65535)
-    tls: Literal["implicit", "starttls", "none"] = "implicit"
-    tls_ca_file: ConfigPath | None = None
-    allow_insecure: bool = False
-    username: Text
-    auth: Annotated[Literal["password", "oauth2"], BeforeValidator(_lower)] = "password"
-    password_command: Text | None = None
-    oauth2: OAuth2Model | None = None
-    # The older spelling of smtp.host / smtp.port; they mirror smtp (see _apply_smtp).
-    smtp_host: Annotated[str, BeforeValidator(_host)] | None = None
-    smtp_port: Int | None = Field(None, ge=1, le=65535)
-    # The outbox (README, "Sending mail"): addresses this account sends as (globs;
-    # default: the username if it is an address), where it sends, and the Sent copy.
-    from_addresses: Patterns = Field((), alias="from")
-    smtp: SmtpModel | None = None
-    save_sent: Annotated[Literal["auto", "always", "never"], BeforeValidator(_save_sent)] = "auto"
-    sent_folder: Text | None = None
-    send_now: bool = False
-    maildir: ConfigPath
-    layout: Literal["verbatim", "maildir++"] = "verbatim"
-    folders: FolderFilterModel = FolderFilterModel()
-    idle: Patterns = ("INBOX",)
-    poll_interval: Duration = Field(gt=0)
-    trash_folder: Text | None = None
-    timeout: Duration = Field(60.0, gt=0)
-    connections: Int = Field(3, ge=1, le=8)
-    leave_on_server: bool = False
-    delete_after: Duration | None = None
-    max_message_size: Size | None = Field(None, ge=1)
-    max_messages_per_poll: Int | None = Field(None, ge=1)
-    state_dir: ConfigPath = Field(default_factory=default_state_dir)
-
-    @property
-    def state_path(self) -> Path:
-        return self.state_dir / f"{self.name}.sqlite3"
+    _record = AccountSettings
 
     @classmethod
     def _misplaced(cls, key: str) -> str | None:
-        if key in GeneralModel.model_fields:
+        if key in _names(GeneralSettings):
             return f"'{key}' is a general setting: move it under general"
         if key == "name":
             return "unknown key 'name': an account's name is its key under accounts"
@@ -646,7 +577,7 @@ class AccountModel(_Model):
         return data
 
     @model_validator(mode="after")
-    def _after(self) -> AccountModel:
+    def _after(self) -> _AccountRules:
         if not ACCOUNT_NAME_RE.match(self.name):
             raise _fail(f"invalid account name {self.name!r}", "name")
         if self.tls == "none" and not self.allow_insecure:
@@ -683,13 +614,11 @@ class AccountModel(_Model):
                         "folder on the server)", "save_sent")
 
 
-class SettingsModel(_Model):
-    general: GeneralModel = Field(default_factory=GeneralModel)
-    accounts: dict[str, AccountModel]
-    path: Path | None = None
+class _SettingsRules(_Model):
+    _record = Settings
 
     @model_validator(mode="after")
-    def _after(self) -> SettingsModel:
+    def _after(self) -> _SettingsRules:
         # Two accounts writing into one tree would each see the other's messages as new local
         # mail and upload them; nested trees are the same problem one level down.
         seen: list[tuple[str, Path]] = []
@@ -717,6 +646,90 @@ class SettingsModel(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
+# The models, derived from the records of syncd.config.settings (the one schema)
+# ---------------------------------------------------------------------------------------------
+
+_MODELS: dict[type[tuple[Any, ...]], type[_Model]] = {}
+
+
+def _derive(rules: type[_M]) -> type[_M]:
+    """``rules`` with one pydantic field per field of its record, in the record's order."""
+    fields: dict[str, Any] = {spec.name: (_model_type(spec), _field_info(spec))
+                              for spec in field_specs(rules._record)}
+    name = rules._record.__name__.removesuffix("Settings") + "Model"
+    model = create_model(name, __base__=rules, __module__=__name__, **fields)
+    _MODELS[rules._record] = model
+    return model
+
+
+def _model_type(spec: FieldSpec) -> Any:
+    inner = _inner_type(spec.type, spec)
+    return inner | None if spec.optional else inner
+
+
+def _inner_type(tp: Any, spec: FieldSpec) -> Any:
+    """How a value of ``tp`` is validated (see syncd.config.settings for the rules)."""
+    if tp in _MODELS:
+        return _MODELS[tp]
+    if typing.get_origin(tp) is Literal:
+        if spec.has(LOWER):
+            return Annotated[tp, BeforeValidator(_lower)]
+        if spec.has(YES_NO_CHOICE):
+            return Annotated[tp, BeforeValidator(_save_sent)]
+        return tp
+    if typing.get_origin(tp) is dict:
+        key, value = typing.get_args(tp)
+        return dict[key, _inner_type(value, spec)]  # type: ignore[valid-type]
+    simple = {str: (Annotated[str, BeforeValidator(_host)] if spec.has(HOST)
+                    else EndpointURL if spec.has(URL) else str if spec.has(VERBATIM) else Text),
+              int: Size if spec.has(SIZE) else Int,
+              bool: bool,
+              Path: ConfigPath,
+              tuple[str, ...]: Patterns}
+    if tp is float and spec.has(DURATION):
+        return Duration
+    if tp in simple:
+        return simple[tp]
+    raise TypeError(f"{spec.name}: no validation known for {tp} (see syncd.config.settings)")
+
+
+def _field_info(spec: FieldSpec) -> Any:
+    options: dict[str, Any] = {}
+    for mark in spec.marks:
+        if isinstance(mark, Range):
+            options.update((k, v) for k, v in mark._asdict().items() if v is not None)
+        elif isinstance(mark, YamlKey):
+            options["alias"] = mark.key
+        elif isinstance(mark, Default):
+            options["default_factory"] = mark.factory
+    if spec.default is not REQUIRED:
+        default = spec.default
+        if type(default) in _MODELS:  # a record's default record: its model
+            default = _MODELS[type(default)].model_validate(default._asdict())
+        options["default"] = default
+    return Field(**options)
+
+
+FolderFilterModel = _derive(_FolderFilterRules)
+OAuth2Model = _derive(_OAuth2Rules)
+SmtpModel = _derive(_SmtpRules)
+GeneralModel = _derive(_GeneralRules)
+AccountModel = _derive(_AccountRules)
+SettingsModel = _derive(_SettingsRules)
+
+
+def _as_record(value: Any) -> Any:
+    """A validated model as its record of syncd.config.settings (which needs neither pydantic
+    nor PyYAML), and so on down."""
+    if isinstance(value, BaseModel):
+        record = next(r for r, m in _MODELS.items() if isinstance(value, m))
+        return record(**{name: _as_record(getattr(value, name)) for name in record._fields})
+    if isinstance(value, dict):
+        return {key: _as_record(item) for key, item in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
 # YAML with line numbers
 # ---------------------------------------------------------------------------------------------
 
@@ -730,18 +743,22 @@ class _Document:
     # Original text of plain scalars that YAML 1.1 turned into non-strings (username: 0123 is an
     # octal int, tls: off a bool); string-valued keys get the text the user typed back.
     raw: dict[Loc, str] = field(default_factory=dict)
+    # Where each scalar's text is in the document (start, end character offsets): the config
+    # cache keeps these instead of secret values (syncd.config.cache).
+    spans: dict[Loc, tuple[int, int]] = field(default_factory=dict)
 
     def forget(self, prefix: Loc) -> None:
         """Drop what is recorded at and under ``prefix`` (a merged value being overridden)."""
         n = len(prefix)
-        for table in (self.lines, self.raw):
+        for table in (self.lines, self.raw, self.spans):
             for loc in [loc for loc in table if loc[:n] == prefix]:
                 del table[loc]
 
     def adopt(self, other: _Document, prefix: Loc) -> None:
         n = len(prefix)
-        self.lines.update((loc, v) for loc, v in other.lines.items() if loc[:n] == prefix)
-        self.raw.update((loc, v) for loc, v in other.raw.items() if loc[:n] == prefix)
+        for mine, theirs in ((self.lines, other.lines), (self.raw, other.raw),
+                             (self.spans, other.spans)):
+            mine.update((loc, v) for loc, v in theirs.items() if loc[:n] == prefix)
 
     def line_of(self, loc: Loc) -> int | None:
         while True:
@@ -821,6 +838,7 @@ class _Composer:
         if (isinstance(node, yaml.ScalarNode) and node.style is None
                 and value is not None and not isinstance(value, str)):
             self.doc.raw[loc] = node.value
+        self.doc.spans[loc] = (node.start_mark.index, node.end_mark.index)
         return value
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
@@ -890,32 +908,48 @@ def _dotted(loc: Loc) -> str:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-# Values of these keys are safe to quote back in an error (never secrets, hosts or users).
-_ECHO_KEYS = frozenset({
-    "protocol", "tls", "layout", "log_level", "port", "allow_insecure", "leave_on_server",
-    "provider", "auth", "smtp_port", "save_sent", "send_now",
-    "connections", "timeout", "poll_interval", "delete_after", "max_message_size",
-    "max_messages_per_poll",
-})
+_RECORDS = (GeneralSettings, AccountSettings, FolderFilter, OAuth2Settings, SmtpSettings)
 
-# Keys whose value is text: YAML 1.1 scalars like 0123, off, 2024-01-01 are read back as typed.
-_TEXT_GENERAL: frozenset[Loc] = frozenset(
-    (key,) for key in ("maildir_root", "state_dir", "log_level", "on_new_mail"))
-_TEXT_ACCOUNT: frozenset[Loc] = frozenset({
-    *((key,) for key in ("protocol", "host", "tls", "tls_ca_file", "username",
-                         "password_command", "maildir", "layout", "trash_folder", "idle",
-                         "provider", "auth", "smtp_host")),
-    ("idle", "*"), ("folders", "include"), ("folders", "include", "*"),
-    ("folders", "exclude"), ("folders", "exclude", "*"),
-    *(("oauth2", key) for key in ("provider", "client_id", "client_secret", "tenant",
-                                  "token_endpoint", "device_authorization_endpoint",
-                                  "authorization_endpoint", "scopes")),
-    ("oauth2", "scopes", "*"),
-    ("from",), ("from", "*"), ("sent_folder",),
-    *(("smtp", key) for key in ("host", "tls", "username", "tls_ca_file", "password_command")),
-})
+
+def _echo_keys() -> frozenset[str]:
+    """Keys whose values are safe to quote back in an error: choices, numbers, booleans (never
+    secrets, hosts or users, which are text)."""
+    return frozenset(spec.key for record in _RECORDS for spec in field_specs(record)
+                     if spec.type in (int, float, bool) or typing.get_origin(spec.type) is Literal)
+
+
+def _text_locs(record: type[tuple[Any, ...]], prefix: Loc = ()) -> frozenset[Loc]:
+    """Keys (list items as "*") whose value is text: YAML 1.1 scalars like 0123, off or
+    2024-01-01 are read back as typed there. Not a YES_NO_CHOICE, where "no" means never."""
+    locs: set[Loc] = set()
+    for spec in field_specs(record):
+        loc = (*prefix, spec.key)
+        if spec.has(INTERNAL) or spec.has(YES_NO_CHOICE):
+            continue
+        if spec.type in _MODELS:
+            locs |= _text_locs(spec.type, loc)
+        elif spec.type in (str, Path) or typing.get_origin(spec.type) is Literal:
+            locs.add(loc)
+        elif spec.type == tuple[str, ...]:
+            locs |= {loc, (*loc, "*")}
+    return frozenset(locs)
+
+
+_ECHO_KEYS = _echo_keys()
+_TEXT_GENERAL = _text_locs(GeneralSettings)
+_TEXT_ACCOUNT = _text_locs(AccountSettings)
 
 _TOP_KEYS = ("general", "accounts")
+
+
+class Located(NamedTuple):
+    """A validated config file with where each value was written: ``text`` is the file's text
+    (decoded as validated) and ``spans`` maps a key's location (``("accounts", "work",
+    "password_command")``) to the offsets of its value in ``text``."""
+
+    settings: Settings
+    text: str
+    spans: Mapping[Loc, tuple[int, int]]
 
 
 def load_config(path: Path | str | None = None) -> Settings:
@@ -932,19 +966,29 @@ def load_config(path: Path | str | None = None) -> Settings:
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or type(exc).__name__}",
                           path=shown) from None
+    return load_located(path, data).settings
+
+
+def load_located(path: Path, data: bytes) -> Located:
+    """Validate ``data``, the contents of the config file ``path`` (as load_config does)."""
+    shown = str(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("the file is not valid UTF-8", line=line, path=shown) from None
-    settings = parse_config(text, shown)
+    settings, doc = _parse(text, shown)
     warn_if_readable_by_others(path, settings)
-    return settings
+    return Located(settings, text, doc.spans)
 
 
 def parse_config(text: str, path: str = "<config>") -> Settings:
     """Validate config text. ``path`` labels errors; unless it is a ``<label>``, it is also the
     file relative paths are resolved against and ``Settings.path``."""
+    return _parse(text, path)[0]
+
+
+def _parse(text: str, path: str) -> tuple[Settings, _Document]:
     is_label = path.startswith("<") and path.endswith(">")
     file_path = None if is_label else Path(os.path.abspath(path))
     base_dir = file_path.parent if file_path else Path.cwd()
@@ -996,7 +1040,7 @@ def parse_config(text: str, path: str = "<config>") -> Settings:
     context: dict[str, Any] = {"from_config": True, "base_dir": base_dir}
     general = _validate(GeneralModel, general_data, context, ("general",), doc, shown)
 
-    built: dict[str, AccountModel] = {}
+    built: dict[str, _Model] = {}
     for name, raw in accounts.items():
         loc: Loc = ("accounts", name)
         # "work:" with nothing under it: report the missing keys rather than a type error.
@@ -1007,36 +1051,16 @@ def parse_config(text: str, path: str = "<config>") -> Settings:
 
     model = _validate(SettingsModel, {"general": general, "accounts": built, "path": file_path},
                       context, (), doc, shown)
-    return Settings(general=_general(model.general),
-                    accounts={name: _account(a) for name, a in model.accounts.items()},
-                    path=model.path)
+    settings: Settings = _as_record(model)
+    return settings, doc
 
 
 def build_account(**values: Any) -> AccountSettings:
     """An account validated like one from a config file, without the file (tests, tools):
     ``build_account(name="t", protocol="pop3", host="h", username="u")``. Raises pydantic's
     ValidationError."""
-    return _account(AccountModel.model_validate(values))
-
-
-# The models above validate; the rest of syncd works with syncd.config.settings' dataclasses, which
-# need neither pydantic nor PyYAML (see syncd.config.settings.load_settings).
-def _general(model: GeneralModel) -> GeneralSettings:
-    return GeneralSettings(maildir_root=model.maildir_root, state_dir=model.state_dir,
-                           log_level=model.log_level, on_new_mail=model.on_new_mail)
-
-
-def _account(model: AccountModel) -> AccountSettings:
-    values = {name: getattr(model, name) for name in AccountModel.model_fields}
-    if model.smtp is not None:
-        values["smtp"] = SmtpSettings(
-            **{name: getattr(model.smtp, name) for name in SmtpModel.model_fields})
-    values["folders"] = FolderFilter(include=model.folders.include,
-                                     exclude=model.folders.exclude)
-    if model.oauth2 is not None:
-        values["oauth2"] = OAuth2Settings(
-            **{name: getattr(model.oauth2, name) for name in OAuth2Model.model_fields})
-    return AccountSettings(**values)
+    account: AccountSettings = _as_record(AccountModel.model_validate(values))
+    return account
 
 
 def _with_text(doc: _Document, loc: Loc, value: Any, patterns: frozenset[Loc],

@@ -1,28 +1,59 @@
-"""The settings every other module works with: plain immutable records (NamedTuples: a frozen
-dataclass costs ~1 ms to create at import, see syncd.core.model), and the default paths.
+"""The config schema and the settings every other module works with: plain immutable records
+(NamedTuples: a frozen dataclass costs ~1 ms to create at import, see syncd.core.model), and the
+default paths.
 
-syncd.config.load turns the YAML into these (with pydantic, and errors that name key and line);
-syncd.config.cache keeps the result so that a quick `syncd sync` does not pay for validating.
+Each key is declared once, here: its name, type and default as a record field, and how the YAML
+is read beyond the type as ``Annotated`` metadata (the small pydantic-free markers below). From
+these, syncd.config.load derives its pydantic models (validation, with errors that name key and
+line) and syncd.config.cache its JSON (de)serialisation, so a new key is one line in a record
+(plus the README's key table); only a rule between keys needs code in syncd.config.load.
+
+How a field's type is read from YAML unless a marker says otherwise: ``str`` is non-empty text,
+``int`` a whole number (not a boolean), ``Path`` a path (``~`` and ``$VARS`` expanded, relative
+to the config file), ``tuple[str, ...]`` a list of non-empty text (one string is a list of one),
+``Literal`` one of the values, a record a mapping of its keys. A ``float`` must say how it is
+read (DURATION), because the config has no plain fractional numbers.
 """
 
-from __future__ import annotations
-
+import functools
 import logging
 import os
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 __all__ = [
+    "DURATION",
+    "HOST",
+    "IMAP_ONLY",
+    "INTERNAL",
+    "LOWER",
+    "POP3_ONLY",
+    "SECRET",
+    "SIZE",
+    "URL",
+    "VERBATIM",
+    "YES_NO_CHOICE",
     "AccountSettings",
+    "Check",
+    "Default",
+    "FieldSpec",
     "FolderFilter",
     "GeneralSettings",
     "OAuth2Settings",
+    "Range",
     "Settings",
     "SmtpSettings",
+    "YamlKey",
     "default_cache_dir",
     "default_config_path",
     "default_maildir_root",
     "default_state_dir",
+    "field_specs",
+    "secret_keys",
+    "secret_values",
 ]
 
 log = logging.getLogger("syncd.config.load")
@@ -61,7 +92,63 @@ def default_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The settings
+# How a key is read beyond its type: markers for Annotated[...], read by syncd.config.load
+# ---------------------------------------------------------------------------------------------
+
+
+class Check(NamedTuple):
+    """A named rule on a field; syncd.config.load maps each to a validator."""
+
+    name: str
+
+
+# Fields not typed by users: filled in by the loader (rejected as unknown in a config file).
+INTERNAL = Check("internal")
+# Any text, even empty (no "must not be empty" check).
+VERBATIM = Check("verbatim")
+# A bare host name, not a URL.
+HOST = Check("host")
+# An https:// URL (plain http only on loopback: tokens travel in these requests).
+URL = Check("url")
+# A choice read case-insensitively ("Gmail" is "gmail").
+LOWER = Check("lower")
+# A choice where YAML's yes/no (true/false) mean always/never.
+YES_NO_CHOICE = Check("yes-no-choice")
+# A float in seconds, written as 30s, 5m, 1h, 14d or a number of seconds.
+DURATION = Check("duration")
+# An int in bytes, written as 25MB, 10k, 1GiB or a number of bytes.
+SIZE = Check("size")
+# May hold a secret or say where one is (a password_command's text): never written to the
+# config cache (syncd.config.cache), and its presence in a file others can read is warned about.
+SECRET = Check("secret")
+# Keys that only mean something for one protocol: an error on an account of the other.
+IMAP_ONLY = Check("imap-only")
+POP3_ONLY = Check("pop3-only")
+
+
+class Range(NamedTuple):
+    """Bounds on a number (pydantic's ge/le/gt)."""
+
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+
+
+class YamlKey(NamedTuple):
+    """The key in the YAML when it is not the field's name ("from" is a Python keyword)."""
+
+    key: str
+
+
+class Default(NamedTuple):
+    """The default when the key is absent from the YAML, for a field the record requires (a
+    path computed from the environment at load time)."""
+
+    factory: Callable[[], Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings (the schema: the README documents every key)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -75,9 +162,9 @@ class FolderFilter(NamedTuple):
 
 
 class GeneralSettings(NamedTuple):
-    maildir_root: Path
-    state_dir: Path
-    log_level: str = "info"
+    maildir_root: Annotated[Path, Default(default_maildir_root)]
+    state_dir: Annotated[Path, Default(default_state_dir)]
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], LOWER] = "info"
     on_new_mail: str | None = None
 
 
@@ -85,63 +172,68 @@ class OAuth2Settings(NamedTuple):
     """``oauth2:`` of an account. Endpoints and scopes default to the provider preset
     (``syncd.config.presets.OAUTH2_PROVIDERS``); ``custom`` takes every endpoint from here."""
 
-    provider: str
+    provider: Annotated[Literal["microsoft", "google", "custom"], LOWER]
     client_id: str
-    client_secret: str | None = None
+    client_secret: Annotated[str | None, SECRET] = None
     tenant: str | None = None
     scopes: tuple[str, ...] | None = None
-    token_endpoint: str | None = None
-    device_authorization_endpoint: str | None = None
-    authorization_endpoint: str | None = None
+    token_endpoint: Annotated[str | None, URL] = None
+    device_authorization_endpoint: Annotated[str | None, URL] = None
+    authorization_endpoint: Annotated[str | None, URL] = None
 
 
 class SmtpSettings(NamedTuple):
     """``smtp:`` of an account (the outbox sends through it). Unset keys fall back to the
     account's: username, tls_ca_file and the credentials (password_command / keyring /
-    OAuth2)."""
+    OAuth2). syncd.config.load fills port and tls from each other."""
 
-    host: str
-    port: int
-    tls: str = "implicit"
+    host: Annotated[str, HOST]
+    port: Annotated[int, Range(ge=1, le=65535)]
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
     username: str | None = None
     tls_ca_file: Path | None = None
-    password_command: str | None = None
+    password_command: Annotated[str | None, SECRET] = None
 
 
 class AccountSettings(NamedTuple):
-    """One account, as validated by syncd.config.load (which documents every key)."""
+    """One account. ``name`` (its key under ``accounts``) and ``state_dir`` (from ``general``)
+    are filled in by the loader; a ``provider`` preset fills protocol, host, port, tls, auth and
+    the SMTP server (syncd.config.presets), explicit keys override it."""
 
-    name: str
-    protocol: str
-    host: str
-    port: int
+    name: Annotated[str, INTERNAL, VERBATIM]
+    protocol: Literal["imap", "pop3"]
+    host: Annotated[str, HOST]
+    port: Annotated[int, Range(ge=1, le=65535)]
     username: str
     maildir: Path
-    poll_interval: float
-    state_dir: Path
-    provider: str | None = None
-    tls: str = "implicit"
+    poll_interval: Annotated[float, DURATION, Range(gt=0)]
+    state_dir: Annotated[Path, INTERNAL, Default(default_state_dir)]
+    provider: Annotated[Literal["outlook", "office365", "gmail", "fastmail", "icloud", "yahoo"]
+                        | None, LOWER] = None
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
     tls_ca_file: Path | None = None
     allow_insecure: bool = False
-    auth: str = "password"
-    password_command: str | None = None
+    auth: Annotated[Literal["password", "oauth2"], LOWER] = "password"
+    password_command: Annotated[str | None, SECRET] = None
     oauth2: OAuth2Settings | None = None
-    smtp_host: str | None = None
-    smtp_port: int | None = None
-    layout: str = "verbatim"
-    folders: FolderFilter = FolderFilter()
-    idle: tuple[str, ...] = ("INBOX",)
-    trash_folder: str | None = None
-    timeout: float = 60.0
-    connections: int = 3
-    leave_on_server: bool = False
-    delete_after: float | None = None
-    max_message_size: int | None = None
-    max_messages_per_poll: int | None = None
-    # The outbox (README, "Sending mail"): `from` is from_addresses (addresses and globs).
-    from_addresses: tuple[str, ...] = ()
+    # The older spelling of smtp.host / smtp.port; they mirror smtp (syncd.config.load).
+    smtp_host: Annotated[str | None, HOST] = None
+    smtp_port: Annotated[int | None, Range(ge=1, le=65535)] = None
+    layout: Literal["verbatim", "maildir++"] = "verbatim"
+    folders: Annotated[FolderFilter, IMAP_ONLY] = FolderFilter()
+    idle: Annotated[tuple[str, ...], IMAP_ONLY] = ("INBOX",)
+    trash_folder: Annotated[str | None, IMAP_ONLY] = None
+    timeout: Annotated[float, DURATION, Range(gt=0)] = 60.0
+    connections: Annotated[int, Range(ge=1, le=8)] = 3
+    leave_on_server: Annotated[bool, POP3_ONLY] = False
+    delete_after: Annotated[float | None, DURATION, POP3_ONLY] = None
+    max_message_size: Annotated[int | None, SIZE, Range(ge=1), POP3_ONLY] = None
+    max_messages_per_poll: Annotated[int | None, Range(ge=1), POP3_ONLY] = None
+    # The outbox (README, "Sending mail"): addresses this account sends as (globs; default:
+    # the username if it is an address), where it sends, and the Sent copy.
+    from_addresses: Annotated[tuple[str, ...], YamlKey("from")] = ()
     smtp: SmtpSettings | None = None
-    save_sent: str = "auto"
+    save_sent: Annotated[Literal["auto", "always", "never"], YES_NO_CHOICE] = "auto"
     sent_folder: str | None = None
     send_now: bool = False
 
@@ -156,6 +248,79 @@ class Settings(NamedTuple):
     path: Path | None = None
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading the schema (for syncd.config.load and syncd.config.cache)
+# ---------------------------------------------------------------------------------------------
+
+REQUIRED: Any = object()  # FieldSpec.default of a field the record requires
+
+
+class FieldSpec(NamedTuple):
+    """One field of a record, its annotation taken apart."""
+
+    name: str
+    key: str  # in the YAML
+    type: Any  # without Annotated metadata and without None
+    optional: bool  # None is allowed
+    marks: tuple[Any, ...]  # the Annotated metadata: Check, Range, YamlKey, Default
+    default: Any  # the record's, or REQUIRED
+
+    def has(self, check: Check) -> bool:
+        return check in self.marks
+
+
+@functools.cache
+def field_specs(record: type[tuple[Any, ...]]) -> tuple[FieldSpec, ...]:
+    """The fields of one of the records above, in order."""
+    specs = []
+    defaults: dict[str, Any] = getattr(record, "_field_defaults", {})
+    for name, annotation in record.__annotations__.items():
+        tp, marks = _unannotate(annotation)
+        tp, optional = _without_none(tp)
+        key = next((m.key for m in marks if isinstance(m, YamlKey)), name)
+        specs.append(FieldSpec(name, key, tp, optional, marks, defaults.get(name, REQUIRED)))
+    return tuple(specs)
+
+
+def _unannotate(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    marks: tuple[Any, ...] = ()
+    while typing.get_origin(annotation) is Annotated:
+        marks += annotation.__metadata__
+        annotation = annotation.__origin__
+    return annotation, marks
+
+
+def _without_none(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp, False
+    args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+    if len(args) != 1:
+        raise TypeError(f"the config schema has no unions but X | None: {tp}")
+    return args[0], True
+
+
+def secret_keys(record: type[tuple[Any, ...]]) -> frozenset[str]:
+    """The fields of ``record`` marked SECRET."""
+    return frozenset(spec.name for spec in field_specs(record) if spec.has(SECRET))
+
+
+def secret_values(value: Any, loc: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    """Where ``value`` (Settings or any record in it) holds a SECRET field's text, and that
+    text, in field order."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found += secret_values(item, (*loc, name))
+    elif isinstance(value, tuple) and hasattr(value, "_fields"):
+        for spec in field_specs(type(value)):
+            item = getattr(value, spec.name)
+            if spec.has(SECRET) and item is not None:
+                found.append(((*loc, spec.key), item))
+            elif isinstance(item, dict | tuple):
+                found += secret_values(item, (*loc, spec.key))
+    return found
+
+
 def warn_if_readable_by_others(path: Path, settings: Settings) -> None:
     """A config that holds secrets (an OAuth2 client_secret) or says how to get them (a
     password_command) should not be readable by other users (fault suite, security)."""
@@ -165,11 +330,7 @@ def warn_if_readable_by_others(path: Path, settings: Settings) -> None:
         return
     if not mode & 0o044:
         return
-    keys = [f"accounts.{name}.{key}" for name, account in settings.accounts.items()
-            for key, present in (("password_command", account.password_command is not None),
-                                 ("oauth2.client_secret", account.oauth2 is not None
-                                  and account.oauth2.client_secret is not None))
-            if present]
+    keys = [".".join(loc) for loc, _ in secret_values(settings)]
     if keys:
         log.warning("%s is readable by other users (mode %03o) and contains %s: run chmod 600 "
                     "%s", path, mode & 0o777, ", ".join(keys), path)

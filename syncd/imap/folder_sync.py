@@ -150,7 +150,12 @@ class FolderSync:
         from syncd.core.plan import describe, plan_folder
 
         plan = plan_folder(with_digests(self.session, view.snapshot, place, self.account.name))
-        result.guard = plan.guard
+        # With the local folder missing, the plan's "guard" only says that its messages are
+        # downloaded again: a warning, not a refusal that fails the run.
+        if view.snapshot.policy.local_folder_missing:
+            result.notice = plan.guard
+        else:
+            result.guard = plan.guard
         if plan.guard:
             log.warning("%s/%s: %s", self.account.name, name, plan.guard)
         if self.options.dry_run:

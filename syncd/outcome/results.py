@@ -39,7 +39,8 @@ class FolderResult:
                  deleted_local: int = 0, deleted_remote: int = 0, paired: int = 0,
                  created_remote: bool = False, created_local: bool = False,
                  guard: str | None = None, error: str | None = None,
-                 plan_lines: list[str] | None = None, new_mail: int = 0) -> None:
+                 plan_lines: list[str] | None = None, new_mail: int = 0,
+                 notice: str | None = None) -> None:
         self.folder = folder
         self.downloaded = downloaded
         self.downloaded_bytes = downloaded_bytes
@@ -51,8 +52,11 @@ class FolderResult:
         self.paired = paired
         self.created_remote = created_remote
         self.created_local = created_local
-        self.guard = guard
+        self.guard = guard  # the mass-deletion guard refused: the run fails until confirmed
         self.error = error
+        # Worth a warning, not a failure: the local folder was missing and its messages were
+        # downloaded again (nothing was refused, nothing is left to do).
+        self.notice = notice
         self.plan_lines: list[str] = [] if plan_lines is None else plan_lines
         self.new_mail = new_mail  # downloads that arrived unseen (for on_new_mail)
 
@@ -106,8 +110,8 @@ class AccountResult:
         return self._with_problems(f"{self.account}: {' '.join(parts)}, {self.seconds:.1f} s")
 
     def _with_problems(self, text: str) -> str:
-        problems = [f"{f.folder}: {f.error or f.guard}" for f in self.folders
-                    if f.error or f.guard]
+        problems = [f"{f.folder}: {f.error or f.guard or f.notice}" for f in self.folders
+                    if f.error or f.guard or f.notice]
         if self.error:
             problems.insert(0, self.error)
         if problems:

@@ -40,21 +40,60 @@ def _locked(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class CorruptStatus(ValueError):
+    """The status file is not what syncd writes (not UTF-8, not JSON, not its shape)."""
+
+
 def read_status(state_dir: Path) -> dict[str, Any]:
+    """The status file's contents; empty when there is none. A corrupt one reads as empty with
+    a warning: the next writer moves it aside (reading alone must not: a writer may be
+    replacing it at that moment)."""
     try:
-        with open(status_path(state_dir), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"accounts": {}}
+        return _load(status_path(state_dir))
+    except FileNotFoundError:
+        pass
+    except CorruptStatus as exc:
+        log.warning("%s is corrupt (%s); the next sync moves it aside and starts a new one",
+                    status_path(state_dir), exc)
+    return {"accounts": {}}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """Raises FileNotFoundError, CorruptStatus, or OSError."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError
+        raise CorruptStatus(type(exc).__name__) from None
     if not isinstance(data, dict) or not isinstance(data.get("accounts"), dict):
-        return {"accounts": {}}
+        raise CorruptStatus("not a status mapping")
     return data
+
+
+def _read_or_move_aside(state_dir: Path) -> dict[str, Any]:
+    """read_status for a writer holding the lock: a corrupt file is moved aside to
+    ``status.json.corrupt-<timestamp>`` (kept for a post-mortem, like a corrupt state database)
+    and the status starts over; it only ever holds what the next syncs write again."""
+    path = status_path(state_dir)
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        return {"accounts": {}}
+    except CorruptStatus as exc:
+        from syncd.store.state import aside_path
+
+        aside = aside_path(path)
+        os.rename(path, aside)
+        log.warning("%s was corrupt (%s); it was moved aside to %s and is rebuilt", path, exc,
+                    aside.name)
+        return {"accounts": {}}
 
 
 def update_account(state_dir: Path, account: str, **fields: Any) -> None:
     """Merge fields into one account's entry (folders merge by name)."""
     with _locked(state_dir):
-        data = read_status(state_dir)
+        data = _read_or_move_aside(state_dir)
         entry = data["accounts"].setdefault(account, {})
         folders = fields.pop("folders", None)
         entry.update(fields)

@@ -143,6 +143,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def aside_path(path: Path) -> Path:
+    """Where a corrupt ``path`` is moved aside to: ``<name>.corrupt-<timestamp>``, never over
+    an earlier one."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    counter = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+        counter += 1
+    return aside
+
+
 def _is_corruption(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -289,12 +301,7 @@ class StateStore:
             return cls(path), False
         except StateCorrupt:
             pass
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        base = path.with_name(f"{path.name}.corrupt-{stamp}")
-        counter = 1
-        while base.exists():
-            base = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
-            counter += 1
+        base = aside_path(path)
         for suffix in ("-wal", "-shm", "-journal"):
             side = path.with_name(path.name + suffix)
             with contextlib.suppress(FileNotFoundError):

@@ -180,3 +180,48 @@ def test_the_readable_by_others_warning_comes_on_cache_hits_too(
     assert "readable by other users" in caplog.text
     assert "accounts.work.password_command" in caplog.text
     assert "accounts.google.oauth2.client_secret" in caplog.text
+
+
+def test_no_secret_is_written_to_the_cache(env: Path) -> None:
+    """password_command's text may hold a password (``echo hunter2``) and client_secret is one:
+    the entry keeps where they are in the file, never their text (issue 16 item 8)."""
+    text = CONFIG.replace("password_command: pass show work",
+                          "password_command: 'echo hunter2-a'\n    smtp: "
+                          "{host: smtp.example.com, password_command: \"echo hunter2-b\"}")
+    env.write_text(text.replace("client_secret: s3cret", "client_secret: hunter2-c"))
+    validated = load_config(env)
+    assert load_settings(env) == validated  # validates, writes the entry
+    [entry] = entries(env)
+    cached = entry.read_text()
+    for secret in ("hunter2", "echo"):
+        assert secret not in cached
+    hit = load_settings(env)
+    assert hit == validated
+    assert hit.accounts["work"].password_command == "echo hunter2-a"
+    assert hit.accounts["work"].smtp is not None
+    assert hit.accounts["work"].smtp.password_command == "echo hunter2-b"
+    assert hit.accounts["google"].oauth2 is not None
+    assert hit.accounts["google"].oauth2.client_secret == "hunter2-c"
+
+
+@pytest.mark.parametrize("written, value", [
+    ("'it''s mine'", "it's mine"),       # sliced back out: cached
+    ("&pw plain text", "plain text"),    # an anchor: not cached, still right
+    ('"tab\\there"', "tab\there"),       # an escape: not cached, still right
+    ("|\n      folded\n      lines", "folded\nlines\n"),
+])
+def test_secrets_in_any_yaml_form_load_the_same(env: Path, written: str, value: str) -> None:
+    env.write_text(CONFIG.replace("pass show work", written))
+    for _ in range(2):
+        assert load_settings(env).accounts["work"].password_command == value
+    for entry in entries(env):
+        assert value not in entry.read_text()
+
+
+def test_a_cache_entry_cannot_carry_a_secret_of_another_file(env: Path) -> None:
+    # The offsets are only read from the very bytes the key was computed from: an edit that
+    # moves the value (same length) is a new key, hence a full validation.
+    load_settings(env)
+    env.write_text(CONFIG.replace("pass show work", "pass show w0rk").replace(
+        "host: imap.example.com", "host: imap.example.org"))
+    assert load_settings(env).accounts["work"].password_command == "pass show w0rk"
