@@ -791,26 +791,22 @@ class ImapSession:
                      ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
         """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
         bounded by count and bytes. Messages the server no longer has are silently absent."""
-        batch: list[int] = []
-        batch_bytes = 0
-        largest: int | None = 0
-        for uid, size in wanted:
-            batch.append(uid)
-            batch_bytes += size or 0
-            largest = None if size is None or largest is None else max(largest, size)
-            if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
-                with self.guard.expecting(largest, batch_bytes):
-                    yield from self._fetch_body_batch(batch)
-                batch, batch_bytes, largest = [], 0, 0
-        if batch:
-            with self.guard.expecting(largest, batch_bytes):
-                yield from self._fetch_body_batch(batch)
+        for batch in self._literal_batches(wanted):
+            yield from self._fetch_body_batch(batch)
 
     def fetch_texts(self, wanted: Sequence[tuple[int, int | None]]
                     ) -> Iterator[tuple[int, bytes]]:
         """Yield (uid, BODY[TEXT]) for (uid, size-if-known) pairs: the body without the header
         block, to confirm a pairing by content (syncd.core.message.body_digest) where sizes
         disagree. Batched like fetch_bodies; messages no longer there are absent."""
+        for batch in self._literal_batches(wanted):
+            yield from self._fetch_text_batch(batch)
+
+    def _literal_batches(self, wanted: Sequence[tuple[int, int | None]]
+                         ) -> Iterator[list[int]]:
+        """UID batches bounded by count and announced bytes, each handed out while the reply
+        guard expects literals of its size (so that memory stays flat however big the folder
+        is, and a hostile server cannot announce more than the batch holds)."""
         batch: list[int] = []
         batch_bytes = 0
         largest: int | None = 0
@@ -820,11 +816,11 @@ class ImapSession:
             largest = None if size is None or largest is None else max(largest, size)
             if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
                 with self.guard.expecting(largest, batch_bytes):
-                    yield from self._fetch_text_batch(batch)
+                    yield batch
                 batch, batch_bytes, largest = [], 0, 0
         if batch:
             with self.guard.expecting(largest, batch_bytes):
-                yield from self._fetch_text_batch(batch)
+                yield batch
 
     def _fetch_text_batch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
         uid_set = format_uid_set(uids)
