@@ -53,6 +53,7 @@ from syncd.config.settings import (
     Default,
     FieldSpec,
     FolderFilter,
+    FolderSettings,
     GeneralSettings,
     OAuth2Settings,
     Range,
@@ -358,6 +359,10 @@ class _Model(BaseModel):
 
 class _FolderFilterRules(_Model):
     _record = FolderFilter
+
+
+class _FolderSettingsRules(_Model):
+    _record = FolderSettings
 
 
 class _GeneralRules(_Model):
@@ -711,6 +716,7 @@ def _field_info(spec: FieldSpec) -> Any:
 
 
 FolderFilterModel = _derive(_FolderFilterRules)
+FolderSettingsModel = _derive(_FolderSettingsRules)
 OAuth2Model = _derive(_OAuth2Rules)
 SmtpModel = _derive(_SmtpRules)
 GeneralModel = _derive(_GeneralRules)

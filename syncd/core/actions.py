@@ -129,10 +129,16 @@ class Forget:
 
     Used when the message is gone on both sides, for every old row on a UIDVALIDITY change, and
     before a Download of the same uid when the local folder went missing (the row is stale; the
-    message is downloaded afresh)."""
+    message is downloaded afresh).
+
+    ``keep``: a deletion the sync policy does not propagate (README, "Partial mirrors"). The
+    message stays on one side only and becomes untracked there: "server" remembers ``uid``
+    (deleted locally, kept on the server: never downloaded again), "local" remembers ``key``
+    (expunged on the server, kept locally: never uploaded again)."""
 
     uid: int
     key: str
+    keep: str | None = None
 
 
 Action = (

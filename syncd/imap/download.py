@@ -175,7 +175,9 @@ class Downloader:
 
         pair, *flag_actions = pair_actions(action.uid, candidate,
                                            self.job.local_flags.get(candidate, ""),
-                                           action.flags, size=action.size)
+                                           action.flags, size=action.size,
+                                           storable=self.job.storable,
+                                           direction=self.job.direction)
         assert isinstance(pair, A.Pair)
         self._paired_flags.extend(flag_actions)
         self.paired_keys.add(candidate)

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from syncd.core.folders import folder_untouched
+from syncd.config.settings import FolderSettings
+from syncd.core.folders import Namespace, folder_untouched, glob_matcher
 from syncd.core.model import FolderPolicy
 from syncd.imap.gather import (
     FolderView,
@@ -47,6 +48,14 @@ if TYPE_CHECKING:
     from syncd.store.state import FolderState, StateStore
 
 log = logging.getLogger("syncd.imap.account")
+
+
+def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> FolderSettings:
+    """The sync policy keys of server folder ``name``: the account's, overridden by the first
+    matching ``folder_settings`` glob."""
+    if not account.folder_settings:
+        return FolderSettings(account.direction, account.delete, account.create_folders)
+    return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
 class SyncOptions(NamedTuple):
@@ -113,7 +122,7 @@ class FolderSync:
                 and unchanged(fstate, status, rows, scan, condstore=self.session.condstore)):
             return Ending(UNCHANGED, scan.stamp)
         view = gather_view(self.session, fstate, name, status, rows, scan, place,
-                           self._policy(fstate, scan))
+                           self._policy(name, fstate, scan))
         plan = self._plan(name, view, place, result)
         if self.options.dry_run:
             return Ending(PLANNED)
@@ -133,15 +142,18 @@ class FolderSync:
             return False
         return folder_untouched(
             fstate, status, condstore=self.session.condstore,
-            synced_count=lambda: self.state.message_count(fstate.id),
+            synced_count=lambda: (self.state.message_count(fstate.id)
+                                  + len(self.state.untracked(fstate.id)[0])),
             local_unchanged=lambda: place.unchanged_since(fstate.local_stamp))
 
-    def _policy(self, fstate: FolderState | None, scan: LocalScan) -> FolderPolicy:
+    def _policy(self, name: str, fstate: FolderState | None, scan: LocalScan) -> FolderPolicy:
         """What the planner may do here (gather_view adds what the server keeps)."""
+        keys = folder_policy(self.account, name, self.session.personal_namespace())
         return FolderPolicy(trash_folder=self.account.trash_folder,
                             force_deletions=self.options.force_deletions,
                             local_folder_missing=scan.folder_missing,
-                            guard_held=fstate is not None and fstate.guard_held)
+                            guard_held=fstate is not None and fstate.guard_held,
+                            direction=keys.direction, delete=keys.delete)
 
     def _plan(self, name: str, view: FolderView, place: MaildirFolder,
               result: FolderResult) -> FolderPlan:
@@ -176,10 +188,17 @@ class FolderSync:
         # plan.
         pairs = {a.uid for a in plan.actions if isinstance(a, A.Pair)}
         paired_remote = {m.uid: m for m in view.snapshot.remote if m.uid in pairs}
+        snapshot = view.snapshot
         job = FolderJob(self.account.name, self.session, self.state, fstate, place, result,
-                        view.snapshot.policy.storable,
-                        {m.key: m.flags for m in view.snapshot.local}, self.reporter,
-                        self.should_stop, self.moved_into)
+                        snapshot.policy.storable,
+                        {m.key: m.flags for m in snapshot.local}, self.reporter,
+                        self.should_stop, self.moved_into, snapshot.policy.direction)
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
-        execute(job, plan, paired_remote, reset=view.uidvalidity_changed, guard_held=held)
+        # Untracked copies gone from their side need remembering no longer.
+        gone_uids: set[int] = set()
+        if snapshot.untracked_uids:
+            gone_uids = set(snapshot.untracked_uids) - {m.uid for m in snapshot.remote}
+        gone_keys = {key for key in snapshot.untracked_keys if key not in scan.entries}
+        execute(job, plan, paired_remote, reset=view.uidvalidity_changed, guard_held=held,
+                untracked_gone=(gone_uids, gone_keys))

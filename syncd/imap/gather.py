@@ -39,6 +39,9 @@ class FolderRows(NamedTuple):
     synced: list[SyncedMessage]
     unkept: str
     pending: frozenset[int]
+    # What the sync policy keeps on one side only (StateStore.untracked).
+    untracked_uids: frozenset[int] = frozenset()
+    untracked_keys: frozenset[str] = frozenset()
 
 
 def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
@@ -46,7 +49,7 @@ def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
     if fstate is None:
         return FolderRows([], "", frozenset())
     return FolderRows(state.messages(fstate.id), state.unkept_flags(fstate.id),
-                      state.pending_expunges(fstate.id))
+                      state.pending_expunges(fstate.id), *state.untracked(fstate.id))
 
 
 class LocalScan(NamedTuple):
@@ -80,10 +83,14 @@ def unchanged(fstate: FolderState, status: FolderStatus, rows: FolderRows, scan:
     """True when neither side can have changed since the last completed sync: the server's
     STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
     cannot know, so never), and the Maildir holds exactly the synced files and flags."""
+    entries = scan.entries
+    if rows.untracked_keys:
+        entries = {k: e for k, e in entries.items() if k not in rows.untracked_keys}
     return (not scan.folder_missing
             and server_untouched(fstate, status, condstore=condstore,
-                                 synced_count=lambda: len(rows.synced))
-            and files_match(rows.synced, scan.entries))
+                                 synced_count=lambda: len(rows.synced)
+                                 + len(rows.untracked_uids))
+            and files_match(rows.synced, entries))
 
 
 class FolderView(NamedTuple):
@@ -108,9 +115,10 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
     # Message-IDs only serve pairing local files the state does not know with server
     # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
     unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in scan.entries)
+    untracked_uids = frozenset() if uidvalidity_changed else rows.untracked_uids
     remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
                          None if uidvalidity_changed else prefetched,
-                         message_ids=unpaired_local)
+                         message_ids=unpaired_local, untracked=untracked_uids)
     # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
     local = local_view(folder, scan.entries, {} if uidvalidity_changed else synced_by_key)
     storable = info.storable
@@ -120,7 +128,9 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                               remote=tuple(remote.values()),
                               uidvalidity_changed=uidvalidity_changed,
                               policy=policy._replace(storable=storable),
-                              pending_expunge=rows.pending)
+                              pending_expunge=rows.pending,
+                              untracked_uids=untracked_uids,
+                              untracked_keys=rows.untracked_keys)
     return FolderView(info, snapshot, uidvalidity_changed)
 
 
@@ -142,21 +152,23 @@ def select(session: ImapSession, fstate: FolderState | None, name: str,
 def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectInfo,
                 synced: list[SyncedMessage], uidvalidity_changed: bool,
                 prefetched: SelectChanges | None = None, *,
-                message_ids: bool = True) -> dict[int, RemoteMessage]:
+                message_ids: bool = True,
+                untracked: frozenset[int] = frozenset()) -> dict[int, RemoteMessage]:
     """Every message on the server with its flags; size and Message-ID for UIDs the state
     does not know. With CONDSTORE only what changed since the last sync is fetched (or taken
-    from ``prefetched``, asked for together with the SELECT)."""
+    from ``prefetched``, asked for together with the SELECT). ``untracked`` UIDs count as
+    known (no meta fetched; the planner leaves them alone)."""
     incremental = (not uidvalidity_changed and fstate is not None
                    and fstate.highestmodseq is not None and info.highestmodseq is not None
                    and session.condstore)
     if incremental:
         assert fstate is not None
-        view = _changed_flags(session, fstate, info, synced, prefetched)
+        view = _changed_flags(session, fstate, info, synced, prefetched, untracked)
     else:
         full = session.fetch_flags() if info.exists else None
         view = {uid: RemoteMessage(uid, flags)
                 for uid, flags in (full.flags.items() if full else ())}
-    known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
+    known_uids = set() if uidvalidity_changed else {m.uid for m in synced} | untracked
     new_uids = [uid for uid in view if uid not in known_uids]
     if new_uids:
         _add_meta(session, view, new_uids, prefetched, message_ids=message_ids)
@@ -164,18 +176,23 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
 
 
 def _changed_flags(session: ImapSession, fstate: FolderState, info: SelectInfo,
-                   synced: list[SyncedMessage], prefetched: SelectChanges | None
-                   ) -> dict[int, RemoteMessage]:
-    """The server's flags from the state's rows and what changed since the last modseq."""
+                   synced: list[SyncedMessage], prefetched: SelectChanges | None,
+                   untracked: frozenset[int] = frozenset()) -> dict[int, RemoteMessage]:
+    """The server's flags from the state's rows and what changed since the last modseq
+    (untracked UIDs are taken as present, without flags, until told otherwise)."""
     if info.highestmodseq == fstate.highestmodseq and info.uidnext == fstate.uidnext \
-            and info.exists == len(synced):
-        return {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+            and info.exists == len(synced) + len(untracked):
+        view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+        view.update((uid, RemoteMessage(uid, "")) for uid in untracked)
+        return view
     assert fstate.highestmodseq is not None
     changes: FlagChanges = prefetched.changes if prefetched is not None \
         and prefetched.changes is not None \
         else session.fetch_flags(changedsince=fstate.highestmodseq)
     view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
             if m.uid not in changes.vanished}
+    view.update((uid, RemoteMessage(uid, "")) for uid in untracked
+                if uid not in changes.vanished)
     for uid, flags in changes.flags.items():
         view[uid] = RemoteMessage(uid, flags)
     if len(view) != info.exists:

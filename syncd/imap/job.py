@@ -32,6 +32,9 @@ class FolderJob(NamedTuple):
     # Folders this run moved messages into (trash_folder), shared by the account's folders:
     # their STATUS, taken before the move, must not let the status shortcut skip them.
     moved_into: set[str]
+    # The folder's sync policy direction ("both", "pull", "push"): a Download's content
+    # pairing moves only the receiving side's flags (core.plan.pair_actions).
+    direction: str = "both"
 
     @property
     def fid(self) -> int:

@@ -139,6 +139,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Maildir letters the server refused or dropped in this folder: local-only from then on.
         "ALTER TABLE folder ADD COLUMN unkept_flags TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Messages the sync policy keeps on one side only (a deletion not propagated): a server
+        # UID never downloaded again (maildir_key NULL), or a local key never uploaded again
+        # (uid NULL). One of the two is set.
+        """CREATE TABLE untracked(
+            folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+            uid INTEGER,
+            maildir_key TEXT,
+            UNIQUE(folder_id, uid),
+            UNIQUE(folder_id, maildir_key)
+        )""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -431,6 +443,9 @@ class StateStore:
         last_sync is kept (it is history, not a cursor); intents are left for recover()."""
         with self.transaction():
             self._conn.execute("DELETE FROM message WHERE folder_id = ?", (folder_id,))
+            # Untracked UIDs are void with the rest; untracked local files stay untracked.
+            self._conn.execute("DELETE FROM untracked WHERE folder_id = ? AND uid IS NOT NULL",
+                               (folder_id,))
             self._conn.execute(
                 "UPDATE folder SET uidvalidity = NULL, uidnext = NULL, highestmodseq = NULL, "
                 "local_stamp = NULL WHERE id = ?", (folder_id,))
@@ -511,6 +526,43 @@ class StateStore:
         with self.transaction():
             self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
                                    ((folder_id, uid) for uid in uids))
+
+    @_guard
+    def untracked(self, folder_id: int) -> tuple[frozenset[int], frozenset[str]]:
+        """The server UIDs and the local keys the sync policy keeps on one side only."""
+        rows = self._conn.execute(
+            "SELECT uid, maildir_key FROM untracked WHERE folder_id = ?", (folder_id,))
+        uids: set[int] = set()
+        keys: set[str] = set()
+        for uid, key in rows:
+            if uid is not None:
+                uids.add(uid)
+            else:
+                keys.add(key)
+        return frozenset(uids), frozenset(keys)
+
+    @_guard
+    def add_untracked(self, folder_id: int, uids: Iterable[int] = (),
+                      keys: Iterable[str] = ()) -> None:
+        """Remember server UIDs / local keys as untracked (see untracked())."""
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO untracked(folder_id, uid) VALUES (?, ?)",
+                ((folder_id, uid) for uid in uids))
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO untracked(folder_id, maildir_key) VALUES (?, ?)",
+                ((folder_id, key) for key in keys))
+
+    @_guard
+    def drop_untracked(self, folder_id: int, uids: Iterable[int] = (),
+                       keys: Iterable[str] = ()) -> None:
+        """Forget untracked entries whose message is gone from its side."""
+        with self.transaction():
+            self._conn.executemany("DELETE FROM untracked WHERE folder_id = ? AND uid = ?",
+                                   ((folder_id, uid) for uid in uids))
+            self._conn.executemany(
+                "DELETE FROM untracked WHERE folder_id = ? AND maildir_key = ?",
+                ((folder_id, key) for key in keys))
 
     @_guard
     def pending_expunges(self, folder_id: int) -> frozenset[int]:
