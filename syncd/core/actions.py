@@ -28,6 +28,9 @@ class Download:
     flags: Flags
     size: int | None = None
     pair_candidates: tuple[str, ...] = ()
+    # direction: push: fetched only for the content check; when no candidate matches, the
+    # message is not delivered (and stays unpaired).
+    pair_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,7 @@ class SetLocalFlags:
 @dataclass(frozen=True, slots=True)
 class PushFlags:
     """UID STORE on the server: add ``add`` and remove ``remove`` (letters); afterwards the synced
-    flags are ``flags``."""
+    flags are ``flags`` (under direction: push the local side's, see core.plan)."""
 
     uid: int
     key: str
@@ -99,7 +102,8 @@ class PushFlags:
 @dataclass(frozen=True, slots=True)
 class RecordFlags:
     """Both sides already carry ``flags`` (each changed the same way, or a UIDVALIDITY re-pair
-    found them equal): only the state row's synced flags change. No I/O."""
+    found them equal), or, under a one-way direction, the sending side does: only the state
+    row's synced flags change. No I/O."""
 
     uid: int
     key: str

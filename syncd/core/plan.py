@@ -350,10 +350,6 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
                              old_synced=entry.old_synced, size=remote.size,
                              message_id=remote.message_id, storable=storable,
                              direction=policy.direction))
-    if not policy.to_local:
-        matching.remote_left.clear()
-    if not policy.to_server:
-        matching.local_left.clear()
     # Without a Message-ID the engine decides from the downloaded message (its content digest,
     # which survives line ends and added headers): any local file without one may be it.
     # Sizes do not narrow this down, as added headers change them. One shared tuple.
@@ -362,9 +358,15 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
     any_no_id_remote = False
     for remote in matching.remote_left:
         candidates = no_id if remote.message_id is None else ()
+        if not policy.to_local and not candidates:
+            continue  # push: server mail is not downloaded
         any_no_id_remote = any_no_id_remote or bool(candidates)
+        # push: fetched only to compare with the local files (never delivered), so that an
+        # upload cannot duplicate it
         out.add((Download(remote.uid, remote.flags, size=remote.size,
-                          pair_candidates=candidates),))
+                          pair_candidates=candidates, pair_only=not policy.to_local),))
+    if not policy.to_server:
+        return  # pull: local files are not uploaded
     maybe_paired = set(no_id) if any_no_id_remote else set()
     for key, entry in matching.local_left.items():
         out.add((Upload(key, entry.message.flags, unless_paired=key in maybe_paired),))
@@ -483,9 +485,11 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
 
     guard: str | None = None
     if vanished and policy.local_folder_missing and not policy.to_local:
-        # push: the Maildir is not written; the rows wait for the folder to come back.
+        # push: the Maildir is not written, so nothing is downloaded again; nor is anything
+        # deleted on the server: the server copies stay there, untracked.
         guard = (f"the local folder is missing; its {len(vanished)} known message(s) are "
-                 "left alone (direction: push)")
+                 "kept on the server and not downloaded (direction: push)")
+        out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
     elif vanished and policy.local_folder_missing:
         # Not a deletion: the directory (or the whole maildir) is gone. Drop the stale rows and
         # fetch the messages again; force_deletions does not change this.
@@ -563,7 +567,10 @@ def _describe_action(action: Action) -> str:
             if action.size is not None:
                 text += f" ({action.size} bytes)"
             text += f" with {_flags_text(action.flags)}"
-            if action.pair_candidates:
+            if action.pair_only:
+                text = (f"compare UID {action.uid} with {len(action.pair_candidates)} local "
+                        "file(s) and pair it if the content is the same (not downloaded)")
+            elif action.pair_candidates:
                 text += (f", or pair it with one of {len(action.pair_candidates)} local file(s) "
                          "if the content is the same")
             return text

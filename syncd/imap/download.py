@@ -140,6 +140,8 @@ class Downloader:
                 if row is not None:
                     rows.append(row)
                     continue
+                if action.pair_only:
+                    continue  # direction: push: compared, never delivered
                 mtime = internaldate.timestamp() \
                     if isinstance(internaldate, dt.datetime) else None
                 staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
