@@ -31,6 +31,9 @@ class Download:
     # direction: push: fetched only for the content check; when no candidate matches, the
     # message is not delivered (and stays unpaired).
     pair_only: bool = False
+    # Outside the window (max_age, max_messages; with pair_only): a content pair is parked
+    # (as Pair.outside), its flags left alone.
+    outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,10 @@ class Pair:
     flags: Flags
     size: int | None = None
     message_id: str | None = None
+    # Parked outside the window (max_age, max_messages): recorded as a pair that is not synced
+    # (no flags, no deletions) until the window takes it back. A Pair without it for a parked
+    # uid takes it back.
+    outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,6 +150,12 @@ class FolderSnapshot(NamedTuple):
     # never uploaded or paired again.
     untracked_uids: frozenset[int] = frozenset()
     untracked_keys: frozenset[str] = frozenset()
+    # The window (max_age, max_messages): the server UIDs inside it, None for no window. A
+    # message outside is not tracked: never downloaded, and never deleted on either side
+    # because of the window. ``outside`` are the pairs parked there (the window moved past
+    # them): both copies stay as they are until the window takes them back.
+    window: frozenset[int] | None = None
+    outside: tuple[SyncedMessage, ...] = ()
 
 
 class Pop3Known(NamedTuple):

@@ -339,13 +339,20 @@ def _match(new_remote: Iterable[RemoteMessage], unpaired: Iterable[_Unpaired], *
 
 
 def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
-               unpaired: Iterable[_Unpaired], policy: FolderPolicy) -> None:
+               unpaired: Iterable[_Unpaired], policy: FolderPolicy,
+               window: Set[int] | None = None) -> None:
     """Rules 4 and 5: pair new server messages with unpaired local files, download the rest,
     upload the local files left over. One way, the other side's leftovers wait (not
     transferred, not untracked: they may still pair later)."""
     storable = policy.storable
     matching = _match(new_remote, unpaired)
     for remote, entry in matching.pairs:
+        if window is not None and remote.uid not in window:
+            # The same message outside the window: parked as a pair (never uploaded again,
+            # never synced until the window holds it).
+            out.add((Pair(remote.uid, entry.key, _common(entry.message.flags, remote.flags),
+                          size=remote.size, message_id=remote.message_id, outside=True),))
+            continue
         out.add(pair_actions(remote.uid, entry.key, entry.message.flags, remote.flags,
                              old_synced=entry.old_synced, size=remote.size,
                              message_id=remote.message_id, storable=storable,
@@ -358,13 +365,15 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
     any_no_id_remote = False
     for remote in matching.remote_left:
         candidates = no_id if remote.message_id is None else ()
-        if not policy.to_local and not candidates:
-            continue  # push: server mail is not downloaded
+        outside = window is not None and remote.uid not in window
+        if (outside or not policy.to_local) and not candidates:
+            continue  # outside the window, or push: server mail is not downloaded
         any_no_id_remote = any_no_id_remote or bool(candidates)
-        # push: fetched only to compare with the local files (never delivered), so that an
-        # upload cannot duplicate it
+        # outside the window or push: fetched only to compare with the local files (never
+        # delivered), so that an upload cannot duplicate it
         out.add((Download(remote.uid, remote.flags, size=remote.size,
-                          pair_candidates=candidates, pair_only=not policy.to_local),))
+                          pair_candidates=candidates,
+                          pair_only=outside or not policy.to_local, outside=outside),))
     if not policy.to_server:
         return  # pull: local files are not uploaded
     maybe_paired = set(no_id) if any_no_id_remote else set()
@@ -407,11 +416,12 @@ def _unpaired(snapshot: FolderSnapshot) -> tuple[list[RemoteMessage], list[_Unpa
     skip_keys = snapshot.untracked_keys
     if snapshot.uidvalidity_changed:
         # The untracked UIDs are void with the rest; untracked local files stay untracked.
-        old_by_key = {row.key: row for row in snapshot.synced}
+        old_by_key = {row.key: row for row in (*snapshot.outside, *snapshot.synced)}
         return list(snapshot.remote), [_reset_entry(m, old_by_key.get(m.key))
                                        for m in snapshot.local if m.key not in skip_keys]
-    synced_uids = {row.uid for row in snapshot.synced} | snapshot.untracked_uids
-    synced_keys = {row.key for row in snapshot.synced} | skip_keys
+    rows = (*snapshot.synced, *snapshot.outside)
+    synced_uids = {row.uid for row in rows} | snapshot.untracked_uids
+    synced_keys = {row.key for row in rows} | skip_keys
     return ([m for m in snapshot.remote if m.uid not in synced_uids],
             [_fresh(m) for m in snapshot.local if m.key not in synced_keys])
 
@@ -452,13 +462,28 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
     vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
     retried = 0  # deferred expunges retried (decided at an earlier sync: not for the guard)
     storable = policy.storable
+    window = snapshot.window
+    for row in snapshot.outside:
+        synced_uids.add(row.uid)
+        synced_keys.add(row.key)
+        _plan_outside(row, remote_by_uid.get(row.uid), local_by_key.get(row.key), snapshot,
+                      out)
 
     for row in snapshot.synced:
         synced_uids.add(row.uid)
         synced_keys.add(row.key)
         remote = remote_by_uid.get(row.uid)
         local = local_by_key.get(row.key)
-        if remote is None:
+        if remote is not None and window is not None and row.uid not in window:
+            # The window moved past it: parked, both copies left as they are (never a
+            # deletion because of the window); with no local copy left, simply forgotten
+            # (widening the window downloads it again).
+            if local is None:
+                out.add((Forget(row.uid, row.key),))
+            else:
+                out.add((Pair(row.uid, row.key, row.flags, size=row.size,
+                              message_id=row.message_id, outside=True),))
+        elif remote is None:
             # Expunged on the server: that wins over any local flag change. Not propagated,
             # the local file stays, untracked.
             if local is None:
@@ -515,15 +540,42 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
                   and m.uid not in skip_uids)
     unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys
                 and m.key not in skip_keys)
-    _match_new(out, new_remote, unpaired, policy)
+    _match_new(out, new_remote, unpaired, policy, window)
     return guard
+
+
+def _plan_outside(row: SyncedMessage, remote: RemoteMessage | None,
+                  local: LocalMessage | None, snapshot: FolderSnapshot, out: _Out) -> None:
+    """A pair parked outside the window: taken back when the window holds it again (paired
+    again, or downloaded again if the local copy went meanwhile); dropped when its local copy
+    went while outside (nothing deleted anywhere); untracked locally when the server expunged
+    it (the local copy stays, never uploaded)."""
+    window = snapshot.window
+    inside = remote is not None and (window is None or row.uid in window)
+    policy = snapshot.policy
+    if inside and local is not None:
+        assert remote is not None
+        out.add(pair_actions(row.uid, row.key, local.flags, remote.flags,
+                             old_synced=row.flags, size=row.size, message_id=row.message_id,
+                             storable=policy.storable, direction=policy.direction))
+    elif inside and policy.to_local:
+        assert remote is not None
+        out.add((Forget(row.uid, row.key),
+                 Download(row.uid, remote.flags,
+                          size=remote.size if remote.size is not None else row.size)))
+    elif remote is None and local is not None:
+        out.add((Forget(row.uid, row.key, keep="local"),))
+    elif local is None and not inside:
+        out.add((Forget(row.uid, row.key),))
+    # else: still outside (or push, inside with no local copy: left parked)
 
 
 def _plan_uidvalidity(snapshot: FolderSnapshot, out: _Out) -> str | None:
     # Every old UID is void, so nothing can be deleted on either side: a server message we do
     # not find again may just have been renumbered beyond recognition.
     out.add(Forget(row.uid, row.key) for row in snapshot.synced)
-    _match_new(out, *_unpaired(snapshot), snapshot.policy)
+    # (the parked pairs are void too: the engine drops them with the rows)
+    _match_new(out, *_unpaired(snapshot), snapshot.policy, snapshot.window)
     if snapshot.policy.local_folder_missing and snapshot.synced:
         return _missing_reason(len(snapshot.synced))
     return None
@@ -579,6 +631,9 @@ def _describe_action(action: Action) -> str:
             if action.unless_paired:
                 text += ", unless a downloaded message turns out to be the same"
             return text
+        case Pair() if action.outside:
+            return (f"park UID {action.uid} / {action.key} outside the window (kept on both "
+                    "sides, not synced)")
         case Pair():
             return f"pair UID {action.uid} with local {action.key} (already on both sides)"
         case RecordFlags():

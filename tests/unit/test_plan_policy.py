@@ -206,6 +206,16 @@ class PolicyMachine(SyncMachine):
 
     @rule(confirm=st.booleans())
     def sync(self, confirm: bool) -> None:
+        # A window of the newest N moves with what the sync itself expunges or uploads: the
+        # daemon's next sync takes what it then holds (at most a few rounds).
+        for _ in range(4):
+            before = self.window()
+            guarded = self._sync_once(confirm)
+            if guarded or self.window() == before:
+                break
+        self.check_policy(guarded)
+
+    def _sync_once(self, confirm: bool) -> bool:
         policy = self.policy._replace(local_folder_missing=self.local_missing)
         plan = plan_folder(self.snapshot(policy))
         if plan.guard is not None and not self.local_missing and confirm:
@@ -235,7 +245,7 @@ class PolicyMachine(SyncMachine):
         self.uidvalidity_changed = False
         self.local_missing = False
         self.policy = self.policy._replace(guard_held=guarded)
-        self.check_policy(guarded)
+        return guarded
 
     def check_policy(self, guarded: bool) -> None:
         server_bodies = [m.body for m in self.server.values()]
@@ -263,12 +273,20 @@ class PolicyMachine(SyncMachine):
                               if u not in self.untracked_uids}
             tracked_local = {m.body for k, m in self.local.items()
                              if k not in self.untracked_keys}
+            window = self.window()
+            if window is not None:
+                tracked_server = {m.body for u, m in self.server.items()
+                                  if u in window and u not in self.untracked_uids}
             if self.policy.to_local:
                 assert tracked_server <= set(local_bodies)
             if self.policy.to_server:
                 assert tracked_local <= set(server_bodies)
-            # idempotency
+            # idempotency (an upload that lands outside the window, say an old message moved
+            # in locally, is parked by the next plan: state only)
             again = plan_folder(self.snapshot(self.policy))
+            if again.actions and all(isinstance(a, Pair) and a.outside for a in again.actions):
+                self.execute(again)
+                again = plan_folder(self.snapshot(self.policy))
             assert again.actions == () and again.guard is None, again
 
 
@@ -277,6 +295,95 @@ PolicyMachine.TestCase.settings = settings(max_examples=300, stateful_step_count
 TestPolicyMachine = PolicyMachine.TestCase
 
 
+class WindowMachine(PolicyMachine):
+    """PolicyMachine with a max_messages window (the newest N server UIDs) that narrows and
+    widens: no deletion ever derives from a window change, nothing is lost or duplicated,
+    what the window holds is mirrored, and a second plan is empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.newest: int | None = None
+
+    def window(self) -> frozenset[int] | None:
+        if self.newest is None:
+            return None
+        return frozenset(sorted(self.server)[-self.newest:]) if self.newest else frozenset()
+
+    @rule(newest=st.one_of(st.none(), st.integers(min_value=0, max_value=6)))
+    def set_window(self, newest: int | None) -> None:
+        self.newest = newest
+
+    def execute(self, plan) -> None:  # type: ignore[no-untyped-def]
+        # A deletion is always the user's: never one the window caused.
+        for action in plan.actions:
+            if isinstance(action, DeleteRemote):
+                assert self.server[action.uid].body in self.lost_by_user, action
+            elif isinstance(action, DeleteLocal):
+                assert self.local[action.key].body in self.lost_by_user, action
+        super().execute(plan)
+
+
+WindowMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+                                           deadline=None)
+TestWindowMachine = WindowMachine.TestCase
+
+
 def test_plain_sync_machine_untracks_nothing() -> None:
     # The default policy never leaves a message on one side only.
     assert FolderPolicy().direction == "both" and FolderPolicy().delete == "both"
+
+
+# ---- windows (max_age, max_messages) ---------------------------------------------------------
+
+def wplan(synced=(), local=(), remote=(), *, window, outside=(), **policy):
+    return plan_folder(FolderSnapshot(tuple(synced), tuple(local), tuple(remote),
+                                      policy=FolderPolicy(**policy), window=frozenset(window),
+                                      outside=tuple(outside))).actions
+
+
+def test_outside_the_window_is_neither_downloaded_nor_paired_for_upload() -> None:
+    actions = wplan(remote=[R(1, "", 10, "<a@x>"), R(2, "", 10, "<b@x>")], window={2})
+    assert actions == (Download(2, "", size=10),)
+
+
+def test_narrowing_parks_pairs_and_deletes_nothing() -> None:
+    synced = [S(1, "k1", "S", 10, "<a@x>"), S(2, "k2", "", 10, "<b@x>")]
+    actions = wplan(synced, [L("k1", "FS"), L("k2", "")], [R(1, ""), R(2, "")], window={2})
+    # k1's flag change is not synced while outside; nothing is deleted anywhere
+    assert actions == (Pair(1, "k1", "S", size=10, message_id="<a@x>", outside=True),)
+    # the local copy gone at the same time: forgotten, never expunged
+    assert wplan(synced, [L("k2", "")], [R(1, ""), R(2, "")], window={2}) == (Forget(1, "k1"),)
+
+
+def test_parked_pairs_stay_parked_quietly() -> None:
+    outside = [S(1, "k1", "S", 10, "<a@x>")]
+    assert wplan(local=[L("k1", "FS")], remote=[R(1, "")], window=set(), outside=outside) == ()
+
+
+def test_widening_takes_parked_pairs_back_or_downloads_them() -> None:
+    outside = [S(1, "k1", "S", 10, "<a@x>")]
+    # the local copy is there: paired again, then merged against the old synced flags
+    actions = wplan(local=[L("k1", "FS")], remote=[R(1, "S")], window={1}, outside=outside)
+    assert actions == (Pair(1, "k1", "S", size=10, message_id="<a@x>"),
+                       PushFlags(1, "k1", add="F", remove="", flags="FS"))
+    # removed locally meanwhile (syncd prune): downloaded again, never expunged
+    actions = wplan(remote=[R(1, "S", 10)], window={1}, outside=outside)
+    assert actions == (Forget(1, "k1"), Download(1, "S", size=10))
+
+
+def test_parked_pair_expunged_on_the_server_stays_local_untracked() -> None:
+    outside = [S(1, "k1", "S", 10, "<a@x>")]
+    assert wplan(local=[L("k1", "S")], window=set(), outside=outside) == (
+        Forget(1, "k1", keep="local"),)
+    assert wplan(window=set(), outside=outside) == (Forget(1, "k1"),)
+
+
+def test_a_local_copy_of_a_message_outside_the_window_is_parked_not_uploaded() -> None:
+    actions = wplan(local=[L("k1", "S", 10, "<a@x>")], remote=[R(1, "F", 10, "<a@x>")],
+                    window=set())
+    assert actions == (Pair(1, "k1", "", size=10, message_id="<a@x>", outside=True),)
+    # without a Message-ID: compared by content, never delivered
+    actions = wplan(local=[L("k1", "S", 10)], remote=[R(1, "F", 10)], window=set())
+    assert actions == (Download(1, "F", size=10, pair_candidates=("k1",), pair_only=True,
+                                outside=True),
+                       Upload("k1", "S", unless_paired=True))
