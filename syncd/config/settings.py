@@ -174,6 +174,8 @@ class FolderSettings(NamedTuple):
     direction: Direction | None = None
     delete: DeletePolicy | None = None
     create_folders: CreateFolders | None = None
+    max_age: Annotated[float | None, DURATION, Range(gt=0)] = None
+    max_messages: Annotated[int | None, Range(ge=1)] = None
 
 
 class GeneralSettings(NamedTuple):
@@ -243,6 +245,10 @@ class AccountSettings(NamedTuple):
     direction: Annotated[Direction, IMAP_ONLY] = "both"
     delete: Annotated[DeletePolicy, IMAP_ONLY] = "both"
     create_folders: Annotated[CreateFolders, IMAP_ONLY] = "both"
+    # The window (README, "Partial mirrors"): only messages whose INTERNALDATE is newer than
+    # this (seconds; the window slides daily), and only the newest N of each folder.
+    max_age: Annotated[float | None, DURATION, Range(gt=0), IMAP_ONLY] = None
+    max_messages: Annotated[int | None, Range(ge=1), IMAP_ONLY] = None
     folder_settings: Annotated[dict[str, FolderSettings], IMAP_ONLY] = {}  # noqa: RUF012
     timeout: Annotated[float, DURATION, Range(gt=0)] = 60.0
     connections: Annotated[int, Range(ge=1, le=8)] = 3
@@ -265,7 +271,8 @@ class AccountSettings(NamedTuple):
     def folder_policy(self, matches: Callable[[str], bool]) -> FolderSettings:
         """The policy keys for one folder, every one filled: the first ``folder_settings``
         entry whose glob ``matches`` (core.folders.glob_matcher) overrides the account's."""
-        mine = FolderSettings(self.direction, self.delete, self.create_folders)
+        mine = FolderSettings(self.direction, self.delete, self.create_folders, self.max_age,
+                              self.max_messages)
         for pattern, override in self.folder_settings.items():
             if matches(pattern):
                 return FolderSettings(*(theirs if theirs is not None else ours

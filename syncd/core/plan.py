@@ -366,8 +366,10 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
     for remote in matching.remote_left:
         candidates = no_id if remote.message_id is None else ()
         outside = window is not None and remote.uid not in window
-        if (outside or not policy.to_local) and not candidates:
-            continue  # outside the window, or push: server mail is not downloaded
+        if (outside or not policy.to_local) and not (candidates and policy.to_server):
+            # Outside the window, or push: server mail is not downloaded (only compared with
+            # local files about to be uploaded).
+            continue
         any_no_id_remote = any_no_id_remote or bool(candidates)
         # outside the window or push: fetched only to compare with the local files (never
         # delivered), so that an upload cannot duplicate it

@@ -747,6 +747,11 @@ class ImapSession:
     def _take_vanished(self) -> frozenset[int]:
         return _vanished_from(wire.take_untagged(wire.imaplib_of(self.client), "VANISHED") or [])
 
+    def search_since(self, day: dt.date) -> set[int]:
+        """The UIDs whose INTERNALDATE is on or after ``day`` (UID SEARCH SINCE): a window's
+        messages, without fetching anything of the others."""
+        return set(self.client.search(["SINCE", day]))
+
     def search_all_uids(self) -> set[int]:
         """Every UID in the selected folder (expunge detection without QRESYNC)."""
         return set(self.client.search("ALL"))

@@ -68,19 +68,30 @@ def record_state_only(job: FolderJob, grouped: dict[type, list],
         if guard_held != job.fstate.guard_held:
             # Kept from one sync to the next: new mail must not dilute a held guard away.
             state.set_guard_held(fid, guard_held)
-        state.delete_messages(fid, (a.uid for a in grouped[A.Forget]))
-        # A deletion the policy kept from the other side: the copy left is untracked.
-        forgets = grouped[A.Forget]
+        forgets, pairs = grouped[A.Forget], grouped[A.Pair]
+        state.delete_messages(fid, (a.uid for a in forgets))
+        if job.fstate_has_untracked:
+            # Pairs parked outside the window that are forgotten or taken back.
+            state.drop_untracked(fid, uids=[a.uid for a in (*forgets, *pairs)])
         if untracked_gone[0] or untracked_gone[1]:
             state.drop_untracked(fid, *untracked_gone)
+        # A deletion the policy kept from the other side: the copy left is untracked.
         if any(a.keep for a in forgets):
             state.add_untracked(fid, uids=(a.uid for a in forgets if a.keep == "server"),
                                 keys=(a.key for a in forgets if a.keep == "local"))
-        for action in grouped[A.Pair]:
+        parked = []
+        for action in pairs:
             seen = paired_remote.get(action.uid)
-            state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
-                                                 seen.size if seen else None,
-                                                 seen.message_id if seen else None))
+            row = SyncedMessage(
+                action.uid, action.key, action.flags,
+                seen.size if seen and seen.size is not None else action.size,
+                seen.message_id if seen and seen.message_id is not None else action.message_id)
+            if action.outside:
+                parked.append(row)
+            else:
+                state.put_message(fid, row)
+        if parked:
+            state.put_outside(fid, parked)
         state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in grouped[A.RecordFlags]))
     checkpoint("state-only.commit")
-    job.result.paired += len(grouped[A.Pair])
+    job.result.paired += sum(1 for a in grouped[A.Pair] if not a.outside)

@@ -21,6 +21,7 @@ from syncd.core.model import FolderPolicy
 from syncd.imap.gather import (
     FolderView,
     LocalScan,
+    WindowSpec,
     gather_view,
     read_rows,
     scan_local,
@@ -54,7 +55,8 @@ def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> 
     """The sync policy keys of server folder ``name``: the account's, overridden by the first
     matching ``folder_settings`` glob."""
     if not account.folder_settings:
-        return FolderSettings(account.direction, account.delete, account.create_folders)
+        return FolderSettings(account.direction, account.delete, account.create_folders,
+                              account.max_age, account.max_messages)
     return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
@@ -121,8 +123,12 @@ class FolderSync:
         if (self.options.use_status_shortcut and fstate is not None and status is not None
                 and unchanged(fstate, status, rows, scan, condstore=self.session.condstore)):
             return Ending(UNCHANGED, scan.stamp)
+        keys = folder_policy(self.account, name, self.session.personal_namespace())
+        window = None
+        if keys.max_age is not None or keys.max_messages is not None:
+            window = WindowSpec(keys.max_age, keys.max_messages, self.clock())
         view = gather_view(self.session, fstate, name, status, rows, scan, place,
-                           self._policy(name, fstate, scan))
+                           self._policy(keys, fstate, scan), window)
         plan = self._plan(name, view, place, result)
         if self.options.dry_run:
             return Ending(PLANNED)
@@ -143,12 +149,12 @@ class FolderSync:
         return folder_untouched(
             fstate, status, condstore=self.session.condstore,
             synced_count=lambda: (self.state.message_count(fstate.id)
-                                  + len(self.state.untracked(fstate.id)[0])),
+                                  + len(self.state.untracked(fstate.id).uids)),
             local_unchanged=lambda: place.unchanged_since(fstate.local_stamp))
 
-    def _policy(self, name: str, fstate: FolderState | None, scan: LocalScan) -> FolderPolicy:
+    def _policy(self, keys: FolderSettings, fstate: FolderState | None,
+                scan: LocalScan) -> FolderPolicy:
         """What the planner may do here (gather_view adds what the server keeps)."""
-        keys = folder_policy(self.account, name, self.session.personal_namespace())
         return FolderPolicy(trash_folder=self.account.trash_folder,
                             force_deletions=self.options.force_deletions,
                             local_folder_missing=scan.folder_missing,
@@ -192,7 +198,9 @@ class FolderSync:
         job = FolderJob(self.account.name, self.session, self.state, fstate, place, result,
                         snapshot.policy.storable,
                         {m.key: m.flags for m in snapshot.local}, self.reporter,
-                        self.should_stop, self.moved_into, snapshot.policy.direction)
+                        self.should_stop, self.moved_into, snapshot.policy.direction,
+                        bool(snapshot.untracked_uids or snapshot.untracked_keys
+                             or snapshot.outside))
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
         # Untracked copies gone from their side need remembering no longer.

@@ -9,6 +9,7 @@ folder's sync".
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -42,6 +43,7 @@ class FolderRows(NamedTuple):
     # What the sync policy keeps on one side only (StateStore.untracked).
     untracked_uids: frozenset[int] = frozenset()
     untracked_keys: frozenset[str] = frozenset()
+    outside: tuple[SyncedMessage, ...] = ()  # pairs parked outside the window
 
 
 def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
@@ -103,22 +105,47 @@ class FolderView(NamedTuple):
     uidvalidity_changed: bool
 
 
+class WindowSpec(NamedTuple):
+    """A folder's window (max_age in seconds, max_messages), and the time it is taken at."""
+
+    max_age: float | None
+    max_messages: int | None
+    now: float
+
+
 def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                 status: FolderStatus | None, rows: FolderRows, scan: LocalScan,
-                folder: MaildirFolder, policy: FolderPolicy) -> FolderView:
+                folder: MaildirFolder, policy: FolderPolicy,
+                window_spec: WindowSpec | None = None) -> FolderView:
     """SELECT the folder and build the snapshot: the server's view, the local one, and the
     policy completed with what the server keeps and the pending expunges."""
     info, prefetched = select(session, fstate, name, status)
     uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                            and fstate.uidvalidity != info.uidvalidity)
     synced_by_key = {m.key: m for m in rows.synced}
+    parked_keys = {m.key for m in rows.outside}
     # Message-IDs only serve pairing local files the state does not know with server
     # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
-    unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in scan.entries)
+    unpaired_local = uidvalidity_changed or any(
+        k not in synced_by_key and k not in parked_keys and k not in rows.untracked_keys
+        for k in scan.entries)
     untracked_uids = frozenset() if uidvalidity_changed else rows.untracked_uids
-    remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
-                         None if uidvalidity_changed else prefetched,
-                         message_ids=unpaired_local, untracked=untracked_uids)
+    window: frozenset[int] | None = None
+    if window_spec is not None or (rows.outside and not uidvalidity_changed):
+        # A window, or pairs parked by one: every UID's flags, so that what is outside is told
+        # from what was expunged; sizes and Message-IDs only of what is inside (of all new
+        # messages when local files must be paired with them: a first sync, a UIDVALIDITY
+        # change).
+        known = set() if uidvalidity_changed else (
+            {m.uid for m in rows.synced} | {m.uid for m in rows.outside} | untracked_uids)
+        first = uidvalidity_changed or not (rows.synced or rows.outside)
+        remote, window = windowed_view(session, info, known, window_spec,
+                                       pair_outside=first and unpaired_local,
+                                       message_ids=unpaired_local)
+    else:
+        remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
+                             None if uidvalidity_changed else prefetched,
+                             message_ids=unpaired_local, untracked=untracked_uids)
     # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
     local = local_view(folder, scan.entries, {} if uidvalidity_changed else synced_by_key)
     storable = info.storable
@@ -130,7 +157,8 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                               policy=policy._replace(storable=storable),
                               pending_expunge=rows.pending,
                               untracked_uids=untracked_uids,
-                              untracked_keys=rows.untracked_keys)
+                              untracked_keys=rows.untracked_keys,
+                              window=window, outside=rows.outside)
     return FolderView(info, snapshot, uidvalidity_changed)
 
 
@@ -173,6 +201,35 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
     if new_uids:
         _add_meta(session, view, new_uids, prefetched, message_ids=message_ids)
     return view
+
+
+def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],
+                  spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool
+                  ) -> tuple[dict[int, RemoteMessage], frozenset[int] | None]:
+    """The server's view under a window, and the UIDs inside it (None: no window). Every UID's
+    flags (UID FETCH 1:* FLAGS); the window from UID SEARCH SINCE (max_age) and the newest
+    UIDs (max_messages); sizes and Message-IDs of new messages inside it, or of every new one
+    with ``pair_outside``. New messages outside it are left out of the view altogether."""
+    full = session.fetch_flags() if info.exists else None
+    view = {uid: RemoteMessage(uid, flags) for uid, flags in (full.flags.items() if full else ())}
+    inside: set[int] | None = None
+    if spec is not None:
+        inside = set(view)
+        if spec.max_messages is not None:
+            inside = set(sorted(inside)[-spec.max_messages:])
+        if spec.max_age is not None and inside:
+            since = dt.date.fromtimestamp(spec.now - spec.max_age)
+            inside &= session.search_since(since)
+    new_uids = [uid for uid in view if uid not in known]
+    wanted = [uid for uid in new_uids if pair_outside or inside is None or uid in inside]
+    if len(wanted) != len(new_uids):
+        keep = set(wanted)
+        for uid in new_uids:
+            if uid not in keep:
+                del view[uid]
+    if wanted:
+        _add_meta(session, view, wanted, None, message_ids=message_ids)
+    return view, None if inside is None else frozenset(inside & set(view))
 
 
 def _changed_flags(session: ImapSession, fstate: FolderState, info: SelectInfo,

@@ -35,6 +35,9 @@ class FolderJob(NamedTuple):
     # The folder's sync policy direction ("both", "pull", "push"): a Download's content
     # pairing moves only the receiving side's flags (core.plan.pair_actions).
     direction: str = "both"
+    # The folder has untracked entries or parked pairs (state.untracked): Forget and Pair
+    # actions must drop theirs.
+    fstate_has_untracked: bool = False
 
     @property
     def fid(self) -> int:

@@ -77,6 +77,14 @@ class Intent(NamedTuple):
     created: float
 
 
+class Untracked(NamedTuple):
+    """StateStore.untracked: what the sync policy keeps out of a folder's sync."""
+
+    uids: frozenset[int]  # server copies never downloaded again
+    keys: frozenset[str]  # local copies never uploaded again
+    outside: tuple[SyncedMessage, ...]  # pairs parked outside the window
+
+
 class Pop3Row(NamedTuple):
     uidl: str
     key: str | None
@@ -142,11 +150,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (
         # Messages the sync policy keeps on one side only (a deletion not propagated): a server
         # UID never downloaded again (maildir_key NULL), or a local key never uploaded again
-        # (uid NULL). One of the two is set.
+        # (uid NULL). With both set, a pair parked outside the window (max_age, max_messages),
+        # with the synced flags, size and Message-ID it had.
         """CREATE TABLE untracked(
             folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
             uid INTEGER,
             maildir_key TEXT,
+            synced_flags TEXT,
+            size INTEGER,
+            message_id TEXT,
             UNIQUE(folder_id, uid),
             UNIQUE(folder_id, maildir_key)
         )""",
@@ -528,18 +540,34 @@ class StateStore:
                                    ((folder_id, uid) for uid in uids))
 
     @_guard
-    def untracked(self, folder_id: int) -> tuple[frozenset[int], frozenset[str]]:
-        """The server UIDs and the local keys the sync policy keeps on one side only."""
+    def untracked(self, folder_id: int) -> Untracked:
+        """The server UIDs and the local keys the sync policy keeps on one side only, and the
+        pairs parked outside the window."""
         rows = self._conn.execute(
-            "SELECT uid, maildir_key FROM untracked WHERE folder_id = ?", (folder_id,))
+            "SELECT uid, maildir_key, synced_flags, size, message_id FROM untracked "
+            "WHERE folder_id = ? ORDER BY uid", (folder_id,))
         uids: set[int] = set()
         keys: set[str] = set()
-        for uid, key in rows:
-            if uid is not None:
+        outside: list[SyncedMessage] = []
+        for uid, key, flags, size, message_id in rows:
+            if uid is not None and key is not None:
+                outside.append(SyncedMessage(uid, key, flags or "", size, message_id))
+            elif uid is not None:
                 uids.add(uid)
             else:
                 keys.add(key)
-        return frozenset(uids), frozenset(keys)
+        return Untracked(frozenset(uids), frozenset(keys), tuple(outside))
+
+    @_guard
+    def put_outside(self, folder_id: int, messages: Iterable[SyncedMessage]) -> None:
+        """Park pairs outside the window: their message rows go, they are kept here."""
+        rows = [(folder_id, m.uid, m.key, m.flags, m.size, m.message_id) for m in messages]
+        with self.transaction():
+            self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
+                                   ((fid, uid) for fid, uid, *_ in rows))
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO untracked(folder_id, uid, maildir_key, synced_flags, "
+                "size, message_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     @_guard
     def add_untracked(self, folder_id: int, uids: Iterable[int] = (),

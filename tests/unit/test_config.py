@@ -917,9 +917,9 @@ def test_sync_policy_defaults_and_folder_settings() -> None:
     assert list(account.folder_settings) == ["Archive*", "*"]
     # the first matching glob wins; a key it does not set is the account's
     archive = account.folder_policy(lambda p: p in ("Archive*", "*"))
-    assert tuple(archive) == ("push", "none", "both")
+    assert tuple(archive) == ("push", "none", "both", None, None)
     other = account.folder_policy(lambda p: p == "*")
-    assert tuple(other) == ("pull", "none", "local")
+    assert tuple(other) == ("pull", "none", "local", None, None)
 
 
 @pytest.mark.parametrize(("line_text", "key", "expect"), [
@@ -927,6 +927,9 @@ def test_sync_policy_defaults_and_folder_settings() -> None:
     ("delete: never", "delete", "must be 'both', 'pull', 'push' or 'none'"),
     ("create_folders: yes", "create_folders", "must be 'both', 'server', 'local' or 'none'"),
     ("folder_settings: [Archive]", "folder_settings", "must be a mapping"),
+    ("max_age: soon", "max_age", "invalid duration 'soon'"),
+    ("max_messages: 0", "max_messages", "greater than or equal to 1"),
+    ("max_size: 10MB", "max_size", "unknown key"),
 ])
 def test_sync_policy_wrong_values_name_key_and_line(line_text: str, key: str,
                                                     expect: str) -> None:
@@ -953,9 +956,9 @@ def test_folder_settings_errors_name_the_glob_and_line() -> None:
             folder_settings:
               "Archive*":
                 direction: pull
-                max_age: 30d
+                max_size: 10MB
     """)
-    assert err.key == "accounts.work.folder_settings.Archive*.max_age"
+    assert err.key == "accounts.work.folder_settings.Archive*.max_size"
     assert err.line == 9
     err = error("""
         accounts:
@@ -968,6 +971,22 @@ def test_folder_settings_errors_name_the_glob_and_line() -> None:
     """)
     assert err.key == "accounts.work.folder_settings.Archive*.direction"
     assert err.line == 7
+
+
+def test_windows_per_account_and_folder() -> None:
+    account = parse("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            max_age: 90d
+            folder_settings:
+              "Archive*": {max_age: 30d, max_messages: 500}
+    """).accounts["work"]
+    assert account.max_age == 90 * 86400 and account.max_messages is None
+    assert tuple(account.folder_policy(lambda p: True))[3:] == (30 * 86400, 500)
+    assert tuple(account.folder_policy(lambda p: False))[3:] == (90 * 86400, None)
 
 
 def test_sync_policy_is_imap_only() -> None:
