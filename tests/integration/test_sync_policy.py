@@ -206,3 +206,94 @@ def test_create_folders_none(dovecot: Dovecot, user: User, tmp_path: Path) -> No
     assert not account.folder_dir("ServerOnly").exists()
     assert "LocalOnly" not in dovecot.folders(user)
     assert_folder_in_sync(dovecot, user, account, "INBOX")
+
+
+# ---- windows: max_age, max_messages ----------------------------------------------------------
+
+def set_key(account: Account, line: str) -> None:
+    """Replace (or add) one account-level key in the config."""
+    key = line.split(":", 1)[0]
+    lines = [x for x in account.config.read_text().splitlines() if not x.startswith(f"    {key}:")]
+    account.config.write_text("\n".join([*lines, f"    {line}"]) + "\n")
+
+
+def test_max_age_window_narrows_and_widens(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    now = time.time()
+    days = [400, 200, 100, 50, 10, 1]  # age of each message, in days
+    for i, age in enumerate(days):
+        dovecot.append(user, "INBOX", make_message(i), "\\Seen", date=now - age * 86400)
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 60d\n")
+
+    out = synced_ok(account)
+    assert "+3 down" in out, out
+    assert bodies(local_state(account.folder_dir("INBOX"))) == {
+        lf(make_message(i)) for i in (3, 4, 5)}
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
+
+    # narrowing: nothing removed anywhere; the local copies that fall out stay, untouched
+    set_key(account, "max_age: 5d")
+    before = server_snapshot(dovecot, user)
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
+    assert server_snapshot(dovecot, user) == before
+    assert len(local_files(account.folder_dir("INBOX"))) == 3
+    # a local change to a parked message stays local; deleting its local copy deletes nothing
+    rename_flags(with_needle(account, "INBOX", b"test message 3 in"), "FS")
+    with_needle(account, "INBOX", b"test message 4 in").unlink()
+    time.sleep(0.01)
+    synced_ok(account)
+    assert server_snapshot(dovecot, user) == before
+
+    # widening: what falls inside comes down (message 4 again: its local copy went while it
+    # was outside), parked pairs are taken back and their flags synced; nothing is duplicated
+    set_key(account, "max_age: 300d")
+    out = synced_ok(account)
+    assert "+3 down" in out, out  # 1, 2 and 4
+    local = local_state(account.folder_dir("INBOX"))
+    assert bodies(local) == {lf(make_message(i)) for i in (1, 2, 3, 4, 5)}
+    assert (lf(make_message(3)), "FS") in server_state(dovecot, user, "INBOX")
+    assert len(dovecot.messages(user, "INBOX")) == 6
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
+
+
+def test_max_messages_keeps_the_newest(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    dovecot.seed(user, "INBOX", [(make_message(i), "S") for i in range(10)])
+    account = write_config(tmp_path, dovecot, user, extra="    max_messages: 4\n")
+    out = synced_ok(account)
+    assert "+4 down" in out, out
+    assert bodies(local_state(account.folder_dir("INBOX"))) == {
+        lf(make_message(i)) for i in range(6, 10)}
+    # new mail pushes the oldest mirrored one out of the window: kept locally, not deleted
+    dovecot.append(user, "INBOX", make_message(10))
+    out = synced_ok(account)
+    assert "+1 down +0 up -0" in out, out
+    assert len(local_files(account.folder_dir("INBOX"))) == 5
+    assert len(dovecot.messages(user, "INBOX")) == 11
+    # deleting a mirrored message locally deletes it on the server (inside the window)
+    with_needle(account, "INBOX", b"test message 9 in").unlink()
+    time.sleep(0.01)
+    synced_ok(account)
+    assert lf(make_message(9)) not in bodies(server_state(dovecot, user, "INBOX"))
+    # the window slid back over message 6, still here locally: paired again, not downloaded
+    local = bodies(local_state(account.folder_dir("INBOX")))
+    assert sorted(local) == sorted({lf(make_message(i)) for i in (6, 7, 8, 10)})
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
+
+
+def test_first_sync_with_a_window_onto_an_existing_maildir_uploads_nothing_twice(
+        dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    now = time.time()
+    for i in range(4):
+        dovecot.append(user, "INBOX", make_message(i), "\\Seen", date=now - (100 - i) * 86400)
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 30d\n")
+    # copies of the old messages already here (a Maildir another tool kept)
+    for i in range(4):
+        write_local(account, "INBOX", make_message(i), "S")
+    out = synced_ok(account)
+    assert "+0 down +0 up" in out, out
+    assert len(dovecot.messages(user, "INBOX")) == 4
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
