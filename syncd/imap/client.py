@@ -554,12 +554,13 @@ class ImapSession:
                                   f"cannot create the folder on the server: "
                                   f"{refusal_text(exc)}") from None
 
-    def select(self, name: str) -> SelectInfo:
+    def select(self, name: str, *, readonly: bool = False) -> SelectInfo:
+        """SELECT (EXAMINE with ``readonly``: `syncd check` looks without touching)."""
         from imapclient.exceptions import ProtocolError
 
         self._enable_extensions()
         try:
-            response = self.client.select_folder(name)
+            response = self.client.select_folder(name, readonly=readonly)
         except (ValueError, TypeError):  # imapclient's int() of a garbage number
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name

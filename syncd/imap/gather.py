@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from syncd.core.flags import normalize
@@ -203,6 +204,39 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
     return view
 
 
+def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec) -> set[int]:
+    """Which of the selected folder's ``present`` UIDs the window holds: the newest
+    ``max_messages``, with INTERNALDATE on or after the day ``max_age`` ago (UID SEARCH
+    SINCE)."""
+    inside = set(present)
+    if spec.max_messages is not None:
+        inside = set(sorted(inside)[-spec.max_messages:])
+    if spec.max_age is not None and inside:
+        inside &= session.search_since(dt.date.fromtimestamp(spec.now - spec.max_age))
+    return inside
+
+
+class FirstSync(NamedTuple):
+    """What a first sync of one folder would download under the policy (`syncd check`)."""
+
+    messages: int
+    size: int  # bytes, as the server counts them (RFC822.SIZE)
+    on_server: int
+
+
+def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
+                        ) -> FirstSync:
+    """EXAMINE the folder; count and size the messages inside the window (all without one).
+    Reads UIDs and sizes only."""
+    info = session.select(name, readonly=True)
+    if not info.exists:
+        return FirstSync(0, 0, 0)
+    present = session.search_all_uids()
+    inside = present if spec is None else window_uids(session, present, spec)
+    meta = session.fetch_meta(inside, message_ids=False) if inside else {}
+    return FirstSync(len(meta), sum(m.size for m in meta.values()), len(present))
+
+
 def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],
                   spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool
                   ) -> tuple[dict[int, RemoteMessage], frozenset[int] | None]:
@@ -212,14 +246,7 @@ def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | froz
     with ``pair_outside``. New messages outside it are left out of the view altogether."""
     full = session.fetch_flags() if info.exists else None
     view = {uid: RemoteMessage(uid, flags) for uid, flags in (full.flags.items() if full else ())}
-    inside: set[int] | None = None
-    if spec is not None:
-        inside = set(view)
-        if spec.max_messages is not None:
-            inside = set(sorted(inside)[-spec.max_messages:])
-        if spec.max_age is not None and inside:
-            since = dt.date.fromtimestamp(spec.now - spec.max_age)
-            inside &= session.search_since(since)
+    inside = None if spec is None else window_uids(session, view, spec)
     new_uids = [uid for uid in view if uid not in known]
     wanted = [uid for uid in new_uids if pair_outside or inside is None or uid in inside]
     if len(wanted) != len(new_uids):
