@@ -60,6 +60,17 @@ def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> 
     return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
+def window_label(spec: WindowSpec) -> str:
+    """"last 90 days", "newest 500", or both: what `syncd status` says a window mirrors."""
+    parts = []
+    if spec.max_age is not None:
+        days = spec.max_age / 86400
+        parts.append(f"last {days:g} days" if days >= 1 else f"last {spec.max_age:g} s")
+    if spec.max_messages is not None:
+        parts.append(f"newest {spec.max_messages:,}")
+    return ", ".join(parts)
+
+
 class SyncOptions(NamedTuple):
     dry_run: bool = False
     force_deletions: bool = False
@@ -129,6 +140,9 @@ class FolderSync:
             window = WindowSpec(keys.max_age, keys.max_messages, self.clock())
         view = gather_view(self.session, fstate, name, status, rows, scan, place,
                            self._policy(keys, fstate, scan), window)
+        if window is not None and view.snapshot.window is not None:
+            result.window = (window_label(window), len(view.snapshot.window),
+                             view.info.exists or 0)
         plan = self._plan(name, view, place, result)
         if self.options.dry_run:
             return Ending(PLANNED)

@@ -5,6 +5,7 @@ propagated is not undone: the kept copy is never transferred again."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.support.syncd_env import (
     assert_folder_in_sync,
     local_files,
     local_state,
+    run_cli,
     server_state,
     sync,
     write_config,
@@ -230,6 +232,14 @@ def test_max_age_window_narrows_and_widens(dovecot: Dovecot, user: User, tmp_pat
         lf(make_message(i)) for i in (3, 4, 5)}
     out = synced_ok(account)
     assert "+0 down +0 up -0" in out, out
+    # syncd status says what is mirrored
+    rc, out, err = run_cli("--config", str(account.config), "status", "--json")
+    assert rc == 0, err
+    inbox = json.loads(out)["accounts"][account.name]["folders"]["INBOX"]
+    assert inbox["window"] == {"label": "last 60 days", "inside": 3, "total": 6}
+    assert inbox["pending"] == {"new": 0, "flags": 0, "deleted": 0}
+    rc, out, err = run_cli("--config", str(account.config), "status")
+    assert "last 60 days: 3 of 6" in out, out
 
     # narrowing: nothing removed anywhere; the local copies that fall out stay, untouched
     set_key(account, "max_age: 5d")
@@ -238,6 +248,10 @@ def test_max_age_window_narrows_and_widens(dovecot: Dovecot, user: User, tmp_pat
     assert "+0 down +0 up -0" in out, out
     assert server_snapshot(dovecot, user) == before
     assert len(local_files(account.folder_dir("INBOX"))) == 3
+    rc, out, err = run_cli("--config", str(account.config), "status", "--json")
+    inbox = json.loads(out)["accounts"][account.name]["folders"]["INBOX"]
+    assert inbox["window"]["inside"] == 1
+    assert inbox["pending"] == {"new": 0, "flags": 0, "deleted": 0}  # parked: not pending
     # a local change to a parked message stays local; deleting its local copy deletes nothing
     rename_flags(with_needle(account, "INBOX", b"test message 3 in"), "FS")
     with_needle(account, "INBOX", b"test message 4 in").unlink()
