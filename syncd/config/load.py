@@ -614,6 +614,9 @@ class _AccountRules(_Model):
                 and self.auth == "oauth2":
             raise _fail("password_command is not used with auth: oauth2", "smtp",
                         "password_command")
+        if self.direction == "pull" and self.save_sent == "always":
+            raise _fail("save_sent: always APPENDs to the Sent folder, but direction: pull "
+                        "never changes the server", "save_sent")
         if self.protocol == "pop3" and self.save_sent == "always":
             raise _fail("save_sent: always needs an IMAP account (a POP3 account has no Sent "
                         "folder on the server)", "save_sent")

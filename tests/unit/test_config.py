@@ -989,6 +989,25 @@ def test_windows_per_account_and_folder() -> None:
     assert tuple(account.folder_policy(lambda p: False))[3:] == (90 * 86400, None)
 
 
+def test_pull_never_saves_sent_copies() -> None:
+    from syncd.config.presets import saves_sent
+
+    err = error("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            direction: pull
+            save_sent: always
+    """)
+    assert err.key == "accounts.work.save_sent" and "direction: pull" in str(err)
+    account = parse(MINIMAL.replace("username: me", "username: me\n    direction: pull")
+                    ).accounts["work"]
+    assert not saves_sent(account)
+    assert saves_sent(parse(MINIMAL).accounts["work"])
+
+
 def test_sync_policy_is_imap_only() -> None:
     err = error("""
         accounts:
