@@ -177,6 +177,15 @@ class FolderSettings(NamedTuple):
     max_age: Annotated[float | None, DURATION, Range(gt=0)] = None
     max_messages: Annotated[int | None, Range(ge=1)] = None
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The keys that leave messages out of the state, as text the state keeps with the
+        server's count (a changed window must be looked at); None for the default policy."""
+        if (self.direction in (None, "both") and self.delete in (None, "both")
+                and self.max_age is None and self.max_messages is None):
+            return None
+        return f"{self.direction} {self.delete} {self.max_age} {self.max_messages}"
+
 
 class GeneralSettings(NamedTuple):
     maildir_root: Annotated[Path, Default(default_maildir_root)]

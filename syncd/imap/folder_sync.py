@@ -60,6 +60,17 @@ def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> 
     return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
+def expected_count(state: StateStore, fstate: FolderState, keys: FolderSettings) -> int:
+    """How many messages STATUS must report for the folder to be untouched: the server's
+    count at the last completed sync where the policy leaves some out of the state, else the
+    synced rows; -1 (never) when the policy changed since (a window narrowed or widened)."""
+    if fstate.counted_policy != keys.fingerprint:
+        return -1
+    if fstate.server_count is not None:
+        return fstate.server_count
+    return state.message_count(fstate.id)
+
+
 def window_label(spec: WindowSpec) -> str:
     """"last 90 days", "newest 500", or both: what `syncd status` says a window mirrors."""
     parts = []
@@ -127,14 +138,15 @@ class FolderSync:
               status: FolderStatus | None, result: FolderResult) -> Ending:
         if self._untouched(fstate, status, place):
             return Ending(UNTOUCHED)
+        keys = folder_policy(self.account, name, self.session.personal_namespace())
         rows = read_rows(self.state, fstate)
         scan, created = scan_local(place, rows.synced, dry=self.options.dry_run)
         if created:
             result.created_local = True
         if (self.options.use_status_shortcut and fstate is not None and status is not None
-                and unchanged(fstate, status, rows, scan, condstore=self.session.condstore)):
+                and unchanged(fstate, status, rows, scan, condstore=self.session.condstore,
+                              policy_changed=fstate.counted_policy != keys.fingerprint)):
             return Ending(UNCHANGED, scan.stamp)
-        keys = folder_policy(self.account, name, self.session.personal_namespace())
         window = None
         if keys.max_age is not None or keys.max_messages is not None:
             window = WindowSpec(keys.max_age, keys.max_messages, self.clock())
@@ -150,7 +162,12 @@ class FolderSync:
         self._execute(plan, view, fstate, place, scan, result)
         if self.should_stop():
             return Ending(INTERRUPTED)
-        return Ending(COMPLETED, scan.stamp, view.info)
+        # A policy that leaves messages out of the state: next time STATUS is compared with
+        # the server's count, not the synced rows (FolderState.server_count).
+        fingerprint = keys.fingerprint
+        narrows = fingerprint is not None or bool(view.snapshot.outside)
+        return Ending(COMPLETED, scan.stamp, view.info,
+                      view.info.exists if narrows else None, fingerprint)
 
     def _untouched(self, fstate: FolderState | None, status: FolderStatus | None,
                    place: MaildirFolder) -> bool:
@@ -162,9 +179,12 @@ class FolderSync:
             return False
         return folder_untouched(
             fstate, status, condstore=self.session.condstore,
-            synced_count=lambda: (self.state.message_count(fstate.id)
-                                  + len(self.state.untracked(fstate.id).uids)),
+            synced_count=lambda: expected_count(self.state, fstate, self._keys(fstate)),
             local_unchanged=lambda: place.unchanged_since(fstate.local_stamp))
+
+    def _keys(self, fstate: FolderState) -> FolderSettings:
+        return folder_policy(self.account, fstate.remote_name,
+                             self.session.personal_namespace())
 
     def _policy(self, keys: FolderSettings, fstate: FolderState | None,
                 scan: LocalScan) -> FolderPolicy:

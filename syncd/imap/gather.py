@@ -82,17 +82,18 @@ def scan_local(folder: MaildirFolder, synced: list[SyncedMessage], *, dry: bool
 
 
 def unchanged(fstate: FolderState, status: FolderStatus, rows: FolderRows, scan: LocalScan,
-              *, condstore: bool) -> bool:
+              *, condstore: bool, policy_changed: bool = False) -> bool:
     """True when neither side can have changed since the last completed sync: the server's
     STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
     cannot know, so never), and the Maildir holds exactly the synced files and flags."""
     entries = scan.entries
-    if rows.untracked_keys:
-        entries = {k: e for k, e in entries.items() if k not in rows.untracked_keys}
-    return (not scan.folder_missing
+    if rows.untracked_keys or rows.outside:
+        left_out = rows.untracked_keys | {m.key for m in rows.outside}
+        entries = {k: e for k, e in entries.items() if k not in left_out}
+    return (not scan.folder_missing and not policy_changed
             and server_untouched(fstate, status, condstore=condstore,
                                  synced_count=lambda: len(rows.synced)
-                                 + len(rows.untracked_uids))
+                                 if fstate.server_count is None else fstate.server_count)
             and files_match(rows.synced, entries))
 
 

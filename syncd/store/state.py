@@ -63,6 +63,10 @@ class FolderState(NamedTuple):
     # "<cur mtime ns> <new mtime ns> <unix time recorded>": the Maildir directories as the last
     # completed sync left them (see MaildirFolder.stamp); None = unknown.
     local_stamp: str | None = None
+    # Messages on the server at the last completed sync, where the policy leaves some out of
+    # the state (a window, one way, untracked); None: as many as the synced rows.
+    server_count: int | None = None
+    counted_policy: str | None = None  # the policy server_count was taken under
 
 
 class Intent(NamedTuple):
@@ -162,6 +166,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
             UNIQUE(folder_id, uid),
             UNIQUE(folder_id, maildir_key)
         )""",
+        # Messages on the server at the last completed sync, for a folder whose policy leaves
+        # some out (a window, one way, untracked): its STATUS is compared with this rather
+        # than with the synced rows. NULL: compare with the rows.
+        "ALTER TABLE folder ADD COLUMN server_count INTEGER",
+        # The policy that count was taken under (FolderSettings.fingerprint).
+        "ALTER TABLE folder ADD COLUMN counted_policy TEXT",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -391,11 +401,12 @@ class StateStore:
     # folders
 
     _FOLDER_COLS = ("id, remote_name, local_path, uidvalidity, uidnext, highestmodseq, "
-                    "last_sync, guard_held, local_stamp")
+                    "last_sync, guard_held, local_stamp, server_count, counted_policy")
 
     @staticmethod
     def _folder_state(row: tuple) -> FolderState:
-        return FolderState(*row[:-2], guard_held=bool(row[-2]), local_stamp=row[-1])
+        return FolderState(*row[:-4], guard_held=bool(row[-4]), local_stamp=row[-3],
+                           server_count=row[-2], counted_policy=row[-1])
 
     @_guard
     def folders(self) -> list[FolderState]:
@@ -443,6 +454,15 @@ class StateStore:
                 "WHERE id = ?", (uidvalidity, uidnext, highestmodseq, last_sync, folder_id))
 
     @_guard
+    def set_server_count(self, folder_id: int, count: int | None,
+                         policy: str | None = None) -> None:
+        """See FolderState.server_count and counted_policy."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE folder SET server_count = ?, counted_policy = ? WHERE id = ?",
+                (count, policy, folder_id))
+
+    @_guard
     def set_last_sync(self, folder_ids: Iterable[int], last_sync: float) -> None:
         """Folders found unchanged: only their last_sync moves, in one commit."""
         with self.transaction():
@@ -460,7 +480,8 @@ class StateStore:
                                (folder_id,))
             self._conn.execute(
                 "UPDATE folder SET uidvalidity = NULL, uidnext = NULL, highestmodseq = NULL, "
-                "local_stamp = NULL WHERE id = ?", (folder_id,))
+                "local_stamp = NULL, server_count = NULL, counted_policy = NULL WHERE id = ?",
+                (folder_id,))
 
     # messages
 

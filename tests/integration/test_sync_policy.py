@@ -6,6 +6,7 @@ propagated is not undone: the kept copy is never transferred again."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -311,3 +312,24 @@ def test_first_sync_with_a_window_onto_an_existing_maildir_uploads_nothing_twice
     assert len(dovecot.messages(user, "INBOX")) == 4
     out = synced_ok(account)
     assert "+0 down +0 up -0" in out, out
+
+
+def test_a_no_change_sync_under_a_policy_stays_cheap(dovecot: Dovecot, user: User,
+                                                     tmp_path: Path) -> None:
+    """A window or a one-way policy leaves messages out of the state; the no-change check
+    compares STATUS with the server's count at the last sync, so nothing is selected."""
+    now = time.time()
+    for i in range(6):
+        dovecot.append(user, "INBOX", make_message(i), "\\Seen", date=now - i * 30 * 86400)
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 70d\n")
+    write_local(account, "INBOX", make_message(50), "S")
+    synced_ok(account)
+    synced_ok(account)  # settles the Maildir stamp after the sync's own changes
+    rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
+    assert rc == 0, out + err
+    assert "a full sync" not in err, err
+    assert not re.search(r"> b'\w+ (UID |)(SELECT|EXAMINE|FETCH|SEARCH) ", err), err
+    # and a change still gets through
+    dovecot.append(user, "INBOX", make_message(9))
+    out = synced_ok(account)
+    assert "+1 down" in out, out
