@@ -48,3 +48,20 @@ def test_pull_daemon_never_writes_to_the_server(dovecot: Dovecot, user: User, tm
     assert after == before
     assert count(inbox) == 5
     stop_ok(d)
+
+
+def test_window_daemon_mirrors_new_mail_and_deletes_nothing_old(
+        dovecot: Dovecot, user: User, tmp_path: Path, daemons: StartDaemon) -> None:
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(6)])
+    account = write_config(tmp_path, dovecot, user,
+                           extra="    max_messages: 3\n    poll_interval: 2s\n")
+    d = daemons(account.config)
+    inbox = account.folder_dir("INBOX")
+    wait_until(lambda: count(inbox) == 3, 30, message=lambda: d.log()[-3000:])
+    for i in range(3):  # IDLE brings each down; the oldest mirrored ones are parked, kept
+        dovecot.append(user, "INBOX", make_message(100 + i))
+        wait_until(lambda n=4 + i: count(inbox) == n, 15, message=lambda: d.log()[-3000:])
+    time.sleep(3)  # a scheduled sync too
+    assert count(inbox) == 6
+    assert len(dovecot.messages(user, "INBOX", bodies=False)) == 9
+    stop_ok(d)
