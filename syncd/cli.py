@@ -766,9 +766,50 @@ def _check_imap(account: AccountSettings) -> None:
                     note = str(folder_map.local_path(folder))
                 except ValueError as exc:
                     note = f"(not synced: {exc})"
+                else:
+                    note += "\n      " + _first_sync_note(account, session, folder.name,
+                                                         namespace)
             print(f"    {folder.name:<{width}}  ->  {note}")
     finally:
         session.close()
+
+
+def _first_sync_note(account: AccountSettings, session: Any, name: str, namespace: Any
+                     ) -> str:
+    """What a first sync of the folder would download under the sync policy (direction,
+    max_age, max_messages): messages and bytes, of how many on the server."""
+    import time
+
+    from syncd.errors import FolderError
+    from syncd.imap.folder_sync import folder_policy
+    from syncd.imap.gather import WindowSpec, first_sync_estimate
+
+    keys = folder_policy(account, name, namespace)
+    spec = None
+    if keys.max_age is not None or keys.max_messages is not None:
+        spec = WindowSpec(keys.max_age, keys.max_messages, time.time())
+    try:
+        estimate = first_sync_estimate(session, name, spec)
+    except FolderError as exc:
+        return f"not examined: {exc}"
+    if keys.direction == "push":
+        return f"push: a first sync downloads nothing ({estimate.on_server:,} on the server)"
+    window = "" if spec is None else " in the window"
+    return (f"a first sync downloads {estimate.messages:,} message(s){window}, "
+            f"{_human_size(estimate.size)}, of {estimate.on_server:,} on the server")
+
+
+def _human_size(size: int) -> str:
+    """Bytes as `syncd check` shows them: 512 bytes, 3.4 KB, 85.3 MB, 1.2 GB (powers of
+    1000)."""
+    if size < 1000:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _check_pop3(account: AccountSettings) -> None:

@@ -53,6 +53,7 @@ from syncd.config.settings import (
     Default,
     FieldSpec,
     FolderFilter,
+    FolderSettings,
     GeneralSettings,
     OAuth2Settings,
     Range,
@@ -360,6 +361,10 @@ class _FolderFilterRules(_Model):
     _record = FolderFilter
 
 
+class _FolderSettingsRules(_Model):
+    _record = FolderSettings
+
+
 class _GeneralRules(_Model):
     _record = GeneralSettings
 
@@ -609,6 +614,9 @@ class _AccountRules(_Model):
                 and self.auth == "oauth2":
             raise _fail("password_command is not used with auth: oauth2", "smtp",
                         "password_command")
+        if self.direction == "pull" and self.save_sent == "always":
+            raise _fail("save_sent: always APPENDs to the Sent folder, but direction: pull "
+                        "never changes the server", "save_sent")
         if self.protocol == "pop3" and self.save_sent == "always":
             raise _fail("save_sent: always needs an IMAP account (a POP3 account has no Sent "
                         "folder on the server)", "save_sent")
@@ -711,6 +719,7 @@ def _field_info(spec: FieldSpec) -> Any:
 
 
 FolderFilterModel = _derive(_FolderFilterRules)
+FolderSettingsModel = _derive(_FolderSettingsRules)
 OAuth2Model = _derive(_OAuth2Rules)
 SmtpModel = _derive(_SmtpRules)
 GeneralModel = _derive(_GeneralRules)

@@ -212,13 +212,15 @@ class _Sender(_Interface):
     save_sent: str
     protocol: str
     provider: str | None
+    direction: str
 
 
 def saves_sent(account: _Sender) -> bool:
-    """``save_sent`` resolved: ``auto`` saves unless the provider files sent mail itself."""
+    """``save_sent`` resolved: ``auto`` saves unless the provider files sent mail itself, or
+    the account is ``direction: pull`` (the server is never written)."""
     if account.save_sent != "auto":
         return account.save_sent == "always"
-    if account.protocol != "imap":
+    if account.protocol != "imap" or account.direction == "pull":
         return False
     preset = ACCOUNT_PRESETS.get(account.provider or "")
     return not (preset is not None and preset.files_sent)

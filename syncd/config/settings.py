@@ -41,6 +41,7 @@ __all__ = [
     "Default",
     "FieldSpec",
     "FolderFilter",
+    "FolderSettings",
     "GeneralSettings",
     "OAuth2Settings",
     "Range",
@@ -161,6 +162,31 @@ class FolderFilter(NamedTuple):
     exclude: tuple[str, ...] = ()
 
 
+Direction = Literal["both", "pull", "push"]
+DeletePolicy = Literal["both", "pull", "push", "none"]
+CreateFolders = Literal["both", "server", "local", "none"]
+
+
+class FolderSettings(NamedTuple):
+    """One entry of an account's ``folder_settings`` (README, "Partial mirrors"): the sync
+    policy keys for the folders its glob matches; an absent key is the account's."""
+
+    direction: Direction | None = None
+    delete: DeletePolicy | None = None
+    create_folders: CreateFolders | None = None
+    max_age: Annotated[float | None, DURATION, Range(gt=0)] = None
+    max_messages: Annotated[int | None, Range(ge=1)] = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The keys that leave messages out of the state, as text the state keeps with the
+        server's count (a changed window must be looked at); None for the default policy."""
+        if (self.direction in (None, "both") and self.delete in (None, "both")
+                and self.max_age is None and self.max_messages is None):
+            return None
+        return f"{self.direction} {self.delete} {self.max_age} {self.max_messages}"
+
+
 class GeneralSettings(NamedTuple):
     maildir_root: Annotated[Path, Default(default_maildir_root)]
     state_dir: Annotated[Path, Default(default_state_dir)]
@@ -223,6 +249,16 @@ class AccountSettings(NamedTuple):
     folders: Annotated[FolderFilter, IMAP_ONLY] = FolderFilter()
     idle: Annotated[tuple[str, ...], IMAP_ONLY] = ("INBOX",)
     trash_folder: Annotated[str | None, IMAP_ONLY] = None
+    # The sync policy (README, "Partial mirrors"); folder_settings overrides it per folder,
+    # the first glob matching a folder's name (as include/exclude match) wins.
+    direction: Annotated[Direction, IMAP_ONLY] = "both"
+    delete: Annotated[DeletePolicy, IMAP_ONLY] = "both"
+    create_folders: Annotated[CreateFolders, IMAP_ONLY] = "both"
+    # The window (README, "Partial mirrors"): only messages whose INTERNALDATE is newer than
+    # this (seconds; the window slides daily), and only the newest N of each folder.
+    max_age: Annotated[float | None, DURATION, Range(gt=0), IMAP_ONLY] = None
+    max_messages: Annotated[int | None, Range(ge=1), IMAP_ONLY] = None
+    folder_settings: Annotated[dict[str, FolderSettings], IMAP_ONLY] = {}  # noqa: RUF012
     timeout: Annotated[float, DURATION, Range(gt=0)] = 60.0
     connections: Annotated[int, Range(ge=1, le=8)] = 3
     leave_on_server: Annotated[bool, POP3_ONLY] = False
@@ -240,6 +276,17 @@ class AccountSettings(NamedTuple):
     @property
     def state_path(self) -> Path:
         return self.state_dir / f"{self.name}.sqlite3"
+
+    def folder_policy(self, matches: Callable[[str], bool]) -> FolderSettings:
+        """The policy keys for one folder, every one filled: the first ``folder_settings``
+        entry whose glob ``matches`` (core.folders.glob_matcher) overrides the account's."""
+        mine = FolderSettings(self.direction, self.delete, self.create_folders, self.max_age,
+                              self.max_messages)
+        for pattern, override in self.folder_settings.items():
+            if matches(pattern):
+                return FolderSettings(*(theirs if theirs is not None else ours
+                                        for theirs, ours in zip(override, mine, strict=True)))
+        return mine
 
 
 class Settings(NamedTuple):

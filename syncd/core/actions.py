@@ -28,6 +28,12 @@ class Download:
     flags: Flags
     size: int | None = None
     pair_candidates: tuple[str, ...] = ()
+    # direction: push: fetched only for the content check; when no candidate matches, the
+    # message is not delivered (and stays unpaired).
+    pair_only: bool = False
+    # Outside the window (max_age, max_messages; with pair_only): a content pair is parked
+    # (as Pair.outside), its flags left alone.
+    outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,10 @@ class Pair:
     flags: Flags
     size: int | None = None
     message_id: str | None = None
+    # Parked outside the window (max_age, max_messages): recorded as a pair that is not synced
+    # (no flags, no deletions) until the window takes it back. A Pair without it for a parked
+    # uid takes it back.
+    outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +97,7 @@ class SetLocalFlags:
 @dataclass(frozen=True, slots=True)
 class PushFlags:
     """UID STORE on the server: add ``add`` and remove ``remove`` (letters); afterwards the synced
-    flags are ``flags``."""
+    flags are ``flags`` (under direction: push the local side's, see core.plan)."""
 
     uid: int
     key: str
@@ -99,7 +109,8 @@ class PushFlags:
 @dataclass(frozen=True, slots=True)
 class RecordFlags:
     """Both sides already carry ``flags`` (each changed the same way, or a UIDVALIDITY re-pair
-    found them equal): only the state row's synced flags change. No I/O."""
+    found them equal), or, under a one-way direction, the sending side does: only the state
+    row's synced flags change. No I/O."""
 
     uid: int
     key: str
@@ -129,10 +140,16 @@ class Forget:
 
     Used when the message is gone on both sides, for every old row on a UIDVALIDITY change, and
     before a Download of the same uid when the local folder went missing (the row is stale; the
-    message is downloaded afresh)."""
+    message is downloaded afresh).
+
+    ``keep``: a deletion the sync policy does not propagate (README, "Partial mirrors"). The
+    message stays on one side only and becomes untracked there: "server" remembers ``uid``
+    (deleted locally, kept on the server: never downloaded again), "local" remembers ``key``
+    (expunged on the server, kept locally: never uploaded again)."""
 
     uid: int
     key: str
+    keep: str | None = None
 
 
 Action = (

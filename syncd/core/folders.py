@@ -98,6 +98,13 @@ def folder_selected(name: str, include: Iterable[str], exclude: Iterable[str], *
     return any(matches(p) for p in include) and not any(matches(p) for p in exclude)
 
 
+def glob_matcher(name: str, *, namespace: Namespace = NO_NAMESPACE) -> Callable[[str], bool]:
+    """Whether one glob matches folder ``name`` as include/exclude patterns do (the server's
+    name or the name without the personal namespace prefix; INBOX in any case): for
+    ``folder_settings``, where the first matching glob wins."""
+    return lambda pattern: folder_selected(name, (pattern,), (), namespace=namespace)
+
+
 def prefixed_name(name: str, namespace: Namespace) -> str:
     """The server name a folder written as syncd shows it locally stands for: ``Lists`` (or
     ``Lists/python``, its local path) is ``INBOX.Lists`` (``INBOX.Lists.python``) under

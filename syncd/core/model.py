@@ -97,6 +97,33 @@ class FolderPolicy(NamedTuple):
     # dropped before). Any other letter is local-only: never pushed, never reverted locally,
     # recorded in the synced flags as the local side has it.
     storable: Flags = ALL_LETTERS
+    # The sync policy (README, "Partial mirrors"): which way changes flow ("both", "pull":
+    # server -> local only, "push": local -> server only) and whose deletions propagate
+    # ("both", "pull": the server's reach the Maildir, "push": the Maildir's reach the server,
+    # "none"). ``delete`` only narrows ``direction``. A change not propagated is not undone:
+    # the message becomes untracked (FolderSnapshot.untracked_uids / untracked_keys).
+    direction: str = "both"
+    delete: str = "both"
+
+    @property
+    def to_local(self) -> bool:
+        """Server changes (new mail, flags) reach the Maildir."""
+        return self.direction != "push"
+
+    @property
+    def to_server(self) -> bool:
+        """Local changes (new files, flags) reach the server."""
+        return self.direction != "pull"
+
+    @property
+    def deletes_local(self) -> bool:
+        """A message expunged on the server is removed from the Maildir."""
+        return self.to_local and self.delete in ("both", "pull")
+
+    @property
+    def deletes_remote(self) -> bool:
+        """A file deleted locally is expunged (or moved to the trash) on the server."""
+        return self.to_server and self.delete in ("both", "push")
 
 
 class FolderSnapshot(NamedTuple):
@@ -118,6 +145,17 @@ class FolderSnapshot(NamedTuple):
     # (and, for a move to the trash, copied there already) but not expunged, because the
     # server offers no UID EXPUNGE and other messages were marked \Deleted too.
     pending_expunge: frozenset[int] = frozenset()
+    # Untracked messages (a deletion the policy did not propagate, see Forget.keep): server
+    # UIDs never downloaded or paired again (void after a UIDVALIDITY change), local keys
+    # never uploaded or paired again.
+    untracked_uids: frozenset[int] = frozenset()
+    untracked_keys: frozenset[str] = frozenset()
+    # The window (max_age, max_messages): the server UIDs inside it, None for no window. A
+    # message outside is not tracked: never downloaded, and never deleted on either side
+    # because of the window. ``outside`` are the pairs parked there (the window moved past
+    # them): both copies stay as they are until the window takes them back.
+    window: frozenset[int] | None = None
+    outside: tuple[SyncedMessage, ...] = ()
 
 
 class Pop3Known(NamedTuple):

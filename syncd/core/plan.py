@@ -30,6 +30,14 @@ Decisions worth knowing (docs/architecture.md "What every sync keeps"):
 - Flags the server cannot keep (``policy.storable`` lacks them: PERMANENTFLAGS, or refused or
   dropped before) are local-only: never pushed, never reverted locally, and recorded in the
   synced flags as the local side has them, so neither side shows a change next time.
+- Sync policy (``policy.direction``/``policy.delete``, README "Partial mirrors"): one way,
+  only the receiving side is changed (no Download/SetLocalFlags/DeleteLocal under "push", no
+  Upload/PushFlags/DeleteRemote under "pull"), and a pair's row records the sending side's
+  flags, so a flag changed on the receiving side keeps its value there. A deletion not
+  propagated is not undone: ``Forget(keep=...)`` drops the row and the engine remembers the
+  kept copy as untracked (``snapshot.untracked_uids``/``untracked_keys``): never paired,
+  downloaded or uploaded again. The mass-deletion guard holds such untracking back as it
+  holds deletions back.
 - A local deletion whose expunge an earlier sync had to defer (``snapshot.pending_expunge``:
   no UIDPLUS, and other messages were marked \\Deleted) is retried as an expunge only; it is
   neither downloaded again nor counted by the mass-deletion guard (it was decided before).
@@ -151,13 +159,29 @@ def _minus(a: Flags, b: Flags) -> Flags:
 
 
 def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
-                  target: Flags, storable: Flags = ALL_LETTERS) -> list[Action]:
+                  target: Flags, storable: Flags = ALL_LETTERS,
+                  direction: str = "both") -> list[Action]:
     """Bring both sides of a pair from (local, remote) to ``target``; ``base`` is what the state
     row says now. Emits nothing when all four agree. Only ``storable`` letters are compared
-    with the server and pushed; the others are the local side's alone."""
-    set_needed = target != local
+    with the server and pushed; the others are the local side's alone.
+
+    One way (``direction`` "pull" or "push") only the receiving side moves to the target, and
+    the row records the *sending* side's flags: a change made on the receiving side then stays
+    a change against the row at every later merge, so it is kept there and never undone, and
+    never sent either."""
+    if direction == "pull":
+        record = _union(_common(remote, storable), _minus(target, storable))
+        if target != local:
+            return [SetLocalFlags(uid, key, target, synced=record)]
+        return [RecordFlags(uid, key, record)] if record != base else []
     want, have = _common(target, storable), _common(remote, storable)
     push_needed = want != have
+    if direction == "push":
+        if push_needed:
+            return [PushFlags(uid, key, add=_minus(want, have), remove=_minus(have, want),
+                              flags=local)]
+        return [RecordFlags(uid, key, local)] if local != base else []
+    set_needed = target != local
     actions: list[Action] = []
     if set_needed:
         # With a push still to come, record the server's present flags (and the local-only
@@ -176,13 +200,14 @@ def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
 def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
                  old_synced: Flags | None = None, size: int | None = None,
                  message_id: str | None = None,
-                 storable: Flags = ALL_LETTERS) -> tuple[Action, ...]:
+                 storable: Flags = ALL_LETTERS, direction: str = "both") -> tuple[Action, ...]:
     """Pair server ``uid`` with local ``key`` and bring both to one set of flags.
 
     Without history (``old_synced`` None) neither side is older, so the target is the union of
     both (mbsync's rule for a fresh pair). With the old synced flags of the local file (a re-pair
     after a UIDVALIDITY change) the target is the usual three-way merge. The engine also calls
     this when a Download's content check pairs with one of its ``pair_candidates``.
+    ``direction`` one way: only the receiving side moves (see ``_flag_actions``).
     """
     if old_synced is None:
         # merge(local & remote, local, remote) == local | remote: the intersection is the base
@@ -195,7 +220,8 @@ def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
     if target == local_flags and _common(target, storable) == _common(remote_flags, storable):
         base = target  # nothing to move: record the final flags at once
     return (Pair(uid, key, base, size=size, message_id=message_id),
-            *_flag_actions(uid, key, base, local_flags, remote_flags, target, storable))
+            *_flag_actions(uid, key, base, local_flags, remote_flags, target, storable,
+                           direction))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,14 +339,24 @@ def _match(new_remote: Iterable[RemoteMessage], unpaired: Iterable[_Unpaired], *
 
 
 def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
-               unpaired: Iterable[_Unpaired], storable: Flags = ALL_LETTERS) -> None:
+               unpaired: Iterable[_Unpaired], policy: FolderPolicy,
+               window: Set[int] | None = None) -> None:
     """Rules 4 and 5: pair new server messages with unpaired local files, download the rest,
-    upload the local files left over."""
+    upload the local files left over. One way, the other side's leftovers wait (not
+    transferred, not untracked: they may still pair later)."""
+    storable = policy.storable
     matching = _match(new_remote, unpaired)
     for remote, entry in matching.pairs:
+        if window is not None and remote.uid not in window:
+            # The same message outside the window: parked as a pair (never uploaded again,
+            # never synced until the window holds it).
+            out.add((Pair(remote.uid, entry.key, _common(entry.message.flags, remote.flags),
+                          size=remote.size, message_id=remote.message_id, outside=True),))
+            continue
         out.add(pair_actions(remote.uid, entry.key, entry.message.flags, remote.flags,
                              old_synced=entry.old_synced, size=remote.size,
-                             message_id=remote.message_id, storable=storable))
+                             message_id=remote.message_id, storable=storable,
+                             direction=policy.direction))
     # Without a Message-ID the engine decides from the downloaded message (its content digest,
     # which survives line ends and added headers): any local file without one may be it.
     # Sizes do not narrow this down, as added headers change them. One shared tuple.
@@ -329,9 +365,19 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
     any_no_id_remote = False
     for remote in matching.remote_left:
         candidates = no_id if remote.message_id is None else ()
+        outside = window is not None and remote.uid not in window
+        if (outside or not policy.to_local) and not (candidates and policy.to_server):
+            # Outside the window, or push: server mail is not downloaded (only compared with
+            # local files about to be uploaded).
+            continue
         any_no_id_remote = any_no_id_remote or bool(candidates)
+        # outside the window or push: fetched only to compare with the local files (never
+        # delivered), so that an upload cannot duplicate it
         out.add((Download(remote.uid, remote.flags, size=remote.size,
-                          pair_candidates=candidates),))
+                          pair_candidates=candidates,
+                          pair_only=outside or not policy.to_local, outside=outside),))
+    if not policy.to_server:
+        return  # pull: local files are not uploaded
     maybe_paired = set(no_id) if any_no_id_remote else set()
     for key, entry in matching.local_left.items():
         out.add((Upload(key, entry.message.flags, unless_paired=key in maybe_paired),))
@@ -369,12 +415,15 @@ def digests_needed(snapshot: FolderSnapshot) -> DigestsNeeded:
 def _unpaired(snapshot: FolderSnapshot) -> tuple[list[RemoteMessage], list[_Unpaired]]:
     """The server messages and local files that no state row pairs (all of them after a
     UIDVALIDITY change)."""
+    skip_keys = snapshot.untracked_keys
     if snapshot.uidvalidity_changed:
-        old_by_key = {row.key: row for row in snapshot.synced}
+        # The untracked UIDs are void with the rest; untracked local files stay untracked.
+        old_by_key = {row.key: row for row in (*snapshot.outside, *snapshot.synced)}
         return list(snapshot.remote), [_reset_entry(m, old_by_key.get(m.key))
-                                       for m in snapshot.local]
-    synced_uids = {row.uid for row in snapshot.synced}
-    synced_keys = {row.key for row in snapshot.synced}
+                                       for m in snapshot.local if m.key not in skip_keys]
+    rows = (*snapshot.synced, *snapshot.outside)
+    synced_uids = {row.uid for row in rows} | snapshot.untracked_uids
+    synced_keys = {row.key for row in rows} | skip_keys
     return ([m for m in snapshot.remote if m.uid not in synced_uids],
             [_fresh(m) for m in snapshot.local if m.key not in synced_keys])
 
@@ -393,8 +442,10 @@ def _guard_reason(vanished: int, known: int, policy: FolderPolicy) -> str | None
         return None
     if policy.guard_held or (vanished >= policy.guard_min_count
                              and vanished > policy.guard_share * known):
-        return (f"{vanished} of {known} known messages vanished locally; not deleting them on "
-                "the server (use --force-deletions to confirm)")
+        what = ("not deleting them on the server" if policy.deletes_remote
+                else "still tracking them")
+        return (f"{vanished} of {known} known messages vanished locally; {what} (use "
+                "--force-deletions to confirm)")
     return None
 
 
@@ -413,15 +464,40 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
     vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
     retried = 0  # deferred expunges retried (decided at an earlier sync: not for the guard)
     storable = policy.storable
+    window = snapshot.window
+    for row in snapshot.outside:
+        synced_uids.add(row.uid)
+        synced_keys.add(row.key)
+        _plan_outside(row, remote_by_uid.get(row.uid), local_by_key.get(row.key), snapshot,
+                      out)
 
     for row in snapshot.synced:
         synced_uids.add(row.uid)
         synced_keys.add(row.key)
         remote = remote_by_uid.get(row.uid)
         local = local_by_key.get(row.key)
-        if remote is None:
-            # Expunged on the server: that wins over any local flag change.
-            out.add((DeleteLocal(row.uid, row.key) if local else Forget(row.uid, row.key),))
+        if remote is not None and window is not None and row.uid not in window:
+            # The window moved past it: parked, both copies left as they are (never a
+            # deletion because of the window); with no local copy left, simply forgotten
+            # (widening the window downloads it again).
+            if local is None:
+                out.add((Forget(row.uid, row.key),))
+            else:
+                out.add((Pair(row.uid, row.key, row.flags, size=row.size,
+                              message_id=row.message_id, outside=True),))
+        elif remote is None:
+            # Expunged on the server: that wins over any local flag change. Not propagated,
+            # the local file stays, untracked.
+            if local is None:
+                out.add((Forget(row.uid, row.key),))
+            elif policy.deletes_local:
+                out.add((DeleteLocal(row.uid, row.key),))
+            else:
+                out.add((Forget(row.uid, row.key, keep="local"),))
+        elif local is None and row.uid in snapshot.pending_expunge and not policy.deletes_remote:
+            # Decided under a policy that deleted on the server; this one does not.
+            out.add((Forget(row.uid, row.key, keep="server"),))
+            retried += 1
         elif local is None and row.uid in snapshot.pending_expunge:
             # Marked \Deleted (and copied to the trash, for a move) by an earlier sync: only
             # the expunge is left. Never downloaded again, never moved twice.
@@ -432,10 +508,16 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
         else:
             target = merge_keeping(row.flags, local.flags, remote.flags, storable)
             out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
-                                  target, storable))
+                                  target, storable, policy.direction))
 
     guard: str | None = None
-    if vanished and policy.local_folder_missing:
+    if vanished and policy.local_folder_missing and not policy.to_local:
+        # push: the Maildir is not written, so nothing is downloaded again; nor is anything
+        # deleted on the server: the server copies stay there, untracked.
+        guard = (f"the local folder is missing; its {len(vanished)} known message(s) are "
+                 "kept on the server and not downloaded (direction: push)")
+        out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
+    elif vanished and policy.local_folder_missing:
         # Not a deletion: the directory (or the whole maildir) is gone. Drop the stale rows and
         # fetch the messages again; force_deletions does not change this.
         guard = _missing_reason(len(vanished))
@@ -445,24 +527,57 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
                               size=remote.size if remote.size is not None else row.size)))
     else:
         guard = _guard_reason(len(vanished), len(snapshot.synced) - retried, policy)
-        if guard is None:
+        if guard is None and policy.deletes_remote:
             # The local deletion wins over a server-side flag change.
             out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder)
                     for row, _ in vanished)
+        elif guard is None:
+            # Not propagated: kept on the server, untracked (never downloaded again).
+            out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
         # else: keep the rows untouched, so the next sync detects the same deletions again and
         # the user can confirm them with --force-deletions.
 
-    new_remote = (m for m in snapshot.remote if m.uid not in synced_uids)
-    unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys)
-    _match_new(out, new_remote, unpaired, storable)
+    skip_uids, skip_keys = snapshot.untracked_uids, snapshot.untracked_keys
+    new_remote = (m for m in snapshot.remote if m.uid not in synced_uids
+                  and m.uid not in skip_uids)
+    unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys
+                and m.key not in skip_keys)
+    _match_new(out, new_remote, unpaired, policy, window)
     return guard
+
+
+def _plan_outside(row: SyncedMessage, remote: RemoteMessage | None,
+                  local: LocalMessage | None, snapshot: FolderSnapshot, out: _Out) -> None:
+    """A pair parked outside the window: taken back when the window holds it again (paired
+    again, or downloaded again if the local copy went meanwhile); dropped when its local copy
+    went while outside (nothing deleted anywhere); untracked locally when the server expunged
+    it (the local copy stays, never uploaded)."""
+    window = snapshot.window
+    inside = remote is not None and (window is None or row.uid in window)
+    policy = snapshot.policy
+    if inside and local is not None:
+        assert remote is not None
+        out.add(pair_actions(row.uid, row.key, local.flags, remote.flags,
+                             old_synced=row.flags, size=row.size, message_id=row.message_id,
+                             storable=policy.storable, direction=policy.direction))
+    elif inside and policy.to_local:
+        assert remote is not None
+        out.add((Forget(row.uid, row.key),
+                 Download(row.uid, remote.flags,
+                          size=remote.size if remote.size is not None else row.size)))
+    elif remote is None and local is not None:
+        out.add((Forget(row.uid, row.key, keep="local"),))
+    elif local is None and not inside:
+        out.add((Forget(row.uid, row.key),))
+    # else: still outside (or push, inside with no local copy: left parked)
 
 
 def _plan_uidvalidity(snapshot: FolderSnapshot, out: _Out) -> str | None:
     # Every old UID is void, so nothing can be deleted on either side: a server message we do
     # not find again may just have been renumbered beyond recognition.
     out.add(Forget(row.uid, row.key) for row in snapshot.synced)
-    _match_new(out, *_unpaired(snapshot), snapshot.policy.storable)
+    # (the parked pairs are void too: the engine drops them with the rows)
+    _match_new(out, *_unpaired(snapshot), snapshot.policy, snapshot.window)
     if snapshot.policy.local_folder_missing and snapshot.synced:
         return _missing_reason(len(snapshot.synced))
     return None
@@ -506,7 +621,10 @@ def _describe_action(action: Action) -> str:
             if action.size is not None:
                 text += f" ({action.size} bytes)"
             text += f" with {_flags_text(action.flags)}"
-            if action.pair_candidates:
+            if action.pair_only:
+                text = (f"compare UID {action.uid} with {len(action.pair_candidates)} local "
+                        "file(s) and pair it if the content is the same (not downloaded)")
+            elif action.pair_candidates:
                 text += (f", or pair it with one of {len(action.pair_candidates)} local file(s) "
                          "if the content is the same")
             return text
@@ -515,6 +633,9 @@ def _describe_action(action: Action) -> str:
             if action.unless_paired:
                 text += ", unless a downloaded message turns out to be the same"
             return text
+        case Pair() if action.outside:
+            return (f"park UID {action.uid} / {action.key} outside the window (kept on both "
+                    "sides, not synced)")
         case Pair():
             return f"pair UID {action.uid} with local {action.key} (already on both sides)"
         case RecordFlags():
@@ -535,6 +656,12 @@ def _describe_action(action: Action) -> str:
             where = (f"move UID {action.uid} to {action.trash_folder}" if action.trash_folder
                      else f"expunge UID {action.uid} on the server")
             return f"{where} ({action.key} was deleted locally)"
+        case Forget() if action.keep == "server":
+            return (f"untrack UID {action.uid} ({action.key} was deleted locally; kept on the "
+                    "server, not downloaded again)")
+        case Forget() if action.keep == "local":
+            return (f"untrack local {action.key} (UID {action.uid} was expunged on the server; "
+                    "kept locally, not uploaded again)")
         case Forget():
             return f"forget UID {action.uid} / {action.key} (state only)"
     raise TypeError(f"not an action: {action!r}")  # pragma: no cover

@@ -22,7 +22,7 @@ from syncd.core.folders import (
 from syncd.errors import AccountError, FolderError
 from syncd.imap.client import FolderStatus, ImapSession, RemoteFolder
 from syncd.imap.folder_map import FolderMap
-from syncd.imap.folder_sync import FolderSync, SyncOptions
+from syncd.imap.folder_sync import FolderSync, SyncOptions, folder_policy
 from syncd.imap.record import record_untouched
 from syncd.outcome.results import AccountResult, FolderResult, NullReporter, Reporter
 from syncd.store.maildir import Maildir
@@ -161,7 +161,7 @@ class AccountSync:
         if not self.options.dry_run:
             self.maildir.ensure_root()
         results = [] if only is not None else self._create_local_only(remote)
-        selectable = [f for f in remote if not f.noselect]
+        selectable = [f for f in remote if not f.noselect and self._exists_or_creatable(f)]
         if only is not None:
             selectable = [f for f in selectable if f.name in only]
         # The trash folder last, so that what this run moves there is synced down in the same
@@ -185,6 +185,8 @@ class AccountSync:
         for name, components in folder_map.local_only(
                 self._listed or remote, self.maildir.list_folders(), account.folders.include,
                 account.folders.exclude):
+            if not folder_map.known(name) and not self._creates(name, "server"):
+                continue  # left alone, as create_folders/direction say: no error
             result = self._create_on_server(name, components)
             results.append(result)
             if not result.created_remote or result.plan_lines:
@@ -195,6 +197,29 @@ class AccountSync:
             if self._remote_folders is not None:
                 self._remote_folders.append(created)
         return results
+
+    def _creates(self, name: str, side: str) -> bool:
+        """Whether the sync policy lets a folder missing on ``side`` ("server" or "local") be
+        created there (create_folders, and direction: pull never writes the server, push
+        never the Maildir)."""
+        keys = folder_policy(self.account, name, self._session().personal_namespace())
+        blocked = "pull" if side == "server" else "push"
+        return keys.create_folders in ("both", side) and keys.direction != blocked
+
+    def _exists_or_creatable(self, folder: RemoteFolder) -> bool:
+        """A server folder is synced unless it has no local folder, never had one, and the
+        policy does not create it locally (then it is left alone: no error)."""
+        folder_map = self._folder_map()
+        if folder_map.known(folder.name) or self._creates(folder.name, "local"):
+            return True
+        try:
+            exists = folder_map.local_folder(folder).exists()
+        except ValueError:
+            return True  # a name the Maildir cannot hold: the engine reports it
+        if not exists:
+            log.debug("%s/%s: not created locally (create_folders)", self.account.name,
+                      folder.name)
+        return exists
 
     def _create_on_server(self, name: str, components: tuple[str, ...]) -> FolderResult:
         folder_map = self._folder_map()

@@ -554,12 +554,13 @@ class ImapSession:
                                   f"cannot create the folder on the server: "
                                   f"{refusal_text(exc)}") from None
 
-    def select(self, name: str) -> SelectInfo:
+    def select(self, name: str, *, readonly: bool = False) -> SelectInfo:
+        """SELECT (EXAMINE with ``readonly``: `syncd check` looks without touching)."""
         from imapclient.exceptions import ProtocolError
 
         self._enable_extensions()
         try:
-            response = self.client.select_folder(name)
+            response = self.client.select_folder(name, readonly=readonly)
         except (ValueError, TypeError):  # imapclient's int() of a garbage number
             raise ProtocolError(f"SELECT {name!r}: garbage in the reply") from None
         self.selected = name
@@ -746,6 +747,11 @@ class ImapSession:
 
     def _take_vanished(self) -> frozenset[int]:
         return _vanished_from(wire.take_untagged(wire.imaplib_of(self.client), "VANISHED") or [])
+
+    def search_since(self, day: dt.date) -> set[int]:
+        """The UIDs whose INTERNALDATE is on or after ``day`` (UID SEARCH SINCE): a window's
+        messages, without fetching anything of the others."""
+        return set(self.client.search(["SINCE", day]))
 
     def search_all_uids(self) -> set[int]:
         """Every UID in the selected folder (expunge detection without QRESYNC)."""

@@ -98,6 +98,7 @@ class Downloader:
         self.job = job
         self.paired_keys: set[str] = set()
         self._paired_flags: list[A.Action] = []
+        self._parked: list[SyncedMessage] = []  # content pairs outside the window
         # Local key -> content digest: every no-Message-ID download shares the candidates,
         # so each file is read once (see _content_match).
         self._candidate_digests: dict[str, str] = {}
@@ -140,6 +141,8 @@ class Downloader:
                 if row is not None:
                     rows.append(row)
                     continue
+                if action.pair_only:  # (or parked by _pair, outside the window)
+                    continue  # direction: push: compared, never delivered
                 mtime = internaldate.timestamp() \
                     if isinstance(internaldate, dt.datetime) else None
                 staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
@@ -156,8 +159,11 @@ class Downloader:
         checkpoint("download.publish")
         result.downloaded += len(staged)
         folder.sync()
+        parked, self._parked = self._parked, []
         with state.transaction():
             state.put_messages(job.fid, rows)
+            if parked:
+                state.put_outside(job.fid, parked)
             state.clear_intents(intent_ids)
         checkpoint("download.commit")
 
@@ -171,14 +177,20 @@ class Downloader:
         candidate = self._content_match(action, data)
         if candidate is None:
             return None
+        self.paired_keys.add(candidate)
+        if action.outside:
+            # Outside the window: parked as it is (state.put_outside), no flags moved.
+            self._parked.append(SyncedMessage(action.uid, candidate, "", action.size, None))
+            return None
         from syncd.core.plan import pair_actions
 
         pair, *flag_actions = pair_actions(action.uid, candidate,
                                            self.job.local_flags.get(candidate, ""),
-                                           action.flags, size=action.size)
+                                           action.flags, size=action.size,
+                                           storable=self.job.storable,
+                                           direction=self.job.direction)
         assert isinstance(pair, A.Pair)
         self._paired_flags.extend(flag_actions)
-        self.paired_keys.add(candidate)
         self.job.result.paired += 1
         return SyncedMessage(action.uid, candidate, pair.flags, action.size, None)
 

@@ -25,12 +25,15 @@ from syncd.imap.upload import Uploader
 
 
 def execute(job: FolderJob, plan: A.FolderPlan, paired_remote: dict[int, RemoteMessage], *,
-            reset: bool = False, guard_held: bool = False) -> None:
+            reset: bool = False, guard_held: bool = False,
+            untracked_gone: tuple[set[int], set[str]] = (set(), set())) -> None:
     """Every action of ``plan``, step by step. ``paired_remote``: the server's view of the
     messages the plan pairs. ``reset``: the UIDVALIDITY changed, the old rows go. ``guard_held``:
-    the mass-deletion guard's verdict, recorded with the state-only actions."""
+    the mass-deletion guard's verdict, recorded with the state-only actions.
+    ``untracked_gone``: untracked UIDs and keys whose message is gone from its side."""
     grouped = by_kind(plan.actions)
-    record_state_only(job, grouped, paired_remote, reset=reset, guard_held=guard_held)
+    record_state_only(job, grouped, paired_remote, reset=reset, guard_held=guard_held,
+                      untracked_gone=untracked_gone)
     # Local side first: flag renames (one commit), then files the server expunged.
     pushes = set_local_flags(job, grouped[A.SetLocalFlags], grouped[A.PushFlags])
     delete_local(job, grouped[A.DeleteLocal])
@@ -50,7 +53,8 @@ def execute(job: FolderJob, plan: A.FolderPlan, paired_remote: dict[int, RemoteM
 
 def record_state_only(job: FolderJob, grouped: dict[type, list],
                       paired_remote: dict[int, RemoteMessage], *, reset: bool,
-                      guard_held: bool) -> None:
+                      guard_held: bool,
+                      untracked_gone: tuple[set[int], set[str]] = (set(), set())) -> None:
     """The actions that move no data, and the guard's verdict, in one commit."""
     state, fid = job.state, job.fid
     with state.transaction():
@@ -64,12 +68,30 @@ def record_state_only(job: FolderJob, grouped: dict[type, list],
         if guard_held != job.fstate.guard_held:
             # Kept from one sync to the next: new mail must not dilute a held guard away.
             state.set_guard_held(fid, guard_held)
-        state.delete_messages(fid, (a.uid for a in grouped[A.Forget]))
-        for action in grouped[A.Pair]:
+        forgets, pairs = grouped[A.Forget], grouped[A.Pair]
+        state.delete_messages(fid, (a.uid for a in forgets))
+        if job.fstate_has_untracked:
+            # Pairs parked outside the window that are forgotten or taken back.
+            state.drop_untracked(fid, uids=[a.uid for a in (*forgets, *pairs)])
+        if untracked_gone[0] or untracked_gone[1]:
+            state.drop_untracked(fid, *untracked_gone)
+        # A deletion the policy kept from the other side: the copy left is untracked.
+        if any(a.keep for a in forgets):
+            state.add_untracked(fid, uids=(a.uid for a in forgets if a.keep == "server"),
+                                keys=(a.key for a in forgets if a.keep == "local"))
+        parked = []
+        for action in pairs:
             seen = paired_remote.get(action.uid)
-            state.put_message(fid, SyncedMessage(action.uid, action.key, action.flags,
-                                                 seen.size if seen else None,
-                                                 seen.message_id if seen else None))
+            row = SyncedMessage(
+                action.uid, action.key, action.flags,
+                seen.size if seen and seen.size is not None else action.size,
+                seen.message_id if seen and seen.message_id is not None else action.message_id)
+            if action.outside:
+                parked.append(row)
+            else:
+                state.put_message(fid, row)
+        if parked:
+            state.put_outside(fid, parked)
         state.set_synced_flags_many(fid, ((a.uid, a.flags) for a in grouped[A.RecordFlags]))
     checkpoint("state-only.commit")
-    job.result.paired += len(grouped[A.Pair])
+    job.result.paired += sum(1 for a in grouped[A.Pair] if not a.outside)

@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from syncd.core.folders import folder_untouched
+from syncd.config.settings import FolderSettings
+from syncd.core.folders import Namespace, folder_untouched, glob_matcher
 from syncd.core.model import FolderPolicy
 from syncd.imap.gather import (
     FolderView,
     LocalScan,
+    WindowSpec,
     gather_view,
     read_rows,
     scan_local,
@@ -47,6 +49,37 @@ if TYPE_CHECKING:
     from syncd.store.state import FolderState, StateStore
 
 log = logging.getLogger("syncd.imap.account")
+
+
+def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> FolderSettings:
+    """The sync policy keys of server folder ``name``: the account's, overridden by the first
+    matching ``folder_settings`` glob."""
+    if not account.folder_settings:
+        return FolderSettings(account.direction, account.delete, account.create_folders,
+                              account.max_age, account.max_messages)
+    return account.folder_policy(glob_matcher(name, namespace=namespace))
+
+
+def expected_count(state: StateStore, fstate: FolderState, keys: FolderSettings) -> int:
+    """How many messages STATUS must report for the folder to be untouched: the server's
+    count at the last completed sync where the policy leaves some out of the state, else the
+    synced rows; -1 (never) when the policy changed since (a window narrowed or widened)."""
+    if fstate.counted_policy != keys.fingerprint:
+        return -1
+    if fstate.server_count is not None:
+        return fstate.server_count
+    return state.message_count(fstate.id)
+
+
+def window_label(spec: WindowSpec) -> str:
+    """"last 90 days", "newest 500", or both: what `syncd status` says a window mirrors."""
+    parts = []
+    if spec.max_age is not None:
+        days = spec.max_age / 86400
+        parts.append(f"last {days:g} days" if days >= 1 else f"last {spec.max_age:g} s")
+    if spec.max_messages is not None:
+        parts.append(f"newest {spec.max_messages:,}")
+    return ", ".join(parts)
 
 
 class SyncOptions(NamedTuple):
@@ -105,15 +138,23 @@ class FolderSync:
               status: FolderStatus | None, result: FolderResult) -> Ending:
         if self._untouched(fstate, status, place):
             return Ending(UNTOUCHED)
+        keys = folder_policy(self.account, name, self.session.personal_namespace())
         rows = read_rows(self.state, fstate)
         scan, created = scan_local(place, rows.synced, dry=self.options.dry_run)
         if created:
             result.created_local = True
         if (self.options.use_status_shortcut and fstate is not None and status is not None
-                and unchanged(fstate, status, rows, scan, condstore=self.session.condstore)):
+                and unchanged(fstate, status, rows, scan, condstore=self.session.condstore,
+                              policy_changed=fstate.counted_policy != keys.fingerprint)):
             return Ending(UNCHANGED, scan.stamp)
+        window = None
+        if keys.max_age is not None or keys.max_messages is not None:
+            window = WindowSpec(keys.max_age, keys.max_messages, self.clock())
         view = gather_view(self.session, fstate, name, status, rows, scan, place,
-                           self._policy(fstate, scan))
+                           self._policy(keys, fstate, scan), window)
+        if window is not None and view.snapshot.window is not None:
+            result.window = (window_label(window), len(view.snapshot.window),
+                             view.info.exists or 0)
         plan = self._plan(name, view, place, result)
         if self.options.dry_run:
             return Ending(PLANNED)
@@ -121,7 +162,12 @@ class FolderSync:
         self._execute(plan, view, fstate, place, scan, result)
         if self.should_stop():
             return Ending(INTERRUPTED)
-        return Ending(COMPLETED, scan.stamp, view.info)
+        # A policy that leaves messages out of the state: next time STATUS is compared with
+        # the server's count, not the synced rows (FolderState.server_count).
+        fingerprint = keys.fingerprint
+        narrows = fingerprint is not None or bool(view.snapshot.outside)
+        return Ending(COMPLETED, scan.stamp, view.info,
+                      view.info.exists if narrows else None, fingerprint)
 
     def _untouched(self, fstate: FolderState | None, status: FolderStatus | None,
                    place: MaildirFolder) -> bool:
@@ -133,15 +179,21 @@ class FolderSync:
             return False
         return folder_untouched(
             fstate, status, condstore=self.session.condstore,
-            synced_count=lambda: self.state.message_count(fstate.id),
+            synced_count=lambda: expected_count(self.state, fstate, self._keys(fstate)),
             local_unchanged=lambda: place.unchanged_since(fstate.local_stamp))
 
-    def _policy(self, fstate: FolderState | None, scan: LocalScan) -> FolderPolicy:
+    def _keys(self, fstate: FolderState) -> FolderSettings:
+        return folder_policy(self.account, fstate.remote_name,
+                             self.session.personal_namespace())
+
+    def _policy(self, keys: FolderSettings, fstate: FolderState | None,
+                scan: LocalScan) -> FolderPolicy:
         """What the planner may do here (gather_view adds what the server keeps)."""
         return FolderPolicy(trash_folder=self.account.trash_folder,
                             force_deletions=self.options.force_deletions,
                             local_folder_missing=scan.folder_missing,
-                            guard_held=fstate is not None and fstate.guard_held)
+                            guard_held=fstate is not None and fstate.guard_held,
+                            direction=keys.direction, delete=keys.delete)
 
     def _plan(self, name: str, view: FolderView, place: MaildirFolder,
               result: FolderResult) -> FolderPlan:
@@ -176,10 +228,19 @@ class FolderSync:
         # plan.
         pairs = {a.uid for a in plan.actions if isinstance(a, A.Pair)}
         paired_remote = {m.uid: m for m in view.snapshot.remote if m.uid in pairs}
+        snapshot = view.snapshot
         job = FolderJob(self.account.name, self.session, self.state, fstate, place, result,
-                        view.snapshot.policy.storable,
-                        {m.key: m.flags for m in view.snapshot.local}, self.reporter,
-                        self.should_stop, self.moved_into)
+                        snapshot.policy.storable,
+                        {m.key: m.flags for m in snapshot.local}, self.reporter,
+                        self.should_stop, self.moved_into, snapshot.policy.direction,
+                        bool(snapshot.untracked_uids or snapshot.untracked_keys
+                             or snapshot.outside))
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
-        execute(job, plan, paired_remote, reset=view.uidvalidity_changed, guard_held=held)
+        # Untracked copies gone from their side need remembering no longer.
+        gone_uids: set[int] = set()
+        if snapshot.untracked_uids:
+            gone_uids = set(snapshot.untracked_uids) - {m.uid for m in snapshot.remote}
+        gone_keys = {key for key in snapshot.untracked_keys if key not in scan.entries}
+        execute(job, plan, paired_remote, reset=view.uidvalidity_changed, guard_held=held,
+                untracked_gone=(gone_uids, gone_keys))

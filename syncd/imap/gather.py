@@ -9,7 +9,9 @@ folder's sync".
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from syncd.core.flags import normalize
@@ -39,6 +41,10 @@ class FolderRows(NamedTuple):
     synced: list[SyncedMessage]
     unkept: str
     pending: frozenset[int]
+    # What the sync policy keeps on one side only (StateStore.untracked).
+    untracked_uids: frozenset[int] = frozenset()
+    untracked_keys: frozenset[str] = frozenset()
+    outside: tuple[SyncedMessage, ...] = ()  # pairs parked outside the window
 
 
 def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
@@ -46,7 +52,7 @@ def read_rows(state: StateStore, fstate: FolderState | None) -> FolderRows:
     if fstate is None:
         return FolderRows([], "", frozenset())
     return FolderRows(state.messages(fstate.id), state.unkept_flags(fstate.id),
-                      state.pending_expunges(fstate.id))
+                      state.pending_expunges(fstate.id), *state.untracked(fstate.id))
 
 
 class LocalScan(NamedTuple):
@@ -76,14 +82,19 @@ def scan_local(folder: MaildirFolder, synced: list[SyncedMessage], *, dry: bool
 
 
 def unchanged(fstate: FolderState, status: FolderStatus, rows: FolderRows, scan: LocalScan,
-              *, condstore: bool) -> bool:
+              *, condstore: bool, policy_changed: bool = False) -> bool:
     """True when neither side can have changed since the last completed sync: the server's
     STATUS matches the cursors (HIGHESTMODSEQ covers flag changes; without CONDSTORE we
     cannot know, so never), and the Maildir holds exactly the synced files and flags."""
-    return (not scan.folder_missing
+    entries = scan.entries
+    if rows.untracked_keys or rows.outside:
+        left_out = rows.untracked_keys | {m.key for m in rows.outside}
+        entries = {k: e for k, e in entries.items() if k not in left_out}
+    return (not scan.folder_missing and not policy_changed
             and server_untouched(fstate, status, condstore=condstore,
-                                 synced_count=lambda: len(rows.synced))
-            and files_match(rows.synced, scan.entries))
+                                 synced_count=lambda: len(rows.synced)
+                                 if fstate.server_count is None else fstate.server_count)
+            and files_match(rows.synced, entries))
 
 
 class FolderView(NamedTuple):
@@ -96,21 +107,47 @@ class FolderView(NamedTuple):
     uidvalidity_changed: bool
 
 
+class WindowSpec(NamedTuple):
+    """A folder's window (max_age in seconds, max_messages), and the time it is taken at."""
+
+    max_age: float | None
+    max_messages: int | None
+    now: float
+
+
 def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                 status: FolderStatus | None, rows: FolderRows, scan: LocalScan,
-                folder: MaildirFolder, policy: FolderPolicy) -> FolderView:
+                folder: MaildirFolder, policy: FolderPolicy,
+                window_spec: WindowSpec | None = None) -> FolderView:
     """SELECT the folder and build the snapshot: the server's view, the local one, and the
     policy completed with what the server keeps and the pending expunges."""
     info, prefetched = select(session, fstate, name, status)
     uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                            and fstate.uidvalidity != info.uidvalidity)
     synced_by_key = {m.key: m for m in rows.synced}
+    parked_keys = {m.key for m in rows.outside}
     # Message-IDs only serve pairing local files the state does not know with server
     # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
-    unpaired_local = uidvalidity_changed or any(k not in synced_by_key for k in scan.entries)
-    remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
-                         None if uidvalidity_changed else prefetched,
-                         message_ids=unpaired_local)
+    unpaired_local = uidvalidity_changed or any(
+        k not in synced_by_key and k not in parked_keys and k not in rows.untracked_keys
+        for k in scan.entries)
+    untracked_uids = frozenset() if uidvalidity_changed else rows.untracked_uids
+    window: frozenset[int] | None = None
+    if window_spec is not None or (rows.outside and not uidvalidity_changed):
+        # A window, or pairs parked by one: every UID's flags, so that what is outside is told
+        # from what was expunged; sizes and Message-IDs only of what is inside (of all new
+        # messages when local files must be paired with them: a first sync, a UIDVALIDITY
+        # change).
+        known = set() if uidvalidity_changed else (
+            {m.uid for m in rows.synced} | {m.uid for m in rows.outside} | untracked_uids)
+        first = uidvalidity_changed or not (rows.synced or rows.outside)
+        remote, window = windowed_view(session, info, known, window_spec,
+                                       pair_outside=first and unpaired_local,
+                                       message_ids=unpaired_local)
+    else:
+        remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
+                             None if uidvalidity_changed else prefetched,
+                             message_ids=unpaired_local, untracked=untracked_uids)
     # After a UIDVALIDITY change every file is re-paired, so every file needs its identity.
     local = local_view(folder, scan.entries, {} if uidvalidity_changed else synced_by_key)
     storable = info.storable
@@ -120,7 +157,10 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                               remote=tuple(remote.values()),
                               uidvalidity_changed=uidvalidity_changed,
                               policy=policy._replace(storable=storable),
-                              pending_expunge=rows.pending)
+                              pending_expunge=rows.pending,
+                              untracked_uids=untracked_uids,
+                              untracked_keys=rows.untracked_keys,
+                              window=window, outside=rows.outside)
     return FolderView(info, snapshot, uidvalidity_changed)
 
 
@@ -142,40 +182,102 @@ def select(session: ImapSession, fstate: FolderState | None, name: str,
 def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectInfo,
                 synced: list[SyncedMessage], uidvalidity_changed: bool,
                 prefetched: SelectChanges | None = None, *,
-                message_ids: bool = True) -> dict[int, RemoteMessage]:
+                message_ids: bool = True,
+                untracked: frozenset[int] = frozenset()) -> dict[int, RemoteMessage]:
     """Every message on the server with its flags; size and Message-ID for UIDs the state
     does not know. With CONDSTORE only what changed since the last sync is fetched (or taken
-    from ``prefetched``, asked for together with the SELECT)."""
+    from ``prefetched``, asked for together with the SELECT). ``untracked`` UIDs count as
+    known (no meta fetched; the planner leaves them alone)."""
     incremental = (not uidvalidity_changed and fstate is not None
                    and fstate.highestmodseq is not None and info.highestmodseq is not None
                    and session.condstore)
     if incremental:
         assert fstate is not None
-        view = _changed_flags(session, fstate, info, synced, prefetched)
+        view = _changed_flags(session, fstate, info, synced, prefetched, untracked)
     else:
         full = session.fetch_flags() if info.exists else None
         view = {uid: RemoteMessage(uid, flags)
                 for uid, flags in (full.flags.items() if full else ())}
-    known_uids = set() if uidvalidity_changed else {m.uid for m in synced}
+    known_uids = set() if uidvalidity_changed else {m.uid for m in synced} | untracked
     new_uids = [uid for uid in view if uid not in known_uids]
     if new_uids:
         _add_meta(session, view, new_uids, prefetched, message_ids=message_ids)
     return view
 
 
+def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec) -> set[int]:
+    """Which of the selected folder's ``present`` UIDs the window holds: the newest
+    ``max_messages``, with INTERNALDATE on or after the day ``max_age`` ago (UID SEARCH
+    SINCE)."""
+    inside = set(present)
+    if spec.max_messages is not None:
+        inside = set(sorted(inside)[-spec.max_messages:])
+    if spec.max_age is not None and inside:
+        inside &= session.search_since(dt.date.fromtimestamp(spec.now - spec.max_age))
+    return inside
+
+
+class FirstSync(NamedTuple):
+    """What a first sync of one folder would download under the policy (`syncd check`)."""
+
+    messages: int
+    size: int  # bytes, as the server counts them (RFC822.SIZE)
+    on_server: int
+
+
+def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
+                        ) -> FirstSync:
+    """EXAMINE the folder; count and size the messages inside the window (all without one).
+    Reads UIDs and sizes only."""
+    info = session.select(name, readonly=True)
+    if not info.exists:
+        return FirstSync(0, 0, 0)
+    present = session.search_all_uids()
+    inside = present if spec is None else window_uids(session, present, spec)
+    meta = session.fetch_meta(inside, message_ids=False) if inside else {}
+    return FirstSync(len(meta), sum(m.size for m in meta.values()), len(present))
+
+
+def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],
+                  spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool
+                  ) -> tuple[dict[int, RemoteMessage], frozenset[int] | None]:
+    """The server's view under a window, and the UIDs inside it (None: no window). Every UID's
+    flags (UID FETCH 1:* FLAGS); the window from UID SEARCH SINCE (max_age) and the newest
+    UIDs (max_messages); sizes and Message-IDs of new messages inside it, or of every new one
+    with ``pair_outside``. New messages outside it are left out of the view altogether."""
+    full = session.fetch_flags() if info.exists else None
+    view = {uid: RemoteMessage(uid, flags) for uid, flags in (full.flags.items() if full else ())}
+    inside = None if spec is None else window_uids(session, view, spec)
+    new_uids = [uid for uid in view if uid not in known]
+    wanted = [uid for uid in new_uids if pair_outside or inside is None or uid in inside]
+    if len(wanted) != len(new_uids):
+        keep = set(wanted)
+        for uid in new_uids:
+            if uid not in keep:
+                del view[uid]
+    if wanted:
+        _add_meta(session, view, wanted, None, message_ids=message_ids)
+    return view, None if inside is None else frozenset(inside & set(view))
+
+
 def _changed_flags(session: ImapSession, fstate: FolderState, info: SelectInfo,
-                   synced: list[SyncedMessage], prefetched: SelectChanges | None
-                   ) -> dict[int, RemoteMessage]:
-    """The server's flags from the state's rows and what changed since the last modseq."""
+                   synced: list[SyncedMessage], prefetched: SelectChanges | None,
+                   untracked: frozenset[int] = frozenset()) -> dict[int, RemoteMessage]:
+    """The server's flags from the state's rows and what changed since the last modseq
+    (untracked UIDs are taken as present, without flags, until told otherwise)."""
     if info.highestmodseq == fstate.highestmodseq and info.uidnext == fstate.uidnext \
-            and info.exists == len(synced):
-        return {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+            and info.exists == len(synced) + len(untracked):
+        view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced}
+        view.update((uid, RemoteMessage(uid, "")) for uid in untracked)
+        return view
     assert fstate.highestmodseq is not None
     changes: FlagChanges = prefetched.changes if prefetched is not None \
         and prefetched.changes is not None \
         else session.fetch_flags(changedsince=fstate.highestmodseq)
     view = {m.uid: RemoteMessage(m.uid, m.flags) for m in synced
             if m.uid not in changes.vanished}
+    view.update((uid, RemoteMessage(uid, "")) for uid in untracked
+                if uid not in changes.vanished)
     for uid, flags in changes.flags.items():
         view[uid] = RemoteMessage(uid, flags)
     if len(view) != info.exists:

@@ -32,6 +32,12 @@ class FolderJob(NamedTuple):
     # Folders this run moved messages into (trash_folder), shared by the account's folders:
     # their STATUS, taken before the move, must not let the status shortcut skip them.
     moved_into: set[str]
+    # The folder's sync policy direction ("both", "pull", "push"): a Download's content
+    # pairing moves only the receiving side's flags (core.plan.pair_actions).
+    direction: str = "both"
+    # The folder has untracked entries or parked pairs (state.untracked): Forget and Pair
+    # actions must drop theirs.
+    fstate_has_untracked: bool = False
 
     @property
     def fid(self) -> int:

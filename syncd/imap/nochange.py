@@ -20,15 +20,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd.core.folders import files_match, folder_selected, server_untouched
+from syncd.core.folders import files_match, folder_selected, glob_matcher, server_untouched
 from syncd.imap.folder_map import FolderMap
 from syncd.outcome.results import AccountResult, FolderResult
 from syncd.store.maildir import Maildir
 
 if TYPE_CHECKING:
     from syncd.config.load import AccountSettings
+    from syncd.core.folders import Namespace
     from syncd.imap.probe import Listing
-    from syncd.store.state import StateStore
+    from syncd.store.state import FolderState, StateStore
 
 log = logging.getLogger("syncd.imap.nochange")
 
@@ -110,7 +111,8 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
         if fstate is None or status is None:
             return _full(account, f"{folder.name!r} is new or has no STATUS")
         if not server_untouched(fstate, status, condstore=True,  # see Listing
-                                synced_count=lambda f=fstate: state.message_count(f.id)):
+                                synced_count=lambda f=fstate: _expected(
+                                    account, state, f, namespace)):
             return _full(account, f"{folder.name!r} changed on the server")
         if local.unchanged_since(fstate.local_stamp):
             untouched.append(fstate.id)
@@ -128,6 +130,17 @@ def sync_if_unchanged(account: AccountSettings, state: StateStore, listing: List
             state.set_local_stamp(fid, stamp)
     return AccountResult(account.name, [FolderResult(f.name) for f in selectable],
                          seconds=time.monotonic() - started)
+
+
+def _expected(account: AccountSettings, state: StateStore, fstate: FolderState,
+              namespace: Namespace) -> int:
+    """As syncd.imap.folder_sync.expected_count (kept here: this path imports no engine)."""
+    keys = account.folder_policy(glob_matcher(fstate.remote_name, namespace=namespace))
+    if fstate.counted_policy != keys.fingerprint:
+        return -1
+    if fstate.server_count is not None:
+        return fstate.server_count
+    return state.message_count(fstate.id)
 
 
 def _full(account: AccountSettings, why: str) -> None:

@@ -27,6 +27,10 @@ class Ending(NamedTuple):
     kind: str
     stamp: str | None = None  # the Maildir stamp taken before the scan
     info: SelectInfo | None = None  # the SELECT's numbers (COMPLETED)
+    # COMPLETED under a policy that leaves messages out of the state: the server's count, to
+    # compare STATUS with next time (FolderState.server_count)
+    server_count: int | None = None
+    counted_policy: str | None = None  # the policy it was counted under (fingerprint)
 
 
 def record_folder(state: StateStore, fstate: FolderState, ending: Ending,
@@ -38,7 +42,7 @@ def record_folder(state: StateStore, fstate: FolderState, ending: Ending,
         untouched.append(fstate)
     elif ending.kind == UNCHANGED:
         _record(state, fstate.id, fstate.uidvalidity, fstate.uidnext, fstate.highestmodseq,
-                ending.stamp, clock())
+                ending.stamp, clock(), fstate.server_count, fstate.counted_policy)
     elif ending.kind == COMPLETED:
         assert ending.info is not None
         info = ending.info
@@ -47,16 +51,18 @@ def record_folder(state: StateStore, fstate: FolderState, ending: Ending,
         stamp = (stamp_after_execute(state, folder, ending.stamp, fstate.id)
                  if error is None else None)
         _record(state, fstate.id, info.uidvalidity, info.uidnext, info.highestmodseq, stamp,
-                clock())
+                clock(), ending.server_count, ending.counted_policy)
         checkpoint("folder.cursors")
 
 
 def _record(state: StateStore, fid: int, uidvalidity: int | None, uidnext: int | None,
-            highestmodseq: int | None, stamp: str | None, now: float) -> None:
-    with state.transaction():  # one commit for both
+            highestmodseq: int | None, stamp: str | None, now: float,
+            server_count: int | None = None, counted_policy: str | None = None) -> None:
+    with state.transaction():  # one commit for all
         state.set_cursors(fid, uidvalidity=uidvalidity, uidnext=uidnext,
                           highestmodseq=highestmodseq, last_sync=now)
         state.set_local_stamp(fid, stamp)
+        state.set_server_count(fid, server_count, counted_policy)
 
 
 def record_untouched(state: StateStore, folders: list[FolderState], now: float) -> None:

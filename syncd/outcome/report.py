@@ -44,6 +44,23 @@ def _message_flags(db_path: str, folder_id: int) -> dict[str, str]:
         conn.close()
 
 
+def _untracked_keys(db_path: str, folder_id: int) -> set[str]:
+    """Local files the sync policy keeps out of the sync (untracked, or parked outside the
+    window): not pending anything."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return set()
+    try:
+        return {key for (key,) in conn.execute(
+            "SELECT maildir_key FROM untracked WHERE folder_id = ? AND maildir_key IS NOT NULL",
+            (folder_id,))}
+    except sqlite3.Error:  # a state from before the table
+        return set()
+    finally:
+        conn.close()
+
+
 def gather_status(settings: Settings, outbox_summary: Callable[[AccountSettings], Any] | None = None
                   ) -> dict[str, Any]:
     from syncd.store.maildir import MaildirFolder
@@ -67,6 +84,7 @@ def gather_status(settings: Settings, outbox_summary: Callable[[AccountSettings]
         rows = _folder_rows(str(db)) if db.exists() else []
         for folder_id, remote_name, local_path, last_sync in rows:
             synced = _message_flags(str(db), folder_id)
+            untracked = _untracked_keys(str(db), folder_id)
             total = unread = 0
             pending = {"new": 0, "flags": 0, "deleted": 0}
             folder = MaildirFolder(Path(local_path))
@@ -75,6 +93,8 @@ def gather_status(settings: Settings, outbox_summary: Callable[[AccountSettings]
                 total += 1
                 if "S" not in local.flags:
                     unread += 1
+                if key in untracked:
+                    continue
                 if key not in synced:
                     pending["new"] += 1
                 elif synced[key] != local.flags:
@@ -87,6 +107,8 @@ def gather_status(settings: Settings, outbox_summary: Callable[[AccountSettings]
                 "unread": unread,
                 "pending": pending,
                 "error": saved_folders.get(remote_name, {}).get("error"),
+                # A window (max_age, max_messages): what the last sync mirrored of how many.
+                "window": saved_folders.get(remote_name, {}).get("window"),
             }
         _add_failed_folders(info, saved_folders, entry.get("last_attempt"))
         if account.smtp is not None and outbox_summary is not None:
@@ -132,9 +154,12 @@ def render_status(data: dict[str, Any], stream: TextIO) -> None:
         for folder, info in account["folders"].items():
             pending = info["pending"]
             pending_text = " ".join(f"{k} {v}" for k, v in pending.items() if v) or "-"
+            window = info.get("window")
+            mirrored = (f"{window['label']}: {window['inside']:,} of {window['total']:,}"
+                        if window else "")
             table.add_row("", folder, _when(info.get("last_sync")),
                           f"{info['unread']}/{info['messages']}", pending_text,
-                          info.get("error") or "")
+                          info.get("error") or mirrored)
         outbox = account.get("outbox")
         if outbox:
             table.add_row("", "(outbox)", "", "", ", ".join(f"{n} {state}" for state, n

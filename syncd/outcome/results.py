@@ -59,6 +59,9 @@ class FolderResult:
         self.notice = notice
         self.plan_lines: list[str] = [] if plan_lines is None else plan_lines
         self.new_mail = new_mail  # downloads that arrived unseen (for on_new_mail)
+        # Under a window (max_age, max_messages): (its description, the messages inside,
+        # the messages on the server), for `syncd status`.
+        self.window: tuple[str, int, int] | None = None
 
     @property
     def changed(self) -> bool:

@@ -115,6 +115,9 @@ def record_result(state_dir: Path, result: AccountResult, *, started: float | No
         entry: dict[str, Any] = {"last_attempt": now, "error": f.error or f.guard}
         if not (f.error or f.guard):
             entry["last_sync"] = now
+        if f.window is not None:
+            label, inside, total = f.window
+            entry["window"] = {"label": label, "inside": inside, "total": total}
         folders[f.folder] = entry
     fields: dict[str, Any] = {"last_attempt": started or now, "error": result.error,
                               "folders": folders, **extra}

@@ -63,6 +63,10 @@ class FolderState(NamedTuple):
     # "<cur mtime ns> <new mtime ns> <unix time recorded>": the Maildir directories as the last
     # completed sync left them (see MaildirFolder.stamp); None = unknown.
     local_stamp: str | None = None
+    # Messages on the server at the last completed sync, where the policy leaves some out of
+    # the state (a window, one way, untracked); None: as many as the synced rows.
+    server_count: int | None = None
+    counted_policy: str | None = None  # the policy server_count was taken under
 
 
 class Intent(NamedTuple):
@@ -75,6 +79,14 @@ class Intent(NamedTuple):
     flags: str | None
     extra: str | None  # free text (JSON) for op-specific data, e.g. the Message-ID of an upload
     created: float
+
+
+class Untracked(NamedTuple):
+    """StateStore.untracked: what the sync policy keeps out of a folder's sync."""
+
+    uids: frozenset[int]  # server copies never downloaded again
+    keys: frozenset[str]  # local copies never uploaded again
+    outside: tuple[SyncedMessage, ...]  # pairs parked outside the window
 
 
 class Pop3Row(NamedTuple):
@@ -138,6 +150,28 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE message ADD COLUMN expunge_pending INTEGER NOT NULL DEFAULT 0",
         # Maildir letters the server refused or dropped in this folder: local-only from then on.
         "ALTER TABLE folder ADD COLUMN unkept_flags TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        # Messages the sync policy keeps on one side only (a deletion not propagated): a server
+        # UID never downloaded again (maildir_key NULL), or a local key never uploaded again
+        # (uid NULL). With both set, a pair parked outside the window (max_age, max_messages),
+        # with the synced flags, size and Message-ID it had.
+        """CREATE TABLE untracked(
+            folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+            uid INTEGER,
+            maildir_key TEXT,
+            synced_flags TEXT,
+            size INTEGER,
+            message_id TEXT,
+            UNIQUE(folder_id, uid),
+            UNIQUE(folder_id, maildir_key)
+        )""",
+        # Messages on the server at the last completed sync, for a folder whose policy leaves
+        # some out (a window, one way, untracked): its STATUS is compared with this rather
+        # than with the synced rows. NULL: compare with the rows.
+        "ALTER TABLE folder ADD COLUMN server_count INTEGER",
+        # The policy that count was taken under (FolderSettings.fingerprint).
+        "ALTER TABLE folder ADD COLUMN counted_policy TEXT",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -367,11 +401,12 @@ class StateStore:
     # folders
 
     _FOLDER_COLS = ("id, remote_name, local_path, uidvalidity, uidnext, highestmodseq, "
-                    "last_sync, guard_held, local_stamp")
+                    "last_sync, guard_held, local_stamp, server_count, counted_policy")
 
     @staticmethod
     def _folder_state(row: tuple) -> FolderState:
-        return FolderState(*row[:-2], guard_held=bool(row[-2]), local_stamp=row[-1])
+        return FolderState(*row[:-4], guard_held=bool(row[-4]), local_stamp=row[-3],
+                           server_count=row[-2], counted_policy=row[-1])
 
     @_guard
     def folders(self) -> list[FolderState]:
@@ -419,6 +454,15 @@ class StateStore:
                 "WHERE id = ?", (uidvalidity, uidnext, highestmodseq, last_sync, folder_id))
 
     @_guard
+    def set_server_count(self, folder_id: int, count: int | None,
+                         policy: str | None = None) -> None:
+        """See FolderState.server_count and counted_policy."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE folder SET server_count = ?, counted_policy = ? WHERE id = ?",
+                (count, policy, folder_id))
+
+    @_guard
     def set_last_sync(self, folder_ids: Iterable[int], last_sync: float) -> None:
         """Folders found unchanged: only their last_sync moves, in one commit."""
         with self.transaction():
@@ -431,9 +475,13 @@ class StateStore:
         last_sync is kept (it is history, not a cursor); intents are left for recover()."""
         with self.transaction():
             self._conn.execute("DELETE FROM message WHERE folder_id = ?", (folder_id,))
+            # Untracked UIDs are void with the rest; untracked local files stay untracked.
+            self._conn.execute("DELETE FROM untracked WHERE folder_id = ? AND uid IS NOT NULL",
+                               (folder_id,))
             self._conn.execute(
                 "UPDATE folder SET uidvalidity = NULL, uidnext = NULL, highestmodseq = NULL, "
-                "local_stamp = NULL WHERE id = ?", (folder_id,))
+                "local_stamp = NULL, server_count = NULL, counted_policy = NULL WHERE id = ?",
+                (folder_id,))
 
     # messages
 
@@ -511,6 +559,59 @@ class StateStore:
         with self.transaction():
             self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
                                    ((folder_id, uid) for uid in uids))
+
+    @_guard
+    def untracked(self, folder_id: int) -> Untracked:
+        """The server UIDs and the local keys the sync policy keeps on one side only, and the
+        pairs parked outside the window."""
+        rows = self._conn.execute(
+            "SELECT uid, maildir_key, synced_flags, size, message_id FROM untracked "
+            "WHERE folder_id = ? ORDER BY uid", (folder_id,))
+        uids: set[int] = set()
+        keys: set[str] = set()
+        outside: list[SyncedMessage] = []
+        for uid, key, flags, size, message_id in rows:
+            if uid is not None and key is not None:
+                outside.append(SyncedMessage(uid, key, flags or "", size, message_id))
+            elif uid is not None:
+                uids.add(uid)
+            else:
+                keys.add(key)
+        return Untracked(frozenset(uids), frozenset(keys), tuple(outside))
+
+    @_guard
+    def put_outside(self, folder_id: int, messages: Iterable[SyncedMessage]) -> None:
+        """Park pairs outside the window: their message rows go, they are kept here."""
+        rows = [(folder_id, m.uid, m.key, m.flags, m.size, m.message_id) for m in messages]
+        with self.transaction():
+            self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
+                                   ((fid, uid) for fid, uid, *_ in rows))
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO untracked(folder_id, uid, maildir_key, synced_flags, "
+                "size, message_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    @_guard
+    def add_untracked(self, folder_id: int, uids: Iterable[int] = (),
+                      keys: Iterable[str] = ()) -> None:
+        """Remember server UIDs / local keys as untracked (see untracked())."""
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO untracked(folder_id, uid) VALUES (?, ?)",
+                ((folder_id, uid) for uid in uids))
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO untracked(folder_id, maildir_key) VALUES (?, ?)",
+                ((folder_id, key) for key in keys))
+
+    @_guard
+    def drop_untracked(self, folder_id: int, uids: Iterable[int] = (),
+                       keys: Iterable[str] = ()) -> None:
+        """Forget untracked entries whose message is gone from its side."""
+        with self.transaction():
+            self._conn.executemany("DELETE FROM untracked WHERE folder_id = ? AND uid = ?",
+                                   ((folder_id, uid) for uid in uids))
+            self._conn.executemany(
+                "DELETE FROM untracked WHERE folder_id = ? AND maildir_key = ?",
+                ((folder_id, key) for key in keys))
 
     @_guard
     def pending_expunges(self, folder_id: int) -> frozenset[int]:

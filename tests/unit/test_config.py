@@ -890,3 +890,132 @@ def test_parse_size(value: str | int, size: int) -> None:
 def test_parse_size_rejects(value: object) -> None:
     with pytest.raises(ValueError):
         parse_size(value)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ sync policy keys
+
+
+def test_sync_policy_defaults_and_folder_settings() -> None:
+    settings = parse(MINIMAL)
+    account = settings.accounts["work"]
+    assert (account.direction, account.delete, account.create_folders) == ("both",) * 3
+    assert account.folder_settings == {}
+    settings = parse("""
+        accounts:
+          work:
+            protocol: imap
+            host: imap.example.com
+            username: me
+            direction: pull
+            delete: none
+            folder_settings:
+              "Archive*": {direction: push}
+              "*": {create_folders: local}
+    """)
+    account = settings.accounts["work"]
+    assert (account.direction, account.delete) == ("pull", "none")
+    assert list(account.folder_settings) == ["Archive*", "*"]
+    # the first matching glob wins; a key it does not set is the account's
+    archive = account.folder_policy(lambda p: p in ("Archive*", "*"))
+    assert tuple(archive) == ("push", "none", "both", None, None)
+    other = account.folder_policy(lambda p: p == "*")
+    assert tuple(other) == ("pull", "none", "local", None, None)
+
+
+@pytest.mark.parametrize(("line_text", "key", "expect"), [
+    ("direction: pul", "direction", "did you mean 'pull'?"),
+    ("delete: never", "delete", "must be 'both', 'pull', 'push' or 'none'"),
+    ("create_folders: yes", "create_folders", "must be 'both', 'server', 'local' or 'none'"),
+    ("folder_settings: [Archive]", "folder_settings", "must be a mapping"),
+    ("max_age: soon", "max_age", "invalid duration 'soon'"),
+    ("max_messages: 0", "max_messages", "greater than or equal to 1"),
+    ("max_size: 10MB", "max_size", "unknown key"),
+])
+def test_sync_policy_wrong_values_name_key_and_line(line_text: str, key: str,
+                                                    expect: str) -> None:
+    err = error(f"""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            {line_text}
+    """)
+    assert err.key == f"accounts.work.{key}"
+    assert err.line == 6
+    assert expect in str(err)
+
+
+def test_folder_settings_errors_name_the_glob_and_line() -> None:
+    err = error("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            folder_settings:
+              "Archive*":
+                direction: pull
+                max_size: 10MB
+    """)
+    assert err.key == "accounts.work.folder_settings.Archive*.max_size"
+    assert err.line == 9
+    err = error("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            folder_settings:
+              "Archive*": {direction: sideways}
+    """)
+    assert err.key == "accounts.work.folder_settings.Archive*.direction"
+    assert err.line == 7
+
+
+def test_windows_per_account_and_folder() -> None:
+    account = parse("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            max_age: 90d
+            folder_settings:
+              "Archive*": {max_age: 30d, max_messages: 500}
+    """).accounts["work"]
+    assert account.max_age == 90 * 86400 and account.max_messages is None
+    assert tuple(account.folder_policy(lambda p: True))[3:] == (30 * 86400, 500)
+    assert tuple(account.folder_policy(lambda p: False))[3:] == (90 * 86400, None)
+
+
+def test_pull_never_saves_sent_copies() -> None:
+    from syncd.config.presets import saves_sent
+
+    err = error("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            direction: pull
+            save_sent: always
+    """)
+    assert err.key == "accounts.work.save_sent" and "direction: pull" in str(err)
+    account = parse(MINIMAL.replace("username: me", "username: me\n    direction: pull")
+                    ).accounts["work"]
+    assert not saves_sent(account)
+    assert saves_sent(parse(MINIMAL).accounts["work"])
+
+
+def test_sync_policy_is_imap_only() -> None:
+    err = error("""
+        accounts:
+          work:
+            protocol: pop3
+            host: h
+            username: u
+            direction: pull
+    """)
+    assert err.key == "accounts.work.direction"
+    assert "IMAP option" in str(err)

@@ -107,6 +107,10 @@ class SyncMachine(RuleBasedStateMachine):
         self.deleted_since_sync: set[str] = set()
         self.server_form = "verbatim"
         self.siblings = 0  # different messages added under an existing Message-ID
+        # What the sync policy keeps on one side only (Forget.keep), as the engine's state
+        self.untracked_uids: set[int] = set()
+        self.untracked_keys: set[str] = set()
+        self.outside: dict[int, SyncedMessage] = {}  # pairs parked outside the window
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -151,7 +155,11 @@ class SyncMachine(RuleBasedStateMachine):
             for uid, m in self.server.items()
         )
         snapshot = FolderSnapshot(tuple(self.state.values()), local, remote,
-                                  uidvalidity_changed=self.uidvalidity_changed, policy=policy)
+                                  uidvalidity_changed=self.uidvalidity_changed, policy=policy,
+                                  untracked_uids=frozenset(self.untracked_uids),
+                                  untracked_keys=frozenset(self.untracked_keys),
+                                  window=self.window(),
+                                  outside=tuple(self.outside.values()))
         wanted = digests_needed(snapshot)
         if not self.siblings and all(m.extra == 0 for m in
                                      [*self.server.values(), *self.local.values()]):
@@ -164,12 +172,18 @@ class SyncMachine(RuleBasedStateMachine):
             remote=tuple(m._replace(body_digest=self.server[m.uid].digest) if m.uid in uids
                          else m for m in remote))
 
+    def window(self) -> frozenset[int] | None:
+        """The server UIDs inside the window (test_plan_policy.WindowMachine); None: all."""
+        return None
+
     def execute(self, plan: FolderPlan) -> None:
         if self.uidvalidity_changed:
             # The plan forgets exactly the old rows; the engine resets the folder state first.
             forgets = {(a.uid, a.key) for a in plan.actions if isinstance(a, Forget)}
             assert forgets == {(row.uid, row.key) for row in self.state.values()}
             self.state.clear()
+            self.untracked_uids.clear()  # void with the old UIDs (StateStore.reset_folder)
+            self.outside.clear()
         paired: set[str] = set()
         for action in plan.actions:
             self._execute(action, paired)
@@ -184,22 +198,40 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _execute(self, action: Action, paired: set[str]) -> None:
         match action:
-            case Forget(uid, key):
+            case Forget(uid, key, keep):
                 if uid in self.state and self.state[uid].key == key:
                     del self.state[uid]
-            case Pair(uid, key, flags, size, message_id):
+                if uid in self.outside and self.outside[uid].key == key:
+                    del self.outside[uid]
+                if keep == "server":
+                    assert uid in self.server and key not in self.local
+                    self.untracked_uids.add(uid)
+                elif keep == "local":
+                    assert key in self.local and uid not in self.server
+                    self.untracked_keys.add(key)
+            case Pair(uid, key, flags, size, message_id, outside):
                 assert self.server[uid].body == self.local[key].body, "paired different mail"
+                if outside:  # parked outside the window (test_plan_policy.WindowMachine)
+                    self.state.pop(uid, None)
+                    self.outside[uid] = SyncedMessage(uid, key, flags, size, message_id)
+                    return
                 assert (size, message_id) == (self.server[uid].size, self.server[uid].message_id)
+                self.outside.pop(uid, None)
                 self._row(uid, key, flags, self.server[uid])
             case RecordFlags(uid, key, flags):
-                assert self.server[uid].flags == self.local[key].flags == flags
+                # one way, the row holds the sending side's flags (core.plan._flag_actions)
+                direction = self.policy.direction
+                if direction != "push":
+                    assert self.server[uid].flags == flags
+                if direction != "pull":
+                    assert self.local[key].flags == flags
                 self._set_synced(uid, key, flags)
             case SetLocalFlags(uid, key, flags):
                 self.local[key] = replace(self.local[key], flags=flags)
                 self._set_synced(uid, key, action.synced_flags)
             case PushFlags(uid, key, add, remove, flags):
                 new = normalize((set(self.server[uid].flags) | set(add)) - set(remove))
-                assert new == flags
+                assert new == flags or self.policy.direction == "push"
                 self.server[uid] = replace(self.server[uid], flags=new)
                 self._set_synced(uid, key, flags)
             case DeleteLocal(uid, key):
@@ -212,16 +244,22 @@ class SyncMachine(RuleBasedStateMachine):
                 if trash_folder:
                     self.trash.append(body)
                 del self.state[uid]
-            case Download(uid, flags, size, candidates):
+            case Download(uid, flags, size, candidates, _, outside):
                 msg = self.server[uid]
                 assert (msg.flags, msg.size) == (flags, size)
                 for key in candidates:
                     if key not in paired and self.local[key].body == msg.body:
                         paired.add(key)  # the content check found it: pair, do not deliver
+                        if outside:  # parked outside the window, flags left alone
+                            self.outside[uid] = SyncedMessage(uid, key, "", size, None)
+                            return
                         for follow in pair_actions(uid, key, self.local[key].flags, flags,
-                                                   size=msg.size, message_id=msg.message_id):
+                                                   size=msg.size, message_id=msg.message_id,
+                                                   direction=self.policy.direction):
                             self._execute(follow, paired)
                         return
+                if action.pair_only:
+                    return
                 key = self._local_add(self._downloaded(msg))
                 self._row(uid, key, flags, msg)
             case Upload(key, flags, unless_paired):
