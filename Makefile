@@ -172,13 +172,18 @@ $(OLDEST_STAMP): pyproject.toml tests/support/oldest.py | $(PY)
 	@touch $@
 
 # The convergence soak (tests/system/test_daemon_soak.py) for SOAK_MINUTES of activity, with
-# SOAK_SEED; `make test` runs it for a few seconds. Prints the operations and the time to converge.
+# SOAK_SEED, through the fault proxy (SOAK_FAULTS=0: straight to Dovecot); `make test` runs both
+# variants for a few seconds. Prints the operations, the faults, the time to converge and the
+# daemon's RSS, threads and idle CPU; SOAK_REPORT=<file> also writes them as JSON.
 SOAK_MINUTES ?= 10
 SOAK_SEED ?= 16
+SOAK_FAULTS ?= 1
+SOAK_REPORT ?=
 soak: deps
 	SYNCD_SOAK_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) SYNCD_SOAK_SEED=$(SOAK_SEED) \
+	  SYNCD_SOAK_REPORT=$(SOAK_REPORT) \
 	  $(PY) -m pytest -q -s --timeout=$$(( $(SOAK_MINUTES) * 60 + 600 )) \
-	  tests/system/test_daemon_soak.py
+	  tests/system/test_daemon_soak.py -k $(if $(filter 0,$(SOAK_FAULTS)),direct,faults)
 
 lint: venv
 	$(VENV)/bin/ruff check syncd tests bench

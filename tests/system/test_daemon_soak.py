@@ -8,16 +8,33 @@ Every message has one owner side, the only side that changes or deletes it after
 (so the expected end state is exact, not a matter of conflict policy): seeded and server
 appended messages belong to the server client, locally delivered ones to the mail client.
 
+It runs twice: ``direct`` (straight to Dovecot over TLS) and ``faults``: every account behind
+the fault proxy (tests/support/tcp_proxy.py) with a one-way latency, two accounts over TLS and
+one in plaintext with every server line split in two segments, and, every few seconds during
+the activity, a fault drawn from the same seed: one connection reset, every connection of a
+proxy reset (a network blip), the next connection reset in the middle of what the server sends,
+or new connections refused for a second. The faults stop with the activity; the latency and the
+split lines stay.
+
+Under both, the daemon's resources are sampled from /proc every half second: its RSS must stay
+flat (the last third of the activity at most max(+15 %, +10 MB) over the first third's peak,
+the first sync being the warm-up), its thread count back where it was (but for what new folders
+need), and, once converged and left alone, its CPU over 10 s under 1 %.
+
 SYNCD_SOAK_SECONDS (activity, default 12) and SYNCD_SOAK_SEED (default 16) make it longer or
-different: `make soak` runs it for minutes.
+different: `make soak` runs it for minutes. SYNCD_SOAK_REPORT=<file> writes the figures as JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
+import json
 import os
 import random
+import re
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,12 +45,21 @@ import pytest
 from tests.support.daemon import DaemonProcess, NotifySocket, wait_until
 from tests.support.dovecot import Dovecot, HarnessError, ServerMessage, User, make_message
 from tests.support.syncd_env import IMAP_TO_LETTER, Account, assert_folder_in_sync, local_files
+from tests.support.tcp_proxy import TcpProxy
 from tests.system.conftest import StartDaemon
 from tests.system.test_daemon import account_yaml, stop_ok, write_accounts
 
 SECONDS = float(os.environ.get("SYNCD_SOAK_SECONDS", "12"))
 SEED = int(os.environ.get("SYNCD_SOAK_SEED", "16"))
 CONVERGE_LIMIT = 40.0  # after activity stops; IDLE and the watcher need ~1 s, a poll 5 s
+REPORT = os.environ.get("SYNCD_SOAK_REPORT")
+BOX_CAP = 400  # messages per account, after which deletions keep pace with additions
+LATENCY = 0.01  # one way, through the fault proxy
+SPLIT_DELAY = 0.002  # between the two halves of every line, on the plaintext account
+FAULT_EVERY = (3.0, 8.0)  # seconds between two faults, drawn uniformly
+RSS_SLACK = (0.15, 10 * 1024)  # the last third's peak over the first's: max(15 %, 10 MB)
+THREAD_SLACK = 2
+IDLE_SETTLE, IDLE_WINDOW, IDLE_CPU_LIMIT = 3.0, 10.0, 0.01
 ACCOUNTS = ("alpha", "beta", "gamma")
 LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
 _HEADERS = email.parser.BytesHeaderParser()
@@ -103,9 +129,13 @@ class Driver:
 
     def step(self) -> None:
         box = self.boxes[self.rng.choice(sorted(self.boxes))]
+        # Past BOX_CAP messages an account stops growing (as many deletions as additions):
+        # a long soak measures the daemon on a mailbox of steady size, so that a growing RSS
+        # means a leak, not more mail.
+        gone = 3 if sum(map(len, box.folders.values())) >= BOX_CAP else 1
         op = self.rng.choices(
             ["append", "server_flags", "expunge", "deliver", "rename", "delete"],
-            weights=[3, 3, 1, 3, 3, 1])[0]
+            weights=[3, 3, gone, 3, 3, gone])[0]
         getattr(self, op)(box)
 
     # --- the server side (another IMAP client) ----------------------------------------------
@@ -234,22 +264,145 @@ def differences(dc: Dovecot, boxes: dict[str, Box]) -> list[str]:
 
 
 def threads_of(pid: int) -> int:
+    return proc_status(pid)[1]
+
+
+def proc_status(pid: int) -> tuple[int, int]:
+    """(VmRSS in kB, threads) of a live process."""
     with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+        fields = dict(line.split(":", 1) for line in fh if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["Threads"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process itself (not its children: the hooks)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        rest = fh.read().rpartition(")")[2].split()
+    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sampler(threading.Thread):
+    """(seconds since start, RSS kB, threads) of the daemon every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="soak-sampler")
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []
+        self._halt = threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            with contextlib.suppress(OSError, KeyError):
+                rss, threads = proc_status(self.pid)
+                self.samples.append((time.monotonic() - self._t0, rss, threads))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, int, int]]:
+        self._halt.set()
+        self.join(5)
+        return list(self.samples)
+
+
+def rss_flat(samples: list[tuple[float, int, int]]) -> tuple[int, int, int]:
+    """(first third's peak, last third's peak, allowed peak) of the activity's RSS in kB."""
+    third = max(1, len(samples) // 3)
+    first = max(rss for _, rss, _ in samples[:third])
+    last = max(rss for _, rss, _ in samples[-third:])
+    return first, last, first + max(int(first * RSS_SLACK[0]), RSS_SLACK[1])
+
+
+class Faults(threading.Thread):
+    """Network faults on the proxies, one every FAULT_EVERY seconds, drawn from `rng`."""
+
+    KINDS = ("reset one connection", "reset every connection", "reset mid-response",
+             "refuse connections 1 s")
+
+    def __init__(self, proxies: list[TcpProxy], rng: random.Random) -> None:
+        super().__init__(daemon=True, name="soak-faults")
+        self.proxies = proxies
+        self.rng = rng
+        self.counts: Counter[str] = Counter()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.rng.uniform(*FAULT_EVERY)):
+            proxy = self.rng.choice(self.proxies)
+            kind = self.rng.choice(self.KINDS)
+            if kind == "reset one connection":
+                links = proxy.links()
+                if not links or not proxy.drop(self.rng.choice(links)):
+                    continue
+            elif kind == "reset every connection":
+                if not proxy.drop_all():
+                    continue
+            elif kind == "reset mid-response":
+                # One open connection is reset in the middle of what the server sends it
+                # next (a FETCH, a LIST, an IDLE notification), 50 bytes to 4 kB into it.
+                links = proxy.links()
+                if not links:
+                    continue
+                link = self.rng.choice(links)
+                proxy.cut_links = {link.number}
+                proxy.cut_after = link.bytes_down + self.rng.randint(50, 4000)
+            else:
+                proxy.refusing = True
+                self._halt.wait(1.0)
+                proxy.refusing = False
+            self.counts[kind] += 1
+
+    def stop(self) -> Counter[str]:
+        self._halt.set()
+        self.join(5)
+        for proxy in self.proxies:
+            proxy.refusing = False
+            proxy.cut_after = None
+        return self.counts
+
+
+def plaintext(block: str) -> str:
+    """An account_yaml block made to speak plaintext IMAP (for the split lines)."""
+    block = re.sub(r"(?m)^    tls: implicit$", "    tls: none", block)
+    return block + "    allow_insecure: true\n"
+
+
+@pytest.mark.parametrize("faulted", [False, True], ids=["direct", "faults"])
 def test_the_daemon_converges_under_load(dovecot: Dovecot, tmp_path: Path,
-                                         daemons: StartDaemon) -> None:
+                                         daemons: StartDaemon, faulted: bool) -> None:
     rng = random.Random(SEED)
     users = {name: dovecot.add_user() for name in ACCOUNTS}
     hook_log, hook_lock = tmp_path / "hook.log", tmp_path / "hook.running"
     hook = (f"mkdir {hook_lock} 2>/dev/null || echo OVERLAP >> {hook_log}; "
             f"echo $SYNCD_ACCOUNT >> {hook_log}; sleep 0.05; rmdir {hook_lock}")
     extra = "    poll_interval: 5s\n    idle: [INBOX, Work]\n"
-    accounts = write_accounts(tmp_path, {
-        name: (dovecot, user, account_yaml(name, dovecot, user, extra=extra))
-        for name, user in users.items()},
-        general_extra=f"  on_new_mail: '{hook}'\n")
+    with contextlib.ExitStack() as stack:
+        proxies: list[TcpProxy] = []
+        blocks = {}
+        for name, user in users.items():
+            if not faulted:
+                blocks[name] = account_yaml(name, dovecot, user, extra=extra)
+            elif name == "beta":  # plaintext: the proxy sees lines and splits them
+                proxy = stack.enter_context(TcpProxy(dovecot.imap_port, delay=LATENCY))
+                proxy.split_lines = SPLIT_DELAY
+                proxies.append(proxy)
+                blocks[name] = plaintext(account_yaml(name, dovecot, user, port=proxy.port,
+                                                      extra=extra))
+            else:
+                proxy = stack.enter_context(TcpProxy(dovecot.imaps_port, delay=LATENCY))
+                proxies.append(proxy)
+                blocks[name] = account_yaml(name, dovecot, user, port=proxy.port, extra=extra)
+        _soak(dovecot, tmp_path, daemons, rng, users, proxies,
+              write_accounts(tmp_path, {name: (dovecot, user, blocks[name])
+                                        for name, user in users.items()},
+                             general_extra=f"  on_new_mail: '{hook}'\n"),
+              hook_log)
+
+
+def _soak(dovecot: Dovecot, tmp_path: Path, daemons: StartDaemon, rng: random.Random,
+          users: dict[str, User], proxies: list[TcpProxy], accounts: dict[str, Account],
+          hook_log: Path) -> None:
     boxes: dict[str, Box] = {}
     for name, user in users.items():
         box = boxes[name] = Box(accounts[name], user, {"INBOX": {}, "Work": {}})
@@ -266,33 +419,80 @@ def test_the_daemon_converges_under_load(dovecot: Dovecot, tmp_path: Path,
         wait_until(lambda: not differences(dovecot, boxes), 60,
                    message=lambda: f"the first sync: {differences(dovecot, boxes)}\n"
                    f"{d.log()[-3000:]}")
-        threads_before = threads_of(d.pid)
+        time.sleep(1.0)  # the IDLE watchers and the filesystem watcher settle
+        rss_before, threads_before = proc_status(d.pid)
+        sampler = Sampler(d.pid)
+        sampler.start()
+        faults = Faults(proxies, random.Random(SEED + 1)) if proxies else None
+        if faults:
+            faults.start()
         driver = Driver(dovecot, boxes, rng)
         started = time.monotonic()
         events = {SECONDS * 0.25: "server folder", SECONDS * 0.4: "sighup",
                   SECONDS * 0.6: "local folder"}
-        while time.monotonic() - started < SECONDS:
-            elapsed = time.monotonic() - started
-            for at, what in sorted(events.items()):
-                if elapsed >= at:
-                    del events[at]
-                    box = boxes[rng.choice(ACCOUNTS)]
-                    if what == "server folder":
-                        driver.new_server_folder(box, f"Remote{int(at)}")
-                    elif what == "local folder":
-                        driver.new_local_folder(box, f"Local{int(at)}")
-                    else:
-                        _reload_one(accounts["beta"], d)
-                        driver.ops["SIGHUP"] += 1
-            driver.step()
-            time.sleep(rng.uniform(0.0, 0.08))
+        try:
+            while time.monotonic() - started < SECONDS:
+                elapsed = time.monotonic() - started
+                for at, what in sorted(events.items()):
+                    if elapsed >= at:
+                        del events[at]
+                        box = boxes[rng.choice(ACCOUNTS)]
+                        if what == "server folder":
+                            driver.new_server_folder(box, f"Remote{int(at)}")
+                        elif what == "local folder":
+                            driver.new_local_folder(box, f"Local{int(at)}")
+                        else:
+                            _reload_one(accounts["beta"], d)
+                            driver.ops["SIGHUP"] += 1
+                driver.step()
+                time.sleep(rng.uniform(0.0, 0.08))
+        finally:
+            fault_counts = faults.stop() if faults else Counter()
+        activity = sampler.stop()
         stopped = time.monotonic()
         wait_until(lambda: not differences(dovecot, boxes), CONVERGE_LIMIT, interval=0.25,
                    message=lambda: f"convergence: {differences(dovecot, boxes)}\n"
                    f"{d.log()[-4000:]}")
         converged = time.monotonic() - stopped
-        print(f"soak seed {SEED}, {SECONDS:.0f} s of activity: {dict(driver.ops)}; "
-              f"converged {converged:.1f} s after the activity stopped")
+
+        # Idle: nothing changes anywhere (not even a read of the maildir, which the watcher
+        # could see); after the debounce and an echo or two, the daemon only polls.
+        time.sleep(IDLE_SETTLE)
+        cpu_start, wall_start = cpu_seconds(d.pid), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        idle_cpu = (cpu_seconds(d.pid) - cpu_start) / (time.monotonic() - wall_start)
+        rss_after, threads_after = proc_status(d.pid)
+
+        first_peak, last_peak, allowed_peak = rss_flat(activity)
+        # Flat but for what the new folders need: watchdog runs one emitter thread per
+        # watched directory (cur/ and new/), and the hook thread starts with the first mail.
+        allowed_threads = (threads_before + THREAD_SLACK
+                           + 2 * (driver.ops["server folder"] + driver.ops["local folder"]))
+        figures = {
+            "seed": SEED, "seconds": SECONDS, "faults": bool(proxies),
+            "operations": dict(driver.ops), "fault counts": dict(fault_counts),
+            "proxy": {"connections": sum(p.accepted for p in proxies),
+                      "refused": sum(p.refused for p in proxies),
+                      "cut mid-response": sum(p.cuts for p in proxies),
+                      "lines split": sum(p.splits for p in proxies)},
+            "converged after s": round(converged, 2),
+            "rss kB": {"after first sync": rss_before, "first third peak": first_peak,
+                       "last third peak": last_peak, "allowed": allowed_peak,
+                       "max": max(r for _, r, _ in activity), "idle": rss_after},
+            "threads": {"after first sync": threads_before,
+                        "max": max(t for _, _, t in activity), "idle": threads_after,
+                        "allowed": allowed_threads},
+            "idle cpu %": round(100 * idle_cpu, 3),
+            "samples": len(activity),
+        }
+        print(f"\nsoak seed {SEED}, {SECONDS:.0f} s of activity"
+              f"{' through the fault proxy' if proxies else ''}: {dict(driver.ops)}; "
+              f"faults {dict(fault_counts)}, proxy {figures['proxy']}; "
+              f"converged {converged:.1f} s after the activity stopped; "
+              f"RSS {figures['rss kB']} kB; threads {figures['threads']}; "
+              f"idle CPU {100 * idle_cpu:.2f} %")
+        if REPORT:
+            Path(REPORT).write_text(json.dumps(figures, indent=2) + "\n")
 
         # Exact: the same bytes and flags on both sides, nothing twice.
         for box in boxes.values():
@@ -307,11 +507,14 @@ def test_the_daemon_converges_under_load(dovecot: Dovecot, tmp_path: Path,
             "two on_new_mail hooks ran at once"
         last_ping = max(sock.times("WATCHDOG=1"))
         assert time.monotonic() - last_ping < 6.0, "the watchdog pings stopped"
-        # Flat but for what the new folders need: watchdog runs one emitter thread per
-        # watched directory (cur/ and new/), and the hook thread starts with the first mail.
-        allowed = threads_before + 2 * (driver.ops["server folder"] + driver.ops["local folder"])
-        assert threads_of(d.pid) <= allowed + 2, \
-            f"threads grew from {threads_before} to {threads_of(d.pid)} (allowed {allowed + 2})"
+        if proxies and 2 * FAULT_EVERY[1] <= SECONDS:
+            assert sum(fault_counts.values()) >= 1, "no fault was injected"
+        # Flat resources.
+        assert last_peak <= allowed_peak, \
+            f"RSS grew: first third's peak {first_peak} kB, last third's {last_peak} kB"
+        assert threads_after <= allowed_threads, \
+            f"threads grew from {threads_before} to {threads_after} (allowed {allowed_threads})"
+        assert idle_cpu < IDLE_CPU_LIMIT, f"idle CPU {100 * idle_cpu:.2f} % over {IDLE_WINDOW} s"
         stop_ok(d)
 
 
