@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.migrate.importer import NOT_BUILT, ImportedAccount, account_name
@@ -18,20 +19,178 @@ _ACCOUNT_DONE = {"host", "port", "user", "pass", "passcmd", "ssltype", "certific
 _STORE_DONE = {"path", "inbox", "subfolders", "flatten", "infodelimiter", "maxsize"}
 _CHANNEL_DONE = {"far", "near", "patterns", "syncstate", "sync", "create", "remove",
                  "expunge", "maxmessages", "maxsize", "expireunread", "copyarrivaldate"}
-# The value under which mbsync does what syncd does anyway (nothing to report).
-_SAME_AS_SYNCD = {"sync": {"all", "full"}, "create": {"both"}, "remove": {"none"},
-                  "expunge": {"none"}}
 _WHY = {
-    "sync": f"`direction:` {NOT_BUILT}; syncd syncs both ways, new mail, flags and deletions",
-    "create": f"`create_folders:` {NOT_BUILT}; syncd creates missing folders on both sides",
-    "remove": f"`create_folders:`/`delete:` {NOT_BUILT}; syncd never removes a folder",
-    "expunge": f"`delete:` {NOT_BUILT}; syncd expunges only what you deleted (a \\Deleted "
-               f"flag alone is synced as the T flag)",
-    "maxmessages": f"`max_messages:` {NOT_BUILT}; syncd mirrors every message",
+    "remove": "syncd never removes a folder; remove it on the other side by hand",
     "maxsize": f"`max_size:` {NOT_BUILT}; syncd mirrors messages of any size",
-    "expireunread": f"`max_messages:` {NOT_BUILT}",
     "copyarrivaldate": "syncd keeps the server's INTERNALDATE as the file's time already",
 }
+# Sync operations (mbsync(1) 1.4, and 1.5's spellings): what each moves.
+_OPS = {"new": "new", "renew": "new", "upgrade": "new", "old": "new", "delete": "delete",
+        "gone": "delete", "flags": "flags"}
+_SIDES = {"far": "far", "master": "far", "near": "near", "slave": "near", "both": "both",
+          "none": "none"}
+
+
+@dataclass
+class _Policy:
+    """One channel's policy in syncd's keys; ``sides``: where syncd writes (server, local)."""
+
+    sides: frozenset[str]  # subset of {"server", "local"}; empty: the channel syncs nothing
+    deletes: frozenset[str]
+    create: frozenset[str]
+    max_messages: int | None
+    notes: list[str]
+
+
+def _sync_ops(value: str | None) -> tuple[dict[str, set[str]], list[str]]:
+    """mbsync's ``Sync`` -> the operations toward each side (``pull``: far -> near, i.e. to
+    the Maildir; ``push``: near -> far, to the server). Default: All."""
+    ops: dict[str, set[str]] = {"pull": set(), "push": set()}
+    unknown = []
+    if value is None:
+        value = "All"
+    dirs: set[str] = set()
+    common: set[str] = set()
+    for word in value.lower().split():
+        if word in ("all", "full"):
+            dirs |= {"pull", "push"}
+        elif word in ("pull", "push"):
+            dirs.add(word)
+        elif word in _OPS:
+            common.add(_OPS[word])
+        elif word[:4] in ("pull", "push") and word[4:] in _OPS:
+            ops[word[:4]].add(_OPS[word[4:]])
+        elif word not in ("none", "noop"):
+            unknown.append(word)
+    if dirs or common:
+        for way in dirs or {"pull", "push"}:
+            ops[way] |= common or {"new", "delete", "flags"}
+    return ops, unknown
+
+
+def _policy(channel: Channel) -> _Policy:
+    sync = channel.option("sync")
+    ops, unknown = _sync_ops(sync)
+    notes = [f"Sync {sync} (Channel {channel.name}): '{w}' not understood; treated as "
+             f"nothing" for w in unknown]
+    to = {"local": ops["pull"], "server": ops["push"]}
+    sides = frozenset(side for side, moved in to.items() if moved & {"new", "flags"})
+    shown = f"Sync {sync or 'All (default)'} (Channel {channel.name})"
+    if not sides:
+        notes.append(f"{shown}: the channel moves no message or flag; its folders are left "
+                     f"out (folders: exclude)" + (": mbsync's propagated deletions alone are "
+                     "not carried over" if to["local"] | to["server"] else ""))
+    for side in sorted(sides):
+        moved = to[side]
+        where = "to the server" if side == "server" else "to the Maildir"
+        if "new" not in moved:
+            notes.append(f"{shown}: carried over as direction including {where}, which also "
+                         f"copies new messages {where} (mbsync copied only flag changes)")
+        elif "flags" not in moved:
+            notes.append(f"{shown}: carried over as direction including {where}, which also "
+                         f"syncs flag changes {where} (mbsync copied only new messages)")
+    expunge_value = channel.option("expunge")
+    expunge = _SIDES.get((expunge_value or "none").lower(), "none")
+    expunged = {"far": {"server"}, "near": {"local"}, "both": {"server", "local"}}.get(
+        expunge, set())
+    deletes = frozenset(side for side in sides if "delete" in to[side] and side in expunged)
+    for side in sorted(sides):
+        if "delete" in to[side] and side not in expunged:
+            what = "server: \\Deleted" if side == "server" else "Maildir: the T flag"
+            notes.append(f"Expunge {expunge_value or 'None (default)'} (Channel "
+                         f"{channel.name}): mbsync only marked a message deleted elsewhere as "
+                         f"deleted on the {what}, never expunging it; carried over as delete: "
+                         f"not propagating those deletions (the copy stays, untracked, "
+                         f"unmarked); set delete: to propagate them as real deletions")
+    if expunged and expunge_value:
+        notes.append(f"Expunge {expunge_value} (Channel {channel.name}): syncd expunges only "
+                     f"messages deleted on the other side; a message merely flagged deleted "
+                     f"(T / \\Deleted) is synced as a flag, not expunged as mbsync did")
+    create_value = channel.option("create")
+    create_side = _SIDES.get((create_value or "none").lower(), "none")
+    create = frozenset({"far": {"server"}, "near": {"local"}, "both": {"server", "local"}}.get(
+        create_side, set()))
+    max_messages = None
+    raw = channel.option("maxmessages")
+    if raw and raw.isdigit() and int(raw) > 0:
+        max_messages = int(raw)
+        unread = (channel.option("expireunread") or "").lower() in ("yes", "true", "on", "1")
+        notes.append(f"MaxMessages {raw} (Channel {channel.name}): carried over as "
+                     f"max_messages; unlike mbsync, syncd deletes no local copy that falls out "
+                     f"of the window (it stays, untracked) and does not keep older "
+                     + ("flagged" if unread else "flagged or unread") + " messages mirrored")
+    elif raw and not raw.isdigit():
+        notes.append(f"MaxMessages {raw} (Channel {channel.name}): not carried over: not a "
+                     f"number")
+    if channel.option("expireunread") and max_messages is None:
+        notes.append(f"ExpireUnread {channel.option('expireunread')} (Channel "
+                     f"{channel.name}): not carried over: it only matters with MaxMessages")
+    return _Policy(sides, deletes, create, max_messages, notes)
+
+
+def _keys(policy: _Policy) -> dict[str, object]:
+    """The syncd keys of a policy, every one."""
+    direction = {frozenset({"server", "local"}): "both", frozenset({"local"}): "pull",
+                 frozenset({"server"}): "push"}.get(policy.sides, "pull")
+    delete = {frozenset({"server", "local"}): "both", frozenset({"local"}): "pull",
+              frozenset({"server"}): "push"}.get(policy.deletes, "none")
+    create = {frozenset({"server", "local"}): "both", frozenset({"local"}): "local",
+              frozenset({"server"}): "server"}.get(policy.create, "none")
+    keys: dict[str, object] = {"direction": direction, "delete": delete,
+                               "create_folders": create}
+    if policy.max_messages is not None:
+        keys["max_messages"] = policy.max_messages
+    return keys
+
+
+_DEFAULTS = {"direction": "both", "delete": "both", "create_folders": "both"}
+
+
+def _apply_policies(result: ImportedAccount, members: list[Channel],
+                    policies: dict[str, _Policy]) -> None:
+    """One channel's policy is the account's. Several differing: the account gets the most
+    conservative of them (what every channel allows), and a channel on one mailbox (no
+    Patterns) gets its own through folder_settings."""
+    live = [policies[c.name] for c in members if policies[c.name].sides]
+    if not live:
+        return
+    sides = frozenset.intersection(*(p.sides for p in live))
+    counts = [p.max_messages for p in live if p.max_messages is not None]
+    meet = _Policy(sides, frozenset.intersection(*(p.deletes for p in live)),
+                   frozenset.intersection(*(p.create for p in live)),
+                   min(counts) if counts else None, [])
+    account = _keys(meet)
+    if not sides:
+        result.not_carried.append("Sync: the channels copy in opposite directions; the "
+                                  "account is carried over as direction: pull, delete: none "
+                                  "(adjust by hand)")
+    for key, value in account.items():
+        if _DEFAULTS.get(key) != value:
+            result.settings[key] = value
+    overrides: dict[str, dict[str, object]] = {}
+    for channel in members:
+        policy = policies[channel.name]
+        if not policy.sides:
+            continue
+        mine = _keys(policy)
+        differs = {k: v for k, v in mine.items() if account.get(k) != v}
+        if policy.max_messages is None and meet.max_messages is not None:
+            differs.pop("max_messages", None)
+            result.not_carried.append(f"Channel {channel.name}: mirrors only the newest "
+                                      f"{meet.max_messages} (another channel's MaxMessages): "
+                                      f"syncd has one window per folder setting")
+        if not differs:
+            continue
+        if channel.option_args("patterns") is None:
+            overrides[_glob(channel.far_box or "INBOX")] = differs
+        else:
+            result.not_carried.append(
+                f"Channel {channel.name}: its own policy ("
+                + ", ".join(f"{k}: {v}" for k, v in differs.items())
+                + ") not carried over: its Patterns span several folders; it gets the "
+                  "account's, which writes and deletes no more")
+    if overrides:
+        result.settings["folder_settings"] = overrides
 
 
 def import_mbsync(path: Path) -> list[ImportedAccount]:
@@ -60,9 +219,11 @@ def _account(name: str, members: list[Channel], path: Path) -> ImportedAccount:
     if first.far is not first.account:
         _server(result, first.far)
     _maildir(result, first.near)
-    _folders(result, members)
+    policies = {c.name: _policy(c) for c in members}
+    _folders(result, members, policies)
     for channel in members:
-        _channel_policy(result, channel)
+        _channel_policy(result, channel, policies[channel.name])
+    _apply_policies(result, members, policies)
     for section, done in ((first.account, _ACCOUNT_DONE), (first.far, _ACCOUNT_DONE),
                           (first.near, _STORE_DONE)):
         _unknown(result, section, done)
@@ -135,11 +296,17 @@ def _maildir(result: ImportedAccount, store: Section) -> None:
                                   f"keeps it where it is if it lies inside the maildir")
 
 
-def _folders(result: ImportedAccount, members: list[Channel]) -> None:
+def _folders(result: ImportedAccount, members: list[Channel],
+             policies: dict[str, _Policy]) -> None:
     include: list[str] = []
     exclude: list[str] = []
     for channel in members:
         patterns = channel.option_args("patterns")
+        if not policies[channel.name].sides:  # syncs nothing: its folders are left out
+            exclude += [_glob(channel.far_box + p) for p in patterns or [] if
+                        not p.startswith("!")] if patterns else [_glob(channel.far_box or
+                                                                       "INBOX")]
+            continue
         if patterns is None:
             box = channel.far_box or "INBOX"
             include.append(_glob(box))
@@ -185,21 +352,18 @@ def _glob(name: str) -> str:
     return name.replace("[", "[[]").replace("?", "[?]")
 
 
-def _channel_policy(result: ImportedAccount, channel: Channel) -> None:
-    for key in ("sync", "create", "remove", "expunge", "maxmessages", "maxsize",
-                "expireunread", "copyarrivaldate"):
+def _channel_policy(result: ImportedAccount, channel: Channel, policy: _Policy) -> None:
+    for note in policy.notes:
+        if note not in result.not_carried:
+            result.not_carried.append(note)
+    for key in ("remove", "maxsize", "copyarrivaldate"):
         value = channel.option(key)
         if value is None and key == "maxsize":
             value = channel.near.get("maxsize") or channel.far.get("maxsize")
-        if value is None:
+        if value is None or (key == "remove" and value.lower() == "none"):
             continue
-        if value.lower() in _SAME_AS_SYNCD.get(key, set()):
-            continue
-        if key == "maxmessages" and value == "0":
-            continue
-        pretty = {"maxmessages": "MaxMessages", "maxsize": "MaxSize",
-                  "expireunread": "ExpireUnread", "copyarrivaldate": "CopyArrivalDate"}.get(
-                      key, key.capitalize())
+        pretty = {"maxsize": "MaxSize", "copyarrivaldate": "CopyArrivalDate"}.get(
+            key, key.capitalize())
         note = f"{pretty} {value} (Channel {channel.name}): not carried over: {_WHY[key]}"
         if note not in result.not_carried:
             result.not_carried.append(note)

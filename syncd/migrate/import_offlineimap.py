@@ -23,13 +23,9 @@ _LOCAL_DONE = {"type", "localfolders", "sep", "sync_deletes", "readonly", "maxag
 _ACCOUNT_DONE = {"localrepository", "remoterepository", "autorefresh", "quick", "maxage",
                  "maxsize", "startdate", "synclabels"}
 _POLICY = {
-    "readonly": f"`direction:` {NOT_BUILT}; syncd syncs both ways",
-    "maxage": f"`max_age:` {NOT_BUILT}; syncd mirrors messages of every age",
-    "startdate": f"`max_age:` {NOT_BUILT}; syncd mirrors messages of every age",
+    "startdate": "syncd's `max_age:` is a window sliding daily, not a fixed first date; set "
+                 "max_age by hand",
     "maxsize": f"`max_size:` {NOT_BUILT}; syncd mirrors messages of any size",
-    "expunge": f"`delete:` {NOT_BUILT}; syncd expunges only what you deleted",
-    "sync_deletes": f"`delete:` {NOT_BUILT}; syncd propagates deletions both ways",
-    "createfolders": f"`create_folders:` {NOT_BUILT}; syncd creates folders on both sides",
 }
 
 
@@ -66,7 +62,58 @@ def _account(config: OfflineimapAccount, path: Path) -> ImportedAccount:
                                  (f"Repository {config.local_name}", config.local,
                                   _LOCAL_DONE)):
         _policy_and_unknown(result, label, section, done)
+    _policy(result, config)
     return result
+
+
+def _policy(result: ImportedAccount, config: OfflineimapAccount) -> None:
+    """readonly -> direction; expunge (remote) / sync_deletes (local) -> delete;
+    createfolders -> create_folders; maxage (days) -> max_age."""
+    remote, local = config.remote, config.local
+    sides = {"server", "local"}
+    if _bool(remote.get("readonly"), False):
+        sides.discard("server")
+    if _bool(local.get("readonly"), False):
+        sides.discard("local")
+    deletes = set(sides)
+    if not _bool(remote.get("expunge"), True):
+        deletes.discard("server")
+        result.not_carried.append(f"expunge = {remote['expunge']} ([Repository "
+                                  f"{config.remote_name}]): carried over as delete: not "
+                                  f"propagating local deletions to the server (offlineimap "
+                                  f"left them flagged \\Deleted there; syncd leaves them "
+                                  f"untracked, unflagged)")
+    if not _bool(local.get("sync_deletes"), True):
+        deletes.discard("local")
+    create = {side for side, repo in (("server", remote), ("local", local))
+              if _bool(repo.get("createfolders"), True)}
+    names = {frozenset({"server", "local"}): "both", frozenset({"local"}): "pull",
+             frozenset({"server"}): "push"}
+    s = result.settings
+    if not sides:
+        result.not_carried.append("readonly = True on both repositories: offlineimap synced "
+                                  "nothing; carried over as direction: pull, delete: none")
+        s["direction"], s["delete"] = "pull", "none"
+    elif len(sides) == 1:
+        s["direction"] = names[frozenset(sides)]
+    if sides and deletes != sides:
+        s["delete"] = names.get(frozenset(deletes), "none")
+    if create != {"server", "local"}:
+        s["create_folders"] = {frozenset({"local"}): "local",
+                               frozenset({"server"}): "server"}.get(frozenset(create), "none")
+    for label, section in ((f"Account {config.name}", config.account),
+                           (f"Repository {config.remote_name}", remote),
+                           (f"Repository {config.local_name}", local)):
+        value = (section.get("maxage") or "").strip()
+        if not value:
+            continue
+        if value.isdigit() and int(value) > 0:
+            s["max_age"] = f"{int(value)}d"
+            result.not_carried.append(f"maxage = {value} ([{label}]): carried over as "
+                                      f"max_age: {value}d (by INTERNALDATE; nothing outside "
+                                      f"it is deleted, as in offlineimap)")
+        else:
+            result.skip(f"maxage ([{label}])", value, "not a number of days")
 
 
 def _server(result: ImportedAccount, remote: dict[str, str], name: str) -> None:
@@ -189,12 +236,6 @@ def _policy_and_unknown(result: ImportedAccount, label: str, section: dict[str, 
                         done: set[str]) -> None:
     for key, value in section.items():
         if key in _POLICY:
-            if key == "readonly" and not _bool(value, False):
-                continue
-            if key in ("sync_deletes", "createfolders") and _bool(value, True):
-                continue
-            if key == "expunge" and _bool(value, True):
-                continue
             result.not_carried.append(f"{key} = {value} ([{label}]): not carried over: "
                                       f"{_POLICY[key]}")
         elif key == "nametrans":

@@ -16,9 +16,9 @@ from typing import Any
 
 from syncd.errors import ConfigError
 
-# The partial-mirror / policy keys of the contract (Part 1b) are not built yet: settings that
+# Placeholders for big messages (`max_size:`, contract Part 1b) are not built: settings that
 # map onto them are reported with this reason.
-NOT_BUILT = "syncd has no such setting yet (the sync-policy keys are not built)"
+NOT_BUILT = "syncd has no such setting yet (`max_size:` placeholders are not built)"
 
 
 @dataclass
@@ -52,7 +52,7 @@ def render(account: ImportedAccount, indent: str = "  ") -> str:
         if isinstance(value, dict):
             lines.append(f"{inner}{key}:")
             for sub, item in value.items():
-                lines.append(f"{inner}  {sub}: {_flow(item)}")
+                lines.append(f"{inner}  {_key(sub)}: {_flow(item)}")
         elif isinstance(value, list):
             lines.append(f"{inner}{key}: {_flow(value)}")
         else:
@@ -60,7 +60,17 @@ def render(account: ImportedAccount, indent: str = "  ") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key(key: str) -> str:
+    """A mapping key: plain when it reads back as itself (not a glob like ``*``)."""
+    from syncd.config.init import _scalar
+
+    return _scalar(key) if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", key) else (
+        json.dumps(key, ensure_ascii=False))
+
+
 def _flow(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)}: {_flow(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
     from syncd.config.init import _scalar

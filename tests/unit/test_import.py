@@ -86,11 +86,14 @@ def test_import_mbsync_accounts(tmp_path: Path) -> None:
         "tls_ca_file": f"{home_dir}/.cert/work.pem", "username": "tehuser",
         "password_command": 'pass show "mail/work"', "maildir": f"{home_dir}/Mail/work",
         "layout": "verbatim",
-        "folders": {"include": ["*", "[[]Gmail]/Sent Mail"], "exclude": ["Junk", "Archive*"]}}
+        "folders": {"include": ["*", "[[]Gmail]/Sent Mail"], "exclude": ["Junk", "Archive*"]},
+        "direction": "pull", "delete": "pull", "create_folders": "local", "max_messages": 1000}
     notes = "\n".join(work.not_carried)
-    for setting in ("Sync Pull", "Create Near", "Expunge Both", "MaxMessages 1000"):
-        assert f"{setting} (Channel work): not carried over:" in notes
-    assert "not built" in notes
+    assert "MaxMessages 1000 (Channel work): carried over as max_messages" in notes
+    assert "Expunge Both (Channel work): syncd expunges only" in notes
+    assert home.settings["create_folders"] == "none"  # mbsync's default Create None
+    assert home.settings["delete"] == "none"  # Expunge None: deletions only flagged
+    assert "direction" not in home.settings
     assert home.settings["tls"] == "starttls" and home.settings["layout"] == "maildir++"
     assert home.settings["maildir"] == f"{home_dir}/Maildir"
     assert "password_command" not in home.settings
@@ -179,8 +182,9 @@ def test_import_offlineimap_accounts(tmp_path: Path) -> None:
         "include": ["*"], "exclude": ["Trash", "Spam", "[[]Gmail]/All Mail"]}
     assert personal.settings["poll_interval"] == "300s"
     notes = "\n".join(personal.not_carried)
-    assert "maxage = 30 ([Account Personal]): not carried over" in notes
-    assert "readonly = True ([Repository PersonalRemote]): not carried over" in notes
+    assert personal.settings["direction"] == "pull" and personal.settings["max_age"] == "30d"
+    assert "maxage = 30 ([Account Personal]): carried over as max_age: 30d" in notes
+    assert "direction" not in work.settings and "delete" not in work.settings
     assert work.settings["tls"] == "starttls" and work.settings["port"] == 143
     assert work.settings["password_command"] == f"cat {home_dir}/.work-pass"
     work_notes = "\n".join(work.not_carried)
@@ -219,3 +223,89 @@ def test_remotepasseval_forms() -> None:
     assert password_eval_command(
         'subprocess.check_output("gpg -dq ~/.p.gpg", shell=True).strip()') == "gpg -dq ~/.p.gpg"
     assert password_eval_command("get_password('work')") is None
+
+
+def _mbsync(tmp_path: Path, channel: str) -> tuple[dict, str]:
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text("IMAPStore r\nHost h\nUser u\nPassCmd p\n\nMaildirStore l\nPath ~/M/\n"
+                  "Inbox ~/M/INBOX\n\nChannel c\nFar :r:\nNear :l:\nPatterns *\n" + channel)
+    (account,) = import_mbsync(rc)
+    config = tmp_path / "config.yaml"
+    code, _, err = run_cli("--config", str(config), "import", "mbsync", str(rc))
+    assert code == 0, err
+    from syncd.config.load import load_config
+
+    load_config(config)  # the written policy keys load
+    keys = ("direction", "delete", "create_folders", "max_messages", "folder_settings")
+    return ({k: account.settings[k] for k in keys if k in account.settings},
+            "\n".join(account.not_carried))
+
+
+@pytest.mark.parametrize(("channel", "expected", "said"), [
+    ("Sync All\nCreate Both\nExpunge Both\n", {}, "flagged deleted"),
+    ("Create Both\n", {"delete": "none"}, "never expunging it"),  # Expunge None (default)
+    ("Sync Pull\nCreate Slave\nExpunge Slave\n",
+     {"direction": "pull", "delete": "pull", "create_folders": "local"}, ""),
+    ("Sync Push\nCreate Far\nExpunge Far\n",
+     {"direction": "push", "delete": "push", "create_folders": "server"}, ""),
+    ("Sync Pull Flags\nCreate Both\nExpunge Both\n",
+     {"direction": "pull", "delete": "none"}, "only flag changes"),
+    ("Sync New\nCreate Both\nExpunge Both\n", {"delete": "none"}, "only new messages"),
+    ("Sync PullNew PullFlags PushFlags PullDelete\nCreate Near\nExpunge Near\n",
+     {"delete": "pull", "create_folders": "local"}, "to the server, which also copies new"),
+    ("Sync Pull Delete\nCreate Both\nExpunge Both\n", {}, "deletions alone are not carried"),
+    ("Sync Pull\nCreate Both\nExpunge Both\nMaxMessages 50\n",
+     {"direction": "pull", "delete": "pull", "max_messages": 50}, "deletes no local copy"),
+    ("Create Both\nExpunge Both\nRemove Both\n", {}, "never removes a folder"),
+    ("Create Both\nExpunge Both\nMaxSize 1m\n", {}, "MaxSize 1m (Channel c): not carried"),
+])
+def test_mbsync_policy_mapping(tmp_path: Path, channel: str, expected: dict,
+                               said: str) -> None:
+    keys, notes = _mbsync(tmp_path, channel)
+    assert keys == expected
+    assert said in notes
+
+
+def test_mbsync_sync_none_leaves_folders_out(tmp_path: Path) -> None:
+    keys, notes = _mbsync(tmp_path, "Sync None\n")
+    assert keys == {}
+    assert "its folders are left out" in notes
+
+
+def test_mbsync_channels_with_different_policies(tmp_path: Path) -> None:
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text("IMAPAccount a\nHost h\nUser u\nPassCmd p\n\nIMAPStore r\nAccount a\n\n"
+                  "MaildirStore l\nPath ~/M/\nInbox ~/M/INBOX\n\n"
+                  "Channel inbox\nFar :r:INBOX\nNear :l:INBOX\nCreate Both\nExpunge Both\n\n"
+                  "Channel arch\nFar :r:Archive\nNear :l:Archive\nSync Pull\nCreate Near\n"
+                  "Expunge Near\n")
+    (account,) = import_mbsync(rc)
+    assert account.settings["direction"] == "pull" and account.settings["delete"] == "pull"
+    assert account.settings["folder_settings"] == {"INBOX": {"direction": "both",
+                                                             "delete": "both",
+                                                             "create_folders": "both"}}
+    config = tmp_path / "config.yaml"
+    assert run_cli("--config", str(config), "import", "mbsync", str(rc))[0] == 0
+    from syncd.config.load import load_config
+
+    assert load_config(config).accounts["a"].folder_settings["INBOX"].direction == "both"
+
+
+def test_offlineimap_policy(tmp_path: Path) -> None:
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text("[general]\naccounts = A\n\n[Account A]\nlocalrepository = L\n"
+                  "remoterepository = R\nmaxage = 90\n\n[Repository L]\ntype = Maildir\n"
+                  "localfolders = ~/M\nsync_deletes = no\ncreatefolders = False\n\n"
+                  "[Repository R]\ntype = IMAP\nremotehost = h\nremoteuser = u\n"
+                  "remotepassfile = ~/p\nexpunge = no\nmaxsize = 2000000\n")
+    (account,) = import_offlineimap(rc)
+    s = account.settings
+    assert (s["delete"], s["create_folders"], s["max_age"]) == ("none", "server", "90d")
+    notes = "\n".join(account.not_carried)
+    assert "maxsize = 2000000 ([Repository R]): not carried over" in notes
+    assert "expunge = no" in notes
+    config = tmp_path / "config.yaml"
+    assert run_cli("--config", str(config), "import", "offlineimap", str(rc))[0] == 0
+    from syncd.config.load import load_config
+
+    assert load_config(config).accounts["A"].max_age == 90 * 86400
