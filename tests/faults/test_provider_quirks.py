@@ -186,7 +186,10 @@ def test_exchange_throttling_daemon_does_not_hammer(tmp_path: Path, dovecot: Dov
             return False
 
         wait_until(throttled_status, 15, message=lambda: f"a throttled status\n{daemon.log()}")
-        wait_until(lambda: count(account) == 2, 30,
+        # The worker's own backoff (2, 4, 8, 16 s, jittered) grows under the suggested pause
+        # when it, not the IDLE watcher, draws three of the four throttled replies: the sync
+        # then comes ~31 s after the first one.
+        wait_until(lambda: count(account) == 2, 60,
                    message=lambda: f"the sync after the backoff\n{daemon.log()}")
         rc, _ = daemon.stop()
         log = daemon.log()
