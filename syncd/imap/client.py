@@ -20,6 +20,7 @@ from syncd.core.message import IGNORED_FIELDS, header_identity
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
 from syncd.imap import wire
+from syncd.imap.refusals import MAX_REFUSALS_IN_A_ROW, is_refusal
 from syncd.net import connect_failed, ssl_context_for, take_dialed
 
 if TYPE_CHECKING:
@@ -793,12 +794,64 @@ class ImapSession:
                 result[uid] = MessageMeta(size, *header_identity(fields))
         return result
 
-    def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]]
+    def fetch_subjects(self, uids: Sequence[int]) -> dict[int, str]:
+        """UID -> Subject (decoded, one line) of a few messages, to name them in an error;
+        those whose header the server will not give either are absent."""
+        from syncd.imap.refusals import subject_of
+
+        subjects: dict[int, str] = {}
+        for uid in uids:  # one by one: the server may refuse some of these too
+            try:
+                response = self._fetch(str(uid), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                continue
+            for key, value in response.get(uid, {}).items():
+                if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
+                    subject = subject_of(value.replace(b"\r\n", b"\n"))
+                    if subject:
+                        subjects[uid] = subject
+        return subjects
+
+    def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
+                     refused: Callable[[int, str], None] | None = None
                      ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
         """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
-        bounded by count and bytes. Messages the server no longer has are silently absent."""
+        bounded by count and bytes. Messages the server no longer has are silently absent.
+        With ``refused``, a batch the server refuses is split down to the messages it will
+        not send, each handed to ``refused(uid, server's words)``; the others arrive."""
         for batch in self._literal_batches(wanted):
-            yield from self._fetch_body_batch(batch)
+            if refused is None:
+                yield from self._fetch_body_batch(batch)
+            else:
+                yield from self._fetch_body_batch_split(batch, refused, _RefusalRun())
+
+    def _fetch_body_batch_split(self, uids: list[int], refused: Callable[[int, str], None],
+                                run: _RefusalRun
+                                ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+        """Exchange refuses a whole UID FETCH when one message in it cannot be converted to
+        RFC 822 (a calendar or contact item, a damaged item): "NO The requested message could
+        not be converted to an RFC-822 compatible format". The batch is asked again in halves,
+        down to the messages refused alone, so one bad item costs a few commands, not the
+        folder. Refusals of every message alone in a row mean the folder itself is refused:
+        the first such refusal is raised (the folder's error)."""
+        try:
+            bodies = list(self._fetch_body_batch(uids))
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            if len(uids) > 1:
+                middle = len(uids) // 2
+                yield from self._fetch_body_batch_split(uids[:middle], refused, run)
+                yield from self._fetch_body_batch_split(uids[middle:], refused, run)
+                return
+            run.refused(exc)
+            refused(uids[0], refusal_text(exc))
+            return
+        if bodies:
+            run.accepted()
+        yield from bodies
 
     def fetch_texts(self, wanted: Sequence[tuple[int, int | None]]
                     ) -> Iterator[tuple[int, bytes]]:
@@ -967,6 +1020,26 @@ def parse_namespace(raw: object) -> Namespace:
 
 _IMAPLIB_ERROR = re.compile(r"^[A-Z ]+ command error: (?:NO|BAD) \[b?['\"](.*)['\"]\]$", re.S)
 _IMAPCLIENT_NO = re.compile(r"^[a-z_ ]+ failed: (.*)$", re.S)
+
+
+class _RefusalRun:
+    """Single-message FETCH refusals in a row within one batch (see
+    _fetch_body_batch_split): past MAX_REFUSALS_IN_A_ROW the folder, not a message, is
+    refused, and the first refusal is raised."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.first: BaseException | None = None
+
+    def refused(self, exc: BaseException) -> None:
+        self.first = self.first or exc
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_REFUSALS_IN_A_ROW:
+            raise self.first
+
+    def accepted(self) -> None:
+        self.in_a_row = 0
+        self.first = None
 
 
 def refusal_text(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from syncd.faults import checkpoint
 from syncd.imap.changes import apply_flags
 from syncd.imap.client import ImapSession
 from syncd.imap.job import FolderJob
+from syncd.imap.refusals import RefusedDownloads
 from syncd.store.maildir import crlf_to_lf
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
@@ -30,8 +31,10 @@ class BodyPrefetcher:
     writer, so network transfer overlaps with writing and flushing; memory stays bounded by
     two groups. The writer must not use the session until close()."""
 
-    def __init__(self, session: ImapSession, groups: list[list[A.Download]]) -> None:
+    def __init__(self, session: ImapSession, groups: list[list[A.Download]],
+                 refused: RefusedDownloads) -> None:
         self._groups = groups
+        self._refused = refused
         self._session = session
         self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
         self._halt = threading.Event()
@@ -45,7 +48,7 @@ class BodyPrefetcher:
                 if self._halt.is_set():
                     return
                 self._put((True, list(self._session.fetch_bodies(
-                    [(a.uid, a.size) for a in group]))))
+                    [(a.uid, a.size) for a in group], self._refused.add))))
         except BaseException as exc:  # handed to the writer, which raises it
             self._put((False, exc))
 
@@ -110,7 +113,8 @@ class Downloader:
         groups = commit_groups(downloads)
         # The next group's bodies come over the network while this one is written and
         # flushed. Fetching stores nothing, so it may run ahead of the group's intents.
-        prefetch = BodyPrefetcher(job.session, groups)
+        refused = RefusedDownloads(job.account, job.fstate.remote_name)
+        prefetch = BodyPrefetcher(job.session, groups, refused)
         try:
             for group in groups:
                 if job.should_stop():
@@ -118,6 +122,9 @@ class Downloader:
                 self._group(group, prefetch.next_group())
         finally:
             prefetch.close()
+        if refused:
+            error = refused.error(job.session.fetch_subjects(sorted(refused.reasons)))
+            job.result.error = f"{job.result.error}; {error}" if job.result.error else error
         if self._paired_flags:
             apply_flags(job, self._paired_flags)
 
