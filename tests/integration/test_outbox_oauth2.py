@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +146,24 @@ def test_a_refused_token_is_refreshed_and_retried(tmp_path: Path, dovecot: Dovec
     assert "rejected the OAuth2 access token (status invalid_token); refreshing it" in out
     assert queue(config) == []
     assert not idp.leaks(out + caplog.text)
+
+
+def test_an_expiring_token_is_refreshed_before_the_login(tmp_path: Path, dovecot: Dovecot,
+                                                         idp: FakeIdP) -> None:
+    """Short-lived tokens with the real clock: the second flush, after 3/4 of the token's
+    life, logs in with a new one, so the server never sees an expired token."""
+    idp.expires_in = 4
+    with smtp_server(dovecot, idp) as smtp:
+        config = oauth2_config(tmp_path, dovecot, idp, smtp)
+        signed_in(idp)
+        send(config)
+        assert flush(config)[0] == 0
+        time.sleep(3.2)
+        send(config, MESSAGE.replace(b"hello", b"second"))
+        rc, out = flush(config)
+        assert rc == 0, out
+        assert len(smtp.messages()) == 2 and smtp.refused_tokens == 0
+    assert idp.counts["refresh_token"] == 2
 
 
 def test_a_token_the_server_keeps_refusing_keeps_the_message(
