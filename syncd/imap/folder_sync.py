@@ -56,7 +56,8 @@ def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> 
     matching ``folder_settings`` glob."""
     if not account.folder_settings:
         return FolderSettings(account.direction, account.delete, account.create_folders,
-                              account.max_age, account.max_messages)
+                              account.max_age, account.max_messages, account.max_size,
+                              account.fetch_flagged)
     return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
