@@ -11,7 +11,7 @@ recognised (and never uploaded as a message) even where the state does not know 
 
 from __future__ import annotations
 
-import urllib.parse
+import re
 from typing import NamedTuple
 
 from syncd.core.message import header_fields
@@ -51,8 +51,23 @@ class Original(NamedTuple):
     uid: int | None = None
 
 
+_SAFE = re.compile(rb"[A-Za-z0-9/.\-_+&,]")
+_ESCAPED = re.compile(r"%([0-9A-F]{2})")
+
+
+def _quote(folder: str) -> str:
+    """Percent-encoding of everything but a few plain characters (UTF-8 bytes)."""
+    return "".join(chr(byte) if _SAFE.fullmatch(bytes([byte])) else f"%{byte:02X}"
+                   for byte in folder.encode("utf-8"))
+
+
+def _unquote(text: str) -> str:
+    raw = _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+    return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
 def _origin_value(folder: str, uidvalidity: int, uid: int) -> str:
-    return f"{uidvalidity} {uid} {urllib.parse.quote(folder, safe='/.-_+&,')}"
+    return f"{uidvalidity} {uid} {_quote(folder)}"
 
 
 def build_placeholder(header: bytes, size: int, *, folder: str, uidvalidity: int,
@@ -104,5 +119,5 @@ def placeholder_of(header: bytes) -> Original | None:
         return None
     parts = (origin or "").split(" ", 2)
     if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
-        return Original(size, urllib.parse.unquote(parts[2]), int(parts[0]), int(parts[1]))
+        return Original(size, _unquote(parts[2]), int(parts[0]), int(parts[1]))
     return Original(size)

@@ -194,7 +194,21 @@ class FolderSync:
                             force_deletions=self.options.force_deletions,
                             local_folder_missing=scan.folder_missing,
                             guard_held=fstate is not None and fstate.guard_held,
-                            direction=keys.direction, delete=keys.delete)
+                            direction=keys.direction, delete=keys.delete,
+                            max_size=keys.max_size, fetch_flagged=bool(keys.fetch_flagged))
+
+    def _local_folders(self) -> list[tuple[str | None, MaildirFolder]]:
+        """Every local folder of the account, with its server name where the state knows it
+        (where a mail reader may have moved a placeholder to)."""
+        from syncd.store.maildir import Maildir, MaildirFolder
+
+        known = {str(f.local_path): f.remote_name for f in self.state.folders()}
+        maildir = Maildir(self.account.maildir, self.account.layout)
+        found: list[tuple[str | None, MaildirFolder]] = []
+        for components in maildir.list_folders():
+            path = maildir.local_path(components)
+            found.append((known.get(str(path)), MaildirFolder(path)))
+        return found
 
     def _plan(self, name: str, view: FolderView, place: MaildirFolder,
               result: FolderResult) -> FolderPlan:
@@ -235,7 +249,8 @@ class FolderSync:
                         {m.key: m.flags for m in snapshot.local}, self.reporter,
                         self.should_stop, self.moved_into, snapshot.policy.direction,
                         bool(snapshot.untracked_uids or snapshot.untracked_keys
-                             or snapshot.outside))
+                             or snapshot.outside),
+                        view.info.uidvalidity, self._local_folders)
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
         # Untracked copies gone from their side need remembering no longer.
