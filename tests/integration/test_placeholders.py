@@ -94,6 +94,14 @@ def test_a_big_message_becomes_a_placeholder_whose_flags_sync_both_ways(
     assert [m.size for m in dovecot.messages(user, "INBOX").values()].count(BIG) == 2
     assert len(dovecot.messages(user, "INBOX")) == 3
 
+    # max_size raised past them: the placeholders are replaced by the full messages, in place
+    set_key(account, "max_size: 1MB")
+    synced_ok(account)
+    assert not any(is_placeholder(p) for _, p in local_files(account.folder_dir("INBOX")))
+    assert local_by_subject(account, "INBOX", 2).name.endswith(":2,FS")
+    assert set(state_placeholders(account).values()) == {0}
+    assert "+0 down +0 up -0" in synced_ok(account)
+
 
 def test_syncd_fetch_replaces_a_placeholder_in_place(dovecot: Dovecot, user: User,
                                                      tmp_path: Path) -> None:
@@ -170,9 +178,6 @@ def test_fetch_flagged_replaces_flagged_placeholders(dovecot: Dovecot, user: Use
     assert not is_placeholder(local_by_subject(account, "INBOX", 3))
     assert "+0 down +0 up -0" in synced_ok(account)
     assert len(dovecot.messages(user, "INBOX")) == 3
-    # removing max_size replaces the rest; with it back, nothing turns into a placeholder
-    set_key(account, "fetch_flagged: false")
-    synced_ok(account)
 
 
 @pytest.mark.parametrize("archive", ["Archive", "Zarchive"])
