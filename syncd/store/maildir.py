@@ -68,15 +68,25 @@ class LocalEntry(NamedTuple):
     flags: Flags
 
 
-class HeaderInfo(NamedTuple):
-    """What pairing needs of a file the state does not know (see syncd.core.message)."""
-
+class _Identity(NamedTuple):
     message_id: str | None
     size: int  # as the server would count it: every bare LF is a CRLF there
     trace_bytes: int  # of ``size``: fields other tools add (X-TUID, Status, ...), CRLF counted
-    # The file is a placeholder (max_size; syncd.core.placeholder): the full message's size
-    # and where it is on the server.
-    placeholder: Original | None = None
+
+
+class HeaderInfo(_Identity):
+    """What pairing needs of a file the state does not know (see syncd.core.message): the
+    three-item identity, and ``placeholder`` besides it (not an item, so that the identity
+    compares and unpacks as it always has): for a placeholder (max_size,
+    syncd.core.placeholder) the full message's size and where it is on the server."""
+
+    placeholder: Original | None
+
+    def __new__(cls, message_id: str | None, size: int, trace_bytes: int,
+                placeholder: Original | None = None) -> HeaderInfo:
+        info = super().__new__(cls, message_id, size, trace_bytes)
+        info.placeholder = placeholder
+        return info
 
 
 # ---------------------------------------------------------------------------------------------
