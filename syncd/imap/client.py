@@ -942,9 +942,17 @@ class ImapSession:
     def copy_message(self, uid: int, target: str) -> tuple[int, int] | None:
         """UID COPY one message of the selected folder into ``target``: (UIDVALIDITY, UID) of
         the copy when the server says (COPYUID, UIDPLUS), else None."""
-        response = self.client.copy([uid], target)
-        match = _COPYUID.search(response if isinstance(response, bytes)
-                                else str(response).encode())
+        imap = wire.imaplib_of(self.client)
+        # imaplib's uid() answers with the untagged responses only; COPYUID is in the tagged.
+        typ, data = wire.simple_command(imap, "UID", "COPY", str(uid),
+                                        wire.folder_argument(self.client, target))
+        if typ != "OK":
+            from imapclient.exceptions import IMAPClientError
+
+            raise IMAPClientError(f"UID COPY to {target!r} refused: {data!r}")
+        wire.take_untagged(imap, "VANISHED")
+        response = b" ".join(d for d in data if isinstance(d, bytes))
+        match = _COPYUID.search(response)
         if match is None or "," in match.group(3).decode() or ":" in match.group(3).decode():
             return None
         return int(match.group(1)), int(match.group(3))

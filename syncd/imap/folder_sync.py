@@ -99,8 +99,9 @@ class FolderSync:
     def __init__(self, account: AccountSettings, state: StateStore, session: ImapSession,
                  options: SyncOptions, *, reporter: Reporter,
                  should_stop: Callable[[], bool], moved_into: set[str],
-                 untouched: list[FolderState], clock: Callable[[], float] = time.time
-                 ) -> None:
+                 untouched: list[FolderState], clock: Callable[[], float] = time.time,
+                 local_folders: Callable[[], list[tuple[str | None, MaildirFolder]]]
+                 | None = None) -> None:
         self.account = account
         self.state = state
         self.session = session
@@ -110,6 +111,8 @@ class FolderSync:
         self.moved_into = moved_into  # see FolderJob.moved_into
         self.untouched = untouched  # see record_folder
         self.clock = clock
+        # Every local folder of the account (see FolderJob.local_folders).
+        self.local_folders = local_folders
 
     def run(self, name: str, place: MaildirFolder, status: FolderStatus | None,
             result: FolderResult) -> None:
@@ -197,19 +200,6 @@ class FolderSync:
                             direction=keys.direction, delete=keys.delete,
                             max_size=keys.max_size, fetch_flagged=bool(keys.fetch_flagged))
 
-    def _local_folders(self) -> list[tuple[str | None, MaildirFolder]]:
-        """Every local folder of the account, with its server name where the state knows it
-        (where a mail reader may have moved a placeholder to)."""
-        from syncd.store.maildir import Maildir, MaildirFolder
-
-        known = {str(f.local_path): f.remote_name for f in self.state.folders()}
-        maildir = Maildir(self.account.maildir, self.account.layout)
-        found: list[tuple[str | None, MaildirFolder]] = []
-        for components in maildir.list_folders():
-            path = maildir.local_path(components)
-            found.append((known.get(str(path)), MaildirFolder(path)))
-        return found
-
     def _plan(self, name: str, view: FolderView, place: MaildirFolder,
               result: FolderResult) -> FolderPlan:
         # The planner is imported when a folder first needs a plan: a sync with nothing to do
@@ -250,7 +240,7 @@ class FolderSync:
                         self.should_stop, self.moved_into, snapshot.policy.direction,
                         bool(snapshot.untracked_uids or snapshot.untracked_keys
                              or snapshot.outside),
-                        view.info.uidvalidity, self._local_folders)
+                        view.info.uidvalidity, self.local_folders)
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
         # Untracked copies gone from their side need remembering no longer.

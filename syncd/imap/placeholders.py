@@ -304,22 +304,45 @@ def _moved_copies(job: FolderJob, uids: set[int]) -> Iterator[tuple]:
 
 def _copy_to(job: FolderJob, uid: int, dest: str, key: str, message_id: str | None,
              size: int) -> None:
-    """UID COPY from this (selected) folder into ``dest``; the copy paired there with the
-    moved placeholder when COPYUID names it under the UIDVALIDITY the state knows, with the
-    original's flags as the synced ones (the next sync of ``dest`` carries the file's own)."""
+    """UID COPY from this (selected) folder into ``dest``, behind an intent of ``dest`` (its
+    recovery finds the copy by Message-ID); the copy paired there with the moved placeholder
+    when COPYUID names it under the UIDVALIDITY the state knows, with the original's flags as
+    the synced ones (the next sync of ``dest`` carries the file's own)."""
     session, state = job.session, job.state
+    dstate = state.folder(dest)
+    assert dstate is not None  # dest comes from the state's folders
+    if any(i.op == "copy_original" and i.key == key for i in state.open_intents(dstate.id)) \
+            and _already_copied(job, dest, message_id):
+        return  # copied before a kill: dest's recovery pairs it
     flags = session.fetch_flags_of([uid]).get(uid, "")
+    [intent] = state.add_intents(dstate.id, "copy_original", [(None, key, flags, message_id)])
+    checkpoint("rescue.intent")
     copied = session.copy_message(uid, dest)
     checkpoint("rescue.copy")
-    dstate = state.folder(dest)
     log.info("%s/%s: placeholder of UID %d moved locally to %s: copied there on the server",
              job.account, job.fstate.remote_name, uid, dest)
     job.result.copied_originals += 1
-    if copied is None or dstate is None or dstate.uidvalidity != copied[0]:
-        return  # the next sync of dest pairs it by Message-ID and size
-    with contextlib.suppress(Exception):  # a clash: left to dest's own sync to settle
-        state.put_message(dstate.id, SyncedMessage(copied[1], key, flags, size, message_id,
-                                                   placeholder=True))
+    with state.transaction():
+        if copied is not None and dstate.uidvalidity == copied[0]:
+            state.put_message(dstate.id, SyncedMessage(copied[1], key, flags, size,
+                                                       message_id, placeholder=True))
+            state.clear_intents([intent])
+        # else: left open, for dest's recovery (by Message-ID) or its pairing by content
+    checkpoint("rescue.commit")
+
+
+def _already_copied(job: FolderJob, dest: str, message_id: str | None) -> bool:
+    """Whether ``dest`` has a message of this Message-ID its state does not know (a copy a
+    kill kept from being recorded); this folder selected again afterwards."""
+    if not message_id:
+        return False
+    dstate = job.state.folder(dest)
+    known = {m.uid for m in job.state.messages(dstate.id)} if dstate else set()
+    job.session.select(dest)
+    try:
+        return any(uid not in known for uid in job.session.search_message_id(message_id))
+    finally:
+        job.session.select(job.fstate.remote_name)
 
 
 # --- recovery ---------------------------------------------------------------------------------
@@ -329,7 +352,8 @@ def settle_intent(session: ImapSession, state: StateStore, fstate: FolderState,
     """What a kill left open of a placeholder step: the row to record, if any.
     "placeholder": delivered, not recorded: a placeholder row. "fetch_full": the file is the
     full message (renamed into place) or still the placeholder: the mark follows the file.
-    "copy_original": the copy may be on the server: found by its Message-ID."""
+    "copy_original" (also a rescue's, filed under its destination): the copy may be on the
+    server: found by its Message-ID."""
     key = intent.key
     if intent.op == "fetch_full" and key:
         with contextlib.suppress(FileNotFoundError):
@@ -352,8 +376,11 @@ def settle_intent(session: ImapSession, state: StateStore, fstate: FolderState,
         known = {m.uid for m in state.messages(fstate.id)}
         found = [uid for uid in session.search_message_id(intent.extra) if uid not in known]
         if found:
+            # The copy's flags as the base: those it has now (the original's, if the kill came
+            # before they were set to the file's), so the next merge carries the file's up.
+            uid = max(found)
             info = folder.header_info(key)
-            return SyncedMessage(max(found), key, normalize(intent.flags or ""),
+            return SyncedMessage(uid, key, session.fetch_flags_of([uid]).get(uid, ""),
                                  info.placeholder.size if info.placeholder else None,
                                  intent.extra, placeholder=True)
     return None
