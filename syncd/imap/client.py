@@ -132,6 +132,7 @@ _INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE_ITEM = re.compile(rb"RFC822\.SIZE (\d+)")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
+_COPYUID = re.compile(rb"\[COPYUID (\d+) (\S+) (\S+)\]", re.IGNORECASE)
 
 
 _INTERNALDATE = re.compile(
@@ -966,6 +967,53 @@ class ImapSession:
         match = _APPENDUID.search(response if isinstance(response, bytes)
                                   else str(response).encode())
         return int(match.group(2)) if match else None
+
+    def fetch_headers(self, uids: Sequence[int]
+                      ) -> dict[int, tuple[bytes, int, dt.datetime | None]]:
+        """UID -> (header block, RFC822.SIZE, INTERNALDATE) of the selected folder's messages
+        (BODY.PEEK[HEADER]: a placeholder's makings, without the body). Messages no longer
+        there are absent."""
+        found: dict[int, tuple[bytes, int, dt.datetime | None]] = {}
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            response = self._fetch(format_uid_set(chunk),
+                                   ["RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER]"])
+            for uid, data in response.items():
+                header = data.get(b"BODY[HEADER]")
+                if not isinstance(header, bytes):
+                    continue
+                size = int(data.get(b"RFC822.SIZE", 0))  # type: ignore[call-overload]
+                date = data.get(b"INTERNALDATE")
+                found[uid] = (header, size, date if isinstance(date, dt.datetime) else None)
+        return found
+
+    def fetch_flags_of(self, uids: Sequence[int]) -> dict[int, Flags]:
+        """UID -> flags of these messages of the selected folder (absent: not there)."""
+        response = self._fetch(format_uid_set(sorted(uids)), ["FLAGS"])
+        return {uid: flagmap.from_imap(data.get(b"FLAGS", ()))  # type: ignore[arg-type]
+                for uid, data in response.items() if uid in uids}
+
+    def copy_message(self, uid: int, target: str) -> tuple[int, int] | None:
+        """UID COPY one message of the selected folder into ``target``: (UIDVALIDITY, UID) of
+        the copy when the server says (COPYUID, UIDPLUS), else None."""
+        imap = wire.imaplib_of(self.client)
+        # imaplib's uid() answers with the untagged responses only; COPYUID is in the tagged.
+        typ, data = wire.simple_command(imap, "UID", "COPY", str(uid),
+                                        wire.folder_argument(self.client, target))
+        if typ != "OK":
+            from imapclient.exceptions import IMAPClientError
+
+            raise IMAPClientError(f"UID COPY to {target!r} refused: {data!r}")
+        wire.take_untagged(imap, "VANISHED")
+        response = b" ".join(d for d in data if isinstance(d, bytes))
+        match = _COPYUID.search(response)
+        if match is None or "," in match.group(3).decode() or ":" in match.group(3).decode():
+            return None
+        return int(match.group(1)), int(match.group(3))
+
+    def replace_flags(self, uid: int, flags: Flags) -> None:
+        """UID STORE FLAGS.SILENT: the selected folder's message ``uid`` gets exactly
+        ``flags`` (a copy made with the original's flags takes the local file's)."""
+        self.client.set_flags([uid], flagmap.to_imap(flags), silent=True)
 
     def search_message_id(self, message_id: str) -> list[int]:
         return list(self.client.search(["HEADER", "Message-ID", message_id]))
