@@ -747,6 +747,22 @@ class ImapSession:
                     else frozenset())
         return FlagChanges(flags=flags, vanished=vanished)
 
+    def fetch_flags_of(self, uids: Iterable[int]) -> dict[int, Flags]:
+        """UID -> flags of just these messages of the selected folder (a window's, a
+        placeholder's original), in chunks; those the server no longer has are absent, and so
+        are unsolicited updates of other UIDs."""
+        wanted = set(uids)
+        flags: dict[int, Flags] = {}
+        for chunk in _chunks(sorted(wanted), UID_SET_CHUNK):
+            uid_set = format_uid_set(chunk)
+            found = _flags_from(self._fetch_records(uid_set, "(UID FLAGS)"))
+            if found is None:
+                found = {uid: flagmap.from_imap(data.get(b"FLAGS", ()))
+                         for uid, data in self._fetch(uid_set, ["FLAGS"]).items()
+                         if b"FLAGS" in data}
+            flags.update((uid, f) for uid, f in found.items() if uid in wanted)
+        return flags
+
     def _take_vanished(self) -> frozenset[int]:
         return _vanished_from(wire.take_untagged(wire.imaplib_of(self.client), "VANISHED") or [])
 
@@ -985,12 +1001,6 @@ class ImapSession:
                 date = data.get(b"INTERNALDATE")
                 found[uid] = (header, size, date if isinstance(date, dt.datetime) else None)
         return found
-
-    def fetch_flags_of(self, uids: Sequence[int]) -> dict[int, Flags]:
-        """UID -> flags of these messages of the selected folder (absent: not there)."""
-        response = self._fetch(format_uid_set(sorted(uids)), ["FLAGS"])
-        return {uid: flagmap.from_imap(data.get(b"FLAGS", ()))  # type: ignore[arg-type]
-                for uid, data in response.items() if uid in uids}
 
     def copy_message(self, uid: int, target: str) -> tuple[int, int] | None:
         """UID COPY one message of the selected folder into ``target``: (UIDVALIDITY, UID) of

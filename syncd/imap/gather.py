@@ -225,6 +225,21 @@ class FirstSync(NamedTuple):
     on_server: int
 
 
+def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec
+                  ) -> tuple[dict[int, RemoteMessage], set[int]]:
+    """The view of a windowed folder without reading what is outside the window: every UID
+    (UID SEARCH ALL: a number each, no flags), the window among them, and flags of just those.
+    Outside UIDs appear with no flags: the planner asks of them only whether they are there
+    (parked, never flag-synced). A UID gone between the SEARCH and the FETCH counts as gone,
+    never as a message whose flags were all removed."""
+    present = session.search_all_uids() if info.exists else set()
+    inside = window_uids(session, present, spec) if present else set()
+    flags = session.fetch_flags_of(inside) if inside else {}
+    gone = inside - flags.keys()
+    view = {uid: RemoteMessage(uid, flags.get(uid, "")) for uid in present if uid not in gone}
+    return view, inside - gone
+
+
 def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
                         ) -> FirstSync:
     """EXAMINE the folder; count and size the messages inside the window (all without one).
@@ -241,13 +256,19 @@ def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
 def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],
                   spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool
                   ) -> tuple[dict[int, RemoteMessage], frozenset[int] | None]:
-    """The server's view under a window, and the UIDs inside it (None: no window). Every UID's
-    flags (UID FETCH 1:* FLAGS); the window from UID SEARCH SINCE (max_age) and the newest
-    UIDs (max_messages); sizes and Message-IDs of new messages inside it, or of every new one
-    with ``pair_outside``. New messages outside it are left out of the view altogether."""
-    full = session.fetch_flags() if info.exists else None
-    view = {uid: RemoteMessage(uid, flags) for uid, flags in (full.flags.items() if full else ())}
-    inside = None if spec is None else window_uids(session, view, spec)
+    """The server's view under a window, and the UIDs inside it (None: no window). The window
+    from UID SEARCH SINCE (max_age) and the newest UIDs (max_messages), flags only of what is
+    inside it (see _window_flags); every UID's flags (UID FETCH 1:* FLAGS) when there is no
+    window (pairs parked by an earlier one) or new messages outside it are to be paired with
+    local files; sizes and Message-IDs of new messages inside it, or of every new one with
+    ``pair_outside``. New messages outside it are left out of the view altogether."""
+    if spec is not None and not pair_outside:
+        view, inside = _window_flags(session, info, spec)
+    else:
+        full = session.fetch_flags() if info.exists else None
+        view = {uid: RemoteMessage(uid, flags)
+                for uid, flags in (full.flags.items() if full else ())}
+        inside = None if spec is None else window_uids(session, view, spec)
     new_uids = [uid for uid in view if uid not in known]
     wanted = [uid for uid in new_uids if pair_outside or inside is None or uid in inside]
     if len(wanted) != len(new_uids):

@@ -333,3 +333,41 @@ def test_a_no_change_sync_under_a_policy_stays_cheap(dovecot: Dovecot, user: Use
     dovecot.append(user, "INBOX", make_message(9))
     out = synced_ok(account)
     assert "+1 down" in out, out
+
+
+def _uid_bounds(text: str) -> list[tuple[int, int]]:
+    """A UID set's ranges as (low, high) ("3:9,12" -> [(3, 9), (12, 12)]); never expanded."""
+    bounds = []
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        bounds.append((int(low), int(high or low)))
+    return bounds
+
+
+def test_a_windowed_folder_reads_no_flags_outside_its_window(dovecot: Dovecot, user: User,
+                                                             tmp_path: Path) -> None:
+    """Messages outside the window are known by UID alone (UID SEARCH): their flags are never
+    fetched, so a big archive under a small window costs a number per message, not a FETCH."""
+    now = time.time()
+    for i in range(30):  # old: outside the window
+        dovecot.append(user, "INBOX", make_message(i), "\\Seen", date=now - (400 - i) * 86400)
+    for i in range(30, 33):  # recent: UIDs 31..33 (message i has UID i + 1)
+        dovecot.append(user, "INBOX", make_message(i), "", date=now - (33 - i) * 86400)
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 30d\n")
+    out = synced_ok(account)
+    assert "+3 down" in out, out
+    # A local flag change makes the folder sync in full (not the no-change path).
+    rename_flags(with_needle(account, "INBOX", b"test message 31 in"), "S")
+    time.sleep(0.01)
+    rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
+    assert rc == 0, out + err
+    # (a CHANGEDSINCE fetch, which reads only what changed, may ride along with the SELECT)
+    flag_fetches = re.findall(r"> b'\w+ UID FETCH (\S+) \((?:UID )?FLAGS\)'", err)
+    assert flag_fetches, err
+    for uid_set in flag_fetches:
+        assert "*" not in uid_set, flag_fetches
+        assert all(31 <= low <= high <= 33 for low, high in _uid_bounds(uid_set)), flag_fetches
+    assert (lf(make_message(31)), "S") in server_state(dovecot, user, "INBOX")
+    assert len(dovecot.messages(user, "INBOX")) == 33
+    out = synced_ok(account)
+    assert "+0 down +0 up -0" in out, out
