@@ -19,7 +19,7 @@ from tests.faults.faultlib import SECRETS, make_account
 from tests.faults.hostile import Msg
 from tests.faults.limited import LimitedImapServer
 from tests.support.dovecot import Dovecot, User, make_message
-from tests.support.syncd_env import Account, local_files, run_cli
+from tests.support.syncd_env import Account, local_files, synced_ok
 
 
 @pytest.fixture
@@ -44,12 +44,6 @@ def account_for(tmp_path: Path, dovecot: Dovecot, server: LimitedImapServer) -> 
                 maildir=tmp_path / "nohome")
     return make_account(tmp_path, dovecot, user, port=server.port, timeout="5s",
                         name="victim")
-
-
-def synced_ok(account: Account) -> str:
-    rc, out, err = run_cli("--config", str(account.config), "sync")
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def local_flags(account: Account) -> dict[bytes, str]:

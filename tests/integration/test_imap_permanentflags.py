@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import Dovecot, HarnessError, make_message
-from tests.support.syncd_env import Account, local_files, sync, write_config
+from tests.support.dovecot import Dovecot, make_message, running
+from tests.support.syncd_env import Account, local_files, synced_ok, write_config
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +24,8 @@ def acl_dovecot(dovecot_workroot: Path) -> Iterator[Dovecot]:
     acl.chmod(0o644)
     extra = (f"mail_plugins = $mail_plugins acl\nprotocol imap {{\n"
              f"  mail_plugins = $mail_plugins imap_acl\n}}\nplugin {{\n  acl = vfile:{acl}\n}}\n")
-    dc = Dovecot(root / "dc", extra_conf=extra)
-    try:
-        dc.start()
-    except HarnessError as exc:
-        pytest.fail(f"cannot start the test Dovecot: {exc}", pytrace=False)
-    try:
+    with running(Dovecot(root / "dc", extra_conf=extra)) as dc:
         yield dc
-    finally:
-        dc.stop()
-
-
-def synced_ok(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def local_flags(account: Account) -> dict[bytes, str]:

@@ -1300,6 +1300,28 @@ class Dovecot:
 
 # Run by the watchdog process (python -I -S -c): argv = master PID, its start time, the title
 # prefix of the instance's processes. Waits for EOF on stdin, then stops what is left.
+def start_or_fail(dc: Dovecot) -> Dovecot:
+    """``dc`` started; if it cannot start, the test fails saying why (never a skip: `make
+    deps` installs Dovecot)."""
+    import pytest
+
+    try:
+        dc.start()
+    except HarnessError as exc:
+        pytest.fail(f"cannot start the test Dovecot: {exc}", pytrace=False)
+    return dc
+
+
+@contextlib.contextmanager
+def running(dc: Dovecot) -> Iterator[Dovecot]:
+    """``dc`` started (see start_or_fail) and stopped at the end: a fixture's body."""
+    start_or_fail(dc)
+    try:
+        yield dc
+    finally:
+        dc.stop()
+
+
 _WATCHDOG = r"""
 import os, signal, sys, time
 

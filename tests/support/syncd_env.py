@@ -93,6 +93,13 @@ def sync(account: Account, *args: str) -> tuple[int, str, str]:
     return run_cli("--config", str(account.config), "sync", *args)
 
 
+def synced_ok(account: Account, *args: str) -> str:
+    """`syncd sync` that must succeed; its output."""
+    rc, out, err = sync(account, *args)
+    assert rc == 0, f"sync failed ({rc}): {out}{err}"
+    return out
+
+
 def run_subprocess(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "syncd", *argv], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
