@@ -326,31 +326,10 @@ def test_unset_variable_in_path_is_an_error() -> None:
 
 
 def test_unknown_account_key_suggests_the_close_one() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            poll_intervall: 5m
-    """)
-    assert err.key == "accounts.work.poll_intervall"
-    assert err.line == 6
+    err = error(account("poll_intervall: 5m"))
     assert "did you mean 'poll_interval'?" in str(err)
     assert str(err).startswith("config error: line 6: accounts.work.poll_intervall: ")
-
-
-def test_unknown_key_far_from_everything_has_no_suggestion() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            zzzzzz: 1
-    """)
-    assert (err.key, err.line) == ("accounts.work.zzzzzz", 6)
-    assert "did you mean" not in str(err)
+    assert "did you mean" not in str(error(account("zzzzzz: 1")))
 
 
 @pytest.mark.parametrize(("text", "key", "line", "suggestion"), [
@@ -378,60 +357,55 @@ def test_keys_at_the_wrong_level_get_a_hint() -> None:
     """)
     assert (err.key, err.line) == ("general.poll_interval", 2)
     assert "per-account setting" in str(err)
-    err = error("""
-        accounts:
-          a:
-            protocol: imap
-            host: h
-            username: u
-            state_dir: /x
-    """)
-    assert (err.key, err.line) == ("accounts.a.state_dir", 6)
-    assert "move it under general" in str(err)
 
 
 def test_a_password_key_is_refused_without_echoing_it() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            password: hunter2-secret
-    """)
+    err = error(account("password: hunter2-secret"))
     assert (err.key, err.line) == ("accounts.work.password", 6)
     assert "password_command" in str(err)
     assert "hunter2-secret" not in str(err)
 
 
-@pytest.mark.parametrize(("line_text", "key", "expect"), [
-    ("port: abc", "port", "must be a whole number (got 'abc')"),
-    ("port: 99999", "port", "less than or equal to 65535"),
-    ("port: true", "port", "not a boolean"),
-    ("connections: 9", "connections", "less than or equal to 8"),
-    ("connections: 0", "connections", "greater than or equal to 1"),
-    ("allow_insecure: maybe", "allow_insecure", "must be true or false (got 'maybe')"),
-    ("tls: startls", "tls", "did you mean 'starttls'?"),
-    ("tls: off", "tls", "must be 'implicit', 'starttls' or 'none' (got 'off')"),
-    ("layout: maildirpp", "layout", "must be 'verbatim' or 'maildir++'"),
-    ("poll_interval: 5x", "poll_interval", "invalid duration '5x'"),
-    ("poll_interval: 0", "poll_interval", "greater than 0"),
-    ("timeout: soon", "timeout", "invalid duration 'soon'"),
-    ("idle: {INBOX: 1}", "idle", "must be a list, not a mapping"),
-    ("folders: [INBOX]", "folders", "must be a mapping"),
-    ("trash_folder: ''", "trash_folder", "must not be empty"),
+# One key wrong in an account of that protocol: its key and line are named.
+@pytest.mark.parametrize(("protocol", "lines", "key", "expect"), [
+    ("imap", ["port: abc"], "port", "must be a whole number (got 'abc')"),
+    ("imap", ["port: 99999"], "port", "less than or equal to 65535"),
+    ("imap", ["port: true"], "port", "not a boolean"),
+    ("imap", ["connections: 9"], "connections", "less than or equal to 8"),
+    ("imap", ["connections: 0"], "connections", "greater than or equal to 1"),
+    ("imap", ["allow_insecure: maybe"], "allow_insecure", "must be true or false (got 'maybe')"),
+    ("imap", ["tls: startls"], "tls", "did you mean 'starttls'?"),
+    ("imap", ["tls: off"], "tls", "must be 'implicit', 'starttls' or 'none' (got 'off')"),
+    ("imap", ["layout: maildirpp"], "layout", "must be 'verbatim' or 'maildir++'"),
+    ("imap", ["poll_interval: 5x"], "poll_interval", "invalid duration '5x'"),
+    ("imap", ["poll_interval: 0"], "poll_interval", "greater than 0"),
+    ("imap", ["timeout: soon"], "timeout", "invalid duration 'soon'"),
+    ("imap", ["idle: {INBOX: 1}"], "idle", "must be a list, not a mapping"),
+    ("imap", ["folders: [INBOX]"], "folders", "must be a mapping"),
+    ("imap", ["trash_folder: ''"], "trash_folder", "must not be empty"),
+    ("imap", ["zzzzzz: 1"], "zzzzzz", "unknown key"),
+    ("imap", ["state_dir: /x"], "state_dir", "move it under general"),
+    ("imap", ["direction: pul"], "direction", "did you mean 'pull'?"),
+    ("imap", ["delete: never"], "delete", "must be 'both', 'pull', 'push' or 'none'"),
+    ("imap", ["create_folders: yes"], "create_folders",
+     "must be 'both', 'server', 'local' or 'none'"),
+    ("imap", ["folder_settings: [Archive]"], "folder_settings", "must be a mapping"),
+    ("imap", ["max_age: soon"], "max_age", "invalid duration 'soon'"),
+    ("imap", ["max_messages: 0"], "max_messages", "greater than or equal to 1"),
+    ("imap", ["max_size: 10MB"], "max_size", "unknown key"),
+    ("imap", ["leave_on_server: true"], "leave_on_server", "'leave_on_server' is a POP3 option"),
+    ("imap", ["direction: pull", "save_sent: always"], "save_sent", "direction: pull"),
+    ("pop3", ["idle: [INBOX]"], "idle", "'idle' is an IMAP option"),
+    ("pop3", ["direction: pull"], "direction", "'direction' is an IMAP option"),
+    ("imap", ["folder_settings:", '  "Archive*": {direction: sideways}'],
+     "folder_settings.Archive*.direction", "must be"),
+    ("imap", ["folder_settings:", '  "Archive*":', "    direction: pull", "    max_size: 10MB"],
+     "folder_settings.Archive*.max_size", "unknown key"),
 ])
-def test_wrong_values_name_key_and_line(line_text: str, key: str, expect: str) -> None:
-    err = error(f"""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            {line_text}
-    """)
-    assert err.key == f"accounts.work.{key}"
-    assert err.line == 6
+def test_one_wrong_key_is_named_with_its_line(protocol: str, lines: list[str], key: str,
+                                              expect: str) -> None:
+    err = error(account(*lines, protocol=protocol))
+    assert (err.key, err.line) == (f"accounts.work.{key}", 5 + len(lines))
     assert expect in str(err)
 
 
@@ -882,32 +856,6 @@ def test_sync_policy_defaults_and_folder_settings() -> None:
     assert tuple(archive) == ("push", "none", "both", None, None)
     other = work.folder_policy(lambda p: p == "*")
     assert tuple(other) == ("pull", "none", "local", None, None)
-
-
-# One key wrong in an account of that protocol (the sixth line): its key and line are named.
-@pytest.mark.parametrize(("protocol", "lines", "key", "expect"), [
-    ("imap", ["direction: pul"], "direction", "did you mean 'pull'?"),
-    ("imap", ["delete: never"], "delete", "must be 'both', 'pull', 'push' or 'none'"),
-    ("imap", ["create_folders: yes"], "create_folders",
-     "must be 'both', 'server', 'local' or 'none'"),
-    ("imap", ["folder_settings: [Archive]"], "folder_settings", "must be a mapping"),
-    ("imap", ["max_age: soon"], "max_age", "invalid duration 'soon'"),
-    ("imap", ["max_messages: 0"], "max_messages", "greater than or equal to 1"),
-    ("imap", ["max_size: 10MB"], "max_size", "unknown key"),
-    ("imap", ["leave_on_server: true"], "leave_on_server", "'leave_on_server' is a POP3 option"),
-    ("imap", ["direction: pull", "save_sent: always"], "save_sent", "direction: pull"),
-    ("pop3", ["idle: [INBOX]"], "idle", "'idle' is an IMAP option"),
-    ("pop3", ["direction: pull"], "direction", "'direction' is an IMAP option"),
-    ("imap", ["folder_settings:", '  "Archive*": {direction: sideways}'],
-     "folder_settings.Archive*.direction", "must be"),
-    ("imap", ["folder_settings:", '  "Archive*":', "    direction: pull", "    max_size: 10MB"],
-     "folder_settings.Archive*.max_size", "unknown key"),
-])
-def test_one_wrong_key_is_named_with_its_line(protocol: str, lines: list[str], key: str,
-                                              expect: str) -> None:
-    err = error(account(*lines, protocol=protocol))
-    assert (err.key, err.line) == (f"accounts.work.{key}", 5 + len(lines))
-    assert expect in str(err)
 
 
 def test_windows_per_account_and_folder() -> None:
