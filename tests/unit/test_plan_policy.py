@@ -387,3 +387,22 @@ def test_a_local_copy_of_a_message_outside_the_window_is_parked_not_uploaded() -
     assert actions == (Download(1, "F", size=10, pair_candidates=("k1",), pair_only=True,
                                 outside=True),
                        Upload("k1", "S", unless_paired=True))
+
+
+@pytest.mark.parametrize("with_id", [False, True])
+def test_a_local_copy_of_an_old_message_outside_the_window_is_not_uploaded_again(
+        with_id: bool) -> None:
+    # Found by WindowMachine on the real sync path: after the first sync, new server messages
+    # outside the window were left out of the server's view, so a local copy of one (a file
+    # syncd does not know yet) was uploaded a second time.
+    machine = WindowMachine()
+    try:
+        machine.configure_policy(trash=None, direction="both", delete="both")
+        machine.server_add(flags="", with_id=with_id)
+        machine.sync(confirm=False)
+        machine.set_window(newest=1)
+        machine.both_add(local_flags="", server_flags="", tuid=False, with_id=with_id)
+        machine.both_add(local_flags="", server_flags="", tuid=False, with_id=with_id)
+        machine.sync(confirm=False)  # checks: nothing duplicated, the copy parked
+    finally:
+        machine.teardown()
