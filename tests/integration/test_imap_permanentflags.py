@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dovecot import Dovecot, make_message, running
-from tests.support.syncd_env import Account, local_files, synced_ok, write_config
+from tests.support.syncd_env import Account, flags_by_subject, local_files, synced_ok, write_config
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,7 @@ def acl_dovecot(dovecot_workroot: Path) -> Iterator[Dovecot]:
 
 def local_flags(account: Account) -> dict[bytes, str]:
     """Subject line -> local flags."""
-    found = {}
-    for flags, path in local_files(account.folder_dir("INBOX")):
-        subject = next(line for line in path.read_bytes().split(b"\n")
-                       if line.startswith(b"Subject:"))
-        found[subject] = flags
-    return found
+    return flags_by_subject(account.folder_dir("INBOX"))
 
 
 def test_permanentflags_without_keywords(acl_dovecot: Dovecot, tmp_path: Path) -> None:

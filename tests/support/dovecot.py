@@ -737,16 +737,8 @@ class Dovecot:
         self._watchdog_fd = write_end
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog_fd is not None:
-            os.close(self._watchdog_fd)  # EOF: it finds nothing left to stop and exits
-            self._watchdog_fd = None
-        if self._watchdog is not None:
-            try:
-                self._watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self._watchdog.kill()
-                self._watchdog.wait()
-            self._watchdog = None
+        stop_watchdog(self._watchdog_fd, self._watchdog)
+        self._watchdog_fd = self._watchdog = None
 
     def _serving(self) -> bool:
         """All four ports listen, and imap-login answers with a greeting."""
@@ -1300,6 +1292,19 @@ class Dovecot:
 
 # Run by the watchdog process (python -I -S -c): argv = master PID, its start time, the title
 # prefix of the instance's processes. Waits for EOF on stdin, then stops what is left.
+def stop_watchdog(fd: int | None, watchdog: subprocess.Popen[bytes] | None) -> None:
+    """End a process group's watchdog: close its pipe (EOF: it finds nothing left to stop and
+    exits), then reap it (killed if it lingers)."""
+    if fd is not None:
+        os.close(fd)
+    if watchdog is not None:
+        try:
+            watchdog.wait(10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
+
+
 def start_or_fail(dc: Dovecot) -> Dovecot:
     """``dc`` started; if it cannot start, the test fails saying why (never a skip: `make
     deps` installs Dovecot)."""

@@ -125,6 +125,16 @@ def local_files(folder_dir: Path) -> list[tuple[str, Path]]:
     return result
 
 
+def flags_by_subject(folder_dir: Path) -> dict[bytes, str]:
+    """Subject line -> local flags of the message files in a Maildir folder."""
+    found = {}
+    for flags, path in local_files(folder_dir):
+        subject = next(line for line in path.read_bytes().split(b"\n")
+                       if line.startswith(b"Subject:"))
+        found[subject] = flags
+    return found
+
+
 def server_state(dovecot: Dovecot, user: User, folder: str) -> Counter[tuple[bytes, str]]:
     messages = dovecot.messages(user, folder)
     return Counter(

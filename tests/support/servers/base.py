@@ -46,6 +46,7 @@ from tests.support.dovecot import (
     fetch_uid_flags,
     imap_utf7_encode,
     list_entries,
+    stop_watchdog,
 )
 
 HOST = "127.0.0.1"
@@ -324,16 +325,8 @@ class ImapServer:
         self._watchdog_fd = write_end
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog_fd is not None:
-            os.close(self._watchdog_fd)
-            self._watchdog_fd = None
-        if self._watchdog is not None:
-            try:
-                self._watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self._watchdog.kill()
-                self._watchdog.wait()
-            self._watchdog = None
+        stop_watchdog(self._watchdog_fd, self._watchdog)
+        self._watchdog_fd = self._watchdog = None
 
     def __enter__(self) -> ImapServer:
         return self.start()
