@@ -21,7 +21,9 @@ from syncd.errors import AccountError, ConfigError, SyncdError, UsageError
 from syncd.locks import AccountBusy, AccountLock
 
 if TYPE_CHECKING:
+    from syncd.config.init import AccountAnswers
     from syncd.config.load import AccountSettings, Settings
+    from syncd.config.presets import AccountPreset
     from syncd.imap.nochange import Probe
     from syncd.outcome.results import AccountResult
 
@@ -42,175 +44,187 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # prog given: argparse would otherwise build a help formatter (and import shutil) for it.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="syncd")
 
-    def wanted(command: str) -> bool:
-        return only is None or only == command
-
-    if wanted("sync"):
-        p = sub.add_parser("sync", help="one full sync of every (or the named) account, then exit",
-                           description="One full sync of every (or the named) account, then exit. "
-                           "Progress bars on a terminal, quiet otherwise.")
-        p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
-        p.add_argument("--dry-run", action="store_true",
-                       help="print what would be done (per folder) and change nothing anywhere")
-        p.add_argument("--force-deletions", action="store_true",
-                       help="confirm a mass deletion the safety guard refused to propagate")
-
-    if wanted("run"):
-        sub.add_parser("run", help="the daemon: IDLE, polling and watching until SIGTERM",
-                       description="Run as a daemon (IDLE, polling, filesystem watching). "
-                       "SIGTERM/SIGINT stop it, SIGHUP reloads the config.")
-
-    if wanted("status"):
-        p = sub.add_parser("status", help="last sync, errors, counts and pending changes",
-                           description="Per account and folder: last successful sync, last error, "
-                           "message counts, pending local changes. Works while the daemon runs.")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    if wanted("check"):
-        p = sub.add_parser("check", help="validate the config, log in, list folders",
-                           description="Validate the config, then connect and log in to each "
-                           "account and list its folders; say precisely what is wrong.")
-        p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
-
-    if wanted("password"):
-        p = sub.add_parser("password", help="manage stored passwords",
-                           description="Manage passwords stored in the system keyring.")
-        psub = p.add_subparsers(dest="password_command", metavar="ACTION")
-        ps = psub.add_parser("set", help="store an account's password in the keyring (prompted)",
-                             description="Store the account's password in the system keyring "
-                             "(service 'syncd', user = account name). Prompted, never echoed.")
-        ps.add_argument("account", metavar="ACCOUNT")
-
-    if wanted("auth"):
-        p = sub.add_parser("auth", help="sign in to an OAuth2 account (Microsoft 365, Gmail, ...)",
-                           description="Sign in to an account with `auth: oauth2` and keep the "
-                           "refresh token in the system keyring (service 'syncd', user "
-                           "'ACCOUNT:oauth2'). The default flow is the provider's: a device code "
-                           "(open a URL on any device and enter a code; works on a headless "
-                           "machine) for Microsoft, the browser for Google.")
-        p.add_argument("account", metavar="ACCOUNT")
-        flow = p.add_mutually_exclusive_group()
-        flow.add_argument("--browser", action="store_true",
-                          help="sign in with a browser (redirect to 127.0.0.1 on a random port, "
-                          "PKCE)")
-        flow.add_argument("--device", action="store_true",
-                          help="sign in with a device code (prints a URL and a code)")
-        p.add_argument("--no-check", action="store_true",
-                       help="do not log in to the server afterwards")
-
-    if wanted("init"):
-        p = sub.add_parser("init", help="add an account to the config (asks, or takes flags)",
-                           description="Add an account to the config file (created if missing; "
-                           "an existing file keeps its comments), then run `check` on it. "
-                           "Asks the few questions needed, or takes flags. Known providers "
-                           "(presets) fill in the servers; for other domains imap.DOMAIN, "
-                           "pop.DOMAIN and smtp.DOMAIN are guessed.")
-        p.add_argument("address", nargs="?", metavar="ADDRESS",
-                       help="the email address (the same as --email); its servers are found "
-                       "by presets, Thunderbird autoconfig, DNS SRV records (RFC 6186) and "
-                       "the MX host's provider")
-        p.add_argument("--name", help="account name (default: from the address's domain)")
-        p.add_argument("--email", help="the account's email address")
-        p.add_argument("--no-discover", action="store_true",
-                       help="do not look on the network for the servers (presets and the "
-                       "imap.DOMAIN guess only)")
-        # A metavar, or argparse lists the choices (importing the presets) for every command.
-        p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
-                       help="provider preset: %(choices)s (default: guessed from the address)")
-        p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
-        p.add_argument("--username", help="login name (default: the email address)")
-        p.add_argument("--host", help="mail server (instead of a preset or the guess)")
-        p.add_argument("--port", type=int)
-        p.add_argument("--tls", choices=("implicit", "starttls"))
-        p.add_argument("--tls-ca-file", metavar="FILE", help="trust this CA too")
-        p.add_argument("--smtp-host", help="SMTP server for mutt-config")
-        p.add_argument("--auth", choices=("password", "oauth2"))
-        p.add_argument("--password-command", metavar="CMD",
-                       help="command printing the password (default: the keyring)")
-        p.add_argument("--client-id", help="OAuth2 application (client) ID")
-        p.add_argument("--client-secret", help="OAuth2 client secret (Google)")
-        p.add_argument("--tenant", help="Microsoft tenant (default: from the preset)")
-        p.add_argument("--non-interactive", action="store_true",
-                       help="ask nothing: use the flags and the guesses")
-        p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
-
-    if wanted("adopt"):
-        p = sub.add_parser("adopt", help="take over a Maildir that mbsync or offlineimap syncs",
-                           description="Take over a Maildir that another tool has been "
-                           "syncing, with no message downloaded again: files are paired by "
-                           "the UIDs in their names and the tool's state (UIDVALIDITY "
-                           "checked), else left to pairing by content. File names are left "
-                           "alone. Reads the server's flags only; writes syncd's state in one "
-                           "transaction; refuses, changing nothing, if the tool's state "
-                           "disagrees with the server.")
-        p.add_argument("account", metavar="ACCOUNT")
-        p.add_argument("--from", dest="tool", choices=("mbsync", "offlineimap", "auto"),
-                       default="auto", help="the tool that synced the Maildir (default: auto)")
-        p.add_argument("--rc", metavar="FILE", type=Path,
-                       help="the tool's config (default ~/.mbsyncrc or ~/.offlineimaprc): "
-                       "where its state is")
-        p.add_argument("--dry-run", action="store_true", help="say what would be adopted; "
-                       "write nothing")
-
-    if wanted("import"):
-        p = sub.add_parser("import", help="add the accounts of ~/.mbsyncrc or ~/.offlineimaprc",
-                           description="Read mbsync's or offlineimap's config and add the "
-                           "equivalent accounts to syncd's config (an existing account is "
-                           "never overwritten); name every setting that cannot be carried "
-                           "over.")
-        p.add_argument("tool", choices=("mbsync", "offlineimap"))
-        p.add_argument("file", nargs="?", type=Path, metavar="FILE",
-                       help="default ~/.mbsyncrc / ~/.offlineimaprc")
-        p.add_argument("--dry-run", action="store_true",
-                       help="print the accounts; change no file")
-
-    if wanted("fetch"):
-        p = sub.add_parser("fetch", help="replace placeholders with the full messages",
-                           description="Replace each placeholder FILE (a message bigger than "
-                           "max_size, mirrored as its headers) with the full message, in "
-                           "place: same folder, same file name and flags. Works beside a "
-                           "running daemon.")
-        p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-
-    if wanted("prune"):
-        p = sub.add_parser("prune", help="remove local copies outside the window",
-                           description="Remove the local copies of messages that max_age or "
-                           "max_messages left outside the window at the last sync. Locally "
-                           "only: the server is never touched. Needs the account's lock (stop "
-                           "the daemon first).")
-        p.add_argument("account", metavar="ACCOUNT")
-        p.add_argument("--dry-run", action="store_true",
-                       help="list what would be removed; remove nothing")
-
-    if wanted("mutt-config"):
-        p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
-                           description="Print neomutt settings for an account's Maildir: folder, "
-                           "spoolfile, mailboxes for every synced folder, record/postponed/trash "
-                           "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
-                           "`syncd check`), and smtp_url.")
-        p.add_argument("account", metavar="ACCOUNT")
-
-    if wanted("systemd-unit"):
-        p = sub.add_parser("systemd-unit", help="write the systemd user unit for this config",
-                           description="Write ~/.config/systemd/user/syncd.service: the daemon "
-                           "as a hardened user service that may write only the config's "
-                           "maildirs, its state and its cache (created now if missing). Re-run "
-                           "it after changing those paths. A unit syncd did not write is not "
-                           "overwritten without --force.")
-        p.add_argument("--print", action="store_true", dest="print_only",
-                       help="print the unit on stdout; write and create nothing")
-        p.add_argument("--force", action="store_true",
-                       help="replace a unit that syncd did not write")
-
-    if wanted("send"):
-        # Parsed by syncd.smtp.sendmail (sendmail's options); listed here for --help.
-        sub.add_parser("send", help="queue a message from stdin (sendmail-compatible)",
-                       description="syncd send [-t] [-i] [-oi] [-f ADDR] [-F NAME] "
-                       "[--account NAME] [--] [RCPT ...] < message")
-
-    if wanted("outbox"):
-        _outbox_parser(sub)
+    for command, add_parser in _COMMAND_PARSERS.items():
+        if only is None or only == command:
+            add_parser(sub)
     return parser
+
+
+def _sync_parser(sub: Any) -> None:
+    p = sub.add_parser("sync", help="one full sync of every (or the named) account, then exit",
+                       description="One full sync of every (or the named) account, then exit. "
+                       "Progress bars on a terminal, quiet otherwise.")
+    p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be done (per folder) and change nothing anywhere")
+    p.add_argument("--force-deletions", action="store_true",
+                   help="confirm a mass deletion the safety guard refused to propagate")
+
+
+def _run_parser(sub: Any) -> None:
+    sub.add_parser("run", help="the daemon: IDLE, polling and watching until SIGTERM",
+                   description="Run as a daemon (IDLE, polling, filesystem watching). "
+                   "SIGTERM/SIGINT stop it, SIGHUP reloads the config.")
+
+
+def _status_parser(sub: Any) -> None:
+    p = sub.add_parser("status", help="last sync, errors, counts and pending changes",
+                       description="Per account and folder: last successful sync, last error, "
+                       "message counts, pending local changes. Works while the daemon runs.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _check_parser(sub: Any) -> None:
+    p = sub.add_parser("check", help="validate the config, log in, list folders",
+                       description="Validate the config, then connect and log in to each "
+                       "account and list its folders; say precisely what is wrong.")
+    p.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+
+
+def _password_parser(sub: Any) -> None:
+    p = sub.add_parser("password", help="manage stored passwords",
+                       description="Manage passwords stored in the system keyring.")
+    psub = p.add_subparsers(dest="password_command", metavar="ACTION")
+    ps = psub.add_parser("set", help="store an account's password in the keyring (prompted)",
+                         description="Store the account's password in the system keyring "
+                         "(service 'syncd', user = account name). Prompted, never echoed.")
+    ps.add_argument("account", metavar="ACCOUNT")
+
+
+def _auth_parser(sub: Any) -> None:
+    p = sub.add_parser("auth", help="sign in to an OAuth2 account (Microsoft 365, Gmail, ...)",
+                       description="Sign in to an account with `auth: oauth2` and keep the "
+                       "refresh token in the system keyring (service 'syncd', user "
+                       "'ACCOUNT:oauth2'). The default flow is the provider's: a device code "
+                       "(open a URL on any device and enter a code; works on a headless "
+                       "machine) for Microsoft, the browser for Google.")
+    p.add_argument("account", metavar="ACCOUNT")
+    flow = p.add_mutually_exclusive_group()
+    flow.add_argument("--browser", action="store_true",
+                      help="sign in with a browser (redirect to 127.0.0.1 on a random port, "
+                      "PKCE)")
+    flow.add_argument("--device", action="store_true",
+                      help="sign in with a device code (prints a URL and a code)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not log in to the server afterwards")
+
+
+def _init_parser(sub: Any) -> None:
+    p = sub.add_parser("init", help="add an account to the config (asks, or takes flags)",
+                       description="Add an account to the config file (created if missing; "
+                       "an existing file keeps its comments), then run `check` on it. "
+                       "Asks the few questions needed, or takes flags. Known providers "
+                       "(presets) fill in the servers; for other domains imap.DOMAIN, "
+                       "pop.DOMAIN and smtp.DOMAIN are guessed.")
+    p.add_argument("address", nargs="?", metavar="ADDRESS",
+                   help="the email address (the same as --email); its servers are found "
+                   "by presets, Thunderbird autoconfig, DNS SRV records (RFC 6186) and "
+                   "the MX host's provider")
+    p.add_argument("--name", help="account name (default: from the address's domain)")
+    p.add_argument("--email", help="the account's email address")
+    p.add_argument("--no-discover", action="store_true",
+                   help="do not look on the network for the servers (presets and the "
+                   "imap.DOMAIN guess only)")
+    # A metavar, or argparse lists the choices (importing the presets) for every command.
+    p.add_argument("--provider", choices=_PresetNames(), metavar="PROVIDER",
+                   help="provider preset: %(choices)s (default: guessed from the address)")
+    p.add_argument("--protocol", choices=("imap", "pop3"), default=None)
+    p.add_argument("--username", help="login name (default: the email address)")
+    p.add_argument("--host", help="mail server (instead of a preset or the guess)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--tls", choices=("implicit", "starttls"))
+    p.add_argument("--tls-ca-file", metavar="FILE", help="trust this CA too")
+    p.add_argument("--smtp-host", help="SMTP server for mutt-config")
+    p.add_argument("--auth", choices=("password", "oauth2"))
+    p.add_argument("--password-command", metavar="CMD",
+                   help="command printing the password (default: the keyring)")
+    p.add_argument("--client-id", help="OAuth2 application (client) ID")
+    p.add_argument("--client-secret", help="OAuth2 client secret (Google)")
+    p.add_argument("--tenant", help="Microsoft tenant (default: from the preset)")
+    p.add_argument("--non-interactive", action="store_true",
+                   help="ask nothing: use the flags and the guesses")
+    p.add_argument("--no-check", action="store_true", help="do not run `check` afterwards")
+
+
+def _adopt_parser(sub: Any) -> None:
+    p = sub.add_parser("adopt", help="take over a Maildir that mbsync or offlineimap syncs",
+                       description="Take over a Maildir that another tool has been "
+                       "syncing, with no message downloaded again: files are paired by "
+                       "the UIDs in their names and the tool's state (UIDVALIDITY "
+                       "checked), else left to pairing by content. File names are left "
+                       "alone. Reads the server's flags only; writes syncd's state in one "
+                       "transaction; refuses, changing nothing, if the tool's state "
+                       "disagrees with the server.")
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("--from", dest="tool", choices=("mbsync", "offlineimap", "auto"),
+                   default="auto", help="the tool that synced the Maildir (default: auto)")
+    p.add_argument("--rc", metavar="FILE", type=Path,
+                   help="the tool's config (default ~/.mbsyncrc or ~/.offlineimaprc): "
+                   "where its state is")
+    p.add_argument("--dry-run", action="store_true", help="say what would be adopted; "
+                   "write nothing")
+
+
+def _import_parser(sub: Any) -> None:
+    p = sub.add_parser("import", help="add the accounts of ~/.mbsyncrc or ~/.offlineimaprc",
+                       description="Read mbsync's or offlineimap's config and add the "
+                       "equivalent accounts to syncd's config (an existing account is "
+                       "never overwritten); name every setting that cannot be carried "
+                       "over.")
+    p.add_argument("tool", choices=("mbsync", "offlineimap"))
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                   help="default ~/.mbsyncrc / ~/.offlineimaprc")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the accounts; change no file")
+
+
+def _fetch_parser(sub: Any) -> None:
+    p = sub.add_parser("fetch", help="replace placeholders with the full messages",
+                       description="Replace each placeholder FILE (a message bigger than "
+                       "max_size, mirrored as its headers) with the full message, in "
+                       "place: same folder, same file name and flags. Works beside a "
+                       "running daemon.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+
+def _prune_parser(sub: Any) -> None:
+    p = sub.add_parser("prune", help="remove local copies outside the window",
+                       description="Remove the local copies of messages that max_age or "
+                       "max_messages left outside the window at the last sync. Locally "
+                       "only: the server is never touched. Needs the account's lock (stop "
+                       "the daemon first).")
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be removed; remove nothing")
+
+
+def _mutt_config_parser(sub: Any) -> None:
+    p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
+                       description="Print neomutt settings for an account's Maildir: folder, "
+                       "spoolfile, mailboxes for every synced folder, record/postponed/trash "
+                       "mapped to the server's Sent/Drafts/Trash folders (as recorded by "
+                       "`syncd check`), and smtp_url.")
+    p.add_argument("account", metavar="ACCOUNT")
+
+
+def _systemd_unit_parser(sub: Any) -> None:
+    p = sub.add_parser("systemd-unit", help="write the systemd user unit for this config",
+                       description="Write ~/.config/systemd/user/syncd.service: the daemon "
+                       "as a hardened user service that may write only the config's "
+                       "maildirs, its state and its cache (created now if missing). Re-run "
+                       "it after changing those paths. A unit syncd did not write is not "
+                       "overwritten without --force.")
+    p.add_argument("--print", action="store_true", dest="print_only",
+                   help="print the unit on stdout; write and create nothing")
+    p.add_argument("--force", action="store_true",
+                   help="replace a unit that syncd did not write")
+
+
+def _send_parser(sub: Any) -> None:
+    # Parsed by syncd.smtp.sendmail (sendmail's options); listed here for --help.
+    sub.add_parser("send", help="queue a message from stdin (sendmail-compatible)",
+                   description="syncd send [-t] [-i] [-oi] [-f ADDR] [-F NAME] "
+                   "[--account NAME] [--] [RCPT ...] < message")
 
 
 def _outbox_parser(sub: Any) -> None:
@@ -227,6 +241,26 @@ def _outbox_parser(sub: Any) -> None:
     drop.add_argument("--yes", action="store_true", help="do not ask")
     flush = osub.add_parser("flush", help="send the queue now, without the daemon")
     flush.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+
+
+# In the order `syncd --help` lists them.
+_COMMAND_PARSERS: dict[str, Callable[[Any], None]] = {
+    "sync": _sync_parser,
+    "run": _run_parser,
+    "status": _status_parser,
+    "check": _check_parser,
+    "password": _password_parser,
+    "auth": _auth_parser,
+    "init": _init_parser,
+    "adopt": _adopt_parser,
+    "import": _import_parser,
+    "fetch": _fetch_parser,
+    "prune": _prune_parser,
+    "mutt-config": _mutt_config_parser,
+    "systemd-unit": _systemd_unit_parser,
+    "send": _send_parser,
+    "outbox": _outbox_parser,
+}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -907,16 +941,38 @@ def _sign_in(account: AccountSettings, browser: bool = False, device: bool = Fal
 
 # --- init ---------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
-    from syncd.config.init import (
-        AccountAnswers,
-        add_account,
-        apply_discovery,
-        ask,
-        fill_defaults,
-    )
+    from syncd.config.init import add_account
     from syncd.config.load import default_config_path
 
     interactive = not args.non_interactive and sys.stdin is not None and sys.stdin.isatty()
+    answers = _init_answers(args, interactive)
+    preset = _init_preset(answers)
+    path = (args.config or default_config_path()).expanduser()
+    settings = add_account(path, answers)
+    account = settings.accounts[answers.name]
+    print(f"added account {account.name!r} to {path}: {account.protocol.upper()} "
+          f"{account.host}:{account.port}, user {account.username}"
+          f"{', OAuth2' if account.auth == 'oauth2' else ''}")
+    if preset is not None and preset.note and not interactive:
+        print(f"note: {preset.note}")
+    from syncd.logs import setup_logging
+
+    setup_logging(settings.general.log_level, debug=args.debug)
+    if not _init_credentials(account, interactive) or args.no_check:
+        return 0
+    print(f"checking {account.name}...")
+    if _check_account(account):
+        print(f"next: `syncd sync {account.name}`, and `syncd mutt-config {account.name}` for "
+              f"neomutt")
+        return 0
+    print(f"the account was added; fix it in {path} and run `syncd check {account.name}`")
+    return 1
+
+
+def _init_answers(args: argparse.Namespace, interactive: bool) -> AccountAnswers:
+    """The new account as the flags, the discovery and (interactive) the questions give it."""
+    from syncd.config.init import AccountAnswers, apply_discovery, ask, fill_defaults
+
     if args.address:
         if args.email and args.email != args.address:
             raise UsageError("give the address once: ADDRESS or --email")
@@ -932,6 +988,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         protocol=args.protocol or "imap", username=args.username, host=args.host,
         port=args.port, tls=args.tls, tls_ca_file=args.tls_ca_file, smtp_host=args.smtp_host,
         auth=args.auth, password_command=args.password_command, oauth2=oauth2)
+
     def discover(found_for: AccountAnswers) -> None:
         apply_discovery(found_for, network=not args.no_discover, say=print)
 
@@ -944,7 +1001,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         from syncd.config.init import default_name
 
         answers.name = default_name(answers.email)
-    answers = fill_defaults(answers)
+    return fill_defaults(answers)
+
+
+def _init_preset(answers: AccountAnswers) -> AccountPreset | None:
+    """The account's provider preset; a UsageError if OAuth2 lacks what it needs."""
     from syncd.config.presets import ACCOUNT_PRESETS
 
     preset = ACCOUNT_PRESETS.get(answers.provider or "")
@@ -957,22 +1018,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"{answers.provider or 'this account'} signs in with OAuth2: pass "
                          f"--client-id (see the README for getting one), or --auth password "
                          f"for an app password")
-    path = (args.config or default_config_path()).expanduser()
-    settings = add_account(path, answers)
-    account = settings.accounts[answers.name]
-    print(f"added account {account.name!r} to {path}: {account.protocol.upper()} "
-          f"{account.host}:{account.port}, user {account.username}"
-          f"{', OAuth2' if account.auth == 'oauth2' else ''}")
-    if preset is not None and preset.note and not interactive:
-        print(f"note: {preset.note}")
-    from syncd.logs import setup_logging
+    return preset
 
-    setup_logging(settings.general.log_level, debug=args.debug)
+
+def _init_credentials(account: AccountSettings, interactive: bool) -> bool:
+    """Sign in (OAuth2) or store the password when someone is there to type it: True. Else
+    say which command does it next: False."""
     if account.auth == "oauth2":
         if not interactive:
             print(f"next: `syncd auth {account.name}` to sign in (then `syncd check "
                   f"{account.name}`)")
-            return 0
+            return False
         _sign_in(account)
     elif account.password_command is None:
         from syncd.auth.secrets import set_password
@@ -980,22 +1036,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         if not interactive:
             print(f"next: `syncd password set {account.name}` to store the password, then "
                   f"`syncd check {account.name}`")
-            return 0
+            return False
         import getpass
 
         password = getpass.getpass(f"Password for {account.username} (stored in the "
                                    f"keyring): ")
         if password:
             set_password(account.name, password)
-    if args.no_check:
-        return 0
-    print(f"checking {account.name}...")
-    if _check_account(account):
-        print(f"next: `syncd sync {account.name}`, and `syncd mutt-config {account.name}` for "
-              f"neomutt")
-        return 0
-    print(f"the account was added; fix it in {path} and run `syncd check {account.name}`")
-    return 1
+    return True
 
 
 # --- adopt / import -----------------------------------------------------------------------

@@ -48,6 +48,17 @@ def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext:
         return context
 
 
+def tls_context(account: str, ca_file: Path | None) -> ssl.SSLContext:
+    """ssl_context_for(ca_file); a CA file that cannot be loaded is the account's error."""
+    from syncd.errors import AccountError
+
+    try:
+        return ssl_context_for(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise AccountError(account, f"cannot load tls_ca_file {ca_file}: {exc}",
+                           cause="certificate") from None
+
+
 def _hashed_system_capath() -> str | None:
     """The system's CA directory if it is an OpenSSL hashed directory (Debian's
     /etc/ssl/certs is); None where only a bundle file exists (Fedora) or SSL_CERT_FILE asks for

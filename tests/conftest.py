@@ -32,8 +32,9 @@ if str(_ROOT) not in sys.path:  # so that `tests.support` imports under plain `p
 from tests.support.dovecot import (  # noqa: E402
     PLAIN_IMAP_CAPABILITY,
     Dovecot,
-    HarnessError,
     User,
+    running,
+    start_or_fail,
 )
 
 _DOVECOT_FIXTURES = {"dovecot", "dovecot_plain_imap", "dovecot_factory", "user"}
@@ -60,14 +61,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.dovecot)
 
 
-def _start(dc: Dovecot) -> Dovecot:
-    try:
-        dc.start()
-    except HarnessError as e:
-        pytest.fail(f"cannot start the test Dovecot: {e}", pytrace=False)
-    return dc
-
-
 @pytest.fixture(scope="session")
 def dovecot_workroot() -> Iterator[Path]:
     # Not under tmp_path_factory: /tmp/pytest-of-root is 0700, and Dovecot's unprivileged
@@ -83,22 +76,15 @@ def dovecot_workroot() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def dovecot(dovecot_workroot: Path) -> Iterator[Dovecot]:
-    dc = Dovecot(dovecot_workroot / "dovecot")
-    _start(dc)
-    try:
+    with running(Dovecot(dovecot_workroot / "dovecot")) as dc:
         yield dc
-    finally:
-        dc.stop()
 
 
 @pytest.fixture(scope="session")
 def dovecot_plain_imap(dovecot_workroot: Path) -> Iterator[Dovecot]:
-    dc = Dovecot(dovecot_workroot / "dovecot-plain", imap_capability=PLAIN_IMAP_CAPABILITY)
-    _start(dc)
-    try:
+    with running(Dovecot(dovecot_workroot / "dovecot-plain",
+                         imap_capability=PLAIN_IMAP_CAPABILITY)) as dc:
         yield dc
-    finally:
-        dc.stop()
 
 
 @pytest.fixture
@@ -113,7 +99,7 @@ def dovecot_factory(dovecot_workroot: Path) -> Iterator[Callable[..., Dovecot]]:
     def make(**kwargs: object) -> Dovecot:
         dc = Dovecot(dovecot_workroot / f"dc-{secrets.token_hex(4)}", **kwargs)  # type: ignore[arg-type]
         made.append(dc)
-        return _start(dc)
+        return start_or_fail(dc)
 
     try:
         yield make

@@ -550,80 +550,91 @@ def device_flow(account: AccountSettings, *, out: TextIO = sys.stdout,
     Returns the token response."""
     config = resolve(account)
     name = account.name
-    url = config.device_authorization_endpoint
-    if not url:
+    if not config.device_authorization_endpoint:
         raise AccountError(name, "this OAuth2 provider has no device_authorization_endpoint; "
                                  "use `syncd auth --browser`", cause="config")
-    what = "cannot start the device sign-in"
     with _session(config) as session:
-        try:
-            response = session.post(
-                url, data={"scope": config.scope} if config.scope else {},
-                auth=session.client_auth(session.token_endpoint_auth_method),
-                withhold_token=True, headers={"Accept": "application/json"})
-            answer = response.json()
-        except Exception as exc:
-            if _is_http_problem(exc):
-                raise _http_failure(name, url, exc, what) from None
-            raise
-        if not isinstance(answer, dict):
-            raise AccountError(name, f"{what}: unexpected answer from {_host_of(url)}",
-                               cause="protocol")
-        if "error" in answer or response.status_code >= 400:
-            error = str(answer.get("error") or f"HTTP {response.status_code}")
-            detail = _one_line(answer.get("error_description"))
-            raise AccountError(name, f"{what}: {error}{': ' + detail if detail else ''}"
-                                     f"{_client_hint(config, error)}", cause="auth")
-        device_code = answer.get("device_code")
-        user_code = answer.get("user_code")
-        verification = answer.get("verification_uri") or answer.get("verification_url")
-        if not (isinstance(device_code, str) and isinstance(user_code, str) and verification):
-            raise AccountError(name, f"{what}: {_host_of(url)} sent an incomplete answer",
-                               cause="protocol")
-        register_secret(device_code)
-        interval = _number(answer.get("interval"), 5.0)
-        deadline = clock() + _number(answer.get("expires_in"), 900.0)
-        print(f"To sign in account {name!r}, open {verification} in a browser (on any "
-              f"device) and enter the code:\n\n    {user_code}\n", file=out)
+        answer = _device_code(session, config, name)
+        device_code = answer["device_code"]
+        print(f"To sign in account {name!r}, open {answer['verification']} in a browser (on "
+              f"any device) and enter the code:\n\n    {answer['user_code']}\n", file=out)
         complete = answer.get("verification_uri_complete")
         if isinstance(complete, str):
             print(f"(or open {complete})", file=out)
         print("Waiting for the sign-in to complete...", file=out, flush=True)
-        what = "device sign-in failed"
+        interval = _number(answer.get("interval"), 5.0)
+        deadline = clock() + _number(answer.get("expires_in"), 900.0)
         while True:
             sleep(interval)
             if clock() > deadline:
                 raise AccountError(name, "the sign-in code expired before it was used; run "
                                          f"`syncd auth {name}` again", cause="auth")
-            try:
-                token = session.fetch_token(config.token_endpoint, grant_type=DEVICE_GRANT,
-                                            device_code=device_code)
-            except Exception as exc:
-                from authlib.common.errors import AuthlibBaseError
+            token = _poll_device_token(session, config, name, device_code)
+            if token == "slow_down":
+                interval += 5
+            elif isinstance(token, dict):
+                _check_tokens(name, token)
+                return token
 
-                if not isinstance(exc, AuthlibBaseError):
-                    if _is_http_problem(exc):
-                        raise _http_failure(name, config.token_endpoint, exc, what) from None
-                    raise
-                error, detail = _oauth_error(exc)
-                if error == "authorization_pending":
-                    continue
-                if error == "slow_down":
-                    interval += 5
-                    continue
-                if error in ("access_denied", "authorization_declined"):
-                    raise AccountError(name, "the sign-in was declined", cause="auth") from None
-                if error in ("expired_token", "code_expired"):
-                    raise AccountError(name, "the sign-in code expired before it was used; "
-                                             f"run `syncd auth {name}` again",
-                                       cause="auth") from None
-                raise AccountError(name, f"{what}: {error or 'error'}"
-                                         f"{': ' + detail if detail else ''}"
-                                         f"{_client_hint(config, error)}",
-                                   cause="auth") from None
-            token = dict(token)
-            _check_tokens(name, token)
-            return token
+
+def _device_code(session: OAuth2Session, config: OAuth2Config, name: str) -> dict[str, Any]:
+    """The provider's device authorization answer, checked: device_code, user_code and
+    ``verification`` (the URL to open) are there."""
+    url = config.device_authorization_endpoint
+    assert url is not None
+    what = "cannot start the device sign-in"
+    try:
+        response = session.post(
+            url, data={"scope": config.scope} if config.scope else {},
+            auth=session.client_auth(session.token_endpoint_auth_method),
+            withhold_token=True, headers={"Accept": "application/json"})
+        answer = response.json()
+    except Exception as exc:
+        if _is_http_problem(exc):
+            raise _http_failure(name, url, exc, what) from None
+        raise
+    if not isinstance(answer, dict):
+        raise AccountError(name, f"{what}: unexpected answer from {_host_of(url)}",
+                           cause="protocol")
+    if "error" in answer or response.status_code >= 400:
+        error = str(answer.get("error") or f"HTTP {response.status_code}")
+        detail = _one_line(answer.get("error_description"))
+        raise AccountError(name, f"{what}: {error}{': ' + detail if detail else ''}"
+                                 f"{_client_hint(config, error)}", cause="auth")
+    answer["verification"] = answer.get("verification_uri") or answer.get("verification_url")
+    if not (isinstance(answer.get("device_code"), str)
+            and isinstance(answer.get("user_code"), str) and answer["verification"]):
+        raise AccountError(name, f"{what}: {_host_of(url)} sent an incomplete answer",
+                           cause="protocol")
+    register_secret(answer["device_code"])
+    return answer
+
+
+def _poll_device_token(session: OAuth2Session, config: OAuth2Config, name: str,
+                       device_code: str) -> dict[str, Any] | str:
+    """One poll of the token endpoint: the token, or "authorization_pending" / "slow_down"
+    (poll again, slower for the latter); any other answer is the sign-in's end."""
+    what = "device sign-in failed"
+    try:
+        return dict(session.fetch_token(config.token_endpoint, grant_type=DEVICE_GRANT,
+                                        device_code=device_code))
+    except Exception as exc:
+        from authlib.common.errors import AuthlibBaseError
+
+        if not isinstance(exc, AuthlibBaseError):
+            if _is_http_problem(exc):
+                raise _http_failure(name, config.token_endpoint, exc, what) from None
+            raise
+        error, detail = _oauth_error(exc)
+    if error in ("authorization_pending", "slow_down"):
+        return error
+    if error in ("access_denied", "authorization_declined"):
+        raise AccountError(name, "the sign-in was declined", cause="auth")
+    if error in ("expired_token", "code_expired"):
+        raise AccountError(name, "the sign-in code expired before it was used; "
+                                 f"run `syncd auth {name}` again", cause="auth")
+    raise AccountError(name, f"{what}: {error or 'error'}{': ' + detail if detail else ''}"
+                             f"{_client_hint(config, error)}", cause="auth")
 
 
 def _number(value: Any, default: float) -> float:
@@ -733,44 +744,53 @@ def browser_flow(account: AccountSettings, *, out: TextIO = sys.stdout,
                   f" to sign in account {name!r}:\n\n    {url}\n", file=out)
             if paste is not None:
                 print(f"If the browser is on another machine, sign in there, then paste the "
-                      f"address it ends up at (it starts with http://{config.redirect_host}:"
-                      f"{port}/) here and press Enter.", file=out)
+                      f"address it ends up at (it starts with {redirect_uri}) here and press "
+                      f"Enter.", file=out)
                 _read_pasted(paste, redirects)
             print("Waiting for the sign-in to complete...", file=out, flush=True)
-            try:
-                params = redirects.results.get(timeout=timeout)
-            except queue.Empty:
-                raise AccountError(name, f"no sign-in arrived within {timeout:.0f} s; run "
-                                         f"`syncd auth {name}` again", cause="auth") from None
-            if "code" not in params:
-                error = params.get("error", "no authorization code")
-                detail = _one_line(params.get("error_description"))
-                raise AccountError(name, f"the sign-in failed: {error}"
-                                         f"{': ' + detail if detail else ''}", cause="auth")
-            what = "cannot complete the sign-in"
-            try:
-                token = session.fetch_token(config.token_endpoint,
-                                            grant_type="authorization_code",
-                                            code=params["code"], redirect_uri=redirect_uri,
-                                            code_verifier=verifier)
-            except Exception as exc:
-                from authlib.common.errors import AuthlibBaseError
-
-                if isinstance(exc, AuthlibBaseError):
-                    error, detail = _oauth_error(exc)
-                    raise AccountError(name, f"{what}: {error or 'error'}"
-                                             f"{': ' + detail if detail else ''}"
-                                             f"{_client_hint(config, error)}",
-                                       cause="auth") from None
-                if _is_http_problem(exc):
-                    raise _http_failure(name, config.token_endpoint, exc, what) from None
-                raise
+            code = _redirected_code(redirects, name, timeout)
+            token = _exchange_code(session, config, name, code, redirect_uri, verifier)
     finally:
         server.shutdown()
         server.server_close()
-    token = dict(token)
     _check_tokens(name, token)
     return token
+
+
+def _redirected_code(redirects: _Redirects, name: str, timeout: float) -> str:
+    """The authorization code the redirect (or the pasted address) brought."""
+    try:
+        params = redirects.results.get(timeout=timeout)
+    except queue.Empty:
+        raise AccountError(name, f"no sign-in arrived within {timeout:.0f} s; run "
+                                 f"`syncd auth {name}` again", cause="auth") from None
+    if "code" not in params:
+        error = params.get("error", "no authorization code")
+        detail = _one_line(params.get("error_description"))
+        raise AccountError(name, f"the sign-in failed: {error}"
+                                 f"{': ' + detail if detail else ''}", cause="auth")
+    return params["code"]
+
+
+def _exchange_code(session: OAuth2Session, config: OAuth2Config, name: str, code: str,
+                   redirect_uri: str, verifier: str) -> dict[str, Any]:
+    """The token response for an authorization code (with the PKCE verifier)."""
+    what = "cannot complete the sign-in"
+    try:
+        return dict(session.fetch_token(config.token_endpoint, grant_type="authorization_code",
+                                        code=code, redirect_uri=redirect_uri,
+                                        code_verifier=verifier))
+    except Exception as exc:
+        from authlib.common.errors import AuthlibBaseError
+
+        if isinstance(exc, AuthlibBaseError):
+            error, detail = _oauth_error(exc)
+            raise AccountError(name, f"{what}: {error or 'error'}"
+                                     f"{': ' + detail if detail else ''}"
+                                     f"{_client_hint(config, error)}", cause="auth") from None
+        if _is_http_problem(exc):
+            raise _http_failure(name, config.token_endpoint, exc, what) from None
+        raise
 
 
 def _read_pasted(stream: TextIO, redirects: _Redirects) -> None:

@@ -174,21 +174,28 @@ def _run_password_command(account: str, command: str, timeout: float) -> str:
         raise SecretError(account, f"password_command timed out after {timeout:g} s and was "
                                    f"killed")
 
-    status = proc.returncode
-    if status != 0:
-        if status < 0:
-            try:
-                how = f"was killed by {signal.Signals(-status).name}"
-            except ValueError:
-                how = f"was killed by signal {-status}"
-        elif status == 127:
-            how = "failed with exit status 127 (command not found)"
-        elif status == 126:
-            how = "failed with exit status 126 (command not executable)"
-        else:
-            how = f"failed with exit status {status}"
-        raise SecretError(account, f"password_command {how} (its output is suppressed; run it "
-                                   f"by hand to see why)")
+    if proc.returncode != 0:
+        raise SecretError(account, f"password_command {_how_it_failed(proc.returncode)} (its "
+                                   f"output is suppressed; run it by hand to see why)")
+    return _password_in(account, out)
+
+
+def _how_it_failed(status: int) -> str:
+    """A command's non-zero exit status in words."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    if status == 127:
+        return "failed with exit status 127 (command not found)"
+    if status == 126:
+        return "failed with exit status 126 (command not executable)"
+    return f"failed with exit status {status}"
+
+
+def _password_in(account: str, out: bytes) -> str:
+    """The password a password_command printed: its first line."""
     # UnicodeDecodeError carries the raw bytes (the password) as .object: raise outside it.
     try:
         text: str | None = out.decode("utf-8")

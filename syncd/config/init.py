@@ -206,19 +206,7 @@ def add_account(path: Path, answers: AccountAnswers) -> Settings:
             if answers.name in current.accounts:
                 raise UsageError(f"account {answers.name!r} is already in {path}; choose "
                                  f"another name with --name")
-    if not original.strip():
-        text = _HEADER + account_block(answers)
-    else:
-        original = _bare_accounts(original)
-        index, indent, needs_key = _accounts_insertion(original)
-        lines = original.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        block = account_block(answers, indent)
-        if needs_key:
-            block = "accounts:\n" + block
-        lines[index:index] = [block]
-        text = "".join(lines)
+    text = with_account(original, lambda indent: account_block(answers, indent))
     try:
         settings = parse_config(text, "<new config>")
     except ConfigError as exc:
@@ -227,6 +215,21 @@ def add_account(path: Path, answers: AccountAnswers) -> Settings:
     settings = parse_config(text, str(path))  # again, to resolve relative paths against it
     _write_atomically(path, text, exists)
     return settings
+
+
+def with_account(text: str, block: Callable[[str], str]) -> str:
+    """Config ``text`` with one more account under ``accounts:``, indented as the file's
+    accounts are (a new file starts with the header); ``block(indent)`` writes the account.
+    Comments and everything else in the file stay as they are."""
+    if not text.strip():
+        return _HEADER + block("  ")
+    text = _bare_accounts(text)
+    index, indent, needs_key = _accounts_insertion(text)
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines[index:index] = [("accounts:\n" if needs_key else "") + block(indent)]
+    return "".join(lines)
 
 
 def _write_atomically(path: Path, text: str, exists: bool) -> None:

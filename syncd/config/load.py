@@ -18,7 +18,7 @@ import math
 import os
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -1010,6 +1010,32 @@ def _parse(text: str, path: str) -> tuple[Settings, _Document]:
         return ConfigError(message, key=_dotted(loc) or None,
                            line=line if line is not None else doc.line_of(loc), path=shown)
 
+    accounts = _accounts_of(top, error)
+    general_data = top.get("general")  # top is a mapping: _accounts_of checked it
+    if general_data is None:
+        general_data = {}
+    general_data = _with_text(doc, ("general",), general_data, _TEXT_GENERAL)
+    context: dict[str, Any] = {"from_config": True, "base_dir": base_dir}
+    general = _validate(GeneralModel, general_data, context, ("general",), doc, shown)
+
+    built: dict[str, _Model] = {}
+    for name, raw in accounts.items():
+        loc: Loc = ("accounts", name)
+        # "work:" with nothing under it: report the missing keys rather than a type error.
+        data = _with_text(doc, loc, {} if raw is None else raw, _TEXT_ACCOUNT)
+        account_context = {**context, "name": name, "maildir_root": general.maildir_root,
+                           "state_dir": general.state_dir}
+        built[name] = _validate(AccountModel, data, account_context, loc, doc, shown)
+
+    model = _validate(SettingsModel, {"general": general, "accounts": built, "path": file_path},
+                      context, (), doc, shown)
+    settings: Settings = _as_record(model)
+    return settings, doc
+
+
+def _accounts_of(top: Any, error: Callable[[str, Loc], ConfigError]) -> dict[str, Any]:
+    """The ``accounts`` mapping of a parsed document, after checking the top level's shape
+    and the account names."""
     if top is None:
         raise error("the configuration is empty; it needs at least an 'accounts' mapping", ())
     if not isinstance(top, dict):
@@ -1041,27 +1067,7 @@ def _parse(text: str, path: str) -> tuple[Settings, _Document]:
             raise error(f"account names '{lowered[name.lower()]}' and '{name}' differ only in "
                         f"case", ("accounts", name))
         lowered[name.lower()] = name
-
-    general_data = top.get("general")
-    if general_data is None:
-        general_data = {}
-    general_data = _with_text(doc, ("general",), general_data, _TEXT_GENERAL)
-    context: dict[str, Any] = {"from_config": True, "base_dir": base_dir}
-    general = _validate(GeneralModel, general_data, context, ("general",), doc, shown)
-
-    built: dict[str, _Model] = {}
-    for name, raw in accounts.items():
-        loc: Loc = ("accounts", name)
-        # "work:" with nothing under it: report the missing keys rather than a type error.
-        data = _with_text(doc, loc, {} if raw is None else raw, _TEXT_ACCOUNT)
-        account_context = {**context, "name": name, "maildir_root": general.maildir_root,
-                           "state_dir": general.state_dir}
-        built[name] = _validate(AccountModel, data, account_context, loc, doc, shown)
-
-    model = _validate(SettingsModel, {"general": general, "accounts": built, "path": file_path},
-                      context, (), doc, shown)
-    settings: Settings = _as_record(model)
-    return settings, doc
+    return accounts
 
 
 def build_account(**values: Any) -> AccountSettings:

@@ -496,97 +496,110 @@ def _missing_reason(count: int) -> str:
 
 
 def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
-    policy = snapshot.policy
     local_by_key = {m.key: m for m in snapshot.local}
     remote_by_uid = {m.uid: m for m in snapshot.remote}
-    synced_uids: set[int] = set()
-    synced_keys: set[str] = set()
-    vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
-    retried = 0  # deferred expunges retried (decided at an earlier sync: not for the guard)
-    storable = policy.storable
-    window = snapshot.window
     for row in snapshot.outside:
-        synced_uids.add(row.uid)
-        synced_keys.add(row.key)
         _plan_outside(row, remote_by_uid.get(row.uid), local_by_key.get(row.key), snapshot,
                       out)
-
+    vanished: list[tuple[SyncedMessage, RemoteMessage]] = []
+    retried = 0  # deferred expunges retried (decided at an earlier sync: not for the guard)
     for row in snapshot.synced:
-        synced_uids.add(row.uid)
-        synced_keys.add(row.key)
         remote = remote_by_uid.get(row.uid)
-        local = local_by_key.get(row.key)
-        if remote is not None and window is not None and row.uid not in window:
-            # The window moved past it: parked, both copies left as they are (never a
-            # deletion because of the window); with no local copy left, simply forgotten
-            # (widening the window downloads it again).
-            if local is None:
-                out.add((Forget(row.uid, row.key),))
-            else:
-                out.add((Pair(row.uid, row.key, row.flags, size=row.size,
-                              message_id=row.message_id, outside=True,
-                              placeholder=row.placeholder),))
-        elif remote is None:
-            # Expunged on the server: that wins over any local flag change. Not propagated,
-            # the local file stays, untracked.
-            if local is None:
-                out.add((Forget(row.uid, row.key),))
-            elif policy.deletes_local:
-                out.add((DeleteLocal(row.uid, row.key),))
-            else:
-                out.add((Forget(row.uid, row.key, keep="local"),))
-        elif local is None and row.uid in snapshot.pending_expunge and not policy.deletes_remote:
-            # Decided under a policy that deleted on the server; this one does not.
-            out.add((Forget(row.uid, row.key, keep="server"),))
-            retried += 1
-        elif local is None and row.uid in snapshot.pending_expunge:
-            # Marked \Deleted (and copied to the trash, for a move) by an earlier sync: only
-            # the expunge is left. Never downloaded again, never moved twice.
-            out.add((DeleteRemote(row.uid, row.key, placeholder=row.placeholder),))
-            retried += 1
-        elif local is None:
+        outcome = _plan_synced(row, remote, local_by_key.get(row.key), snapshot, out)
+        if outcome == _VANISHED:
+            assert remote is not None
             vanished.append((row, remote))  # decided below, all together (the guard)
-        else:
-            target = merge_keeping(row.flags, local.flags, remote.flags, storable)
-            out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
-                                  target, storable, policy.direction))
-            if row.placeholder and policy.to_local and _wants_full(row, target, policy):
-                out.add((FetchFull(row.uid, row.key),))
+        elif outcome == _RETRIED:
+            retried += 1
+    guard = _plan_vanished(vanished, len(snapshot.synced) - retried, snapshot.policy, out)
+    known = (*snapshot.outside, *snapshot.synced)
+    synced_uids = {row.uid for row in known} | snapshot.untracked_uids
+    synced_keys = {row.key for row in known} | snapshot.untracked_keys
+    new_remote = (m for m in snapshot.remote if m.uid not in synced_uids)
+    unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys)
+    _match_new(out, new_remote, unpaired, snapshot.policy, snapshot.window)
+    return guard
 
-    guard: str | None = None
+
+# What _plan_synced left to its caller: a local file gone (for the guard to decide), or a
+# deferred expunge retried.
+_VANISHED = "vanished"
+_RETRIED = "retried"
+
+
+def _plan_synced(row: SyncedMessage, remote: RemoteMessage | None,
+                 local: LocalMessage | None, snapshot: FolderSnapshot, out: _Out
+                 ) -> str | None:
+    """The actions of one synced pair, or _VANISHED / _RETRIED (see above)."""
+    policy, window = snapshot.policy, snapshot.window
+    if remote is not None and window is not None and row.uid not in window:
+        # The window moved past it: parked, both copies left as they are (never a
+        # deletion because of the window); with no local copy left, simply forgotten
+        # (widening the window downloads it again).
+        if local is None:
+            out.add((Forget(row.uid, row.key),))
+        else:
+            out.add((Pair(row.uid, row.key, row.flags, size=row.size,
+                          message_id=row.message_id, outside=True,
+                          placeholder=row.placeholder),))
+    elif remote is None:
+        # Expunged on the server: that wins over any local flag change. Not propagated,
+        # the local file stays, untracked.
+        if local is None:
+            out.add((Forget(row.uid, row.key),))
+        elif policy.deletes_local:
+            out.add((DeleteLocal(row.uid, row.key),))
+        else:
+            out.add((Forget(row.uid, row.key, keep="local"),))
+    elif local is None and row.uid in snapshot.pending_expunge and not policy.deletes_remote:
+        # Decided under a policy that deleted on the server; this one does not.
+        out.add((Forget(row.uid, row.key, keep="server"),))
+        return _RETRIED
+    elif local is None and row.uid in snapshot.pending_expunge:
+        # Marked \Deleted (and copied to the trash, for a move) by an earlier sync: only
+        # the expunge is left. Never downloaded again, never moved twice.
+        out.add((DeleteRemote(row.uid, row.key, placeholder=row.placeholder),))
+        return _RETRIED
+    elif local is None:
+        return _VANISHED
+    else:
+        target = merge_keeping(row.flags, local.flags, remote.flags, policy.storable)
+        out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
+                              target, policy.storable, policy.direction))
+        if row.placeholder and policy.to_local and _wants_full(row, target, policy):
+            out.add((FetchFull(row.uid, row.key),))
+    return None
+
+
+def _plan_vanished(vanished: list[tuple[SyncedMessage, RemoteMessage]], known: int,
+                   policy: FolderPolicy, out: _Out) -> str | None:
+    """Synced messages whose local file is gone, decided together: the guard's verdict (or
+    the missing folder's notice), and their actions when it lets them through."""
     if vanished and policy.local_folder_missing and not policy.to_local:
         # push: the Maildir is not written, so nothing is downloaded again; nor is anything
         # deleted on the server: the server copies stay there, untracked.
-        guard = (f"the local folder is missing; its {len(vanished)} known message(s) are "
-                 "kept on the server and not downloaded (direction: push)")
         out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
-    elif vanished and policy.local_folder_missing:
+        return (f"the local folder is missing; its {len(vanished)} known message(s) are "
+                "kept on the server and not downloaded (direction: push)")
+    if vanished and policy.local_folder_missing:
         # Not a deletion: the directory (or the whole maildir) is gone. Drop the stale rows and
         # fetch the messages again; force_deletions does not change this.
-        guard = _missing_reason(len(vanished))
         for row, remote in vanished:
             out.add((Forget(row.uid, row.key),
                      _download(remote.uid, remote.flags,
                                remote.size if remote.size is not None else row.size, policy)))
-    else:
-        guard = _guard_reason(len(vanished), len(snapshot.synced) - retried, policy)
-        if guard is None and policy.deletes_remote:
-            # The local deletion wins over a server-side flag change.
-            out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder,
-                                 placeholder=row.placeholder)
-                    for row, _ in vanished)
-        elif guard is None:
-            # Not propagated: kept on the server, untracked (never downloaded again).
-            out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
-        # else: keep the rows untouched, so the next sync detects the same deletions again and
-        # the user can confirm them with --force-deletions.
-
-    skip_uids, skip_keys = snapshot.untracked_uids, snapshot.untracked_keys
-    new_remote = (m for m in snapshot.remote if m.uid not in synced_uids
-                  and m.uid not in skip_uids)
-    unpaired = (_fresh(m) for m in snapshot.local if m.key not in synced_keys
-                and m.key not in skip_keys)
-    _match_new(out, new_remote, unpaired, policy, window)
+        return _missing_reason(len(vanished))
+    guard = _guard_reason(len(vanished), known, policy)
+    if guard is None and policy.deletes_remote:
+        # The local deletion wins over a server-side flag change.
+        out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder,
+                             placeholder=row.placeholder)
+                for row, _ in vanished)
+    elif guard is None:
+        # Not propagated: kept on the server, untracked (never downloaded again).
+        out.add(Forget(row.uid, row.key, keep="server") for row, _ in vanished)
+    # else: keep the rows untouched, so the next sync detects the same deletions again and
+    # the user can confirm them with --force-deletions.
     return guard
 
 

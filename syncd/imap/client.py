@@ -21,7 +21,7 @@ from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
 from syncd.imap import wire
 from syncd.imap.refusals import MAX_REFUSALS_IN_A_ROW, is_refusal
-from syncd.net import connect_failed, ssl_context_for, take_dialed
+from syncd.net import connect_failed, take_dialed, tls_context
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
@@ -301,15 +301,11 @@ class ImapSession:
         advertises) with an access token from ``tokens`` (default: the account's shared
         TokenProvider); ``password`` is then not called."""
         from imapclient import IMAPClient
-        from imapclient.exceptions import IMAPClientError, LoginError
+        from imapclient.exceptions import IMAPClientError
 
         name = account.name
         _refuse_while_paused(account)
-        try:
-            context = ssl_context_for(account.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise AccountError(name, f"cannot load tls_ca_file {account.tls_ca_file}: {exc}",
-                               cause="certificate") from None
+        context = tls_context(name, account.tls_ca_file)
         try:
             sock = take_dialed(account)
             client_class = IMAPClient if sock is None else wire.client_on_socket()
@@ -325,17 +321,7 @@ class ImapSession:
         try:
             if account.tls == "starttls":
                 _starttls(client, account, context)
-            mechanism = "LOGIN"
-            if account.auth == "oauth2":
-                mechanism = _oauth2_login(client, account, tokens)
-            else:
-                secret = password()
-                try:
-                    client.login(account.username, secret)
-                except LoginError:
-                    if guard.throttled is not None:  # "NO Request is throttled", not a refusal
-                        _refuse_while_paused(account)
-                    raise login_refused(account) from None
+            mechanism = _log_in(client, account, password, tokens, guard)
             # Never the pre-login list: servers add capabilities after LOGIN (RFC 3501 6.2.3),
             # and some (Exchange) put none in the OK of LOGIN. imapclient then asks CAPABILITY
             # (see ImapSession.__init__) unless the login reply carried a [CAPABILITY ...].
@@ -1427,6 +1413,24 @@ class ReplyGuard:
         if kept is not None and typ not in _KEEP_ALL and len(kept) >= 2 * UNTAGGED_KEEP:
             del kept[:-UNTAGGED_KEEP]  # nobody reads old EXISTS/OK/ALERT lines
         self._own.append_untagged(typ, dat)
+
+
+def _log_in(client: IMAPClient, account: AccountSettings, password: Callable[[], str],
+            tokens: TokenProvider | None, guard: ReplyGuard) -> str:
+    """LOGIN, or SASL with an OAuth2 token (auth: oauth2); the mechanism used. A refusal is
+    the account's AccountError; a throttling reply pauses the account instead."""
+    from imapclient.exceptions import LoginError
+
+    if account.auth == "oauth2":
+        return _oauth2_login(client, account, tokens)
+    secret = password()
+    try:
+        client.login(account.username, secret)
+    except LoginError:
+        if guard.throttled is not None:  # "NO Request is throttled", not a refusal
+            _refuse_while_paused(account)
+        raise login_refused(account) from None
+    return "LOGIN"
 
 
 def _refuse_while_paused(account: AccountSettings) -> None:

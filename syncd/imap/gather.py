@@ -137,12 +137,12 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
         # A window, or pairs parked by one: every UID's flags, so that what is outside is told
         # from what was expunged; sizes and Message-IDs only of what is inside (of all new
         # messages when local files must be paired with them: a first sync, a UIDVALIDITY
-        # change).
+        # change, or any file syncd does not know yet, which may be the copy of a message
+        # outside the window and must be parked with it, not uploaded a second time).
         known = set() if uidvalidity_changed else (
             {m.uid for m in rows.synced} | {m.uid for m in rows.outside} | untracked_uids)
-        first = uidvalidity_changed or not (rows.synced or rows.outside)
         remote, window = windowed_view(session, info, known, window_spec,
-                                       pair_outside=first and unpaired_local,
+                                       pair_outside=unpaired_local,
                                        message_ids=unpaired_local)
     else:
         remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,

@@ -82,11 +82,7 @@ def write_changes(session: ImapSession, pushes: Sequence[PushFlags], to_expunge:
     """Flag changes and the expunge of ``to_expunge``, pipelined: one round trip (plus one
     for a plain EXPUNGE without UIDPLUS, and one more only when the server refused a keyword).
     The keywords added are read back in the same batch."""
-    groups: dict[tuple[Flags, Flags], list[PushFlags]] = defaultdict(list)
-    for action in pushes:
-        # The planner sends no unkept letter; strip them anyway (a pair made while
-        # downloading does not know the folder's storable letters).
-        groups[(_keep(action.add, storable), _keep(action.remove, storable))].append(action)
+    groups = _group_pushes(pushes, storable)
     pipe = session.pipeline()
     stores = _send_stores(session, pipe, groups)
     # Read back what was added of keywords: a server may accept them and keep nothing.
@@ -99,9 +95,44 @@ def write_changes(session: ImapSession, pushes: Sequence[PushFlags], to_expunge:
         checkpoint("delete-remote.expunge")
     replies = pipe.replies()
 
-    unkept: set[str] = set()
-    failed: set[int] = set()  # uids whose change the server refused (not for a keyword)
-    refused: list[Reply] = []
+    verdict = _Verdict()
+    retry = _judge_stores(session, stores, replies, verdict)
+    verdict.unkept.update(_dropped_keywords(groups, flags_in(replies), verdict.failed))
+    if retry:
+        _store_again(session, retry, verdict)
+    expunged = session.finish_expunge(request, replies)
+    if request.uids and not expunged.expunged and not expunged.deferred:
+        verdict.refused.extend(replies[i] for i in (*request.stores, *request.expunges)
+                               if not replies[i].ok)
+    pushed = [a for a in pushes if a.uid not in verdict.failed]
+    return WriteOutcome(pushed, normalize(verdict.unkept), expunged, verdict.refused)
+
+
+class _Verdict:
+    """What the server made of the STOREs: letters it does not keep, the UIDs whose change it
+    refused (not for a keyword), and those refusals."""
+
+    def __init__(self) -> None:
+        self.unkept: set[str] = set()
+        self.failed: set[int] = set()
+        self.refused: list[Reply] = []
+
+
+def _group_pushes(pushes: Sequence[PushFlags], storable: Flags
+                  ) -> dict[tuple[Flags, Flags], list[PushFlags]]:
+    """The pushes by (letters added, letters removed), so that equal changes share a STORE."""
+    groups: dict[tuple[Flags, Flags], list[PushFlags]] = defaultdict(list)
+    for action in pushes:
+        # The planner sends no unkept letter; strip them anyway (a pair made while
+        # downloading does not know the folder's storable letters).
+        groups[(_keep(action.add, storable), _keep(action.remove, storable))].append(action)
+    return groups
+
+
+def _judge_stores(session: ImapSession, stores: list[_Store], replies: Sequence[Reply],
+                  verdict: _Verdict) -> dict[tuple[Flags, Flags], list[PushFlags]]:
+    """Sort the refused STOREs into ``verdict``; returns the changes to send again without
+    the keywords the server refused (that flag's problem, not the message's)."""
     retry: dict[tuple[Flags, Flags], list[PushFlags]] = defaultdict(list)
     for store in stores:
         bad = [replies[i] for i in store.indexes if not replies[i].ok]
@@ -109,40 +140,42 @@ def write_changes(session: ImapSession, pushes: Sequence[PushFlags], to_expunge:
             continue
         keywords = _keywords(store.letters)
         if not keywords:
-            refused.extend(bad)
-            failed.update(a.uid for a in store.actions)
+            verdict.refused.extend(bad)
+            verdict.failed.update(a.uid for a in store.actions)
             continue
-        # The server refused a keyword: that flag's problem. Send the rest again without it.
         log.info("%s: the server refused %s (%s); kept locally only", session.account.name,
                  imap_names(keywords), bad[0].text)
-        unkept.update(keywords)
+        verdict.unkept.update(keywords)
         rest = normalize(set(store.letters) - set(keywords))
         if rest:
             key = (rest, "") if store.sign == "+" else ("", rest)
             retry[key].extend(store.actions)
-    read_back = flags_in(replies)
+    return retry
+
+
+def _dropped_keywords(groups: Mapping[tuple[Flags, Flags], Sequence[PushFlags]],
+                      read_back: Mapping[int, Flags], failed: set[int]) -> set[str]:
+    """Keywords the server accepted and did not keep, as the flags read back show."""
+    dropped: set[str] = set()
     for (add, _), actions in groups.items():
         for action in actions:
             have = read_back.get(action.uid)
             if have is not None and action.uid not in failed:
-                unkept.update(set(_keywords(add)) - set(have))
+                dropped.update(set(_keywords(add)) - set(have))
+    return dropped
 
-    if retry:
-        pipe = session.pipeline()
-        again = _send_stores(session, pipe, retry)
-        replies_again = pipe.replies()
-        for store in again:
-            bad = [replies_again[i] for i in store.indexes if not replies_again[i].ok]
-            if bad:
-                refused.extend(bad)
-                failed.update(a.uid for a in store.actions)
 
-    expunged = session.finish_expunge(request, replies)
-    if request.uids and not expunged.expunged and not expunged.deferred:
-        refused.extend(replies[i] for i in (*request.stores, *request.expunges)
-                       if not replies[i].ok)
-    pushed = [a for a in pushes if a.uid not in failed]
-    return WriteOutcome(pushed, normalize(unkept), expunged, refused)
+def _store_again(session: ImapSession, retry: Mapping[tuple[Flags, Flags],
+                 Sequence[PushFlags]], verdict: _Verdict) -> None:
+    """The second round trip: the changes without their refused keywords."""
+    pipe = session.pipeline()
+    stores = _send_stores(session, pipe, retry)
+    replies = pipe.replies()
+    for store in stores:
+        bad = [replies[i] for i in store.indexes if not replies[i].ok]
+        if bad:
+            verdict.refused.extend(bad)
+            verdict.failed.update(a.uid for a in store.actions)
 
 
 class Appended(NamedTuple):

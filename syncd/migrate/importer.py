@@ -82,7 +82,7 @@ def _flow(value: Any) -> str:
 def add_accounts(path: Path, accounts: list[ImportedAccount]) -> tuple[list[str], list[str]]:
     """Insert the accounts into the config at ``path``; returns (added, skipped) names. The
     result is validated as a whole before the file is replaced (atomically)."""
-    from syncd.config.init import _HEADER, _accounts_insertion, _bare_accounts, _write_atomically
+    from syncd.config.init import _write_atomically, with_account
     from syncd.config.load import parse_config
 
     try:
@@ -103,17 +103,7 @@ def add_accounts(path: Path, accounts: list[ImportedAccount]) -> tuple[list[str]
         if account.name in existing:
             skipped.append(account.name)
             continue
-        if not text.strip():
-            text = _HEADER + render(account)
-        else:
-            text = _bare_accounts(text)
-            index, indent, needs_key = _accounts_insertion(text)
-            lines = text.splitlines(keepends=True)
-            if lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n"
-            lines[index:index] = [("accounts:\n" if needs_key else "") +
-                                  render(account, indent)]
-            text = "".join(lines)
+        text = with_account(text, lambda indent, account=account: render(account, indent))
         existing.add(account.name)
         added.append(account.name)
     if added:

@@ -21,14 +21,13 @@ import base64
 import contextlib
 import poplib
 import re
-import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from syncd.errors import AccountError
-from syncd.net import connect_failed, describe_connect_error, ssl_context_for
+from syncd.net import connect_failed, describe_connect_error, tls_context
 
 if TYPE_CHECKING:
     from syncd.auth.oauth import OAuthSasl
@@ -141,11 +140,7 @@ class Pop3Session:
         log in: ``sasl`` if given, else AUTH PLAIN when offered, else USER/PASS. The password
         is asked for only once the channel is secure."""
         name = account.name
-        try:
-            context = ssl_context_for(account.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise AccountError(name, f"cannot load tls_ca_file {account.tls_ca_file}: {exc}",
-                               cause="certificate") from None
+        context = tls_context(name, account.tls_ca_file)
         try:
             if account.tls == "implicit":
                 client: poplib.POP3 = poplib.POP3_SSL(account.host, account.port,
@@ -165,28 +160,8 @@ class Pop3Session:
                 client.stls(context)
                 # RFC 2595: capabilities learned before TLS are void (they could be forged).
                 capabilities = _capabilities(client)
-            mechanisms = [m.upper() for m in capabilities.get("SASL", [])]
-            try:
-                if sasl is not None:
-                    _authenticate(client, sasl, account.username)
-                elif getattr(account, "auth", "password") == "oauth2":
-                    # getattr: settings from before the auth key existed have no such field.
-                    _oauth2_login(client, account, mechanisms)
-                elif "PLAIN" in mechanisms:
-                    _authenticate(client, PlainMechanism(password), account.username)
-                else:
-                    client.user(account.username)
-                    client.pass_(password())
-            except poplib.error_proto as exc:
-                detail = _text(exc)
-                if "[SYS/" in detail.upper() or "[IN-USE]" in detail.upper():
-                    # RFC 3206: not a credentials problem; say what the server said.
-                    raise AccountError(name, f"login as {account.username!r} on "
-                                       f"{account.host} refused: {detail}",
-                                       cause="auth") from None
-                raise AccountError(
-                    name, f"login as {account.username!r} on {account.host} failed: wrong "
-                    "username or password", cause="auth") from None
+            _log_in(client, account, password, sasl,
+                    [m.upper() for m in capabilities.get("SASL", [])])
             # Capabilities may change after login (RFC 2449 section 5); ask again.
             return cls(account, client, _capabilities(client) or capabilities)
         except AccountError:
@@ -569,3 +544,29 @@ __all__ = [
     "Reply",
     "SaslMechanism",
 ]
+
+
+def _log_in(client: poplib.POP3, account: AccountSettings, password: Callable[[], str],
+            sasl: SaslMechanism | None, mechanisms: list[str]) -> None:
+    """``sasl`` if given, else OAuth2 (auth: oauth2), else AUTH PLAIN when offered, else
+    USER/PASS. A refusal is the account's AccountError (cause auth)."""
+    try:
+        if sasl is not None:
+            _authenticate(client, sasl, account.username)
+        elif getattr(account, "auth", "password") == "oauth2":
+            # getattr: settings from before the auth key existed have no such field.
+            _oauth2_login(client, account, mechanisms)
+        elif "PLAIN" in mechanisms:
+            _authenticate(client, PlainMechanism(password), account.username)
+        else:
+            client.user(account.username)
+            client.pass_(password())
+    except poplib.error_proto as exc:
+        detail = _text(exc)
+        if "[SYS/" in detail.upper() or "[IN-USE]" in detail.upper():
+            # RFC 3206: not a credentials problem; say what the server said.
+            raise AccountError(account.name, f"login as {account.username!r} on "
+                               f"{account.host} refused: {detail}", cause="auth") from None
+        raise AccountError(
+            account.name, f"login as {account.username!r} on {account.host} failed: wrong "
+            "username or password", cause="auth") from None

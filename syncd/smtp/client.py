@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd.errors import AccountError
-from syncd.net import describe_connect_error, ssl_context_for
+from syncd.net import describe_connect_error, tls_context
 
 if TYPE_CHECKING:
     from syncd.auth.oauth import OAuthSasl
@@ -63,11 +63,7 @@ def connect(account: AccountSettings, password: Callable[[], str]) -> smtplib.SM
     """An authenticated SMTP connection. Raises AccountError (TLS, login) or Transient."""
     smtp = _smtp(account)
     ca_file = smtp.tls_ca_file or account.tls_ca_file
-    try:
-        context = ssl_context_for(ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise AccountError(account.name, f"cannot load tls_ca_file {ca_file}: {exc}",
-                           cause="certificate") from None
+    context = tls_context(account.name, ca_file)
     try:
         if smtp.tls == "implicit":
             conn: smtplib.SMTP = smtplib.SMTP_SSL(smtp.host, smtp.port, EHLO_NAME,

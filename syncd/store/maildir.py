@@ -478,6 +478,28 @@ class MaildirFolder:
         the delivery); a clash then raises FileExistsError instead of picking another name.
         """
         del size_hint
+        staged = self._write_tmp(data, flags, mtime=mtime, key=key, fsync=True)
+        try:
+            key, consumed = self._link_into_place(staged.tmp_path, staged.flags,
+                                                  fixed=staged.fixed)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staged.tmp_path)
+            raise
+        if not consumed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.tmp_path)
+        return key
+
+    def stage(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
+              key: str | None = None) -> Staged:
+        """First half of a batched delivery: write the message to tmp/ without fsync. Nothing
+        is visible to mail readers until publish()."""
+        return self._write_tmp(data, flags, mtime=mtime, key=key, fsync=False)
+
+    def _write_tmp(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None,
+                   key: str | None, fsync: bool) -> Staged:
+        """The message in tmp/ (0600), fsynced if asked; nothing is left there on failure."""
         flags = _check_flags(flags)
         if key is not None:
             _check_key(key)
@@ -490,36 +512,12 @@ class MaildirFolder:
                     # that clean_tmp (which looks at both) never takes a delivery in progress
                     # for a stale one when the INTERNALDATE is old.
                     os.utime(fd, (time.time(), mtime))
-                os.fsync(fd)
+                if fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            key, consumed = self._link_into_place(tmp_path, flags, fixed=key is not None)
         except BaseException:
             # A half-written tmp file is garbage (ENOSPC, a dropped connection mid-stream, ...).
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
-            raise
-        if not consumed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_path)
-        return key
-
-    def stage(self, data: bytes | Iterable[bytes], flags: Flags, *, mtime: float | None = None,
-              key: str | None = None) -> Staged:
-        """First half of a batched delivery: write the message to tmp/ without fsync. Nothing
-        is visible to mail readers until publish()."""
-        flags = _check_flags(flags)
-        if key is not None:
-            _check_key(key)
-        tmp_path, fd = self._open_tmp(key)
-        try:
-            try:
-                _write_all(fd, data)
-                if mtime is not None:
-                    os.utime(fd, (time.time(), mtime))
-            finally:
-                os.close(fd)
-        except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_path)
             raise

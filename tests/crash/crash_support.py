@@ -25,7 +25,7 @@ from tests.support.syncd_env import (
     local_files,
     local_state,
     server_state,
-    sync,
+    synced_ok,
     write_config,
 )
 
@@ -192,12 +192,6 @@ def describe_difference(got: dict[str, Counter], want: dict[str, Counter]) -> st
 
 def stray_tmp(account: Account) -> list[Path]:
     return sorted(p for p in account.maildir.rglob("*") if p.parent.name == "tmp" and p.is_file())
-
-
-def synced_ok(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def assert_quiet(dovecot: Dovecot, user: User, account: Account) -> None:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import secrets
@@ -34,7 +33,6 @@ from pathlib import Path
 import pytest
 
 from syncd import faults
-from syncd.imap import client as imap_adapter
 from tests.crash.crash_support import (
     SCENARIOS,
     Template,
@@ -65,11 +63,8 @@ SEED_FLAGS = ["", "S", "ST", "FS", "RS", "", "S", "D", "PS", "S"]
 
 
 @pytest.fixture(autouse=True)
-def _fast_tls(monkeypatch: pytest.MonkeyPatch):
-    # In-process syncs only (the subprocesses are untouched): one trust store per CA file
-    # instead of loading the system's for every connection.
-    monkeypatch.setattr(imap_adapter, "ssl_context_for",
-                        functools.lru_cache(imap_adapter.ssl_context_for))
+def _no_armed_fault():
+    # (TLS contexts need no caching here: syncd.net.ssl_context_for shares them.)
     faults.arm(None)
     yield
     faults.arm(None)

@@ -5,7 +5,6 @@ at the end of the run and written to ``.pytest_cache/syncd-faults-summary.json``
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from syncd import faults
-from syncd.imap import client as imap_adapter
 from tests.faults.faultlib import FIGURES, SECRETS, write_summary
 
 _scanned = {"files": 0, "tests": 0}
@@ -35,11 +33,8 @@ def leakcheck(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Non
 
 
 @pytest.fixture(autouse=True)
-def _fast_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # In-process syncs only (subprocesses are untouched): one trust store per CA file instead
-    # of loading the system's for every connection.
-    monkeypatch.setattr(imap_adapter, "ssl_context_for",
-                        functools.lru_cache(imap_adapter.ssl_context_for))
+def _no_armed_fault() -> Iterator[None]:
+    # (TLS contexts need no caching here: syncd.net.ssl_context_for shares them.)
     faults.arm(None)
     yield
     faults.arm(None)

@@ -276,27 +276,9 @@ class ImapServer(_Server):
                               f"{_quote(imap_utf7_encode(name))}")
             self.ok(conn, tag)
         elif command == "STATUS":
-            name, _ = _unquote_mailbox(args)
-            msgs = self.folders.get(name)
-            if msgs is None:
-                conn.line(f"{tag} NO no such mailbox")
-                return
-            conn.line(f"* STATUS {_quote(imap_utf7_encode(name))} (MESSAGES {len(msgs)} "
-                      f"UIDNEXT {self._uidnext(msgs)} UIDVALIDITY {self.uidvalidity})")
-            self.ok(conn, tag)
+            self.status(conn, tag, args)
         elif command in ("SELECT", "EXAMINE"):
-            name, _ = _unquote_mailbox(args)
-            msgs = self.folders.get(name)
-            if msgs is None:
-                conn.line(f"{tag} NO no such mailbox")
-                return
-            conn.selected = name
-            conn.line(f"* {len(msgs)} EXISTS")
-            conn.line("* 0 RECENT")
-            conn.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
-            conn.line(f"* OK [UIDVALIDITY {self.uidvalidity}] UIDs valid")
-            conn.line(f"* OK [UIDNEXT {self._uidnext(msgs)}] next")
-            self.ok(conn, tag, "[READ-WRITE] selected")
+            self.select(conn, tag, args)
         elif command in ("UNSELECT", "CLOSE"):
             conn.selected = None
             self.ok(conn, tag)
@@ -320,6 +302,46 @@ class ImapServer(_Server):
     @staticmethod
     def _uidnext(msgs: list[Msg]) -> int:
         return max((m.uid for m in msgs), default=0) + 1
+
+    # --- SELECT and STATUS, shared by the scripted servers (limited.py, quirky.py) ---------
+    def uidnext_of(self, name: str) -> int:
+        return self._uidnext(self.folders[name])
+
+    def select_codes(self, name: str) -> list[str]:
+        """Response codes a server adds to SELECT (PERMANENTFLAGS, HIGHESTMODSEQ)."""
+        return []
+
+    def status_items(self, name: str) -> str:
+        return (f"MESSAGES {len(self.folders[name])} UIDNEXT {self.uidnext_of(name)} "
+                f"UIDVALIDITY {self.uidvalidity}")
+
+    def _existing(self, conn: Conn, tag: str, args: str) -> str | None:
+        """The folder named in ``args``; None (answered NO) if there is none."""
+        name, _ = _unquote_mailbox(args)
+        if name not in self.folders:
+            conn.line(f"{tag} NO no such mailbox")
+            return None
+        return name
+
+    def status(self, conn: Conn, tag: str, args: str) -> None:
+        name = self._existing(conn, tag, args)
+        if name is not None:
+            conn.line(f"* STATUS {_quote(imap_utf7_encode(name))} ({self.status_items(name)})")
+            self.ok(conn, tag)
+
+    def select(self, conn: Conn, tag: str, args: str) -> None:
+        name = self._existing(conn, tag, args)
+        if name is None:
+            return
+        conn.selected = name
+        conn.line(f"* {len(self.folders[name])} EXISTS")
+        conn.line("* 0 RECENT")
+        conn.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
+        conn.line(f"* OK [UIDVALIDITY {self.uidvalidity}] UIDs valid")
+        conn.line(f"* OK [UIDNEXT {self.uidnext_of(name)}] next")
+        for code in self.select_codes(name):
+            conn.line(f"* OK [{code}] ok")
+        self.ok(conn, tag, "[READ-WRITE] selected")
 
     @staticmethod
     def _fetch_kind(args: str) -> str:

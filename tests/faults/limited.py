@@ -46,9 +46,7 @@ class LimitedImapServer(ImapServer):
         return match.group(1).split() if match else []
 
     def dispatch(self, conn: Conn, tag: str, command: str, args: str) -> None:
-        if command in ("SELECT", "EXAMINE"):
-            self._select(conn, tag, args)
-        elif command == "UID STORE":
+        if command == "UID STORE":
             self._store(conn, tag, args)
         elif command == "APPEND":
             self._append(conn, tag, args)
@@ -64,24 +62,8 @@ class LimitedImapServer(ImapServer):
     def _msgs(self, conn: Conn) -> list[Msg]:
         return self.folders.get(conn.selected or "", [])
 
-    def _select(self, conn: Conn, tag: str, args: str) -> None:
-        name, _ = _unquote_mailbox(args)
-        msgs = self.folders.get(name)
-        if msgs is None:
-            conn.line(f"{tag} NO no such mailbox")
-            return
-        conn.selected = name
-        conn.line(f"* {len(msgs)} EXISTS")
-        conn.line("* 0 RECENT")
-        conn.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
-        if self.permanentflags is not None:
-            conn.line(f"* OK [PERMANENTFLAGS ({self.permanentflags})] flags")
-        conn.line(f"* OK [UIDVALIDITY {self.uidvalidity}] UIDs valid")
-        conn.line(f"* OK [UIDNEXT {self._next_uid(name)}] next")
-        self.ok(conn, tag, "[READ-WRITE] selected")
-
-    def _next_uid(self, folder: str) -> int:
-        return max((m.uid for m in self.folders.get(folder, [])), default=0) + 1
+    def select_codes(self, name: str) -> list[str]:
+        return [] if self.permanentflags is None else [f"PERMANENTFLAGS ({self.permanentflags})"]
 
     def _store(self, conn: Conn, tag: str, args: str) -> None:
         uid_set, item, rest = [*args.split(" ", 2), "", ""][:3]
@@ -118,7 +100,7 @@ class LimitedImapServer(ImapServer):
         self._last_literal = b""
         kept = [] if self.append_ignores_flags else self._kept(flags)
         self.folders.setdefault(name, []).append(
-            Msg(self._next_uid(name), body, " ".join(kept)))
+            Msg(self.uidnext_of(name), body, " ".join(kept)))
         self.appended.append((args, body))
         if conn.selected == name:
             conn.line(f"* {len(self.folders[name])} EXISTS")

@@ -21,8 +21,7 @@ from __future__ import annotations
 import re
 import threading
 
-from tests.faults.hostile import Conn, ImapServer, Msg, _quote, _unquote_mailbox
-from tests.support.dovecot import imap_utf7_encode
+from tests.faults.hostile import Conn, ImapServer, Msg
 
 MAX_UID = 4294967295
 
@@ -57,35 +56,20 @@ class CyrusLike(ImapServer):
         return uid
 
     # --- protocol -----------------------------------------------------------------------
+    def uidnext_of(self, name: str) -> int:
+        return self.uidnext[name]
+
+    def select_codes(self, name: str) -> list[str]:
+        return [f"HIGHESTMODSEQ {self.highest}"]
+
+    def status_items(self, name: str) -> str:
+        return f"{super().status_items(name)} HIGHESTMODSEQ {self.highest}"
+
     def dispatch(self, conn: Conn, tag: str, command: str, args: str) -> None:
         if command == "ENABLE":
             conn.line("* ENABLED " + " ".join(w for w in args.upper().split()
                                               if w in ("CONDSTORE", "QRESYNC")))
             self.ok(conn, tag)
-        elif command == "STATUS":
-            name, _ = _unquote_mailbox(args)
-            msgs = self.folders.get(name)
-            if msgs is None:
-                conn.line(f"{tag} NO no such mailbox")
-                return
-            conn.line(f"* STATUS {_quote(imap_utf7_encode(name))} (MESSAGES {len(msgs)} "
-                      f"UIDNEXT {self.uidnext[name]} UIDVALIDITY {self.uidvalidity} "
-                      f"HIGHESTMODSEQ {self.highest})")
-            self.ok(conn, tag)
-        elif command in ("SELECT", "EXAMINE"):
-            name, _ = _unquote_mailbox(args)
-            msgs = self.folders.get(name)
-            if msgs is None:
-                conn.line(f"{tag} NO no such mailbox")
-                return
-            conn.selected = name
-            conn.line(f"* {len(msgs)} EXISTS")
-            conn.line("* 0 RECENT")
-            conn.line("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)")
-            conn.line(f"* OK [UIDVALIDITY {self.uidvalidity}] UIDs valid")
-            conn.line(f"* OK [UIDNEXT {self.uidnext[name]}] next")
-            conn.line(f"* OK [HIGHESTMODSEQ {self.highest}] modseq")
-            self.ok(conn, tag, "[READ-WRITE] selected")
         elif command == "UID FETCH" and "CHANGEDSINCE" in args.upper():
             self._fetch_changed(conn, tag, args)
         else:

@@ -19,7 +19,7 @@ from tests.faults.faultlib import SECRETS, make_account
 from tests.faults.hostile import Msg
 from tests.faults.limited import LimitedImapServer
 from tests.support.dovecot import Dovecot, User, make_message
-from tests.support.syncd_env import Account, local_files, run_cli
+from tests.support.syncd_env import Account, flags_by_subject, local_files, synced_ok
 
 
 @pytest.fixture
@@ -46,20 +46,9 @@ def account_for(tmp_path: Path, dovecot: Dovecot, server: LimitedImapServer) -> 
                         name="victim")
 
 
-def synced_ok(account: Account) -> str:
-    rc, out, err = run_cli("--config", str(account.config), "sync")
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
-
-
 def local_flags(account: Account) -> dict[bytes, str]:
     """Subject line -> local flags."""
-    found = {}
-    for flags, path in local_files(account.folder_dir("INBOX")):
-        subject = next(line for line in path.read_bytes().split(b"\n")
-                       if line.startswith(b"Subject:"))
-        found[subject] = flags
-    return found
+    return flags_by_subject(account.folder_dir("INBOX"))
 
 
 def forward_locally(account: Account, uid: int) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import Dovecot, HarnessError, User, make_message
+from tests.support.dovecot import Dovecot, User, make_message, running
 from tests.support.syncd_env import (
     Account,
     assert_folder_in_sync,
     local_files,
-    sync,
+    synced_ok,
     write_config,
 )
 
@@ -26,21 +26,9 @@ BARE_CAPABILITY = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID IDLE UNSELECT CHILDREN N
 
 @pytest.fixture(scope="module")
 def bare_dovecot(dovecot_workroot: Path) -> Iterator[Dovecot]:
-    dc = Dovecot(dovecot_workroot / "dovecot-no-uidplus", imap_capability=BARE_CAPABILITY)
-    try:
-        dc.start()
-    except HarnessError as exc:
-        pytest.fail(f"cannot start the test Dovecot: {exc}", pytrace=False)
-    try:
+    with running(Dovecot(dovecot_workroot / "dovecot-no-uidplus",
+                         imap_capability=BARE_CAPABILITY)) as dc:
         yield dc
-    finally:
-        dc.stop()
-
-
-def synced_ok(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def local_by_text(account: Account, folder: str = "INBOX") -> dict[int, str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import Dovecot, HarnessError, make_message
-from tests.support.syncd_env import Account, local_files, sync, write_config
+from tests.support.dovecot import Dovecot, make_message, running
+from tests.support.syncd_env import Account, flags_by_subject, local_files, synced_ok, write_config
 
 
 @pytest.fixture(scope="module")
@@ -24,31 +24,13 @@ def acl_dovecot(dovecot_workroot: Path) -> Iterator[Dovecot]:
     acl.chmod(0o644)
     extra = (f"mail_plugins = $mail_plugins acl\nprotocol imap {{\n"
              f"  mail_plugins = $mail_plugins imap_acl\n}}\nplugin {{\n  acl = vfile:{acl}\n}}\n")
-    dc = Dovecot(root / "dc", extra_conf=extra)
-    try:
-        dc.start()
-    except HarnessError as exc:
-        pytest.fail(f"cannot start the test Dovecot: {exc}", pytrace=False)
-    try:
+    with running(Dovecot(root / "dc", extra_conf=extra)) as dc:
         yield dc
-    finally:
-        dc.stop()
-
-
-def synced_ok(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def local_flags(account: Account) -> dict[bytes, str]:
     """Subject line -> local flags."""
-    found = {}
-    for flags, path in local_files(account.folder_dir("INBOX")):
-        subject = next(line for line in path.read_bytes().split(b"\n")
-                       if line.startswith(b"Subject:"))
-        found[subject] = flags
-    return found
+    return flags_by_subject(account.folder_dir("INBOX"))
 
 
 def test_permanentflags_without_keywords(acl_dovecot: Dovecot, tmp_path: Path) -> None:

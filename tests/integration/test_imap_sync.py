@@ -20,14 +20,9 @@ from tests.support.syncd_env import (
     assert_folder_in_sync,
     local_files,
     sync,
+    synced_ok,
     write_config,
 )
-
-
-def synced_ok(account: Account, *args: str) -> str:
-    rc, out, err = sync(account, *args)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def assert_quiet(account: Account) -> None:

@@ -21,14 +21,9 @@ from tests.support.syncd_env import (
     assert_folder_in_sync,
     local_files,
     sync,
+    synced_ok,
     write_config,
 )
-
-
-def synced(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def settled(dovecot: Dovecot, user: User, tmp_path: Path, **config: str) -> Account:
@@ -38,9 +33,9 @@ def settled(dovecot: Dovecot, user: User, tmp_path: Path, **config: str) -> Acco
     dovecot.seed(user, "Lists/python", [make_message(i, folder="Lists/python")
                                         for i in range(3)])
     account = write_config(tmp_path, dovecot, user, **config)
-    synced(account)
+    synced_ok(account)
     time.sleep(1.2)
-    synced(account)
+    synced_ok(account)
     return account
 
 
@@ -62,7 +57,7 @@ def test_nothing_to_do_is_one_login(dovecot: Dovecot, user: User, tmp_path: Path
     account = settled(dovecot, user, tmp_path)
     before = last_syncs(account)
     mark = dovecot.log_mark()
-    assert "test: +0 down +0 up -0 ~0 flags" in synced(account)
+    assert "test: +0 down +0 up -0 ~0 flags" in synced_ok(account)
     assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
     after = last_syncs(account)
     assert set(after) == set(before) == {"INBOX", "Lists/python"}
@@ -117,7 +112,7 @@ def test_any_change_hands_over_to_the_full_sync(
     account = settled(dovecot, user, tmp_path)
     expected = change(dovecot, user, account)
     mark = dovecot.log_mark()
-    out = synced(account)
+    out = synced_ok(account)
     assert expected in out, out
     # The check's connection and the engine's, both logged in (none opened for nothing).
     assert logins(dovecot, mark) == 2, dovecot.log_text(mark)
@@ -125,9 +120,9 @@ def test_any_change_hands_over_to_the_full_sync(
     for folder in dovecot.folders(user):
         assert_folder_in_sync(dovecot, user, account, folder)
     time.sleep(1.2)
-    synced(account)  # takes the stamps again, a second after the change
+    synced_ok(account)  # takes the stamps again, a second after the change
     mark = dovecot.log_mark()
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
     assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
 
 
@@ -138,14 +133,14 @@ def test_right_after_a_sync_the_files_are_looked_at_without_the_engine(
     instead, and a change made in that second is still found."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(4)])
     account = write_config(tmp_path, dovecot, user)
-    assert "+4 down" in synced(account)
+    assert "+4 down" in synced_ok(account)
     mark = dovecot.log_mark()
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
     assert logins(dovecot, mark) == 1, dovecot.log_text(mark)  # no engine
 
     _local_flag(dovecot, user, account)  # within a second of the stamp just taken
     mark = dovecot.log_mark()
-    assert "~1 flags" in synced(account)
+    assert "~1 flags" in synced_ok(account)
     assert logins(dovecot, mark) == 2, dovecot.log_text(mark)
     assert_folder_in_sync(dovecot, user, account, "INBOX")
 
@@ -164,7 +159,7 @@ def test_an_interrupted_transfer_is_finished_by_the_full_sync(dovecot: Dovecot, 
     finally:
         store.close()
     mark = dovecot.log_mark()
-    assert "+0 down" in synced(account)
+    assert "+0 down" in synced_ok(account)
     assert logins(dovecot, mark) == 2, dovecot.log_text(mark)
     store = StateStore(account.state_dir / f"{account.name}.sqlite3")
     try:
@@ -180,7 +175,7 @@ def test_an_excluded_local_folder_does_not_count(dovecot: Dovecot, user: User,
     for sub in ("cur", "new", "tmp"):
         (account.maildir / "Junk" / sub).mkdir(parents=True)
     mark = dovecot.log_mark()
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
     assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
     assert "Junk" not in dovecot.folders(user)
 

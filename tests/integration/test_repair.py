@@ -17,17 +17,11 @@ import pytest
 
 from syncd.imap.client import ImapSession
 from tests.support.dovecot import Dovecot, User, make_message
-from tests.support.syncd_env import Account, local_files, sync, write_config
+from tests.support.syncd_env import Account, local_files, synced_ok, write_config
 
 # What tools and servers add; a test strips them to compare the two sides' mail.
 ADDED = re.compile(rb"^(x-tuid|x-uid|x-imapbase|status|x-status|x-uidl|x-spam-score|"
                    rb"x-spam-flag):", re.IGNORECASE)
-
-
-def synced(account: Account) -> str:
-    rc, out, err = sync(account)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def with_fields(message: bytes, fields: bytes) -> bytes:
@@ -119,7 +113,7 @@ def test_mbsync_maildir_pairs_without_transfer(dovecot: Dovecot, user: User, tmp
              for i, (m, f) in enumerate(zip(messages, local_flags, strict=True))]
     inodes = sorted(p.stat().st_ino for p in paths)
 
-    out = synced(account)
+    out = synced_ok(account)
 
     assert "+0 down +0 up" in out, out
     assert_same_mail(dovecot, user, account, "INBOX", 12)
@@ -129,7 +123,7 @@ def test_mbsync_maildir_pairs_without_transfer(dovecot: Dovecot, user: User, tmp
         expected = "".join(sorted(set(server_flags[i]) | set(local_flags[i])))
         assert flags[content(message)] == expected
     assert text_fetches == []  # X-TUID is a trace field: sizes settle it, no body is fetched
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
 
 
 @pytest.mark.parametrize(("fields", "digested"), [
@@ -151,14 +145,14 @@ def test_lost_state_pairs_server_copies_with_added_headers(
     for i, message in enumerate([*messages, no_id]):
         plain_file(inbox, i, message, "F" if i == 0 else "")
 
-    out = synced(account)
+    out = synced_ok(account)
 
     assert "+0 down +0 up" in out, out
     assert_same_mail(dovecot, user, account, "INBOX", 6)
     assert server_mail(dovecot, user, "INBOX")[(content(messages[0]), "F")] == 1
     # Bodies are fetched only where the sizes could not settle it, and only those.
     assert [sorted(c) for c in text_fetches] == ([sorted(uids)] if digested else [])
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
 
 
 @pytest.mark.parametrize("fields", [b"X-UID: 12\r\nStatus: O\r\nX-Status: A\r\n",
@@ -170,7 +164,7 @@ def test_uidvalidity_change_to_a_server_that_adds_headers(
     messages = [make_message(i) for i in range(8)]
     dovecot.seed(user, "INBOX", [(m, "S") for m in messages])
     account = write_config(tmp_path, dovecot, user)
-    synced(account)
+    synced_ok(account)
     inbox = account.folder_dir("INBOX")
     inodes = sorted(p.stat().st_ino for _, p in local_files(inbox))
     old = dovecot.uidvalidity(user, "INBOX")
@@ -180,12 +174,12 @@ def test_uidvalidity_change_to_a_server_that_adds_headers(
         dovecot.append(user, "INBOX", with_fields(message, fields), ["\\Seen"])
     dovecot.set_uidvalidity(user, "INBOX", old + 1000)
 
-    out = synced(account)
+    out = synced_ok(account)
 
     assert "+0 down +0 up" in out, out
     assert sorted(p.stat().st_ino for _, p in local_files(inbox)) == inodes
     assert_same_mail(dovecot, user, account, "INBOX", 8)
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)
 
 
 def test_different_messages_sharing_a_message_id_are_not_merged(
@@ -207,10 +201,10 @@ def test_different_messages_sharing_a_message_id_are_not_merged(
     mbsync_file(drafts, 2, edited, "D")
     plain_file(drafts, 3, local_only, "D")
 
-    out = synced(account)
+    out = synced_ok(account)
 
     assert "+1 down +2 up" in out, out
     assert_same_mail(dovecot, user, account, "Drafts", 4)
     server = {content(m.body) for m in dovecot.messages(user, "Drafts").values()}
     assert {content(m) for m in (first, edited, other, local_only)} <= server
-    assert "+0 down +0 up -0 ~0 flags" in synced(account)
+    assert "+0 down +0 up -0 ~0 flags" in synced_ok(account)

@@ -20,15 +20,9 @@ from tests.support.syncd_env import (
     local_state,
     run_cli,
     server_state,
-    sync,
+    synced_ok,
     write_config,
 )
-
-
-def synced_ok(account: Account, *args: str) -> str:
-    rc, out, err = sync(account, *args)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def server_snapshot(dovecot: Dovecot, user: User) -> dict[str, dict[int, tuple]]:

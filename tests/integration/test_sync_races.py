@@ -17,10 +17,10 @@ from syncd.locks import AccountLock
 from syncd.store.maildir import MaildirFolder
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
-    Account,
     assert_folder_in_sync,
     local_files,
     sync,
+    synced_ok,
     write_config,
 )
 from tests.support.tcp_proxy import TcpProxy
@@ -33,12 +33,6 @@ def hooks() -> Iterator[dict[str, object]]:
     yield added
     for step in added:
         faults.add_hook(step, None)
-
-
-def synced(account: Account, *args: str) -> str:
-    rc, out, err = sync(account, *args)
-    assert rc == 0, f"sync failed ({rc}): {out}{err}"
-    return out
 
 
 def mutt_flag(folder_dir: Path, path: Path, letter: str) -> Path:
@@ -56,7 +50,7 @@ def test_a_rename_during_execute_is_picked_up_by_the_next_sync(
     and the engine alike) skipped the folder, and the flag never reached the server."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
     account = write_config(tmp_path, dovecot, user)
-    synced(account)
+    synced_ok(account)
     inbox = account.folder_dir("INBOX")
     [(_, victim), *_] = local_files(inbox)
     dovecot.append(user, "INBOX", make_message(10))  # gives the next sync a download
@@ -70,11 +64,11 @@ def test_a_rename_during_execute_is_picked_up_by_the_next_sync(
 
     faults.add_hook("download.commit", rename)
     hooks["download.commit"] = rename
-    synced(account)
+    synced_ok(account)
     assert hooks.get("done"), "the hook did not run"
     faults.add_hook("download.commit", None)
 
-    synced(account)  # the next sync, nothing else changed since
+    synced_ok(account)  # the next sync, nothing else changed since
     flagged = [m for m in dovecot.messages(user, "INBOX", bodies=False).values()
                if "\\Flagged" in m.flags]
     assert len(flagged) == 1, "the rename made during the sync was never pushed"
@@ -88,12 +82,12 @@ def test_own_renames_cost_one_scan_not_one_per_sync(
     stamp that a later sync trusts: after a settling sync, no scan at all."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(4)])
     account = write_config(tmp_path, dovecot, user, extra="    connections: 1\n")
-    synced(account)
+    synced_ok(account)
     dovecot.add_flags(user, "INBOX", dovecot.uids(user, "INBOX"), ["\\Seen"])
-    synced(account)  # renames every local file
+    synced_ok(account)  # renames every local file
     assert all("S" in flags for flags, _ in local_files(account.folder_dir("INBOX")))
     time.sleep(1.2)
-    synced(account)  # the stamp of a change this recent is racy: one look, then a stamp
+    synced_ok(account)  # the stamp of a change this recent is racy: one look, then a stamp
     scans: list[Path] = []
     original = MaildirFolder.scan
 
@@ -102,8 +96,8 @@ def test_own_renames_cost_one_scan_not_one_per_sync(
         return original(self)
 
     monkeypatch.setattr(MaildirFolder, "scan", counting)
-    synced(account)
-    synced(account)
+    synced_ok(account)
+    synced_ok(account)
     assert scans == [], f"settled folders were scanned again: {scans}"
 
 
@@ -132,7 +126,7 @@ def test_a_failure_on_a_parallel_connection_belongs_to_its_folder(
     errors = [line for line in out.splitlines() + err.splitlines() if "injected" in line]
     assert len(errors) == 1, out + err
     assert "Big1" in errors[0] or "Big2" in errors[0], errors
-    synced(account)  # and the next sync completes both
+    synced_ok(account)  # and the next sync completes both
     for folder in ("Big1", "Big2"):
         assert assert_folder_in_sync(dovecot, user, account, folder) == 600
 
@@ -154,6 +148,6 @@ def test_a_busy_account_is_not_even_dialled(dovecot: Dovecot, user: User,
         assert f"pid {os.getpid()}" in out + err, out + err
         time.sleep(0.2)
         assert proxy.accepted == 0, "a busy account was dialled"
-        synced(account)
+        synced_ok(account)
         assert proxy.accepted >= 1
     assert_folder_in_sync(dovecot, user, account, "INBOX")

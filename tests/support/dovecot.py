@@ -340,6 +340,38 @@ def _fetch_records(data: list) -> Iterator[tuple[bytes, list[bytes]]]:
         yield bytes(text), lits
 
 
+def list_entries(data: list, what: str = "") -> Iterator[tuple[str, list[str]]]:
+    """(folder name decoded from modified UTF-7, its flags in lower case) of each LIST
+    response in imaplib's ``data``; a name may come as a literal."""
+    for item in data:
+        if item is None:
+            continue
+        if isinstance(item, tuple):  # the name sent as a literal
+            line, raw_name = item
+            mo = _LIST_LINE.match(line.rstrip())
+            name = raw_name.decode("utf-8")
+        else:
+            mo = _LIST_LINE.match(item)
+            name = _unquote(mo.group("name")) if mo else ""
+        if mo is None:
+            raise HarnessError(f"{what}cannot parse LIST response {item!r}")
+        yield imap_utf7_decode(name), mo.group("flags").decode().lower().split()
+
+
+def _selectable(flags: list[str]) -> bool:
+    return "\\noselect" not in flags and "\\nonexistent" not in flags
+
+
+def fetch_uid_flags(text: bytes, what: str = "") -> tuple[int, frozenset[str]]:
+    """The UID and the flags (\\Recent left out) of one FETCH response's text."""
+    uid_m = _FETCH_UID.search(text)
+    if uid_m is None:
+        raise HarnessError(f"{what}FETCH response without UID: {text!r}")
+    flags_m = _FETCH_FLAGS.search(text)
+    words = flags_m.group(1).decode().split() if flags_m else []
+    return int(uid_m.group(1)), frozenset(f for f in words if f.lower() != "\\recent")
+
+
 def _seq_set(uids: int | Iterable[int]) -> str:
     if isinstance(uids, int):
         return str(uids)
@@ -705,16 +737,8 @@ class Dovecot:
         self._watchdog_fd = write_end
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog_fd is not None:
-            os.close(self._watchdog_fd)  # EOF: it finds nothing left to stop and exits
-            self._watchdog_fd = None
-        if self._watchdog is not None:
-            try:
-                self._watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self._watchdog.kill()
-                self._watchdog.wait()
-            self._watchdog = None
+        stop_watchdog(self._watchdog_fd, self._watchdog)
+        self._watchdog_fd = self._watchdog = None
 
     def _serving(self) -> bool:
         """All four ports listen, and imap-login answers with a greeting."""
@@ -981,24 +1005,8 @@ class Dovecot:
         """Sorted folder names, decoded to str, with "/" as delimiter."""
         with self.imap(user) as m:
             data = _check(*m.list(), "LIST")
-        names = []
-        for item in data:
-            if item is None:
-                continue
-            if isinstance(item, tuple):  # name sent as a literal
-                line, raw_name = item
-                mo = _LIST_LINE.match(line.rstrip())
-                name = raw_name.decode("utf-8")
-            else:
-                mo = _LIST_LINE.match(item)
-                name = _unquote(mo.group("name")) if mo else ""
-            if mo is None:
-                raise HarnessError(f"cannot parse LIST response {item!r}")
-            flags = mo.group("flags").decode().lower().split()
-            if selectable_only and ("\\noselect" in flags or "\\nonexistent" in flags):
-                continue
-            names.append(imap_utf7_decode(name))
-        return sorted(names)
+        return sorted(name for name, flags in list_entries(data)
+                      if not selectable_only or _selectable(flags))
 
     def status(
         self,
@@ -1037,16 +1045,7 @@ class Dovecot:
             _check(*m.select(_mailbox_arg(folder), readonly=True), "EXAMINE")
             data = _check(*m.uid("FETCH", "1:*", items), "UID FETCH")
         for text, lits in _fetch_records(data):
-            uid_m = _FETCH_UID.search(text)
-            if uid_m is None:
-                raise HarnessError(f"FETCH response without UID: {text!r}")
-            uid = int(uid_m.group(1))
-            flags_m = _FETCH_FLAGS.search(text)
-            flags = frozenset(
-                f
-                for f in (flags_m.group(1).decode().split() if flags_m else [])
-                if f.lower() != "\\recent"
-            )
+            uid, flags = fetch_uid_flags(text)
             header_lit, body_lit = _split_literals(text, lits)
             size_m = _FETCH_SIZE.search(text)
             date_m = _FETCH_DATE.search(text)
@@ -1293,6 +1292,41 @@ class Dovecot:
 
 # Run by the watchdog process (python -I -S -c): argv = master PID, its start time, the title
 # prefix of the instance's processes. Waits for EOF on stdin, then stops what is left.
+def stop_watchdog(fd: int | None, watchdog: subprocess.Popen[bytes] | None) -> None:
+    """End a process group's watchdog: close its pipe (EOF: it finds nothing left to stop and
+    exits), then reap it (killed if it lingers)."""
+    if fd is not None:
+        os.close(fd)
+    if watchdog is not None:
+        try:
+            watchdog.wait(10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
+
+
+def start_or_fail(dc: Dovecot) -> Dovecot:
+    """``dc`` started; if it cannot start, the test fails saying why (never a skip: `make
+    deps` installs Dovecot)."""
+    import pytest
+
+    try:
+        dc.start()
+    except HarnessError as exc:
+        pytest.fail(f"cannot start the test Dovecot: {exc}", pytrace=False)
+    return dc
+
+
+@contextlib.contextmanager
+def running(dc: Dovecot) -> Iterator[Dovecot]:
+    """``dc`` started (see start_or_fail) and stopped at the end: a fixture's body."""
+    start_or_fail(dc)
+    try:
+        yield dc
+    finally:
+        dc.stop()
+
+
 _WATCHDOG = r"""
 import os, signal, sys, time
 

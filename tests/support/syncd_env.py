@@ -93,6 +93,13 @@ def sync(account: Account, *args: str) -> tuple[int, str, str]:
     return run_cli("--config", str(account.config), "sync", *args)
 
 
+def synced_ok(account: Account, *args: str) -> str:
+    """`syncd sync` that must succeed; its output."""
+    rc, out, err = sync(account, *args)
+    assert rc == 0, f"sync failed ({rc}): {out}{err}"
+    return out
+
+
 def run_subprocess(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "syncd", *argv], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
@@ -116,6 +123,16 @@ def local_files(folder_dir: Path) -> list[tuple[str, Path]]:
                 continue
             result.append((info_flags(entry.name), entry))
     return result
+
+
+def flags_by_subject(folder_dir: Path) -> dict[bytes, str]:
+    """Subject line -> local flags of the message files in a Maildir folder."""
+    found = {}
+    for flags, path in local_files(folder_dir):
+        subject = next(line for line in path.read_bytes().split(b"\n")
+                       if line.startswith(b"Subject:"))
+        found[subject] = flags
+    return found
 
 
 def server_state(dovecot: Dovecot, user: User, folder: str) -> Counter[tuple[bytes, str]]:

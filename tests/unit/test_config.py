@@ -56,6 +56,13 @@ accounts:
 """
 
 
+def account(*lines: str, protocol: str = "imap") -> str:
+    """A config of one account, ``work`` (host h, username u), with ``lines`` (YAML at the
+    account's level) after those keys: the first of them is line 6."""
+    keys = [f"protocol: {protocol}", "host: h", "username: u", *lines]
+    return "accounts:\n  work:\n" + "".join(f"    {line}\n" for line in keys)
+
+
 # --------------------------------------------------------------------------------- the example
 
 
@@ -319,31 +326,10 @@ def test_unset_variable_in_path_is_an_error() -> None:
 
 
 def test_unknown_account_key_suggests_the_close_one() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            poll_intervall: 5m
-    """)
-    assert err.key == "accounts.work.poll_intervall"
-    assert err.line == 6
+    err = error(account("poll_intervall: 5m"))
     assert "did you mean 'poll_interval'?" in str(err)
     assert str(err).startswith("config error: line 6: accounts.work.poll_intervall: ")
-
-
-def test_unknown_key_far_from_everything_has_no_suggestion() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            zzzzzz: 1
-    """)
-    assert (err.key, err.line) == ("accounts.work.zzzzzz", 6)
-    assert "did you mean" not in str(err)
+    assert "did you mean" not in str(error(account("zzzzzz: 1")))
 
 
 @pytest.mark.parametrize(("text", "key", "line", "suggestion"), [
@@ -371,60 +357,58 @@ def test_keys_at_the_wrong_level_get_a_hint() -> None:
     """)
     assert (err.key, err.line) == ("general.poll_interval", 2)
     assert "per-account setting" in str(err)
-    err = error("""
-        accounts:
-          a:
-            protocol: imap
-            host: h
-            username: u
-            state_dir: /x
-    """)
-    assert (err.key, err.line) == ("accounts.a.state_dir", 6)
-    assert "move it under general" in str(err)
 
 
 def test_a_password_key_is_refused_without_echoing_it() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            password: hunter2-secret
-    """)
+    err = error(account("password: hunter2-secret"))
     assert (err.key, err.line) == ("accounts.work.password", 6)
     assert "password_command" in str(err)
     assert "hunter2-secret" not in str(err)
 
 
-@pytest.mark.parametrize(("line_text", "key", "expect"), [
-    ("port: abc", "port", "must be a whole number (got 'abc')"),
-    ("port: 99999", "port", "less than or equal to 65535"),
-    ("port: true", "port", "not a boolean"),
-    ("connections: 9", "connections", "less than or equal to 8"),
-    ("connections: 0", "connections", "greater than or equal to 1"),
-    ("allow_insecure: maybe", "allow_insecure", "must be true or false (got 'maybe')"),
-    ("tls: startls", "tls", "did you mean 'starttls'?"),
-    ("tls: off", "tls", "must be 'implicit', 'starttls' or 'none' (got 'off')"),
-    ("layout: maildirpp", "layout", "must be 'verbatim' or 'maildir++'"),
-    ("poll_interval: 5x", "poll_interval", "invalid duration '5x'"),
-    ("poll_interval: 0", "poll_interval", "greater than 0"),
-    ("timeout: soon", "timeout", "invalid duration 'soon'"),
-    ("idle: {INBOX: 1}", "idle", "must be a list, not a mapping"),
-    ("folders: [INBOX]", "folders", "must be a mapping"),
-    ("trash_folder: ''", "trash_folder", "must not be empty"),
+# One key wrong in an account of that protocol: its key and line are named.
+@pytest.mark.parametrize(("protocol", "lines", "key", "expect"), [
+    ("imap", ["port: abc"], "port", "must be a whole number (got 'abc')"),
+    ("imap", ["port: 99999"], "port", "less than or equal to 65535"),
+    ("imap", ["port: true"], "port", "not a boolean"),
+    ("imap", ["connections: 9"], "connections", "less than or equal to 8"),
+    ("imap", ["connections: 0"], "connections", "greater than or equal to 1"),
+    ("imap", ["allow_insecure: maybe"], "allow_insecure", "must be true or false (got 'maybe')"),
+    ("imap", ["tls: startls"], "tls", "did you mean 'starttls'?"),
+    ("imap", ["tls: off"], "tls", "must be 'implicit', 'starttls' or 'none' (got 'off')"),
+    ("imap", ["layout: maildirpp"], "layout", "must be 'verbatim' or 'maildir++'"),
+    ("imap", ["poll_interval: 5x"], "poll_interval", "invalid duration '5x'"),
+    ("imap", ["poll_interval: 0"], "poll_interval", "greater than 0"),
+    ("imap", ["timeout: soon"], "timeout", "invalid duration 'soon'"),
+    ("imap", ["idle: {INBOX: 1}"], "idle", "must be a list, not a mapping"),
+    ("imap", ["folders: [INBOX]"], "folders", "must be a mapping"),
+    ("imap", ["trash_folder: ''"], "trash_folder", "must not be empty"),
+    ("imap", ["zzzzzz: 1"], "zzzzzz", "unknown key"),
+    ("imap", ["state_dir: /x"], "state_dir", "move it under general"),
+    ("imap", ["direction: pul"], "direction", "did you mean 'pull'?"),
+    ("imap", ["delete: never"], "delete", "must be 'both', 'pull', 'push' or 'none'"),
+    ("imap", ["create_folders: yes"], "create_folders",
+     "must be 'both', 'server', 'local' or 'none'"),
+    ("imap", ["folder_settings: [Archive]"], "folder_settings", "must be a mapping"),
+    ("imap", ["max_age: soon"], "max_age", "invalid duration 'soon'"),
+    ("imap", ["max_messages: 0"], "max_messages", "greater than or equal to 1"),
+    ("imap", ["max_size: lots"], "max_size", "lots"),
+    ("imap", ["max_size: 0"], "max_size", "greater than or equal to 1"),
+    ("imap", ["fetch_flagged: maybe"], "fetch_flagged", "must be true or false"),
+    ("pop3", ["max_size: 10MB"], "max_size", "is an IMAP option"),
+    ("imap", ["leave_on_server: true"], "leave_on_server", "'leave_on_server' is a POP3 option"),
+    ("imap", ["direction: pull", "save_sent: always"], "save_sent", "direction: pull"),
+    ("pop3", ["idle: [INBOX]"], "idle", "'idle' is an IMAP option"),
+    ("pop3", ["direction: pull"], "direction", "'direction' is an IMAP option"),
+    ("imap", ["folder_settings:", '  "Archive*": {direction: sideways}'],
+     "folder_settings.Archive*.direction", "must be"),
+    ("imap", ["folder_settings:", '  "Archive*":', "    direction: pull", "    max_size: huge"],
+     "folder_settings.Archive*.max_size", "huge"),
 ])
-def test_wrong_values_name_key_and_line(line_text: str, key: str, expect: str) -> None:
-    err = error(f"""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            {line_text}
-    """)
-    assert err.key == f"accounts.work.{key}"
-    assert err.line == 6
+def test_one_wrong_key_is_named_with_its_line(protocol: str, lines: list[str], key: str,
+                                              expect: str) -> None:
+    err = error(account(*lines, protocol=protocol))
+    assert (err.key, err.line) == (f"accounts.work.{key}", 5 + len(lines))
     assert expect in str(err)
 
 
@@ -656,46 +640,12 @@ def test_maildir_root_itself_as_an_account_maildir(home: Path) -> None:
     assert (err.key, err.line) == ("accounts.b.maildir", 3)
 
 
-def test_imap_only_key_on_pop3_account() -> None:
-    err = error("""
-        accounts:
-          isp:
-            protocol: pop3
-            host: h
-            username: u
-            idle: [INBOX]
-    """)
-    assert (err.key, err.line) == ("accounts.isp.idle", 6)
-    assert "'idle' is an IMAP option" in str(err)
-
-
-def test_pop3_only_key_on_imap_account() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            leave_on_server: true
-    """)
-    assert (err.key, err.line) == ("accounts.work.leave_on_server", 6)
-    assert "'leave_on_server' is a POP3 option" in str(err)
-
-
 def test_delete_after_needs_leave_on_server() -> None:
-    text = """
-        accounts:
-          isp:
-            protocol: pop3
-            host: h
-            username: u
-            delete_after: 14d
-    """
-    err = error(text)
-    assert (err.key, err.line) == ("accounts.isp.delete_after", 6)
+    err = error(account("delete_after: 14d", protocol="pop3"))
+    assert (err.key, err.line) == ("accounts.work.delete_after", 6)
     assert "leave_on_server: true" in str(err)
-    ok = parse_config(yml(text) + "    leave_on_server: true\n")
-    assert ok.accounts["isp"].delete_after == 14 * 86400
+    ok = parse(account("delete_after: 14d", "leave_on_server: true", protocol="pop3"))
+    assert ok.accounts["work"].delete_after == 14 * 86400
 
 
 def test_merged_account_error_points_at_the_override() -> None:
@@ -896,158 +846,44 @@ def test_parse_size_rejects(value: object) -> None:
 
 
 def test_sync_policy_defaults_and_folder_settings() -> None:
-    settings = parse(MINIMAL)
-    account = settings.accounts["work"]
-    assert (account.direction, account.delete, account.create_folders) == ("both",) * 3
-    assert account.folder_settings == {}
-    settings = parse("""
-        accounts:
-          work:
-            protocol: imap
-            host: imap.example.com
-            username: me
-            direction: pull
-            delete: none
-            folder_settings:
-              "Archive*": {direction: push}
-              "*": {create_folders: local}
-    """)
-    account = settings.accounts["work"]
-    assert (account.direction, account.delete) == ("pull", "none")
-    assert list(account.folder_settings) == ["Archive*", "*"]
+    work = parse(MINIMAL).accounts["work"]
+    assert (work.direction, work.delete, work.create_folders) == ("both",) * 3
+    assert work.folder_settings == {}
+    work = parse(account("direction: pull", "delete: none", "folder_settings:",
+                         '  "Archive*": {direction: push}',
+                         '  "*": {create_folders: local}')).accounts["work"]
+    assert (work.direction, work.delete) == ("pull", "none")
+    assert list(work.folder_settings) == ["Archive*", "*"]
     # the first matching glob wins; a key it does not set is the account's
-    archive = account.folder_policy(lambda p: p in ("Archive*", "*"))
+    archive = work.folder_policy(lambda p: p in ("Archive*", "*"))
     assert tuple(archive) == ("push", "none", "both", None, None, None, False)
-    other = account.folder_policy(lambda p: p == "*")
+    other = work.folder_policy(lambda p: p == "*")
     assert tuple(other) == ("pull", "none", "local", None, None, None, False)
 
 
-@pytest.mark.parametrize(("line_text", "key", "expect"), [
-    ("direction: pul", "direction", "did you mean 'pull'?"),
-    ("delete: never", "delete", "must be 'both', 'pull', 'push' or 'none'"),
-    ("create_folders: yes", "create_folders", "must be 'both', 'server', 'local' or 'none'"),
-    ("folder_settings: [Archive]", "folder_settings", "must be a mapping"),
-    ("max_age: soon", "max_age", "invalid duration 'soon'"),
-    ("max_messages: 0", "max_messages", "greater than or equal to 1"),
-    ("max_size: lots", "max_size", "lots"),
-    ("max_size: 0", "max_size", "greater than or equal to 1"),
-    ("fetch_flagged: maybe", "fetch_flagged", "must be true or false"),
-])
-def test_sync_policy_wrong_values_name_key_and_line(line_text: str, key: str,
-                                                    expect: str) -> None:
-    err = error(f"""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            {line_text}
-    """)
-    assert err.key == f"accounts.work.{key}"
-    assert err.line == 6
-    assert expect in str(err)
-
-
-def test_folder_settings_errors_name_the_glob_and_line() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            folder_settings:
-              "Archive*":
-                direction: pull
-                max_size: huge
-    """)
-    assert err.key == "accounts.work.folder_settings.Archive*.max_size"
-    assert err.line == 9
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            folder_settings:
-              "Archive*": {direction: sideways}
-    """)
-    assert err.key == "accounts.work.folder_settings.Archive*.direction"
-    assert err.line == 7
-
-
 def test_windows_per_account_and_folder() -> None:
-    account = parse("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            max_age: 90d
-            folder_settings:
-              "Archive*": {max_age: 30d, max_messages: 500}
-    """).accounts["work"]
-    assert account.max_age == 90 * 86400 and account.max_messages is None
-    assert tuple(account.folder_policy(lambda p: True))[3:5] == (30 * 86400, 500)
-    assert tuple(account.folder_policy(lambda p: False))[3:5] == (90 * 86400, None)
+    work = parse(account("max_age: 90d", "folder_settings:",
+                         '  "Archive*": {max_age: 30d, max_messages: 500}')).accounts["work"]
+    assert work.max_age == 90 * 86400 and work.max_messages is None
+    assert tuple(work.folder_policy(lambda p: True))[3:5] == (30 * 86400, 500)
+    assert tuple(work.folder_policy(lambda p: False))[3:5] == (90 * 86400, None)
 
 
 def test_max_size_and_fetch_flagged_per_account_and_folder() -> None:
-    account = parse("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            max_size: 10MB
-            folder_settings:
-              "Archive*": {max_size: 500k, fetch_flagged: true}
-    """).accounts["work"]
-    assert (account.max_size, account.fetch_flagged) == (10_000_000, False)
-    archive = account.folder_policy(lambda p: True)
+    work = parse(account("max_size: 10MB", "folder_settings:",
+                         '  "Archive*": {max_size: 500k, fetch_flagged: true}')).accounts["work"]
+    assert (work.max_size, work.fetch_flagged) == (10_000_000, False)
+    archive = work.folder_policy(lambda p: True)
     assert (archive.max_size, archive.fetch_flagged) == (500_000, True)
-    other = account.folder_policy(lambda p: False)
+    other = work.folder_policy(lambda p: False)
     assert (other.max_size, other.fetch_flagged) == (10_000_000, False)
     # a policy that fetches differently is looked at again (the fingerprint changes)
     assert archive.fingerprint != other.fingerprint
-    assert account._replace(max_size=None).folder_policy(lambda p: False).fingerprint is None
-    err = error("""
-        accounts:
-          pop:
-            protocol: pop3
-            host: h
-            username: u
-            max_size: 10MB
-    """)
-    assert err.key == "accounts.pop.max_size"
+    assert work._replace(max_size=None).folder_policy(lambda p: False).fingerprint is None
 
 
 def test_pull_never_saves_sent_copies() -> None:
     from syncd.config.presets import saves_sent
 
-    err = error("""
-        accounts:
-          work:
-            protocol: imap
-            host: h
-            username: u
-            direction: pull
-            save_sent: always
-    """)
-    assert err.key == "accounts.work.save_sent" and "direction: pull" in str(err)
-    account = parse(MINIMAL.replace("username: me", "username: me\n    direction: pull")
-                    ).accounts["work"]
-    assert not saves_sent(account)
+    assert not saves_sent(parse(account("direction: pull")).accounts["work"])
     assert saves_sent(parse(MINIMAL).accounts["work"])
-
-
-def test_sync_policy_is_imap_only() -> None:
-    err = error("""
-        accounts:
-          work:
-            protocol: pop3
-            host: h
-            username: u
-            direction: pull
-    """)
-    assert err.key == "accounts.work.direction"
-    assert "IMAP option" in str(err)

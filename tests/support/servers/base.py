@@ -33,16 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.dovecot import (
+    _FETCH_DATE,
     _LIST_LINE,
     HarnessError,
     _check,
     _fetch_records,
     _flag_list,
     _free_ports,
+    _selectable,
     _seq_set,
     _unquote,
-    imap_utf7_decode,
+    fetch_uid_flags,
     imap_utf7_encode,
+    list_entries,
+    stop_watchdog,
 )
 
 HOST = "127.0.0.1"
@@ -80,9 +84,6 @@ class ServerMessage:
     internaldate: str | None  # as in the FETCH response, e.g. "01-Jan-2024 08:00:00 +0000"
 
 
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
-_FETCH_DATE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
 _NAMESPACE = re.compile(rb'^\(\("((?:[^"\\]|\\.)*)" (?:"((?:[^"\\]|\\.)*)"|NIL)\)')
 
 
@@ -324,16 +325,8 @@ class ImapServer:
         self._watchdog_fd = write_end
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog_fd is not None:
-            os.close(self._watchdog_fd)
-            self._watchdog_fd = None
-        if self._watchdog is not None:
-            try:
-                self._watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self._watchdog.kill()
-                self._watchdog.wait()
-            self._watchdog = None
+        stop_watchdog(self._watchdog_fd, self._watchdog)
+        self._watchdog_fd = self._watchdog = None
 
     def __enter__(self) -> ImapServer:
         return self.start()
@@ -424,24 +417,9 @@ class ImapServer:
         """Logical names of the selectable folders, sorted."""
         with self.imap(user) as m:
             data = _check(*m.list('""', "*"), "LIST")
-        names = []
-        for item in data:
-            if item is None:
-                continue
-            if isinstance(item, tuple):  # the name as a literal
-                line, raw = item
-                mo = _LIST_LINE.match(line.rstrip())
-                name = raw.decode("utf-8")
-            else:
-                mo = _LIST_LINE.match(item)
-                name = _unquote(mo.group("name")) if mo else ""
-            if mo is None:
-                raise HarnessError(f"{self.kind}: cannot parse LIST response {item!r}")
-            flags = mo.group("flags").decode().lower().split()
-            if "\\noselect" in flags or "\\nonexistent" in flags:
-                continue
-            names.append(self.logical_name(user, imap_utf7_decode(name)))
-        return sorted(names)
+        return sorted(self.logical_name(user, name)
+                      for name, flags in list_entries(data, f"{self.kind}: ")
+                      if _selectable(flags))
 
     def _select(self, m: imaplib.IMAP4, user: ServerUser, folder: str, *,
                 readonly: bool) -> int:
@@ -458,15 +436,10 @@ class ImapServer:
             data = _check(*m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])"),
                           "UID FETCH")
         for text, lits in _fetch_records(data):
-            uid_m = _FETCH_UID.search(text)
-            if uid_m is None:
-                raise HarnessError(f"{self.kind}: FETCH without UID: {text!r}")
-            flags_m = _FETCH_FLAGS.search(text)
-            flags = frozenset(f for f in (flags_m.group(1).decode().split() if flags_m else [])
-                              if f.lower() != "\\recent")
+            uid, flags = fetch_uid_flags(text, f"{self.kind}: ")
             date_m = _FETCH_DATE.search(text)
-            out[int(uid_m.group(1))] = ServerMessage(
-                uid=int(uid_m.group(1)), flags=flags, body=lits[-1] if lits else b"",
+            out[uid] = ServerMessage(
+                uid=uid, flags=flags, body=lits[-1] if lits else b"",
                 internaldate=date_m.group(1).decode() if date_m else None)
         return dict(sorted(out.items()))
 
