@@ -17,7 +17,7 @@ Maildir, the state, the planner, the executor) is syncd's own code.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from syncd.core import flags as flagmap
@@ -125,6 +125,10 @@ class MemorySession(ImapSession):
     def search_all_uids(self) -> set[int]:
         return set(self._folder.messages)
 
+    def fetch_flags_of(self, uids: Iterable[int]) -> dict[int, str]:
+        messages = self._folder.messages
+        return {uid: messages[uid].flags for uid in uids if uid in messages}
+
     def fetch_meta(self, uids: Iterable[int], *, message_ids: bool = True
                    ) -> dict[int, MessageMeta]:
         messages = self._folder.messages
@@ -150,7 +154,8 @@ class MemorySession(ImapSession):
                 if header_identity(m.raw[:body_start(m.raw)]).message_id == message_id]
 
     # --- what execute asks ----------------------------------------------------------------
-    def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]]
+    def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
+                     refused: Callable[[int, str], None] | None = None
                      ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
         messages = self._folder.messages
         for uid, _size in wanted:
