@@ -19,6 +19,7 @@ from tests.faults.faultlib import (
     count_files,
     fault,
     in_sync,
+    lf,
     make_account,
     run_syncd,
     secret_user,
@@ -27,7 +28,7 @@ from tests.faults.faultlib import (
 )
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, HarnessError, make_message
-from tests.support.syncd_env import REPO, run_cli
+from tests.support.syncd_env import REPO, local_files, run_cli
 from tests.support.tcp_proxy import TcpProxy
 
 BIG = 100_000  # bytes per message: a FETCH of a batch is megabytes, cut mid-literal
@@ -100,6 +101,31 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
         rc, text = sync(account.config)
         assert rc == 0, text
         assert count_files(inbox) == 75
+        in_sync(dovecot, user, account, "INBOX")
+
+
+def test_reset_in_the_middle_of_a_streamed_literal(dovecot: Dovecot, tmp_path: Path) -> None:
+    """A body above 1 MiB goes to tmp/ as it arrives (issue 21): a reset half-way through it
+    leaves no partial file in tmp/, cur/ or new/, and the next sync completes."""
+    user = secret_user(dovecot)
+    dovecot.seed(user, "INBOX", [make_message(0), make_message(1, size=6_000_000),
+                                 make_message(2)])
+    whole = {lf(m.body) for m in dovecot.messages(user, "INBOX").values()}
+    with TcpProxy(dovecot.imaps_port) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port, timeout="5s")
+        inbox = account.folder_dir("INBOX")
+        proxy.cut_after = 3_000_000  # into the 6 MB literal
+        rc, text = sync(account.config)
+        assert rc == 1 and "test:" in text and "'INBOX'" in text, text
+        assert proxy.cuts == 1
+        fault("proxy: reset mid-literal of a streamed body")
+        assert not stray_files(account.maildir), "the cut body left a file in tmp/"
+        for _flags, path in local_files(inbox):
+            assert path.read_bytes() in whole, f"a partial message in {path.parent.name}/"
+        proxy.cut_after = None
+        rc, text = sync(account.config)
+        assert rc == 0, text
+        assert count_files(inbox) == 3
         in_sync(dovecot, user, account, "INBOX")
 
 
