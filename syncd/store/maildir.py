@@ -1158,7 +1158,9 @@ def to_crlf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
         pending_cr = chunk.endswith(b"\r")
         if pending_cr:
             chunk = chunk[:-1]
-        yield _ANY_LINE_END.sub(b"\r\n", chunk)
+        # A chunk without CR (a Maildir file: LF only) takes replace(), several times faster.
+        yield chunk.replace(b"\n", b"\r\n") if b"\r" not in chunk \
+            else _ANY_LINE_END.sub(b"\r\n", chunk)
     if pending_cr:
         yield b"\r\n"
 
