@@ -77,6 +77,24 @@ def test_huge_messages_down_and_up_in_flat_memory(dovecot: Dovecot, tmp_path: Pa
     assert huge_up - small_up < GROWTH_LIMIT_KB, (huge_up, small_up)
 
 
+def test_pop3_retr_of_a_huge_message_in_flat_memory(dovecot: Dovecot, tmp_path: Path) -> None:
+    """POP3 RETR streams into tmp/ too: a huge message comes down byte-exact, and peak RSS
+    stays within the goal of a small-message POP3 download."""
+    peaks = []
+    for name, sizes in (("small", [2_000]), ("huge", ONE_HUGE)):
+        user = dovecot.add_user()
+        work = tmp_path / name
+        work.mkdir()
+        want = seed_server(dovecot, user, "INBOX", sizes, work)
+        account = write_config(work, dovecot, user, protocol="pop3")
+        peaks.append(_sync(account))
+        assert digests_in(account.folder_dir("INBOX")) == want
+        assert dovecot.count(user, "INBOX") == 0  # download and delete
+    print(f"POP3 {ONE_HUGE[0] // MB} MB: peak RSS {peaks[1] // 1024} MB "
+          f"(small {peaks[0] // 1024} MB)")
+    assert peaks[1] - peaks[0] < GROWTH_LIMIT_KB, peaks
+
+
 def test_a_huge_message_without_message_id_is_paired_not_doubled(dovecot: Dovecot,
                                                                   tmp_path: Path) -> None:
     """The state lost: a big server message and its local copy (no Message-ID) are paired by
