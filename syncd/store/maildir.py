@@ -322,9 +322,15 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview | Iterable[bytes]) 
                 view = view[os.write(fd, view):]
 
 
+#: The tmp/ name of a message a TmpWriter is writing (or wrote and nobody staged yet):
+#: tmp/<key>.part. Such a file is never anyone else's: remove_partial() removes what a killed
+#: sync left, where the 36 h rule of clean_tmp would keep hundreds of MB.
+PARTIAL_SUFFIX = ".part"
+
+
 class Written(NamedTuple):
-    """A message a TmpWriter wrote to tmp/ (not yet fsynced nor visible): its tmp/ name is
-    its key. ``server_bytes``: bytes as received (before CRLF -> LF)."""
+    """A message a TmpWriter wrote to tmp/<key>.part (not yet fsynced nor visible), to be
+    staged under ``key``. ``server_bytes``: bytes as received (before CRLF -> LF)."""
 
     tmp_path: str
     key: str
@@ -337,14 +343,14 @@ class Written(NamedTuple):
 
 
 class TmpWriter:
-    """A message written to tmp/<key> chunk by chunk as it arrives from the server (CRLF ->
+    """A message written to tmp/<key>.part chunk by chunk as it arrives from the server (CRLF ->
     LF on the way): a message too big to hold in memory. finish() closes it without fsync
     (MaildirFolder.publish flushes it with the rest of its group); abort() removes it, so a
     connection dropped mid-message leaves nothing behind."""
 
     def __init__(self, tmp_path: str, fd: int) -> None:
         self.tmp_path = tmp_path
-        self.key = tmp_path.rpartition("/")[2]
+        self.key = tmp_path.rpartition("/")[2].removesuffix(PARTIAL_SUFFIX)
         self.server_bytes = 0
         self._fd: int | None = fd
         self._pending_cr = False  # a CR ending the last chunk: the next may start with its LF
@@ -576,17 +582,35 @@ class MaildirFolder:
         return Staged(tmp_path, flags, key is not None)
 
     def tmp_writer(self) -> TmpWriter:
-        """A new tmp/ file under a fresh key, written chunk by chunk (see TmpWriter)."""
-        return TmpWriter(*self._open_tmp())
+        """A new tmp/<key>.part under a fresh key, written chunk by chunk (see TmpWriter)."""
+        return TmpWriter(*self._open_tmp(_new_key() + PARTIAL_SUFFIX))
 
     def stage_written(self, written: Written, flags: Flags, *,
                       mtime: float | None = None) -> Staged:
-        """Stage a message a TmpWriter wrote, under its own key (the caller records that key
-        in its intent first); like stage(), nothing is visible until publish()."""
+        """Stage a message a TmpWriter wrote as tmp/<key> (the caller records the key in its
+        intent first: recovery then removes tmp/<key>); like stage(), nothing is visible
+        until publish()."""
         flags = _check_flags(flags)
+        tmp_path = f"{self.path}/tmp/{written.key}"
+        os.rename(written.tmp_path, tmp_path)
         if mtime is not None:
-            os.utime(written.tmp_path, (time.time(), mtime))
-        return Staged(written.tmp_path, flags, True)
+            os.utime(tmp_path, (time.time(), mtime))
+        return Staged(tmp_path, flags, True)
+
+    def remove_partial(self) -> int:
+        """Remove tmp/*.part: messages a killed sync was receiving (TmpWriter). Call only
+        while no sync of this folder is receiving (the account's lock is held)."""
+        removed = 0
+        try:
+            names = os.listdir(self.path / "tmp")
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / "tmp" / name)
+                    removed += 1
+        return removed
 
     def open_message(self, key: str) -> BinaryIO:
         """The message's file, open for reading: a MUA may rename it later (a flag change),

@@ -19,6 +19,7 @@ from tests.faults.faultlib import (
     count_files,
     fault,
     in_sync,
+    kill9,
     lf,
     make_account,
     run_syncd,
@@ -126,6 +127,31 @@ def test_reset_in_the_middle_of_a_streamed_literal(dovecot: Dovecot, tmp_path: P
         rc, text = sync(account.config)
         assert rc == 0, text
         assert count_files(inbox) == 3
+        in_sync(dovecot, user, account, "INBOX")
+
+
+def test_kill_while_a_body_streams_into_tmp(dovecot: Dovecot, tmp_path: Path) -> None:
+    """kill -9 of `syncd sync` while a big body is arriving in tmp/<key>.part (at 2 MB/s):
+    the next sync removes it, downloads the message once, and leaves tmp/ empty."""
+    user = secret_user(dovecot)
+    dovecot.seed(user, "INBOX", [make_message(0, size=8_000_000)])
+    with TcpProxy(dovecot.imaps_port, rate=2_000_000) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port)
+        tmp = account.folder_dir("INBOX") / "tmp"
+        proc = subprocess.Popen(syncd_cmd(account.config, "sync"), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: tmp.is_dir() and any(p.suffix == ".part" and p.stat().st_size
+                                                    for p in tmp.iterdir()), 30,
+                       interval=0.01)
+        finally:
+            assert kill9(proc), "syncd finished before the kill"
+        fault("kill -9 while a body streams into tmp/")
+        assert [p.suffix for p in tmp.iterdir()] == [".part"]
+        proxy.rate = None
+        rc, text = sync(account.config)
+        assert rc == 0, text
+        assert not stray_files(account.maildir), "the killed sync's tmp/ file is still there"
         in_sync(dovecot, user, account, "INBOX")
 
 

@@ -686,7 +686,7 @@ def test_tmp_writer_writes_what_stage_writes(folder: MaildirFolder, chunks: list
         writer.write(chunk)
     written = writer.finish()
     assert written.server_bytes == sum(map(len, chunks))
-    assert written.tmp_path == f"{folder.path}/tmp/{written.key}"
+    assert written.tmp_path == f"{folder.path}/tmp/{written.key}.part"
     staged = folder.stage_written(written, "S", mtime=1_000_000)
     [key] = folder.publish([staged])
     assert key == written.key
@@ -704,6 +704,15 @@ def test_tmp_writer_abort_and_discard_leave_nothing(folder: MaildirFolder) -> No
     writer.write(b"a whole one\r\n")
     writer.finish().discard()
     assert not os.listdir(folder.path / "tmp")
+
+
+def test_remove_partial_takes_only_part_files(folder: MaildirFolder) -> None:
+    """What a killed sync was streaming goes; another program's delivery in tmp/ stays."""
+    writer = folder.tmp_writer()
+    writer.write(b"cut short")
+    (folder.path / "tmp" / "12345.other-mda").write_bytes(b"in progress")
+    assert folder.remove_partial() == 1
+    assert os.listdir(folder.path / "tmp") == ["12345.other-mda"]
 
 
 def test_open_message_follows_a_rename(folder: MaildirFolder) -> None:
