@@ -211,7 +211,7 @@ BENCH_PACKAGES := isync offlineimap3 fetchmail safecat msmtp
 # getmail6 comes from PyPI with the bench extra (pyproject.toml): Debian's 6.18.11 is too old
 BENCH_STAMP    := $(VENV)/.syncd-bench-installed
 
-.PHONY: bench bench-quick bench-deps
+.PHONY: bench bench-quick bench-deps bench-window
 
 bench-deps: deps $(BENCH_STAMP)
 	@missing=""; \
@@ -236,3 +236,7 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+# A partial mirror's cost (issue 18): max_age over ~10 % of the corpus against the full mirror.
+bench-window: bench-deps
+	$(PY) -m bench.window $(BENCH_ARGS)

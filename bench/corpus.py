@@ -140,6 +140,11 @@ def folder_and_flags(seed: int, i: int) -> tuple[str, str]:
     return folder, flags
 
 
+def date_of(seed: int, i: int) -> datetime:
+    """Message ``i``'s INTERNALDATE (and Date:), cheap: no body is made."""
+    return _meta(seed, i)[3]
+
+
 def build(seed: int, i: int, folder: str | None = None) -> Message:
     """Message ``i`` of the corpus (``folder`` overrides the folder it would get)."""
     rng, chosen, flags, date = _meta(seed, i)

@@ -164,6 +164,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true",
                        help="print the accounts; change no file")
 
+    if wanted("fetch"):
+        p = sub.add_parser("fetch", help="replace placeholders with the full messages",
+                           description="Replace each placeholder FILE (a message bigger than "
+                           "max_size, mirrored as its headers) with the full message, in "
+                           "place: same folder, same file name and flags. Works beside a "
+                           "running daemon.")
+        p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    if wanted("prune"):
+        p = sub.add_parser("prune", help="remove local copies outside the window",
+                           description="Remove the local copies of messages that max_age or "
+                           "max_messages left outside the window at the last sync. Locally "
+                           "only: the server is never touched. Needs the account's lock (stop "
+                           "the daemon first).")
+        p.add_argument("account", metavar="ACCOUNT")
+        p.add_argument("--dry-run", action="store_true",
+                       help="list what would be removed; remove nothing")
+
     if wanted("mutt-config"):
         p = sub.add_parser("mutt-config", help="print a neomutt snippet for an account",
                            description="Print neomutt settings for an account's Maildir: folder, "
@@ -1004,6 +1022,26 @@ def cmd_import(args: argparse.Namespace) -> int:
     return run_import(args.tool, args.file, path, dry_run=args.dry_run, out=sys.stdout)
 
 
+# --- partial mirrors ----------------------------------------------------------------------
+def cmd_fetch(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    from syncd.imap.partial import fetch_files
+
+    return fetch_files(settings, args.files, _password_source, sys.stderr)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    account = _select_accounts(settings, [args.account])[0]
+    if account.protocol != "imap":
+        raise UsageError(f"{account.name} is a POP3 account: it has no window to prune")
+    from syncd.imap.partial import prune_account
+    from syncd.locks import account_lock
+
+    with account_lock(account.name, settings.general.state_dir):
+        return prune_account(account, dry_run=args.dry_run, out=sys.stdout)
+
+
 # --- mutt-config --------------------------------------------------------------------------
 def cmd_mutt_config(args: argparse.Namespace) -> int:
     settings = _load(args)
@@ -1051,5 +1089,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "outbox": cmd_outbox,
     "adopt": cmd_adopt,
     "import": cmd_import,
+    "fetch": cmd_fetch,
+    "prune": cmd_prune,
     "systemd-unit": cmd_systemd_unit,
 }

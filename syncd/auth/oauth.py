@@ -257,6 +257,7 @@ class TokenProvider:
                  protocol: str | None = None) -> None:
         self.account = account
         self.name = account.name
+        self.protocol = protocol or account.protocol
         # Refreshes ask for one protocol's scopes (the SMTP token has its own provider): a
         # refresh token signed in before the outbox existed keeps working for IMAP.
         self.config = resolve(account, protocol or account.protocol)
@@ -496,9 +497,11 @@ class OAuthSasl:
 
 def login_with_oauth2(account: AccountSettings, mechanism: str, host: str, port: int,
                       authenticate: Callable[[OAuthSasl], None],
-                      tokens: TokenProvider | None = None) -> OAuthSasl:
+                      tokens: TokenProvider | None = None,
+                      username: str | None = None) -> OAuthSasl:
     """Log in with an access token; if the server rejects it, refresh and try exactly once
-    more. ``authenticate`` runs one SASL exchange and raises SaslRejected on a refusal."""
+    more. ``authenticate`` runs one SASL exchange and raises SaslRejected on a refusal.
+    ``username`` (default: the account's) is the one named in the error."""
     tokens = tokens or token_provider(account)
     detail = ""
     for attempt in range(2):
@@ -513,10 +516,11 @@ def login_with_oauth2(account: AccountSettings, mechanism: str, host: str, port:
             if attempt == 0:
                 log.info("%s: %s rejected the OAuth2 access token (%s); refreshing it and "
                          "trying once more", account.name, host, detail or "no reason given")
-    protocol = "POP3" if account.protocol == "pop3" else "IMAP"
+    protocol = tokens.protocol.upper()
+    who = username or account.username
     raise AccountError(
         account.name,
-        f"OAuth2 login ({mechanism}) as {account.username!r} on {host} failed: the server "
+        f"OAuth2 login ({mechanism}) as {who!r} on {host} failed: the server "
         f"rejected a freshly refreshed access token{f' ({detail})' if detail else ''}. Check "
         f"that {protocol} access is enabled for this mailbox and that the app may use it "
         f"(scopes: {tokens.config.scope or 'none'}); or run `syncd auth {account.name}` again",

@@ -2,7 +2,10 @@
 1. the built-in presets (syncd/config/presets.py), no network;
 2. Thunderbird autoconfig: ``https://autoconfig.DOMAIN/mail/config-v1.1.xml``, then
    ``https://DOMAIN/.well-known/autoconfig/mail/config-v1.1.xml`` (HTTPS only, certificates
-   checked: a forged answer would send the password elsewhere);
+   checked: a forged answer would send the password elsewhere). The issue's "ISPDB copy
+   shipped with a library" step is absent: no maintained Python library ships Mozilla's
+   ISPDB (PyPI's ``ispdb`` is a 2013 client with no data), and the contract lists no ISPDB
+   URL, so autoconfig.thunderbird.net is not asked;
 3. RFC 6186 SRV records (``_imaps._tcp``, ``_imap._tcp``, ``_pop3s._tcp``, ``_pop3._tcp``,
    ``_submissions._tcp``, ``_submission._tcp``), in priority then weight order;
 4. the MX host's provider (Google, Microsoft) -> that provider's preset.

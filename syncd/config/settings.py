@@ -176,15 +176,26 @@ class FolderSettings(NamedTuple):
     create_folders: CreateFolders | None = None
     max_age: Annotated[float | None, DURATION, Range(gt=0)] = None
     max_messages: Annotated[int | None, Range(ge=1)] = None
+    # Bigger messages are mirrored as placeholders (README, "Partial mirrors"); with
+    # fetch_flagged a placeholder flagged F is replaced by the full message.
+    max_size: Annotated[int | None, SIZE, Range(ge=1)] = None
+    fetch_flagged: bool | None = None
 
     @property
     def fingerprint(self) -> str | None:
-        """The keys that leave messages out of the state, as text the state keeps with the
-        server's count (a changed window must be looked at); None for the default policy."""
+        """The keys that leave messages out of the state or change what a sync must fetch, as
+        text the state keeps with the server's count (a changed window or max_size must be
+        looked at); None for the default policy."""
         if (self.direction in (None, "both") and self.delete in (None, "both")
-                and self.max_age is None and self.max_messages is None):
+                and self.max_age is None and self.max_messages is None
+                and self.max_size is None and not self.fetch_flagged):
             return None
-        return f"{self.direction} {self.delete} {self.max_age} {self.max_messages}"
+        text = f"{self.direction} {self.delete} {self.max_age} {self.max_messages}"
+        if self.max_size is not None or self.fetch_flagged:
+            # Only then: a policy without them keeps the fingerprint it had before they
+            # existed (no folder looked at again after an upgrade).
+            text += f" {self.max_size} {bool(self.fetch_flagged)}"
+        return text
 
 
 class GeneralSettings(NamedTuple):
@@ -258,6 +269,11 @@ class AccountSettings(NamedTuple):
     # this (seconds; the window slides daily), and only the newest N of each folder.
     max_age: Annotated[float | None, DURATION, Range(gt=0), IMAP_ONLY] = None
     max_messages: Annotated[int | None, Range(ge=1), IMAP_ONLY] = None
+    # Messages bigger than this (RFC822.SIZE) are mirrored as placeholders: their headers and
+    # a short body saying how to get them (`syncd fetch`); fetch_flagged replaces the ones
+    # flagged F by the full message at the next sync.
+    max_size: Annotated[int | None, SIZE, Range(ge=1), IMAP_ONLY] = None
+    fetch_flagged: Annotated[bool, IMAP_ONLY] = False
     folder_settings: Annotated[dict[str, FolderSettings], IMAP_ONLY] = {}  # noqa: RUF012
     timeout: Annotated[float, DURATION, Range(gt=0)] = 60.0
     connections: Annotated[int, Range(ge=1, le=8)] = 3
@@ -281,7 +297,7 @@ class AccountSettings(NamedTuple):
         """The policy keys for one folder, every one filled: the first ``folder_settings``
         entry whose glob ``matches`` (core.folders.glob_matcher) overrides the account's."""
         mine = FolderSettings(self.direction, self.delete, self.create_folders, self.max_age,
-                              self.max_messages)
+                              self.max_messages, self.max_size, self.fetch_flagged)
         for pattern, override in self.folder_settings.items():
             if matches(pattern):
                 return FolderSettings(*(theirs if theirs is not None else ours

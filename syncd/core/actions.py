@@ -34,6 +34,9 @@ class Download:
     # Outside the window (max_age, max_messages; with pair_only): a content pair is parked
     # (as Pair.outside), its flags left alone.
     outside: bool = False
+    # Bigger than max_size: only its header is fetched, and a placeholder delivered
+    # (syncd.core.placeholder); never with pair_candidates (those need the whole body).
+    placeholder: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Pair:
     # (no flags, no deletions) until the window takes it back. A Pair without it for a parked
     # uid takes it back.
     outside: bool = False
+    placeholder: bool = False  # the local file is a placeholder (SyncedMessage.placeholder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,28 @@ class DeleteRemote:
     uid: int
     key: str
     trash_folder: str | None = None
+    # The local file was a placeholder: a mail reader that moved it into another folder
+    # left a copy there that must become a server-side copy of this message before it goes.
+    placeholder: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFull:
+    """Replace the placeholder ``key`` of ``uid`` with the full message, in place (max_size
+    raised or removed, or flagged F under fetch_flagged)."""
+
+    uid: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOriginal:
+    """Local placeholder ``key``, which the state does not know (a mail reader copied or moved
+    it here), with ``flags``: copy its original into this folder on the server (UID COPY)
+    and pair the copy with it. A placeholder is never APPENDed."""
+
+    key: str
+    flags: Flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +187,8 @@ Action = (
     | PushFlags
     | DeleteLocal
     | DeleteRemote
+    | FetchFull
+    | CopyOriginal
     | Forget
 )
 
@@ -168,7 +196,8 @@ Action = (
 @dataclass(frozen=True, slots=True)
 class FolderPlan:
     """The actions for one folder, in execution order: Forget, Pair, RecordFlags, SetLocalFlags,
-    PushFlags, DeleteLocal, DeleteRemote, Download, Upload (each kind by uid, Uploads by key).
+    PushFlags, DeleteLocal, DeleteRemote, Download, FetchFull, CopyOriginal, Upload (each kind
+    by uid, CopyOriginal and Upload by key).
 
     The order matters in three places: a Forget precedes a Pair/Download that reuses its key or
     uid (UIDVALIDITY change; missing local folder: ``Forget(uid, old_key)`` then

@@ -64,6 +64,10 @@ class LocalMessage(NamedTuple):
     message_id: str | None = None
     trace_bytes: int = 0  # as RemoteMessage's: mbsync's X-TUID, ...
     body_digest: str | None = None  # as RemoteMessage's
+    # A placeholder (syncd.core.placeholder) the state does not know: ``size`` is then the
+    # full message's (its X-Syncd-Placeholder), so that it pairs with its server copy. Never
+    # uploaded: its original is copied on the server instead (CopyOriginal).
+    placeholder: bool = False
 
 
 class SyncedMessage(NamedTuple):
@@ -75,6 +79,9 @@ class SyncedMessage(NamedTuple):
     flags: Flags
     size: int | None = None
     message_id: str | None = None
+    # The local file is a placeholder for the full message (max_size; ``size`` is the full
+    # message's): never uploaded, replaced by the full message by FetchFull.
+    placeholder: bool = False
 
 
 class FolderPolicy(NamedTuple):
@@ -104,6 +111,11 @@ class FolderPolicy(NamedTuple):
     # the message becomes untracked (FolderSnapshot.untracked_uids / untracked_keys).
     direction: str = "both"
     delete: str = "both"
+    # Messages bigger than this (RFC822.SIZE) are downloaded as placeholders; a placeholder
+    # whose message is not (max_size raised or removed), or flagged F with fetch_flagged, is
+    # replaced by the full message (FetchFull).
+    max_size: int | None = None
+    fetch_flagged: bool = False
 
     @property
     def to_local(self) -> bool:

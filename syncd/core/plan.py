@@ -52,9 +52,11 @@ from typing import NamedTuple
 
 from syncd.core.actions import (
     Action,
+    CopyOriginal,
     DeleteLocal,
     DeleteRemote,
     Download,
+    FetchFull,
     FolderPlan,
     Forget,
     Pair,
@@ -94,6 +96,8 @@ _KIND_NAMES: dict[type, str] = {
     DeleteLocal: "delete_local",
     DeleteRemote: "delete_remote",
     Download: "download",
+    FetchFull: "fetch_full",
+    CopyOriginal: "copy_original",
     Upload: "upload",
 }
 
@@ -110,6 +114,8 @@ class _Out:
     delete_local: list[DeleteLocal] = field(default_factory=list)
     delete_remote: list[DeleteRemote] = field(default_factory=list)
     download: list[Download] = field(default_factory=list)
+    fetch_full: list[FetchFull] = field(default_factory=list)
+    copy_original: list[CopyOriginal] = field(default_factory=list)
     upload: list[Upload] = field(default_factory=list)
 
     def add(self, actions: Iterable[Action]) -> None:
@@ -131,6 +137,10 @@ class _Out:
                     self.delete_remote.append(action)
                 case Download():
                     self.download.append(action)
+                case FetchFull():
+                    self.fetch_full.append(action)
+                case CopyOriginal():
+                    self.copy_original.append(action)
                 case Upload():
                     self.upload.append(action)
 
@@ -140,8 +150,10 @@ class _Out:
 
         ordered: list[Action] = []
         for group in (self.forget, self.pair, self.record, self.set_local, self.push,
-                      self.delete_local, self.delete_remote, self.download):
+                      self.delete_local, self.delete_remote, self.download,
+                      self.fetch_full):
             ordered.extend(sorted(group, key=by_uid))
+        ordered.extend(sorted(self.copy_original, key=lambda action: action.key))
         ordered.extend(sorted(self.upload, key=lambda action: action.key))
         return tuple(ordered)
 
@@ -199,8 +211,8 @@ def _flag_actions(uid: int, key: str, base: Flags, local: Flags, remote: Flags,
 
 def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
                  old_synced: Flags | None = None, size: int | None = None,
-                 message_id: str | None = None,
-                 storable: Flags = ALL_LETTERS, direction: str = "both") -> tuple[Action, ...]:
+                 message_id: str | None = None, storable: Flags = ALL_LETTERS,
+                 direction: str = "both", placeholder: bool = False) -> tuple[Action, ...]:
     """Pair server ``uid`` with local ``key`` and bring both to one set of flags.
 
     Without history (``old_synced`` None) neither side is older, so the target is the union of
@@ -219,7 +231,7 @@ def pair_actions(uid: int, key: str, local_flags: Flags, remote_flags: Flags, *,
         target = merge_keeping(base, local_flags, remote_flags, storable)
     if target == local_flags and _common(target, storable) == _common(remote_flags, storable):
         base = target  # nothing to move: record the final flags at once
-    return (Pair(uid, key, base, size=size, message_id=message_id),
+    return (Pair(uid, key, base, size=size, message_id=message_id, placeholder=placeholder),
             *_flag_actions(uid, key, base, local_flags, remote_flags, target, storable,
                            direction))
 
@@ -351,17 +363,21 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
             # The same message outside the window: parked as a pair (never uploaded again,
             # never synced until the window holds it).
             out.add((Pair(remote.uid, entry.key, _common(entry.message.flags, remote.flags),
-                          size=remote.size, message_id=remote.message_id, outside=True),))
+                          size=remote.size, message_id=remote.message_id, outside=True,
+                          placeholder=entry.message.placeholder),))
             continue
         out.add(pair_actions(remote.uid, entry.key, entry.message.flags, remote.flags,
                              old_synced=entry.old_synced, size=remote.size,
                              message_id=remote.message_id, storable=storable,
-                             direction=policy.direction))
+                             direction=policy.direction,
+                             placeholder=entry.message.placeholder))
     # Without a Message-ID the engine decides from the downloaded message (its content digest,
     # which survives line ends and added headers): any local file without one may be it.
-    # Sizes do not narrow this down, as added headers change them. One shared tuple.
+    # Sizes do not narrow this down, as added headers change them. One shared tuple. (Not a
+    # placeholder: its body is not the message's.)
     no_id = tuple(key for key, entry in matching.local_left.items()
-                  if entry.message_id is None and entry.size is not None)
+                  if entry.message_id is None and entry.size is not None
+                  and not entry.message.placeholder)
     any_no_id_remote = False
     for remote in matching.remote_left:
         candidates = no_id if remote.message_id is None else ()
@@ -373,14 +389,38 @@ def _match_new(out: _Out, new_remote: Iterable[RemoteMessage],
         any_no_id_remote = any_no_id_remote or bool(candidates)
         # outside the window or push: fetched only to compare with the local files (never
         # delivered), so that an upload cannot duplicate it
-        out.add((Download(remote.uid, remote.flags, size=remote.size,
-                          pair_candidates=candidates,
-                          pair_only=outside or not policy.to_local, outside=outside),))
+        out.add((_download(remote.uid, remote.flags, remote.size, policy,
+                           candidates=candidates, pair_only=outside or not policy.to_local,
+                           outside=outside),))
     if not policy.to_server:
         return  # pull: local files are not uploaded
     maybe_paired = set(no_id) if any_no_id_remote else set()
     for key, entry in matching.local_left.items():
-        out.add((Upload(key, entry.message.flags, unless_paired=key in maybe_paired),))
+        if entry.message.placeholder:
+            # Never uploaded: copied from its original on the server (a mail reader moved or
+            # copied it here).
+            out.add((CopyOriginal(key, entry.message.flags),))
+        else:
+            out.add((Upload(key, entry.message.flags, unless_paired=key in maybe_paired),))
+
+
+def _download(uid: int, flags: Flags, size: int | None, policy: FolderPolicy, *,
+              candidates: tuple[str, ...] = (), pair_only: bool = False,
+              outside: bool = False) -> Download:
+    """A Download, as a placeholder when the message is bigger than max_size and nothing
+    needs its whole body (a content comparison)."""
+    big = (policy.max_size is not None and size is not None and size > policy.max_size
+           and not candidates and not pair_only)
+    return Download(uid, flags, size=size, pair_candidates=candidates, pair_only=pair_only,
+                    outside=outside, placeholder=big)
+
+
+def _wants_full(row: SyncedMessage, target: Flags, policy: FolderPolicy) -> bool:
+    """A placeholder whose full message the policy now wants: max_size raised past it (or
+    removed), or flagged F under fetch_flagged."""
+    if policy.max_size is None or (row.size is not None and row.size <= policy.max_size):
+        return True
+    return policy.fetch_flagged and "F" in target
 
 
 class DigestsNeeded(NamedTuple):
@@ -409,7 +449,7 @@ def digests_needed(snapshot: FolderSnapshot) -> DigestsNeeded:
                    and remote.body_digest is None),
         keys=tuple(key for key, entry in matching.local_left.items()
                    if entry.message_id is not None and entry.message_id in remote_ids
-                   and entry.digest is None))
+                   and entry.digest is None and not entry.message.placeholder))
 
 
 def _unpaired(snapshot: FolderSnapshot) -> tuple[list[RemoteMessage], list[_Unpaired]]:
@@ -484,7 +524,8 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
                 out.add((Forget(row.uid, row.key),))
             else:
                 out.add((Pair(row.uid, row.key, row.flags, size=row.size,
-                              message_id=row.message_id, outside=True),))
+                              message_id=row.message_id, outside=True,
+                              placeholder=row.placeholder),))
         elif remote is None:
             # Expunged on the server: that wins over any local flag change. Not propagated,
             # the local file stays, untracked.
@@ -501,7 +542,7 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
         elif local is None and row.uid in snapshot.pending_expunge:
             # Marked \Deleted (and copied to the trash, for a move) by an earlier sync: only
             # the expunge is left. Never downloaded again, never moved twice.
-            out.add((DeleteRemote(row.uid, row.key),))
+            out.add((DeleteRemote(row.uid, row.key, placeholder=row.placeholder),))
             retried += 1
         elif local is None:
             vanished.append((row, remote))  # decided below, all together (the guard)
@@ -509,6 +550,8 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
             target = merge_keeping(row.flags, local.flags, remote.flags, storable)
             out.add(_flag_actions(row.uid, row.key, row.flags, local.flags, remote.flags,
                                   target, storable, policy.direction))
+            if row.placeholder and policy.to_local and _wants_full(row, target, policy):
+                out.add((FetchFull(row.uid, row.key),))
 
     guard: str | None = None
     if vanished and policy.local_folder_missing and not policy.to_local:
@@ -523,13 +566,14 @@ def _plan_incremental(snapshot: FolderSnapshot, out: _Out) -> str | None:
         guard = _missing_reason(len(vanished))
         for row, remote in vanished:
             out.add((Forget(row.uid, row.key),
-                     Download(remote.uid, remote.flags,
-                              size=remote.size if remote.size is not None else row.size)))
+                     _download(remote.uid, remote.flags,
+                               remote.size if remote.size is not None else row.size, policy)))
     else:
         guard = _guard_reason(len(vanished), len(snapshot.synced) - retried, policy)
         if guard is None and policy.deletes_remote:
             # The local deletion wins over a server-side flag change.
-            out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder)
+            out.add(DeleteRemote(row.uid, row.key, trash_folder=policy.trash_folder,
+                                 placeholder=row.placeholder)
                     for row, _ in vanished)
         elif guard is None:
             # Not propagated: kept on the server, untracked (never downloaded again).
@@ -559,12 +603,13 @@ def _plan_outside(row: SyncedMessage, remote: RemoteMessage | None,
         assert remote is not None
         out.add(pair_actions(row.uid, row.key, local.flags, remote.flags,
                              old_synced=row.flags, size=row.size, message_id=row.message_id,
-                             storable=policy.storable, direction=policy.direction))
+                             storable=policy.storable, direction=policy.direction,
+                             placeholder=row.placeholder))
     elif inside and policy.to_local:
         assert remote is not None
         out.add((Forget(row.uid, row.key),
-                 Download(row.uid, remote.flags,
-                          size=remote.size if remote.size is not None else row.size)))
+                 _download(row.uid, remote.flags,
+                           remote.size if remote.size is not None else row.size, policy)))
     elif remote is None and local is not None:
         out.add((Forget(row.uid, row.key, keep="local"),))
     elif local is None and not inside:
@@ -616,6 +661,14 @@ def _flags_text(letters: Flags) -> str:
 
 def _describe_action(action: Action) -> str:
     match action:
+        case Download() if action.placeholder:
+            return (f"download UID {action.uid} as a placeholder ({action.size} bytes, more "
+                    f"than max_size; its header only) with {_flags_text(action.flags)}")
+        case FetchFull():
+            return f"replace placeholder {action.key} with the full message of UID {action.uid}"
+        case CopyOriginal():
+            return (f"copy the original of placeholder {action.key} into this folder on the "
+                    f"server with {_flags_text(action.flags)} (never uploaded)")
         case Download():
             text = f"download UID {action.uid}"
             if action.size is not None:

@@ -25,7 +25,7 @@ from syncd.imap.folder_map import FolderMap
 from syncd.imap.folder_sync import FolderSync, SyncOptions, folder_policy
 from syncd.imap.record import record_untouched
 from syncd.outcome.results import AccountResult, FolderResult, NullReporter, Reporter
-from syncd.store.maildir import Maildir
+from syncd.store.maildir import Maildir, MaildirFolder
 
 if TYPE_CHECKING:
     from syncd.config.load import AccountSettings
@@ -317,9 +317,29 @@ class AccountSync:
         FolderSync(self.account, self.state, self._session(), self.options,
                    reporter=self.reporter, should_stop=self.should_stop,
                    moved_into=self._moved_into, untouched=self._untouched,
-                   clock=self.clock).run(folder.name, self._folder_map().local_folder(folder),
-                                         status, result)
+                   clock=self.clock, local_folders=self._local_folders,
+                   ).run(folder.name, self._folder_map().local_folder(folder), status, result)
         return result
+
+    def _local_folders(self) -> list[tuple[str | None, MaildirFolder]]:
+        """Every local folder of the account, with the server folder it is the place of where
+        the state knows that folder (None: not synced yet): where a mail reader may have
+        moved a placeholder to (syncd/imap/placeholders.py)."""
+        folder_map = self._folder_map()
+        known = {f.remote_name for f in self.state.folders()}
+        found: dict[str, tuple[str | None, MaildirFolder]] = {}
+        for folder in self._listed:
+            if folder.noselect:
+                continue
+            try:
+                place = folder_map.local_folder(folder)
+            except ValueError:
+                continue  # a name the Maildir cannot hold
+            found[str(place.path)] = (folder.name if folder.name in known else None, place)
+        for components in self.maildir.list_folders():
+            path = self.maildir.local_path(components)
+            found.setdefault(str(path), (None, MaildirFolder(path)))
+        return list(found.values())
 
     # --- big folders side by side ---------------------------------------------------------
     def _bulk_folders(self, selectable: list[RemoteFolder],

@@ -20,6 +20,7 @@ from syncd.core.message import IGNORED_FIELDS, header_identity
 from syncd.core.model import FolderStatus, RemoteFolder
 from syncd.errors import AccountError, FolderError, login_refused
 from syncd.imap import wire
+from syncd.imap.refusals import MAX_REFUSALS_IN_A_ROW, is_refusal
 from syncd.net import connect_failed, ssl_context_for, take_dialed
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ _INTERNALDATE_ITEM = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FLAGS_ITEM = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE_ITEM = re.compile(rb"RFC822\.SIZE (\d+)")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
+_COPYUID = re.compile(rb"\[COPYUID (\d+) (\S+) (\S+)\]", re.IGNORECASE)
 
 
 _INTERNALDATE = re.compile(
@@ -829,16 +831,68 @@ class ImapSession:
                 result[uid] = MessageMeta(size, *header_identity(fields))
         return result
 
+    def fetch_subjects(self, uids: Sequence[int]) -> dict[int, str]:
+        """UID -> Subject (decoded, one line) of a few messages, to name them in an error;
+        those whose header the server will not give either are absent."""
+        from syncd.imap.refusals import subject_of
+
+        subjects: dict[int, str] = {}
+        for uid in uids:  # one by one: the server may refuse some of these too
+            try:
+                response = self._fetch(str(uid), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                continue
+            for key, value in response.get(uid, {}).items():
+                if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
+                    subject = subject_of(value.replace(b"\r\n", b"\n"))
+                    if subject:
+                        subjects[uid] = subject
+        return subjects
+
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
+                     refused: Callable[[int, str], None] | None = None,
                      spool: Callable[[], LiteralSink] | None = None
                      ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
         """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
         bounded by count and bytes. Messages the server no longer has are silently absent.
+        With ``refused``, a batch the server refuses is split down to the messages it will
+        not send, each handed to ``refused(uid, server's words)``; the others arrive.
         With ``spool``, a body above SPOOL_LITERAL_MIN is written to a sink it opens as the
         literal arrives and comes as that sink's SpooledLiteral instead of bytes: memory stays
         O(chunk) however big the message (the caller owns, and must deliver or discard, it)."""
         for batch in self._literal_batches(wanted):
-            yield from self._fetch_body_batch(batch, spool)
+            if refused is None:
+                yield from self._fetch_body_batch(batch, spool)
+            else:
+                yield from self._fetch_body_batch_split(batch, refused, _RefusalRun(), spool)
+
+    def _fetch_body_batch_split(self, uids: list[int], refused: Callable[[int, str], None],
+                                run: _RefusalRun, spool: Callable[[], LiteralSink] | None
+                                ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
+        """Exchange refuses a whole UID FETCH when one message in it cannot be converted to
+        RFC 822 (a calendar or contact item, a damaged item): "NO The requested message could
+        not be converted to an RFC-822 compatible format". The batch is asked again in halves,
+        down to the messages refused alone, so one bad item costs a few commands, not the
+        folder. Refusals of every message alone in a row mean the folder itself is refused:
+        the first such refusal is raised (the folder's error)."""
+        try:
+            bodies = list(self._fetch_body_batch(uids, spool))
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            if len(uids) > 1:
+                middle = len(uids) // 2
+                yield from self._fetch_body_batch_split(uids[:middle], refused, run, spool)
+                yield from self._fetch_body_batch_split(uids[middle:], refused, run, spool)
+                return
+            run.refused(exc)
+            refused(uids[0], refusal_text(exc))
+            return
+        if bodies:
+            run.accepted()
+        yield from bodies
 
     def fetch_texts(self, wanted: Sequence[tuple[int, int | None]]
                     ) -> Iterator[tuple[int, bytes]]:
@@ -980,6 +1034,53 @@ class ImapSession:
             raise IMAPClientError(f"append failed: {text}")
         return data[0]
 
+    def fetch_headers(self, uids: Sequence[int]
+                      ) -> dict[int, tuple[bytes, int, dt.datetime | None]]:
+        """UID -> (header block, RFC822.SIZE, INTERNALDATE) of the selected folder's messages
+        (BODY.PEEK[HEADER]: a placeholder's makings, without the body). Messages no longer
+        there are absent."""
+        found: dict[int, tuple[bytes, int, dt.datetime | None]] = {}
+        for chunk in _chunks(sorted(uids), UID_SET_CHUNK):
+            response = self._fetch(format_uid_set(chunk),
+                                   ["RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER]"])
+            for uid, data in response.items():
+                header = data.get(b"BODY[HEADER]")
+                if not isinstance(header, bytes):
+                    continue
+                size = int(data.get(b"RFC822.SIZE", 0))  # type: ignore[call-overload]
+                date = data.get(b"INTERNALDATE")
+                found[uid] = (header, size, date if isinstance(date, dt.datetime) else None)
+        return found
+
+    def fetch_flags_of(self, uids: Sequence[int]) -> dict[int, Flags]:
+        """UID -> flags of these messages of the selected folder (absent: not there)."""
+        response = self._fetch(format_uid_set(sorted(uids)), ["FLAGS"])
+        return {uid: flagmap.from_imap(data.get(b"FLAGS", ()))  # type: ignore[arg-type]
+                for uid, data in response.items() if uid in uids}
+
+    def copy_message(self, uid: int, target: str) -> tuple[int, int] | None:
+        """UID COPY one message of the selected folder into ``target``: (UIDVALIDITY, UID) of
+        the copy when the server says (COPYUID, UIDPLUS), else None."""
+        imap = wire.imaplib_of(self.client)
+        # imaplib's uid() answers with the untagged responses only; COPYUID is in the tagged.
+        typ, data = wire.simple_command(imap, "UID", "COPY", str(uid),
+                                        wire.folder_argument(self.client, target))
+        if typ != "OK":
+            from imapclient.exceptions import IMAPClientError
+
+            raise IMAPClientError(f"UID COPY to {target!r} refused: {data!r}")
+        wire.take_untagged(imap, "VANISHED")
+        response = b" ".join(d for d in data if isinstance(d, bytes))
+        match = _COPYUID.search(response)
+        if match is None or "," in match.group(3).decode() or ":" in match.group(3).decode():
+            return None
+        return int(match.group(1)), int(match.group(3))
+
+    def replace_flags(self, uid: int, flags: Flags) -> None:
+        """UID STORE FLAGS.SILENT: the selected folder's message ``uid`` gets exactly
+        ``flags`` (a copy made with the original's flags takes the local file's)."""
+        self.client.set_flags([uid], flagmap.to_imap(flags), silent=True)
+
     def search_message_id(self, message_id: str) -> list[int]:
         return list(self.client.search(["HEADER", "Message-ID", message_id]))
 
@@ -1033,6 +1134,26 @@ def parse_namespace(raw: object) -> Namespace:
 
 _IMAPLIB_ERROR = re.compile(r"^[A-Z ]+ command error: (?:NO|BAD) \[b?['\"](.*)['\"]\]$", re.S)
 _IMAPCLIENT_NO = re.compile(r"^[a-z_ ]+ failed: (.*)$", re.S)
+
+
+class _RefusalRun:
+    """Single-message FETCH refusals in a row within one batch (see
+    _fetch_body_batch_split): past MAX_REFUSALS_IN_A_ROW the folder, not a message, is
+    refused, and the first refusal is raised."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.first: BaseException | None = None
+
+    def refused(self, exc: BaseException) -> None:
+        self.first = self.first or exc
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_REFUSALS_IN_A_ROW:
+            raise self.first
+
+    def accepted(self) -> None:
+        self.in_a_row = 0
+        self.first = None
 
 
 def refusal_text(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from syncd.faults import checkpoint
 from syncd.imap.changes import apply_flags
 from syncd.imap.client import FetchedBody, ImapSession
 from syncd.imap.job import FolderJob
+from syncd.imap.refusals import RefusedDownloads
 from syncd.store.maildir import MaildirFolder, Written, crlf_to_lf, file_chunks
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
@@ -39,8 +40,9 @@ class BodyPrefetcher:
     two groups. The writer must not use the session until close()."""
 
     def __init__(self, session: ImapSession, groups: list[list[A.Download]],
-                 folder: MaildirFolder) -> None:
+                 refused: RefusedDownloads, folder: MaildirFolder) -> None:
         self._groups = groups
+        self._refused = refused
         self._session = session
         self._folder = folder
         self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
@@ -56,7 +58,8 @@ class BodyPrefetcher:
                     return
                 # A big body is streamed into a tmp/ file of the folder as it arrives.
                 self._put((True, list(self._session.fetch_bodies(
-                    [(a.uid, a.size) for a in group], spool=self._folder.tmp_writer))))
+                    [(a.uid, a.size) for a in group], self._refused.add,
+                    spool=self._folder.tmp_writer))))
         except BaseException as exc:  # handed to the writer, which raises it
             self._put((False, exc))
 
@@ -130,7 +133,8 @@ class Downloader:
         groups = commit_groups(downloads)
         # The next group's bodies come over the network while this one is written and
         # flushed. Fetching stores nothing, so it may run ahead of the group's intents.
-        prefetch = BodyPrefetcher(job.session, groups, job.folder)
+        refused = RefusedDownloads(job.account, job.fstate.remote_name)
+        prefetch = BodyPrefetcher(job.session, groups, refused, job.folder)
         try:
             for group in groups:
                 if job.should_stop():
@@ -138,6 +142,9 @@ class Downloader:
                 self._group(group, prefetch.next_group())
         finally:
             prefetch.close()
+        if refused:
+            error = refused.error(job.session.fetch_subjects(sorted(refused.reasons)))
+            job.result.error = f"{job.result.error}; {error}" if job.result.error else error
         if self._paired_flags:
             apply_flags(job, self._paired_flags)
 

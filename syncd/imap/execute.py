@@ -21,6 +21,12 @@ from syncd.faults import checkpoint
 from syncd.imap.changes import by_kind, delete_local, move_deleted, push_remote, set_local_flags
 from syncd.imap.download import Downloader
 from syncd.imap.job import FolderJob
+from syncd.imap.placeholders import (
+    copy_originals,
+    download_placeholders,
+    fetch_full,
+    rescue_moved,
+)
 from syncd.imap.upload import Uploader
 
 
@@ -37,15 +43,27 @@ def execute(job: FolderJob, plan: A.FolderPlan, paired_remote: dict[int, RemoteM
     # Local side first: flag renames (one commit), then files the server expunged.
     pushes = set_local_flags(job, grouped[A.SetLocalFlags], grouped[A.PushFlags])
     delete_local(job, grouped[A.DeleteLocal])
-    # Local deletions: moved to the trash now, expunged with the STOREs.
-    deletes, to_expunge = move_deleted(job, grouped[A.DeleteRemote])
+    # Local deletions: moved to the trash now, expunged with the STOREs. A placeholder that
+    # the mail reader moved to another folder is copied there first (placeholders.py).
+    deleting = grouped[A.DeleteRemote]
+    if any(a.placeholder for a in deleting):
+        deleting = rescue_moved(job, deleting)
+    deletes, to_expunge = move_deleted(job, deleting)
     # Server side: every STORE and the EXPUNGE in one round trip, then one commit.
     push_remote(job, pushes, to_expunge, deletes)
     paired_keys: set[str] = set()
-    if grouped[A.Download]:
+    full = [a for a in grouped[A.Download] if not a.placeholder]
+    if full:
         downloader = Downloader(job)
-        downloader.run(grouped[A.Download])
+        downloader.run(full)
         paired_keys = downloader.paired_keys
+    # Placeholders (max_size): delivered, replaced by the full message, copied on the server.
+    if len(full) != len(grouped[A.Download]):
+        download_placeholders(job, [a for a in grouped[A.Download] if a.placeholder])
+    if grouped[A.FetchFull]:
+        fetch_full(job, grouped[A.FetchFull])
+    if grouped[A.CopyOriginal]:
+        copy_originals(job, grouped[A.CopyOriginal])
     uploads = [a for a in grouped[A.Upload] if not (a.unless_paired and a.key in paired_keys)]
     if uploads:
         Uploader(job).run(uploads)
@@ -85,7 +103,8 @@ def record_state_only(job: FolderJob, grouped: dict[type, list],
             row = SyncedMessage(
                 action.uid, action.key, action.flags,
                 seen.size if seen and seen.size is not None else action.size,
-                seen.message_id if seen and seen.message_id is not None else action.message_id)
+                seen.message_id if seen and seen.message_id is not None else action.message_id,
+                action.placeholder)
             if action.outside:
                 parked.append(row)
             else:

@@ -56,7 +56,8 @@ def folder_policy(account: AccountSettings, name: str, namespace: Namespace) -> 
     matching ``folder_settings`` glob."""
     if not account.folder_settings:
         return FolderSettings(account.direction, account.delete, account.create_folders,
-                              account.max_age, account.max_messages)
+                              account.max_age, account.max_messages, account.max_size,
+                              account.fetch_flagged)
     return account.folder_policy(glob_matcher(name, namespace=namespace))
 
 
@@ -98,8 +99,9 @@ class FolderSync:
     def __init__(self, account: AccountSettings, state: StateStore, session: ImapSession,
                  options: SyncOptions, *, reporter: Reporter,
                  should_stop: Callable[[], bool], moved_into: set[str],
-                 untouched: list[FolderState], clock: Callable[[], float] = time.time
-                 ) -> None:
+                 untouched: list[FolderState], clock: Callable[[], float] = time.time,
+                 local_folders: Callable[[], list[tuple[str | None, MaildirFolder]]]
+                 | None = None) -> None:
         self.account = account
         self.state = state
         self.session = session
@@ -109,6 +111,8 @@ class FolderSync:
         self.moved_into = moved_into  # see FolderJob.moved_into
         self.untouched = untouched  # see record_folder
         self.clock = clock
+        # Every local folder of the account (see FolderJob.local_folders).
+        self.local_folders = local_folders
 
     def run(self, name: str, place: MaildirFolder, status: FolderStatus | None,
             result: FolderResult) -> None:
@@ -193,7 +197,8 @@ class FolderSync:
                             force_deletions=self.options.force_deletions,
                             local_folder_missing=scan.folder_missing,
                             guard_held=fstate is not None and fstate.guard_held,
-                            direction=keys.direction, delete=keys.delete)
+                            direction=keys.direction, delete=keys.delete,
+                            max_size=keys.max_size, fetch_flagged=bool(keys.fetch_flagged))
 
     def _plan(self, name: str, view: FolderView, place: MaildirFolder,
               result: FolderResult) -> FolderPlan:
@@ -234,7 +239,8 @@ class FolderSync:
                         {m.key: m.flags for m in snapshot.local}, self.reporter,
                         self.should_stop, self.moved_into, snapshot.policy.direction,
                         bool(snapshot.untracked_uids or snapshot.untracked_keys
-                             or snapshot.outside))
+                             or snapshot.outside),
+                        view.info.uidvalidity, self.local_folders)
         # The guard's verdict is kept (held) unless the folder itself vanished locally.
         held = plan.guard is not None and not scan.folder_missing
         # Untracked copies gone from their side need remembering no longer.

@@ -324,6 +324,12 @@ def local_view(folder: MaildirFolder, entries: dict[str, LocalEntry],
             info = folder.header_info(key)
         except FileNotFoundError:
             continue  # removed while we looked (mutt, another tool)
+        if info.placeholder is not None:
+            # A placeholder: it stands for the full message (its size pairs it with its
+            # server copy) and is never uploaded.
+            local.append(LocalMessage(key, entry.flags, info.placeholder.size,
+                                      info.message_id, info.trace_bytes, placeholder=True))
+            continue
         local.append(LocalMessage(key, entry.flags, info.size, info.message_id,
                                   info.trace_bytes))
     return local

@@ -38,6 +38,11 @@ class FolderJob(NamedTuple):
     # The folder has untracked entries or parked pairs (state.untracked): Forget and Pair
     # actions must drop theirs.
     fstate_has_untracked: bool = False
+    # The folder's UIDVALIDITY as selected now (a placeholder names its original by it).
+    uidvalidity: int | None = None
+    # Every local folder of the account as (server name, or None for one the state does not
+    # know yet; MaildirFolder): where a mail reader may have moved a placeholder to.
+    local_folders: Callable[[], list[tuple[str | None, MaildirFolder]]] | None = None
 
     @property
     def fid(self) -> int:

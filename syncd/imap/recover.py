@@ -51,6 +51,17 @@ def _settle(session: ImapSession, state: StateStore, fstate: FolderState,
     selected = False
     for intent in intents:
         key = intent.key
+        if intent.op in ("placeholder", "fetch_full", "copy_original"):
+            from syncd.imap.placeholders import settle_intent
+
+            if intent.op == "placeholder":
+                _remove_staged(folder, key)
+            row = settle_intent(session, state, fstate, folder, intent, entries)
+            if row is not None and row.key not in known_keys and row.uid not in known_uids:
+                rows.append(row)
+                known_keys.add(row.key)
+                known_uids.add(row.uid)
+            continue
         if intent.op == "download":
             _remove_staged(folder, key)
         if key is None or key in known_keys or key not in entries:

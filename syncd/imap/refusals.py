@@ -101,3 +101,38 @@ class RefusedUploads:
         noun = "message" if count == 1 else "messages"
         return (f"the server refused {count} {noun} (kept in the Maildir, tried again at the "
                 f"next sync): {named}{more}{waiting}")
+
+
+class RefusedDownloads:
+    """The messages a server would not send (UID FETCH refused for them alone): Exchange's
+    calendar and contact items, damaged items. Each is named (account, folder, UID, Subject);
+    the folder's other messages are mirrored, and these are asked for again next time."""
+
+    def __init__(self, account: str, folder: str) -> None:
+        self.account = account
+        self.folder = folder
+        self.reasons: dict[int, str] = {}  # UID -> the server's words
+
+    def __bool__(self) -> bool:
+        return bool(self.reasons)
+
+    def add(self, uid: int, reason: str) -> None:
+        """Called from the fetching thread; only records (the session is busy)."""
+        self.reasons[uid] = reason
+
+    def error(self, subjects: dict[int, str]) -> str:
+        """The folder's error text, with each refused message logged by name."""
+        named: list[str] = []
+        for uid, reason in sorted(self.reasons.items()):
+            subject = subjects.get(uid)
+            what = f"UID {uid}" + (f" (Subject: {subject})" if subject else "")
+            log.warning("%s/%s: the server would not send message %s: %s; it is asked for "
+                        "again at the next sync", self.account, self.folder, what, reason)
+            named.append(f"{what}: {reason}")
+        count = len(named)
+        more = f"; and {count - NAMED_IN_SUMMARY} more" if count > NAMED_IN_SUMMARY else ""
+        noun = "message" if count == 1 else "messages"
+        return (f"the server would not send {count} {noun} (the others are mirrored; asked "
+                f"for again at the next sync; on Exchange these are calendar or contact items "
+                f"that IMAP cannot carry, so a folder of them is best excluded): "
+                f"{'; '.join(named[:NAMED_IN_SUMMARY])}{more}")

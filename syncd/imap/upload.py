@@ -70,7 +70,8 @@ class Uploader:
         if self.unkept:
             job.state.add_unkept_flags(job.fid, self.unkept)
         if self.refused:
-            job.result.error = self.refused.error()
+            error = self.refused.error()
+            job.result.error = f"{job.result.error}; {error}" if job.result.error else error
 
     def _one(self, action: A.Upload) -> None:
         from syncd.imap.writes import append_keeping

@@ -11,6 +11,15 @@ Three steps, and only the last writes anything:
    and cursors that make the next sync compare every flag (highestmodseq and last_sync left
    unset). The Maildir is never touched, so an interrupted adopt changes nothing and runs again.
 
+A message the tool's state records as paired (both UIDs on its state line) whose file is gone
+was deleted locally after the tool's last run: it is recorded as a pair whose file is missing,
+so that the next sync treats it as any local deletion (the ``delete`` policy decides: expunged
+on the server, or kept there untracked; never downloaded again). Only where that is certain:
+the folder's cur/ and new/ were listed in full and every file name in them carries a UID the
+tool's naming scheme explains (a file adopt cannot read could be that very message), the
+folder's UIDs are trusted (UIDVALIDITY unchanged), and the state line has no status mark
+(mbsync's expired, skipped or placeholder entries were removed by mbsync, not by the user).
+
 Where the tool's UIDVALIDITY is not the server's, the folder is recorded with no pairs: the
 next `syncd sync` re-pairs its files by content (Message-ID and size), downloading nothing that
 is already there. Where the tool's state contradicts the server (a UID the server has never
@@ -20,6 +29,7 @@ given out), adopt refuses and writes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd.adopt")
 
 _UID_IN_NAME = re.compile(r",U=(\d+)")
+# The key of a message deleted locally since the other tool's last run: no file has it (a
+# plain name, never one a Maildir delivery makes), so the next sync sees a local deletion.
+DELETED_KEY_PREFIX = "syncd-adopt-deleted-"
 
 
 class AdoptRefused(AccountError):
@@ -66,6 +79,9 @@ class ToolFolder:
     notes: list[str] = field(default_factory=list)
     # Set when the tool's own files contradict each other: the folder falls back to content.
     untrusted: str | None = None
+    # Server UID -> the flags of the last sync, for pairs the tool's state records whose file
+    # is gone (deleted locally since its last run; see record_deletions).
+    deleted: dict[int, Flags] = field(default_factory=dict)
 
 
 class ServerFolder(NamedTuple):
@@ -97,6 +113,7 @@ class FolderAdoption:
     by_content: str | None = None  # why the UIDs could not be used
     content_paired: int = 0  # files paired by Message-ID and size (by_content folders)
     gone_on_server: int = 0  # pairs whose UID the server expunged since the tool's last run
+    deleted_locally: int = 0  # pairs whose file was deleted since the tool's last run
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,6 +129,57 @@ def uid_in_name(key: str) -> int | None:
     """The ``,U=<uid>`` both tools put into a file name, if any."""
     match = _UID_IN_NAME.search(key)
     return int(match.group(1)) if match else None
+
+
+def message_names(path: Path) -> list[str] | None:
+    """Every entry of the folder's cur/ and new/ (dot files included: nothing is skipped);
+    None when either cannot be listed."""
+    names: list[str] = []
+    for sub in ("cur", "new"):
+        try:
+            names += os.listdir(path / sub)
+        except OSError:
+            return None
+    return names
+
+
+def record_deletions(tool: ToolFolder, names: Sequence[str] | None,
+                     recorded: Mapping[int, tuple[int, Flags]],
+                     uid_of: Callable[[str], int | None], tool_name: str) -> None:
+    """Fill ``tool.deleted``: the pairs in ``recorded`` (the tool's own UID in file names ->
+    (server UID, flags), only state lines that name both UIDs and carry no status mark) that
+    no file in the folder carries any more. ``names`` is the full listing of cur/ and new/
+    (message_names); ``uid_of`` reads the tool's UID from a name, None when it cannot. Nothing
+    is counted as deleted unless every name was read: an unreadable one could be the very
+    message whose file seems to be gone, and deleting it would delete server mail."""
+    if names is None:
+        if recorded:
+            tool.notes.append("cur/ or new/ could not be listed: no message counted as "
+                              "deleted locally")
+        return
+    present: set[int] = set()
+    unreadable = 0
+    for name in names:
+        uid = uid_of(name)
+        if uid is None:
+            unreadable += 1
+        else:
+            present.add(uid)
+    gone = [pair for own, pair in sorted(recorded.items()) if own not in present]
+    if not gone:
+        return
+    if unreadable:
+        tool.notes.append(f"{len(gone)} message(s) in {tool_name}'s state have no file any "
+                          f"more, but {unreadable} file name(s) here do not carry a UID "
+                          f"adopt can read: none counted as deleted (the next sync pairs them "
+                          f"by content or downloads them again)")
+        return
+    for server_uid, flags in gone:
+        tool.deleted[server_uid] = flags
+
+
+def deleted_key(uid: int) -> str:
+    return f"{DELETED_KEY_PREFIX}{uid}"
 
 
 # --- the decision (pure) -----------------------------------------------------------------------
@@ -132,8 +200,8 @@ def adopt_folder(account: str, tool: ToolFolder, server: ServerFolder) -> Folder
         # No pairs and no cursors: the next sync pairs every file by content.
         result.uidvalidity = result.uidnext = None
         return result
-    too_new = sorted(p.uid for p in tool.pairs.values()
-                     if server.uidnext is not None and p.uid >= server.uidnext)
+    too_new = sorted(uid for uid in [*(p.uid for p in tool.pairs.values()), *tool.deleted]
+                     if server.uidnext is not None and uid >= server.uidnext)
     if too_new:
         raise AdoptRefused(account, f"{tool.remote_name}: the other tool's state names UID "
                            f"{too_new[0]}, which the server has never given out (UIDNEXT "
@@ -151,6 +219,12 @@ def adopt_folder(account: str, tool: ToolFolder, server: ServerFolder) -> Folder
             # removes the local copy, as the other tool's next run would have.
             result.gone_on_server += 1
         result.messages.append(SyncedMessage(pair.uid, key, pair.flags))
+    for uid, flags in sorted(tool.deleted.items()):
+        if uid in seen or uid not in server.uids:
+            continue  # a file holds it after all; or deleted on both sides: nothing to do
+        # A pair with no file: the next sync's local deletion (the `delete` policy decides).
+        result.messages.append(SyncedMessage(uid, deleted_key(uid), flags))
+        result.deleted_locally += 1
     return result
 
 
@@ -260,8 +334,13 @@ def describe(adoption: Adoption, account: str) -> list[str]:
         else:
             extra = (f"; {folder.gone_on_server} deleted on the server since, removed locally "
                      f"by the next sync" if folder.gone_on_server else "")
+            if folder.deleted_locally:
+                extra += (f"; {folder.deleted_locally} deleted locally since {adoption.tool}'s "
+                          f"last run, a local deletion for the next sync (the `delete` policy "
+                          f"decides whether the server copy goes)")
             lines.append(f"  {folder.remote_name} ({folder.local_path}): "
-                         f"{len(folder.messages)} message(s) paired by UID{extra}")
+                         f"{len(folder.messages) - folder.deleted_locally} message(s) paired "
+                         f"by UID{extra}")
         lines.extend(f"    note: {note}" for note in folder.notes)
     for name in adoption.not_adopted:
         lines.append(f"  {name}: not kept by {adoption.tool}; the next sync downloads it "

@@ -21,7 +21,7 @@ _CHANNEL_DONE = {"far", "near", "patterns", "syncstate", "sync", "create", "remo
                  "expunge", "maxmessages", "maxsize", "expireunread", "copyarrivaldate"}
 _WHY = {
     "remove": "syncd never removes a folder; remove it on the other side by hand",
-    "maxsize": f"`max_size:` {NOT_BUILT}; syncd mirrors messages of any size",
+    "maxsize": f"{NOT_BUILT}; add `max_size:` to get placeholders for bigger messages",
     "copyarrivaldate": "syncd keeps the server's INTERNALDATE as the file's time already",
 }
 # Sync operations (mbsync(1) 1.4, and 1.5's spellings): what each moves.

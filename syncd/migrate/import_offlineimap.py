@@ -25,7 +25,7 @@ _ACCOUNT_DONE = {"localrepository", "remoterepository", "autorefresh", "quick", 
 _POLICY = {
     "startdate": "syncd's `max_age:` is a window sliding daily, not a fixed first date; set "
                  "max_age by hand",
-    "maxsize": f"`max_size:` {NOT_BUILT}; syncd mirrors messages of any size",
+    "maxsize": f"{NOT_BUILT}; add `max_size:` to get placeholders for bigger messages",
 }
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from syncd.errors import ConfigError
 
-# Placeholders for big messages (`max_size:`, contract Part 1b) are not built: settings that
-# map onto them are reported with this reason.
-NOT_BUILT = "syncd has no such setting yet (`max_size:` placeholders are not built)"
+# A size limit is not carried over (mbsync skips or stubs big messages its own way, offlineimap
+# skips them): the report says so and points at syncd's placeholders (`max_size:`).
+NOT_BUILT = ("not carried over (syncd mirrors bigger messages as placeholders only where "
+             "the config says so)")
 
 
 @dataclass

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.core.flags import normalize
 from syncd.core.folders import Namespace, without_prefix
 from syncd.core.model import RemoteFolder
-from syncd.migrate.adopt import AdoptRefused, ToolFolder, ToolPair, uid_in_name
+from syncd.migrate.adopt import (
+    AdoptRefused,
+    ToolFolder,
+    ToolPair,
+    message_names,
+    record_deletions,
+    uid_in_name,
+)
 from syncd.migrate.mbsyncrc import Channel, MbsyncConfig, channels
 
 STATE_NAME = ".mbsyncstate"
@@ -33,6 +40,13 @@ class MbsyncState:
     far_uidvalidity: int | None
     near_uidvalidity: int | None
     pairs: dict[int, tuple[int, str]]  # near (Maildir) uid -> (far (server) uid, flags)
+    # Near uids whose line carries a status mark before the flags (isync's save_state:
+    # '<'/'>' placeholder, '^' skipped, '!' pending, '~' expired): mbsync itself may have
+    # removed such a file, so its absence is no evidence of a deletion by the user.
+    marked: set[int] = field(default_factory=set)
+
+    def plain_pairs(self) -> dict[int, tuple[int, str]]:
+        return {near: pair for near, pair in self.pairs.items() if near not in self.marked}
 
 
 def parse_state(text: str) -> MbsyncState:
@@ -50,16 +64,20 @@ def parse_state(text: str) -> MbsyncState:
     if far is None and near is None:
         raise ValueError("no UidValidity in the mbsync state header")
     pairs: dict[int, tuple[int, str]] = {}
+    marked: set[int] = set()
     for line in body.splitlines():
         parts = line.split(" ", 2)
         if len(parts) < 2:
             continue
         far_uid, near_uid = int(parts[0]), int(parts[1])
         # A status mark (expire, placeholder) may precede the letters; keep the letters.
-        flags = normalize(c for c in (parts[2] if len(parts) > 2 else "") if c.isalpha())
+        rest = parts[2] if len(parts) > 2 else ""
+        letters = [c for c in rest if c.isalpha()]
         if far_uid > 0 and near_uid > 0:  # 0 or negative: one side not there (yet)
-            pairs[near_uid] = (far_uid, flags)
-    return MbsyncState(far, near, pairs)
+            pairs[near_uid] = (far_uid, normalize(letters))
+            if len(letters) != len(rest):
+                marked.add(near_uid)
+    return MbsyncState(far, near, pairs, marked)
 
 
 def _read_uidvalidity(folder: Path) -> int | None:
@@ -219,6 +237,8 @@ def read_folder(account: str, remote_name: str, place: Place) -> ToolFolder | No
                           "file names' UIDs cannot be trusted")
         return tool
     _pair_files(tool, folder.scan(), state)
+    record_deletions(tool, message_names(place.path), state.plain_pairs(), uid_in_name,
+                     "mbsync")
     return tool
 
 

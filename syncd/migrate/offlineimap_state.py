@@ -18,12 +18,18 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from syncd.core.flags import normalize
 from syncd.core.model import RemoteFolder
-from syncd.migrate.adopt import AdoptRefused, ToolFolder, ToolPair
+from syncd.migrate.adopt import (
+    AdoptRefused,
+    ToolFolder,
+    ToolPair,
+    message_names,
+    record_deletions,
+)
 from syncd.migrate.offlineimaprc import OfflineimapAccount
 
 _NAME_RE = re.compile(r",U=(\d+),FMD5=([0-9a-fA-F]+)")
@@ -100,7 +106,23 @@ def read_folder(account: OfflineimapAccount, folder: RemoteFolder, root: Path
         return tool
     md5 = hashlib.md5(name.encode("utf-8")).hexdigest()
     _pair_files(tool, local.scan(), status, md5)
+    # offlineimap's UID is the server's: its state line pairs a UID with itself.
+    recorded = {uid: (uid, flags) for uid, flags in status.items() if uid > 0}
+    record_deletions(tool, message_names(path), recorded, _uid_reader(md5), "offlineimap")
     return tool
+
+
+def _uid_reader(md5: str) -> Callable[[str], int | None]:
+    """The UID of a file of this folder; None for any other name, a file moved in from
+    another folder (its FMD5) included: if this folder's FMD5 were computed wrongly, every
+    file would look moved in, and none may then count as deleted."""
+    def uid_of(name: str) -> int | None:
+        match = _NAME_RE.search(name)
+        if match is None or match.group(2).lower() != md5:
+            return None
+        return int(match.group(1))
+
+    return uid_of
 
 
 def _pair_files(tool: ToolFolder, entries: dict, status: dict[int, str], md5: str) -> None:

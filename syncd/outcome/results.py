@@ -62,12 +62,18 @@ class FolderResult:
         # Under a window (max_age, max_messages): (its description, the messages inside,
         # the messages on the server), for `syncd status`.
         self.window: tuple[str, int, int] | None = None
+        # Placeholders (max_size): delivered (counted in ``downloaded`` too), replaced by the
+        # full message, and originals copied on the server for a placeholder a mail reader
+        # moved or copied.
+        self.placeholders = 0
+        self.fetched_full = 0
+        self.copied_originals = 0
 
     @property
     def changed(self) -> bool:
         return bool(self.downloaded or self.uploaded or self.local_flag_changes
                     or self.remote_flag_changes or self.deleted_local or self.deleted_remote
-                    or self.paired)
+                    or self.paired or self.fetched_full or self.copied_originals)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

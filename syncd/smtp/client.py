@@ -179,7 +179,7 @@ def _oauth2_login(account: AccountSettings, conn: smtplib.SMTP, offered: list[st
             raise SaslRejected(reply_text(exc.smtp_code, exc.smtp_error)) from None
 
     login_with_oauth2(account, mechanism, smtp.host, smtp.port, authenticate,
-                      token_provider(account, "smtp"))
+                      token_provider(account, "smtp"), username=username)
 
 
 def _close(conn: smtplib.SMTP) -> None:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 from syncd.core.flags import KNOWN_LETTERS, Flags, from_info
 from syncd.core.message import header_identity
+from syncd.core.placeholder import Original, placeholder_of
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,25 @@ class LocalEntry(NamedTuple):
     flags: Flags
 
 
-class HeaderInfo(NamedTuple):
-    """What pairing needs of a file the state does not know (see syncd.core.message)."""
-
+class _Identity(NamedTuple):
     message_id: str | None
     size: int  # as the server would count it: every bare LF is a CRLF there
     trace_bytes: int  # of ``size``: fields other tools add (X-TUID, Status, ...), CRLF counted
+
+
+class HeaderInfo(_Identity):
+    """What pairing needs of a file the state does not know (see syncd.core.message): the
+    three-item identity, and ``placeholder`` besides it (not an item, so that the identity
+    compares and unpacks as it always has): for a placeholder (max_size,
+    syncd.core.placeholder) the full message's size and where it is on the server."""
+
+    placeholder: Original | None
+
+    def __new__(cls, message_id: str | None, size: int, trace_bytes: int,
+                placeholder: Original | None = None) -> HeaderInfo:
+        info = super().__new__(cls, message_id, size, trace_bytes)
+        info.placeholder = placeholder
+        return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -873,8 +887,14 @@ def _header_info_stream(chunks: Iterable[bytes]) -> HeaderInfo:
                 header_done = True
             elif len(header) > _MAX_HEADER:
                 header_done = True
-    message_id, trace = header_identity(bytes(header))
-    return HeaderInfo(message_id, size + bare_lf, trace)
+    block = bytes(header)
+    message_id, trace = header_identity(block)
+    # The search first: parsing the fields again for every file would double the cost.
+    placeholder = placeholder_of(block) if _PLACEHOLDER_FIELD.search(block) else None
+    return HeaderInfo(message_id, size + bare_lf, trace, placeholder)
+
+
+_PLACEHOLDER_FIELD = re.compile(rb"^x-syncd-placeholder:", re.IGNORECASE | re.MULTILINE)
 
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")

@@ -173,6 +173,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The policy that count was taken under (FolderSettings.fingerprint).
         "ALTER TABLE folder ADD COLUMN counted_policy TEXT",
     ),
+    (
+        # 1: the local file is a placeholder for the full message (max_size): never uploaded,
+        # replaced by the full message by `syncd fetch` or fetch_flagged. Also on pairs parked
+        # outside the window, so that one taken back is still known for what it is.
+        "ALTER TABLE message ADD COLUMN placeholder INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE untracked ADD COLUMN placeholder INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -489,10 +496,26 @@ class StateStore:
     def messages(self, folder_id: int) -> list[SyncedMessage]:
         """All rows of a folder, in UID order, in one query."""
         rows = self._conn.execute(
-            "SELECT uid, maildir_key, synced_flags, size, message_id FROM message "
-            "WHERE folder_id = ? ORDER BY uid", (folder_id,))
+            "SELECT uid, maildir_key, synced_flags, size, message_id, placeholder = 1 "
+            "FROM message WHERE folder_id = ? ORDER BY uid", (folder_id,))
         # starmap: measurably cheaper than a comprehension with *row for 20k+ rows.
         return list(itertools.starmap(SyncedMessage, rows))
+
+    @_guard
+    def message_by_key(self, folder_id: int, key: str) -> SyncedMessage | None:
+        """The row pairing local ``key`` in the folder, or None."""
+        row = self._conn.execute(
+            "SELECT uid, maildir_key, synced_flags, size, message_id, placeholder = 1 "
+            "FROM message WHERE folder_id = ? AND maildir_key = ?", (folder_id, key)).fetchone()
+        return SyncedMessage(*row) if row else None
+
+    @_guard
+    def set_placeholder(self, folder_id: int, uid: int, placeholder: bool) -> None:
+        """Mark the row's local file a placeholder, or the full message (syncd fetch)."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE message SET placeholder = ? WHERE folder_id = ? AND uid = ?",
+                (int(placeholder), folder_id, uid))
 
     @_guard
     def message_count(self, folder_id: int) -> int:
@@ -504,10 +527,11 @@ class StateStore:
     # OTHER row holds the same maildir_key, and a lost pairing means a re-download (a duplicate)
     # later; a key clash is a bug upstream and must fail loudly instead.
     _PUT_SQL = (
-        "INSERT INTO message(folder_id, uid, maildir_key, synced_flags, size, message_id) "
-        "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(folder_id, uid) DO UPDATE SET "
+        "INSERT INTO message(folder_id, uid, maildir_key, synced_flags, size, message_id, "
+        "placeholder) VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(folder_id, uid) DO UPDATE SET "
         "maildir_key = excluded.maildir_key, synced_flags = excluded.synced_flags, "
-        "size = excluded.size, message_id = excluded.message_id, expunge_pending = 0")
+        "size = excluded.size, message_id = excluded.message_id, expunge_pending = 0, "
+        "placeholder = excluded.placeholder")
 
     @_guard
     def put_message(self, folder_id: int, message: SyncedMessage) -> None:
@@ -518,7 +542,8 @@ class StateStore:
     @_guard
     def put_messages(self, folder_id: int, messages: Iterable[SyncedMessage]) -> None:
         """put_message for many, in one statement batch and one transaction: all or nothing."""
-        rows = ((folder_id, m.uid, m.key, m.flags, m.size, m.message_id) for m in messages)
+        rows = ((folder_id, m.uid, m.key, m.flags, m.size, m.message_id, int(m.placeholder))
+                for m in messages)
         try:
             with self.transaction():
                 self._conn.executemany(self._PUT_SQL, rows)
@@ -565,14 +590,15 @@ class StateStore:
         """The server UIDs and the local keys the sync policy keeps on one side only, and the
         pairs parked outside the window."""
         rows = self._conn.execute(
-            "SELECT uid, maildir_key, synced_flags, size, message_id FROM untracked "
-            "WHERE folder_id = ? ORDER BY uid", (folder_id,))
+            "SELECT uid, maildir_key, synced_flags, size, message_id, placeholder = 1 "
+            "FROM untracked WHERE folder_id = ? ORDER BY uid", (folder_id,))
         uids: set[int] = set()
         keys: set[str] = set()
         outside: list[SyncedMessage] = []
-        for uid, key, flags, size, message_id in rows:
+        for uid, key, flags, size, message_id, placeholder in rows:
             if uid is not None and key is not None:
-                outside.append(SyncedMessage(uid, key, flags or "", size, message_id))
+                outside.append(SyncedMessage(uid, key, flags or "", size, message_id,
+                                             placeholder))
             elif uid is not None:
                 uids.add(uid)
             else:
@@ -582,13 +608,14 @@ class StateStore:
     @_guard
     def put_outside(self, folder_id: int, messages: Iterable[SyncedMessage]) -> None:
         """Park pairs outside the window: their message rows go, they are kept here."""
-        rows = [(folder_id, m.uid, m.key, m.flags, m.size, m.message_id) for m in messages]
+        rows = [(folder_id, m.uid, m.key, m.flags, m.size, m.message_id, int(m.placeholder))
+                for m in messages]
         with self.transaction():
             self._conn.executemany("DELETE FROM message WHERE folder_id = ? AND uid = ?",
                                    ((fid, uid) for fid, uid, *_ in rows))
             self._conn.executemany(
                 "INSERT OR REPLACE INTO untracked(folder_id, uid, maildir_key, synced_flags, "
-                "size, message_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                "size, message_id, placeholder) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     @_guard
     def add_untracked(self, folder_id: int, uids: Iterable[int] = (),

@@ -47,7 +47,8 @@ from tests.support.dovecot import Dovecot
 # Upper bounds for the parametrization (pytest needs the ids before Dovecot runs). The
 # reference test of each scenario fails if the engine ever passes more checkpoints than this,
 # so coverage can never shrink silently: raise the bound then. Ids beyond the real count skip.
-MAX_CHECKPOINTS = {"mixed": 53, "initial": 42, "uidvalidity": 29, "trash": 18}
+MAX_CHECKPOINTS = {"mixed": 53, "initial": 42, "uidvalidity": 29, "trash": 18,
+                   "placeholders": 30}
 
 # Small download groups so that crashes also land between group commits.
 DOWNLOAD_GROUP = 2
@@ -139,6 +140,11 @@ def test_reference_run(name: str, dovecot: Dovecot,
         "uidvalidity": {"state-only.commit", "download.publish", "upload.append",
                         "folder.cursors"},
         "trash": {"delete-remote.move", "remote-changes.commit", "download.publish"},
+        "placeholders": {"placeholder.intents", "placeholder.publish", "placeholder.commit",
+                         "fetch_full.intent", "fetch_full.staged", "fetch_full.rename",
+                         "fetch_full.commit", "copy_original.intent", "copy_original.copy",
+                         "copy_original.commit", "rescue.intent", "rescue.copy",
+                         "rescue.commit"},
     }[name]
     missing = expected - set(ref.trace)
     assert not missing, f"{name} never reaches {sorted(missing)}"

@@ -137,6 +137,10 @@ class ExchangeLike(ImapServer):
         self.logged_in: set[int] = set()  # id(conn)
         self.capability_after_login = 0  # CAPABILITY commands sent after LOGIN
         self.size_skew = 0  # added to every RFC822.SIZE (Exchange's are not exact)
+        # UIDs whose body FETCH is refused, as Exchange refuses calendar and contact items:
+        # the whole UID FETCH that names one of them gets a tagged NO.
+        self.unfetchable: set[int] = set()
+        self.body_fetches: list[str] = []  # UID sets of the body FETCHes asked
 
     def throttle(self, n: int, ms: int) -> None:
         with self._lock:
@@ -171,6 +175,16 @@ class ExchangeLike(ImapServer):
         elif command == "LOGIN":
             self.logged_in.add(id(conn))
             self.ok(conn, tag, "LOGIN completed.")
+        elif command == "UID FETCH" and self._fetch_kind(args) == "FETCH-BODY":
+            uid_set = args.split(" ", 1)[0]
+            self.body_fetches.append(uid_set)
+            if any(m.uid in self.unfetchable for _, m in self.messages_for(conn, uid_set)):
+                conn.line(f"{tag} NO The requested message could not be converted to an "
+                          "RFC-822 compatible format.")
+                return
+            super().dispatch(conn, tag, command, args)
+        elif command == "UID FETCH" and "HEADER.FIELDS (SUBJECT)" in args.upper():
+            self._fetch_subjects(conn, tag, args.split(" ", 1)[0])
         elif command == "APPEND" and self.append_line_limit is not None:
             data = getattr(self, "_last_literal", b"")
             if any(len(line) > self.append_line_limit for line in data.split(b"\n")):
@@ -180,6 +194,14 @@ class ExchangeLike(ImapServer):
         else:
             super().dispatch(conn, tag, command, args)
 
+
+    def _fetch_subjects(self, conn: Conn, tag: str, uid_set: str) -> None:
+        for seq, msg in self.messages_for(conn, uid_set):
+            subject = b"".join(line + b"\r\n" for line in msg.body.split(b"\r\n")
+                               if line.lower().startswith(b"subject:")) + b"\r\n"
+            conn.send(f"* {seq} FETCH (UID {msg.uid} BODY[HEADER.FIELDS (SUBJECT)] "
+                      f"{{{len(subject)}}}\r\n".encode() + subject + b")\r\n")
+        self.ok(conn, tag, "FETCH completed.")
 
     def fetch_response(self, seq: int, msg: Msg, kind: str) -> bytes:  # type: ignore[override]
         data = ImapServer.fetch_response(seq, msg, kind)

@@ -251,6 +251,50 @@ def test_exchange_sizes_that_are_not_exact(tmp_path: Path, dovecot: Dovecot, ser
     assert count(account) == 3 and len(server.appended) == 0, text
 
 
+def test_exchange_items_fetch_cannot_return(tmp_path: Path, dovecot: Dovecot, serve) -> None:
+    """Exchange refuses a whole UID FETCH that names a calendar or contact item ("NO The
+    requested message could not be converted to an RFC-822 compatible format"). The batch is
+    asked again in halves: the other messages arrive, the refused ones are named (account,
+    folder, UID, Subject) in the folder's error, asked for again at the next sync, and
+    mirrored once the server sends them."""
+    messages = msgs("INBOX", 40)
+    server: ExchangeLike = serve(ExchangeLike, {"INBOX": messages})
+    server.unfetchable = {7, 23}
+    fault("exchange: FETCH refused for calendar/contact items")
+    account = account_on(tmp_path, dovecot, server)
+    rc, text = sync(account)
+    assert rc == 1, text
+    assert count(account) == 38, text
+    for uid in (7, 23):
+        assert f"UID {uid} (Subject: Test message {uid} in INBOX)" in text, text
+    assert "would not send 2 messages" in text and "INBOX" in text and ACCOUNT in text, text
+    # Halving costs a few commands, not one per message.
+    assert len(server.body_fetches) < 20, server.body_fetches
+    rc, text = sync(account)  # asked for again, still refused, nothing duplicated
+    assert rc == 1 and "would not send 2 messages" in text and count(account) == 38, text
+    server.unfetchable = set()
+    rc, text = sync(account)
+    assert rc == 0 and count(account) == 40, text
+    local = sorted(path.read_bytes() for _, path in local_files(account.folder_dir("INBOX")))
+    assert local == sorted(m.body.replace(b"\r\n", b"\n") for m in messages)
+    assert len(server.appended) == 0, text
+
+
+def test_exchange_folder_whose_every_item_is_refused(tmp_path: Path, dovecot: Dovecot,
+                                                     serve) -> None:
+    """A folder of nothing but such items (Calendar) is that folder's error after a bounded
+    number of commands; the other folders are mirrored."""
+    server: ExchangeLike = serve(ExchangeLike, {"INBOX": msgs("INBOX", 3, start=100),
+                                                "Calendar": msgs("Calendar", 60)})
+    server.unfetchable = {m.uid for m in server.folders["Calendar"]}
+    account = account_on(tmp_path, dovecot, server)
+    rc, text = sync(account)
+    assert rc == 1 and "Calendar" in text, text
+    assert count(account) == 3 and count(account, "Calendar") == 0, text
+    assert len(server.body_fetches) < 80, len(server.body_fetches)
+    assert "Traceback" not in text, text
+
+
 # --------------------------------------------------------------------------------------------
 # Gmail
 

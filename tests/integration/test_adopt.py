@@ -267,3 +267,104 @@ def test_adopt_refuses_a_state_from_another_server(tmp_path: Path, dovecot: Dove
     for path in states:
         with StateStore(path) as state:
             assert all(state.message_count(f.id) == 0 for f in state.folders())
+
+
+# --- messages deleted locally after the other tool's last run --------------------------------
+
+
+def message_id_of(path: Path) -> str:
+    for line in path.read_bytes().split(b"\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    raise AssertionError(f"{path} has no Message-ID")
+
+
+def message_files(folder_dir: Path) -> list[Path]:
+    return sorted(p for sub in ("cur", "new") for p in (folder_dir / sub).iterdir())
+
+
+def server_message_ids(dovecot: Dovecot, user: User, folder: str) -> list[str]:
+    return sorted(m.message_id for m in dovecot.messages(user, folder, bodies=False).values())
+
+
+def make_with(tool: str, tmp_path: Path, dovecot: Dovecot, user: User,
+              account: Account) -> Path:
+    if tool == "mbsync":
+        return make_with_mbsync(tmp_path, dovecot, user, account)
+    return make_with_offlineimap(tmp_path, dovecot, user, account)
+
+
+def sync_through_proxy(tmp_path: Path, dovecot: Dovecot, user: User, account: Account,
+                       extra: str) -> str:
+    """One `syncd sync`; no message body comes down (bytes counted through a proxy)."""
+    with TcpProxy(dovecot.imaps_port) as proxy:
+        proxied = write_config(tmp_path, dovecot, user, port=proxy.port,
+                               layout=account.layout, extra=extra)
+        code, out, err = run_cli("--config", str(proxied.config), "sync")
+        assert code == 0, out + err
+        assert proxy.bytes_down < SIZE, proxy.bytes_down
+    return out + err
+
+
+@pytest.mark.parametrize(("tool", "delete"), [("mbsync", "both"), ("mbsync", "none"),
+                                              ("offlineimap", "both"),
+                                              ("offlineimap", "pull")])
+def test_a_file_deleted_after_the_tools_last_run_is_a_local_deletion(
+        tmp_path: Path, dovecot: Dovecot, user: User, tool: str, delete: str) -> None:
+    """The other tool's state pairs the message with a file that is gone: adopt records a
+    local deletion, which the next sync handles as it would one made while syncd ran. With
+    `delete: both` the server copy goes; with none or pull it stays there, untracked. The
+    message is never downloaded again."""
+    seed(dovecot, user)
+    extra = f"    delete: {delete}\n"
+    account = write_config(tmp_path, dovecot, user, extra=extra)
+    rc = make_with(tool, tmp_path, dovecot, user, account)
+    inbox = account.maildir / "INBOX"
+    victim = message_files(inbox)[1]
+    gone_id = message_id_of(victim)
+    victim.unlink()  # deleted in mutt after the tool's last run
+    code, out, err = run_cli("--config", str(account.config), "adopt", "test", "--from", tool,
+                             "--rc", str(rc))
+    assert code == 0, out + err
+    assert (f"3 message(s) paired by UID; 1 deleted locally since {tool}'s last run") in out
+    before = snapshot(account.maildir)
+    for _ in range(2):  # and the sync after it: still not downloaded again
+        sync_through_proxy(tmp_path, dovecot, user, account, extra)
+        assert snapshot(account.maildir) == before
+    on_server = server_message_ids(dovecot, user, "INBOX")
+    if delete == "both":
+        assert gone_id not in on_server and len(on_server) == 3
+    else:
+        assert gone_id in on_server and len(on_server) == 4
+    assert gone_id not in [message_id_of(p) for p in message_files(inbox)]
+    for folder in ("Lists/dev", "Sent"):  # nothing else changed
+        assert dovecot.count(user, folder) == FOLDERS[folder]
+
+
+def test_a_file_name_adopt_cannot_read_deletes_nothing(tmp_path: Path, dovecot: Dovecot,
+                                                       user: User) -> None:
+    """A file whose name lost mbsync's ,U= (renamed by some tool) may be the message whose
+    named file seems gone: then nothing in the folder counts as deleted. The renamed file is
+    paired by content; a file really deleted beside it is downloaded again (the old way), and
+    no server message is deleted, with `delete: both`."""
+    seed(dovecot, user)
+    account = write_config(tmp_path, dovecot, user)
+    rc = make_with_mbsync(tmp_path, dovecot, user, account)
+    inbox = account.maildir / "INBOX"
+    renamed, deleted = message_files(inbox)[:2]
+    base, _, info = renamed.name.partition(":2,")
+    renamed.rename(renamed.parent / (base.split(",U=")[0] + ":2," + info))
+    deleted_id = message_id_of(deleted)
+    deleted.unlink()
+    code, out, err = run_cli("--config", str(account.config), "adopt", "test", "--from",
+                             "mbsync", "--rc", str(rc))
+    assert code == 0, out + err
+    assert ("2 message(s) in mbsync's state have no file any more, but 1 file name(s) here "
+            "do not carry a UID adopt can read: none counted as deleted") in out
+    assert "deleted locally" not in out
+    for _ in range(2):
+        code, out, err = run_cli("--config", str(account.config), "sync")
+        assert code == 0, out + err
+    assert dovecot.count(user, "INBOX") == FOLDERS["INBOX"]  # nothing deleted on the server
+    assert_folder_in_sync(dovecot, user, account, "INBOX", local_dir=inbox)
+    assert deleted_id in [message_id_of(p) for p in message_files(inbox)]

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 HOST = "127.0.0.1"
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
 
 
 @dataclass
@@ -212,9 +214,32 @@ class FakeIdP:
             return [t for t, (_, exp) in self.access.items()
                     if t not in self.revoked and exp > now]
 
+    def introspect(self, token: str) -> str | None:
+        """Whom a live access token was issued to (None: unknown, revoked or expired): what
+        the introspection endpoint answers, for a server in this process (the test SMTP
+        server)."""
+        _status, answer = self.handle_post("/introspect", {"token": token}, "")
+        return answer.get("email") if answer.get("active") else None
+
     def all_tokens(self) -> list[str]:
         with self._lock:
             return [*self.access, *self.refresh, *self._devices, *self._codes]
+
+    def leaks(self, text: str) -> list[str]:
+        """Every token, device code or authorization code this provider issued that appears
+        in ``text``, as is or inside a base64 string (a SASL response in a protocol trace)."""
+        secrets_seen = set(self.all_tokens())
+        for _path, form in self.requests:
+            secrets_seen.update(v for v in form.values()
+                                if v.startswith(("at-", "rt-", "dc-", "ac-")))
+        decoded = []
+        for match in _BASE64.finditer(text):
+            chunk = match.group(0)
+            with contextlib.suppress(ValueError):
+                decoded.append(base64.b64decode(chunk + "=" * (-len(chunk) % 4))
+                               .decode("latin-1"))
+        haystack = text + "\n".join(decoded)
+        return sorted(s for s in secrets_seen if s in haystack)
 
     # ---------------------------------------------------------------- endpoints
 

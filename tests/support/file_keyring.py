@@ -8,11 +8,14 @@ This module must not import pytest or syncd.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import keyring
 import keyring.backend
 import keyring.errors
 
@@ -67,3 +70,20 @@ def read_all(path: Path) -> dict[tuple[str, str], str]:
     except FileNotFoundError:
         return {}
     return {tuple(k.split("\0", 1)): v for k, v in data.items()}  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def installed(path: Path) -> Iterator[None]:
+    """This process uses a FileKeyring at ``path`` (and subprocesses find it) until exit."""
+    previous_env = os.environ.get("SYNCD_TEST_KEYRING")
+    previous = keyring.get_keyring()
+    os.environ["SYNCD_TEST_KEYRING"] = str(path)
+    keyring.set_keyring(FileKeyring())
+    try:
+        yield
+    finally:
+        keyring.set_keyring(previous)
+        if previous_env is None:
+            os.environ.pop("SYNCD_TEST_KEYRING", None)
+        else:
+            os.environ["SYNCD_TEST_KEYRING"] = previous_env

@@ -3,6 +3,11 @@
 - TLS with the test Dovecot's certificate (signed by its test CA): implicit TLS
   (``tls="implicit"``) or STARTTLS required before anything else (``tls="starttls"``).
 - AUTH PLAIN/LOGIN against one user and password (only over TLS, as aiosmtpd insists).
+- With ``oauth2`` (a function from an access token to the user it was issued to, or None:
+  ``FakeIdP.introspect``), AUTH XOAUTH2 and OAUTHBEARER too (``oauth2_mechanisms`` says
+  which), answering a refused token as Gmail and Microsoft do: a 334 challenge carrying the
+  JSON error, then 535 after the client's empty (XOAUTH2) or %x01 (OAUTHBEARER) reply.
+  ``mechanisms`` lists the mechanism of every successful login.
 - ``mode`` (settable at any time): ``ok``; ``4xx`` / ``5xx`` (the end of DATA is answered
   451 / 554); ``drop`` (the message is received and recorded, then the connection is closed
   without the final reply: the outcome is unknown to the client, the exactly-once case).
@@ -16,6 +21,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import ssl
 import threading
@@ -26,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 # aiosmtpd warns, per connection, about AUTH without STARTTLS: with implicit TLS it is TLS.
 warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
@@ -85,6 +92,59 @@ class _Handler:
             smtp.transport.abort()  # recorded, but the client never hears 250
         return "250 2.0.0 queued"
 
+    # aiosmtpd finds AUTH mechanisms by name on the handler (auth_<MECHANISM>), called with
+    # the server and the AUTH command's arguments.
+    async def auth_XOAUTH2(self, smtp: Any, args: list[str]) -> AuthResult:
+        return await self._oauth2(smtp, "XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, smtp: Any, args: list[str]) -> AuthResult:
+        return await self._oauth2(smtp, "OAUTHBEARER", args)
+
+    async def _oauth2(self, smtp: Any, mechanism: str, args: list[str]) -> AuthResult:
+        if len(args) > 1:
+            try:
+                response = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                await smtp.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            response = await smtp.challenge_auth("")
+            if response is MISSING:
+                return AuthResult(success=False, handled=True)
+        user, token = _bearer(response)
+        if user is not None and user == self.server.user and token is not None \
+                and self.server.oauth2 is not None and self.server.oauth2(token) == user:
+            with self.server.lock:
+                self.server.logins += 1
+                self.server.mechanisms.append(mechanism)
+            return AuthResult(success=True, auth_data=user)
+        with self.server.lock:
+            self.server.refused_tokens += 1
+        status = "invalid_token" if mechanism == "OAUTHBEARER" else "401"
+        error = json.dumps({"status": status, "schemes": "bearer", "scope": "mail"})
+        if await smtp.challenge_auth(error) is MISSING:  # the client's empty / %x01 reply
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted")
+
+
+def _bearer(response: bytes) -> tuple[str | None, str | None]:
+    """(user, token) of an XOAUTH2 or OAUTHBEARER initial response."""
+    text = response.decode("utf-8", "replace")
+    user = token = None
+    if text.startswith(("n,", "y,")):  # OAUTHBEARER's gs2 header: n,a=USER,
+        gs2, _, text = text.partition("\x01")
+        for part in gs2.split(",")[1:]:
+            if part.startswith("a="):
+                user = part[2:].replace("=2C", ",").replace("=3D", "=")
+    for pair in text.split("\x01"):
+        key, _, value = pair.partition("=")
+        if key == "user":
+            user = value
+        elif key == "auth" and value.startswith("Bearer "):
+            token = value.removeprefix("Bearer ")
+    return user, token
+
 
 @dataclass
 class SmtpServer:
@@ -101,6 +161,10 @@ class SmtpServer:
     logins: int = 0
     pipelining: bool = False
     commands: int = 0
+    oauth2: Callable[[str], str | None] | None = None
+    oauth2_mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
+    mechanisms: list[str] = field(default_factory=list)
+    refused_tokens: int = 0
     _controller: Controller | None = None
 
     def _context(self) -> ssl.SSLContext:
@@ -113,13 +177,19 @@ class SmtpServer:
         ok = (isinstance(data, LoginPassword) and data.login.decode() == self.user
               and data.password.decode() == self.password)
         if ok:
-            self.logins += 1
-        return AuthResult(success=ok)
+            with self.lock:
+                self.logins += 1
+                self.mechanisms.append(mechanism)
+        # handled=False: aiosmtpd then answers a refusal with 535 (handled=True, its default,
+        # would leave the client waiting for a reply that never comes).
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> SmtpServer:
         kwargs: dict[str, Any] = {
             "authenticator": self._authenticate, "auth_required": True,
-            "auth_exclude_mechanism": ["CRAM-MD5"],
+            "auth_exclude_mechanism": ["CRAM-MD5", *(
+                m for m in ("XOAUTH2", "OAUTHBEARER")
+                if self.oauth2 is None or m not in self.oauth2_mechanisms)],
         }
         if self.tls == "implicit":
             # aiosmtpd does not see TLS under it then, and would hide AUTH "until STARTTLS".

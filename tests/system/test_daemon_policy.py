@@ -65,3 +65,39 @@ def test_window_daemon_mirrors_new_mail_and_deletes_nothing_old(
     assert count(inbox) == 6
     assert len(dovecot.messages(user, "INBOX", bodies=False)) == 9
     stop_ok(d)
+
+
+def test_daemon_fetches_flagged_placeholders(dovecot: Dovecot, user: User, tmp_path: Path,
+                                             daemons: StartDaemon) -> None:
+    """max_size with fetch_flagged: big mail arrives as placeholders; one flagged locally
+    (the watcher) or on the server (IDLE) is replaced by the full message, in place."""
+    from syncd.core.placeholder import placeholder_of
+
+    big = [make_message(i, size=40_000) for i in range(2)]
+    dovecot.seed(user, "INBOX", [*big, make_message(9)])
+    account = write_config(tmp_path, dovecot, user, extra=(
+        "    max_size: 10k\n    fetch_flagged: true\n    poll_interval: 60s\n"))
+    d = daemons(account.config)
+    inbox = account.folder_dir("INBOX")
+    wait_until(lambda: count(inbox) == 3, 30, message=lambda: d.log()[-3000:])
+
+    def file_of(i: int) -> Path:
+        needle = f"Test message {i} in".encode()
+        return next(p for _, p in local_files(inbox) if needle in p.read_bytes())
+
+    def full(i: int) -> bool:
+        try:
+            return placeholder_of(file_of(i).read_bytes()) is None
+        except (StopIteration, FileNotFoundError):
+            return False  # between two renames
+
+    assert not full(0) and not full(1) and full(9)
+    add_flag_locally(file_of(0), "F")
+    wait_until(lambda: full(0), 15, message=lambda: d.log()[-3000:])
+    uid = next(uid for uid, m in dovecot.messages(user, "INBOX").items() if m.body == big[1])
+    dovecot.add_flags(user, "INBOX", uid, "\\Flagged")
+    wait_until(lambda: full(1), 15, message=lambda: d.log()[-3000:])
+    assert file_of(1).read_bytes() == big[1].replace(b"\r\n", b"\n")
+    assert "F" in file_of(1).name.split(":2,")[1]
+    assert count(inbox) == 3 and len(dovecot.messages(user, "INBOX", bodies=False)) == 3
+    stop_ok(d)

@@ -917,9 +917,9 @@ def test_sync_policy_defaults_and_folder_settings() -> None:
     assert list(account.folder_settings) == ["Archive*", "*"]
     # the first matching glob wins; a key it does not set is the account's
     archive = account.folder_policy(lambda p: p in ("Archive*", "*"))
-    assert tuple(archive) == ("push", "none", "both", None, None)
+    assert tuple(archive) == ("push", "none", "both", None, None, None, False)
     other = account.folder_policy(lambda p: p == "*")
-    assert tuple(other) == ("pull", "none", "local", None, None)
+    assert tuple(other) == ("pull", "none", "local", None, None, None, False)
 
 
 @pytest.mark.parametrize(("line_text", "key", "expect"), [
@@ -929,7 +929,9 @@ def test_sync_policy_defaults_and_folder_settings() -> None:
     ("folder_settings: [Archive]", "folder_settings", "must be a mapping"),
     ("max_age: soon", "max_age", "invalid duration 'soon'"),
     ("max_messages: 0", "max_messages", "greater than or equal to 1"),
-    ("max_size: 10MB", "max_size", "unknown key"),
+    ("max_size: lots", "max_size", "lots"),
+    ("max_size: 0", "max_size", "greater than or equal to 1"),
+    ("fetch_flagged: maybe", "fetch_flagged", "must be true or false"),
 ])
 def test_sync_policy_wrong_values_name_key_and_line(line_text: str, key: str,
                                                     expect: str) -> None:
@@ -956,7 +958,7 @@ def test_folder_settings_errors_name_the_glob_and_line() -> None:
             folder_settings:
               "Archive*":
                 direction: pull
-                max_size: 10MB
+                max_size: huge
     """)
     assert err.key == "accounts.work.folder_settings.Archive*.max_size"
     assert err.line == 9
@@ -985,8 +987,38 @@ def test_windows_per_account_and_folder() -> None:
               "Archive*": {max_age: 30d, max_messages: 500}
     """).accounts["work"]
     assert account.max_age == 90 * 86400 and account.max_messages is None
-    assert tuple(account.folder_policy(lambda p: True))[3:] == (30 * 86400, 500)
-    assert tuple(account.folder_policy(lambda p: False))[3:] == (90 * 86400, None)
+    assert tuple(account.folder_policy(lambda p: True))[3:5] == (30 * 86400, 500)
+    assert tuple(account.folder_policy(lambda p: False))[3:5] == (90 * 86400, None)
+
+
+def test_max_size_and_fetch_flagged_per_account_and_folder() -> None:
+    account = parse("""
+        accounts:
+          work:
+            protocol: imap
+            host: h
+            username: u
+            max_size: 10MB
+            folder_settings:
+              "Archive*": {max_size: 500k, fetch_flagged: true}
+    """).accounts["work"]
+    assert (account.max_size, account.fetch_flagged) == (10_000_000, False)
+    archive = account.folder_policy(lambda p: True)
+    assert (archive.max_size, archive.fetch_flagged) == (500_000, True)
+    other = account.folder_policy(lambda p: False)
+    assert (other.max_size, other.fetch_flagged) == (10_000_000, False)
+    # a policy that fetches differently is looked at again (the fingerprint changes)
+    assert archive.fingerprint != other.fingerprint
+    assert account._replace(max_size=None).folder_policy(lambda p: False).fingerprint is None
+    err = error("""
+        accounts:
+          pop:
+            protocol: pop3
+            host: h
+            username: u
+            max_size: 10MB
+    """)
+    assert err.key == "accounts.pop.max_size"
 
 
 def test_pull_never_saves_sent_copies() -> None:

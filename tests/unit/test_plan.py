@@ -740,7 +740,8 @@ def test_plan_summary_and_describe() -> None:
     plan = plan_folder(SCENARIOS[-1][1])
     assert plan_summary(plan) == {
         "forget": 1, "pair": 1, "record_flags": 1, "set_local_flags": 2, "push_flags": 1,
-        "delete_local": 1, "delete_remote": 1, "download": 1, "upload": 1,
+        "delete_local": 1, "delete_remote": 1, "download": 1, "fetch_full": 0,
+        "copy_original": 0, "upload": 1,
     }
     assert describe(plan) == [
         "forget UID 7 / g (state only)",
