@@ -18,9 +18,10 @@ block) with line ends normalised (``body_digest``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 __all__ = [
     "IGNORED_FIELDS",
@@ -28,6 +29,7 @@ __all__ = [
     "body_digest",
     "body_start",
     "content_digest",
+    "content_digest_stream",
     "header_fields",
     "header_identity",
     "parse_message_id",
@@ -153,8 +155,15 @@ def content_digest(message: bytes) -> str:
     messages without a Message-ID, where the body alone would pair two different messages
     that say the same thing."""
     start = body_start(message)
+    digest = _header_digest(message[:start])
+    digest.update(_normalised_body(message[start:]))
+    return digest.hexdigest()
+
+
+def _header_digest(header: bytes) -> Any:
+    """content_digest's hash, fed the stable fields of the header block."""
     stable: dict[str, list[bytes]] = {}
-    for name, value, _length in header_fields(message[:start]):
+    for name, value, _length in header_fields(header):
         if name in _STABLE_FIELDS:
             stable.setdefault(name, []).append(_WSP.sub(b" ", value).strip())
     digest = hashlib.blake2b(digest_size=16)
@@ -162,5 +171,52 @@ def content_digest(message: bytes) -> str:
         for value in stable.get(name, ()):
             digest.update(name.encode() + b":" + value + b"\n")
     digest.update(b"\n")
-    digest.update(_normalised_body(message[start:]))
+    return digest
+
+
+def _body_start_from(head: bytes | bytearray, start: int) -> int | None:
+    """body_start of a message whose first bytes are ``head``, searching from ``start``;
+    None while more bytes could change the answer."""
+    if head.startswith(b"\n"):
+        return 1
+    if head.startswith(b"\r\n"):
+        return 2
+    if head == b"\r":
+        return None
+    match = _BLANK_LINE.search(head, start)
+    return match.end() if match else None
+
+
+def content_digest_stream(chunks: Iterable[bytes]) -> str:
+    """content_digest of the message the chunks make up, holding only its header block and
+    one chunk (a 200 MB attachment is never in memory whole)."""
+    it = iter(chunks)
+    head = bytearray()
+    start: int | None = None
+    for chunk in it:
+        searched = max(0, len(head) - 3)  # the empty line may straddle two chunks
+        head += chunk
+        start = _body_start_from(head, searched)
+        if start is not None:
+            break
+    if start is None:  # all header: nothing to stream
+        return content_digest(bytes(head))
+    digest = _header_digest(bytes(head[:start]))
+    pending_cr = False
+    held = 0  # line ends not yet hashed: only content after them says they are not final
+    for chunk in itertools.chain((bytes(head[start:]),), it):
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        text = chunk[:-1] if pending_cr else chunk
+        text = text.replace(b"\r\n", b"\n")
+        kept = text.rstrip(b"\n")
+        if kept:
+            digest.update(b"\n" * held)
+            digest.update(kept)
+            held = len(text) - len(kept)
+        else:
+            held += len(text)
+    if pending_cr:
+        digest.update(b"\n" * held + b"\r")
     return digest.hexdigest()

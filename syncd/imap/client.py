@@ -11,7 +11,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from syncd.core import flags as flagmap
 from syncd.core.flags import Flags
@@ -47,6 +47,42 @@ FETCH_BATCH_COUNT = 500
 FETCH_BATCH_BYTES = 2 * 1024 * 1024
 # Flag/metadata fetches and STOREs: how many UIDs go into one command line.
 UID_SET_CHUNK = 5000
+#: A body literal above this goes to disk as it arrives (fetch_bodies' spool), never whole
+#: into memory; smaller ones keep the fast in-memory path (most mail).
+SPOOL_LITERAL_MIN = 1024 * 1024
+#: A message above this goes up by a streamed APPEND (wire.append_streamed).
+STREAM_APPEND_MIN = 1024 * 1024
+
+
+class SpooledLiteral(Protocol):
+    """A body literal written to disk as it arrived (syncd.store.maildir.Written)."""
+
+    server_bytes: int
+
+    def discard(self) -> None: ...
+
+
+class LiteralSink(Protocol):
+    """Where one big literal is written chunk by chunk (syncd.store.maildir.TmpWriter)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> SpooledLiteral: ...
+
+    def abort(self) -> None: ...
+
+
+#: A fetched body: its bytes, or the file it was spooled to.
+FetchedBody = bytes | SpooledLiteral
+
+
+class AppendSource(NamedTuple):
+    """A message to APPEND without holding it: ``size`` bytes on the wire, and a function
+    that yields them from the start each time it is called (a refused keyword means a second
+    APPEND)."""
+
+    size: int
+    chunks: Callable[[], Iterator[bytes]]
 
 
 class SelectInfo(NamedTuple):
@@ -818,21 +854,25 @@ class ImapSession:
         return subjects
 
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
-                     refused: Callable[[int, str], None] | None = None
-                     ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+                     refused: Callable[[int, str], None] | None = None,
+                     spool: Callable[[], LiteralSink] | None = None
+                     ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
         """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
         bounded by count and bytes. Messages the server no longer has are silently absent.
         With ``refused``, a batch the server refuses is split down to the messages it will
-        not send, each handed to ``refused(uid, server's words)``; the others arrive."""
+        not send, each handed to ``refused(uid, server's words)``; the others arrive.
+        With ``spool``, a body above SPOOL_LITERAL_MIN is written to a sink it opens as the
+        literal arrives and comes as that sink's SpooledLiteral instead of bytes: memory stays
+        O(chunk) however big the message (the caller owns, and must deliver or discard, it)."""
         for batch in self._literal_batches(wanted):
             if refused is None:
-                yield from self._fetch_body_batch(batch)
+                yield from self._fetch_body_batch(batch, spool)
             else:
-                yield from self._fetch_body_batch_split(batch, refused, _RefusalRun())
+                yield from self._fetch_body_batch_split(batch, refused, _RefusalRun(), spool)
 
     def _fetch_body_batch_split(self, uids: list[int], refused: Callable[[int, str], None],
-                                run: _RefusalRun
-                                ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+                                run: _RefusalRun, spool: Callable[[], LiteralSink] | None
+                                ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
         """Exchange refuses a whole UID FETCH when one message in it cannot be converted to
         RFC 822 (a calendar or contact item, a damaged item): "NO The requested message could
         not be converted to an RFC-822 compatible format". The batch is asked again in halves,
@@ -840,14 +880,14 @@ class ImapSession:
         folder. Refusals of every message alone in a row mean the folder itself is refused:
         the first such refusal is raised (the folder's error)."""
         try:
-            bodies = list(self._fetch_body_batch(uids))
+            bodies = list(self._fetch_body_batch(uids, spool))
         except Exception as exc:
             if not is_refusal(exc):
                 raise
             if len(uids) > 1:
                 middle = len(uids) // 2
-                yield from self._fetch_body_batch_split(uids[:middle], refused, run)
-                yield from self._fetch_body_batch_split(uids[middle:], refused, run)
+                yield from self._fetch_body_batch_split(uids[:middle], refused, run, spool)
+                yield from self._fetch_body_batch_split(uids[middle:], refused, run, spool)
                 return
             run.refused(exc)
             refused(uids[0], refusal_text(exc))
@@ -906,15 +946,18 @@ class ImapSession:
             if uid in texts:
                 yield uid, texts.pop(uid)
 
-    def _fetch_body_batch(self, uids: list[int]
-                          ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
-        fast = self._fetch_bodies_fast(format_uid_set(uids))
+    def _fetch_body_batch(self, uids: list[int], spool: Callable[[], LiteralSink] | None
+                          ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
+        with self.guard.spooling(spool):
+            fast = self._fetch_bodies_fast(format_uid_set(uids))
         if fast is not None:
             for uid in uids:
                 item = fast.pop(uid, None)
                 if item is not None:
                     yield uid, item[0], item[1]
             return
+        # A shape the regexes do not read: imapclient's parser, which takes bytes only (the
+        # whole message in memory, for such a server).
         response = self._fetch(format_uid_set(uids), ["BODY.PEEK[]", "INTERNALDATE"])
         for uid in uids:
             data = response.pop(uid, None)
@@ -937,26 +980,32 @@ class ImapSession:
                                        *([modifiers] if modifiers else [])))
 
     def _fetch_bodies_fast(self, uid_set: str
-                           ) -> dict[int, tuple[bytes, dt.datetime | None]] | None:
-        records = self._fetch_records(uid_set, "(UID INTERNALDATE BODY.PEEK[])")
-        if records is None:
-            return None
-        result: dict[int, tuple[bytes, dt.datetime | None]] = {}
-        for text, literal in records:
+                           ) -> dict[int, tuple[FetchedBody, dt.datetime | None]] | None:
+        """None for a reply of a shape we do not read (the caller asks again through
+        imapclient); a literal spooled to disk that is not handed out is discarded."""
+        data = wire.uid_fetch(self.client, uid_set, "(UID INTERNALDATE BODY.PEEK[])")
+        records = _records(data)
+        result: dict[int, tuple[FetchedBody, dt.datetime | None]] = {}
+        for text, literal in records or ():
             uid = _UID_ITEM.search(text)
             if uid is None:
-                return None
+                result = {}
+                records = None
+                break
             if literal is None or not _BODY_LITERAL.search(text):
                 continue  # an unsolicited FETCH (flags of another client's change)
             date = _INTERNALDATE_ITEM.search(text)
             internaldate = parse_internaldate(date.group(1)) if date is not None else None
             result[int(uid.group(1))] = (literal, internaldate)
-        return result
+        kept = {id(body) for body, _date in result.values()}
+        _discard_spooled(data, keep=kept)
+        return None if records is None else result
 
     # --- changes --------------------------------------------------------------------------
-    def append(self, folder: str, data: bytes, flags: Flags,
+    def append(self, folder: str, data: bytes | AppendSource, flags: Flags,
                internaldate: dt.datetime | None) -> int | None:
-        """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS).
+        """APPEND; returns the new UID when the server reports APPENDUID (UIDPLUS). ``data``
+        is the message, or an AppendSource (a big one) streamed with wire.append_streamed.
 
         Without UIDPLUS the UID is found afterwards by a SEARCH in the folder selected anew,
         so the folder is left first (UNSELECT, never CLOSE): GNU mailutils acknowledges a
@@ -965,10 +1014,27 @@ class ImapSession:
                 and "UNSELECT" in self.capabilities:
             self.client.unselect_folder()
             self.selected = None
-        response = self.client.append(folder, data, flagmap.to_imap(flags), internaldate)
+        if isinstance(data, AppendSource):
+            response = self._append_streamed(folder, data, flags, internaldate)
+        else:
+            response = self.client.append(folder, data, flagmap.to_imap(flags), internaldate)
         match = _APPENDUID.search(response if isinstance(response, bytes)
                                   else str(response).encode())
         return int(match.group(2)) if match else None
+
+    def _append_streamed(self, folder: str, source: AppendSource, flags: Flags,
+                         internaldate: dt.datetime | None) -> object:
+        """APPEND with the literal sent in chunks; the same arguments imapclient's append()
+        sends, the same error (IMAPClientError) on NO/BAD."""
+        from imapclient.exceptions import IMAPClientError
+
+        args = wire.append_arguments(self.client, folder, flagmap.to_imap(flags), internaldate)
+        typ, data = wire.append_streamed(wire.imaplib_of(self.client), args, source.size,
+                                         source.chunks(), nonsync="LITERAL+" in self.capabilities)
+        if typ != "OK":
+            text = data[0].decode("utf-8", "replace") if isinstance(data[0], bytes) else data[0]
+            raise IMAPClientError(f"append failed: {text}")
+        return data[0]
 
     def fetch_headers(self, uids: Sequence[int]
                       ) -> dict[int, tuple[bytes, int, dt.datetime | None]]:
@@ -1160,6 +1226,15 @@ def _records(data: Sequence[object]) -> list[tuple[bytes, bytes | None]] | None:
     return records
 
 
+def _discard_spooled(data: Sequence[object], keep: set[int]) -> None:
+    """Remove the files of spooled literals in a FETCH reply that nobody will deliver (an
+    unsolicited response's, or all of them when the reply is read again another way)."""
+    for item in data:
+        if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[1], bytes) \
+                and hasattr(item[1], "discard") and id(item[1]) not in keep:
+            item[1].discard()
+
+
 def _flags_from(records: list[tuple[bytes, bytes | None]] | None) -> dict[int, Flags] | None:
     """UID -> flags from (UID FLAGS) records; None if one lacks either."""
     if records is None:
@@ -1323,6 +1398,9 @@ class ReplyGuard:
         #: The account whose pause a throttling reply sets (syncd/config/providers.py); None: none.
         self.account: str | None = None
         self.throttled: object | None = None  # the last providers.Throttle seen
+        # Where literals above SPOOL_LITERAL_MIN go while a body fetch runs (see spooling).
+        self._spool: Callable[[], LiteralSink] | None = None
+        self._spooled: list[SpooledLiteral] = []
         # imaplib's own methods, which the guard's call once they have checked.
         self._own = wire.hook_io(imap, wire.ImapIO(self.read, self.readline, self.send,
                                                    self.append_untagged))
@@ -1349,6 +1427,21 @@ class ReplyGuard:
             yield
         finally:
             self.literal_limit, self.reply_limit = saved
+
+    @contextlib.contextmanager
+    def spooling(self, spool: Callable[[], LiteralSink] | None) -> Iterator[None]:
+        """Literals above SPOOL_LITERAL_MIN go into sinks ``spool`` opens, as they arrive.
+        If the command fails, the literals it spooled are discarded (nobody got them)."""
+        saved = self._spool, self._spooled
+        self._spool, self._spooled = spool, []
+        try:
+            yield
+        except BaseException:
+            for written in self._spooled:
+                written.discard()
+            raise
+        finally:
+            self._spool, self._spooled = saved
 
     def _abort(self, message: str) -> BaseException:
         return self.imap.abort(f"{self.where()}: {message}; connection dropped")
@@ -1397,6 +1490,8 @@ class ReplyGuard:
         self._count(size)
         if size <= _READ_CHUNK:
             return self._own.read(size)
+        if self._spool is not None and size > SPOOL_LITERAL_MIN:
+            return self._read_into(self._spool(), size)  # type: ignore[return-value]
         # In pieces, so that memory follows what actually arrives, not what was announced.
         parts = []
         remaining = size
@@ -1407,6 +1502,35 @@ class ReplyGuard:
             parts.append(part)
             remaining -= len(part)
         return b"".join(parts)
+
+    def _read_into(self, sink: LiteralSink, size: int) -> SpooledLiteral:
+        """A literal of ``size`` bytes read in chunks into ``sink``; imaplib files what this
+        returns in place of the literal's bytes (wire.hook_io). A connection that ends early
+        or a sink that cannot write (disk full) leaves the reply half read: the connection is
+        dropped (imaplib's abort), the sink's file removed."""
+        remaining = size
+        try:
+            while remaining:
+                part = self._own.read(min(remaining, _READ_CHUNK))
+                if not part:
+                    raise self._abort(f"the connection ended {size - remaining} bytes into a "
+                                      f"literal of {size}")
+                self._on_disk(sink.write, part)
+                remaining -= len(part)
+            written = self._on_disk(sink.finish)
+        except BaseException:
+            sink.abort()
+            raise
+        self._spooled.append(written)
+        return written
+
+    def _on_disk(self, step: Callable[..., Any], *args: Any) -> Any:
+        """A sink's step; a local error (disk full) mid-reply ends the connection too, which
+        a folder-level OSError would leave half read for the next folder."""
+        try:
+            return step(*args)
+        except OSError as exc:
+            raise self._abort(f"cannot write the message to disk ({exc})") from None
 
     def append_untagged(self, typ: str, dat: object) -> None:
         kept = wire.kept_untagged(self.imap, typ)

@@ -14,16 +14,24 @@ from syncd.core import actions as A
 from syncd.core.model import SyncedMessage
 from syncd.faults import checkpoint
 from syncd.imap.changes import apply_flags
-from syncd.imap.client import ImapSession
+from syncd.imap.client import FetchedBody, ImapSession
 from syncd.imap.job import FolderJob
 from syncd.imap.refusals import RefusedDownloads
-from syncd.store.maildir import crlf_to_lf
+from syncd.store.maildir import MaildirFolder, Written, crlf_to_lf, file_chunks
 
 # Group commit: how many downloaded messages share one directory fsync and one state commit.
 DOWNLOAD_COMMIT_COUNT = 200
 DOWNLOAD_COMMIT_BYTES = 2 * 1024 * 1024
 
-Body = tuple[int, bytes, dt.datetime | None]  # uid, raw bytes, INTERNALDATE
+# uid, raw bytes (or, for a big one, the tmp/ file it was streamed into), INTERNALDATE
+Body = tuple[int, FetchedBody, dt.datetime | None]
+
+
+def discard_bodies(bodies: list[Body]) -> None:
+    """Remove the tmp/ files of streamed bodies that will not be delivered."""
+    for _uid, raw, _date in bodies:
+        if isinstance(raw, Written):
+            raw.discard()
 
 
 class BodyPrefetcher:
@@ -32,10 +40,11 @@ class BodyPrefetcher:
     two groups. The writer must not use the session until close()."""
 
     def __init__(self, session: ImapSession, groups: list[list[A.Download]],
-                 refused: RefusedDownloads) -> None:
+                 refused: RefusedDownloads, folder: MaildirFolder) -> None:
         self._groups = groups
         self._refused = refused
         self._session = session
+        self._folder = folder
         self._queue: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
         self._halt = threading.Event()
         self._taken = threading.Event()
@@ -47,8 +56,10 @@ class BodyPrefetcher:
             for group in self._groups:
                 if self._halt.is_set():
                     return
+                # A big body is streamed into a tmp/ file of the folder as it arrives.
                 self._put((True, list(self._session.fetch_bodies(
-                    [(a.uid, a.size) for a in group], self._refused.add))))
+                    [(a.uid, a.size) for a in group], self._refused.add,
+                    spool=self._folder.tmp_writer))))
         except BaseException as exc:  # handed to the writer, which raises it
             self._put((False, exc))
 
@@ -59,6 +70,10 @@ class BodyPrefetcher:
                 break
             except queue.Full:
                 continue
+        else:
+            if item[0]:
+                discard_bodies(item[1])  # type: ignore[arg-type]
+            return
         # Fetch the next group only once the writer has taken this one: at most two groups
         # (the one being written, the one arriving) are in memory.
         while not self._halt.is_set() and not self._taken.wait(0.2):
@@ -77,6 +92,11 @@ class BodyPrefetcher:
         self._halt.set()
         # Whatever it is fetching now completes (or times out) before the session is reused.
         self._thread.join()
+        # A group fetched but never taken (the sync stopped): its streamed files go.
+        while not self._queue.empty():
+            ok, value = self._queue.get_nowait()
+            if ok:
+                discard_bodies(value)  # type: ignore[arg-type]
 
 
 def commit_groups(downloads: list[A.Download]) -> list[list[A.Download]]:
@@ -114,7 +134,7 @@ class Downloader:
         # The next group's bodies come over the network while this one is written and
         # flushed. Fetching stores nothing, so it may run ahead of the group's intents.
         refused = RefusedDownloads(job.account, job.fstate.remote_name)
-        prefetch = BodyPrefetcher(job.session, groups, refused)
+        prefetch = BodyPrefetcher(job.session, groups, refused, job.folder)
         try:
             for group in groups:
                 if job.should_stop():
@@ -132,8 +152,10 @@ class Downloader:
         """One group commit: intents (one commit) -> stage each body in tmp/ -> one flush ->
         links -> directory fsync -> rows and cleared intents (one commit)."""
         job = self.job
-        state, folder, result = job.state, job.folder, job.result
+        state, folder = job.state, job.folder
+        # A streamed body is in tmp/ under a key of its own already: that is its key.
         keys = {a.uid: folder.new_key() for a in group}
+        keys.update((uid, raw.key) for uid, raw, _date in bodies if isinstance(raw, Written))
         intent_ids = state.add_intents(
             job.fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
         checkpoint("download.intents")
@@ -141,30 +163,35 @@ class Downloader:
         rows: list[SyncedMessage] = []
         staged = []
         try:
-            for uid, raw, internaldate in bodies:
+            for n, (uid, raw, internaldate) in enumerate(bodies):
                 action = by_uid[uid]
-                data = crlf_to_lf(raw)
+                data = raw if isinstance(raw, Written) else crlf_to_lf(raw)
                 row = self._pair(action, data)
-                if row is not None:
-                    rows.append(row)
+                if row is not None or action.pair_only:  # (or parked by _pair)
+                    # Paired with a local file; or direction: push (compared, never
+                    # delivered).
+                    if isinstance(raw, Written):
+                        raw.discard()
+                    if row is not None:
+                        rows.append(row)
                     continue
-                if action.pair_only:  # (or parked by _pair, outside the window)
-                    continue  # direction: push: compared, never delivered
                 mtime = internaldate.timestamp() \
                     if isinstance(internaldate, dt.datetime) else None
-                staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
+                if isinstance(data, Written):
+                    staged.append(folder.stage_written(data, action.flags, mtime=mtime))
+                else:
+                    staged.append(folder.stage(data, action.flags, mtime=mtime, key=keys[uid]))
+                bodies[n] = (uid, b"", None)  # staged: its file belongs to `staged` now
                 rows.append(SyncedMessage(uid, keys[uid], action.flags, action.size))
-                result.downloaded_bytes += len(raw)
-                if "S" not in action.flags:
-                    result.new_mail += 1
-                job.reporter.advance(job.account, 1, len(raw))
+                self._count(action, raw)
         except BaseException:
             folder.discard(staged)  # never leave half a batch in tmp/
+            discard_bodies(bodies)
             raise
         # tmp files -> one flush for the whole group -> links -> directory fsync -> rows.
         folder.publish(staged)
         checkpoint("download.publish")
-        result.downloaded += len(staged)
+        job.result.downloaded += len(staged)
         folder.sync()
         parked, self._parked = self._parked, []
         with state.transaction():
@@ -174,7 +201,15 @@ class Downloader:
             state.clear_intents(intent_ids)
         checkpoint("download.commit")
 
-    def _pair(self, action: A.Download, data: bytes) -> SyncedMessage | None:
+    def _count(self, action: A.Download, raw: FetchedBody) -> None:
+        job = self.job
+        size = raw.server_bytes if isinstance(raw, Written) else len(raw)
+        job.result.downloaded_bytes += size
+        if "S" not in action.flags:
+            job.result.new_mail += 1
+        job.reporter.advance(job.account, 1, size)
+
+    def _pair(self, action: A.Download, data: bytes | Written) -> SyncedMessage | None:
         """The row pairing this message with a local file of the same content, or None.
         Same content already here under another name (a crash between APPEND and its record,
         or a state rebuilt from scratch): pair, do not duplicate. As a planned Pair (see
@@ -201,21 +236,26 @@ class Downloader:
         self.job.result.paired += 1
         return SyncedMessage(action.uid, candidate, pair.flags, action.size, None)
 
-    def _content_match(self, action: A.Download, data: bytes) -> str | None:
+    def _content_match(self, action: A.Download, data: bytes | Written) -> str | None:
         """The first candidate (a local file without Message-ID, like this message) with the
         same content digest: the same body and Date/From/To/Cc/Subject whatever the line ends
         and added headers (a POP3 server's X-UIDL, mbsync's X-TUID). Bytes would not do."""
         candidates = [key for key in action.pair_candidates if key not in self.paired_keys]
         if not candidates:
             return None
-        from syncd.core.message import content_digest
+        from syncd.core.message import content_digest, content_digest_stream
 
-        wanted = content_digest(data)
+        if isinstance(data, Written):
+            with open(data.tmp_path, "rb") as handle:
+                wanted = content_digest_stream(file_chunks(handle))
+        else:
+            wanted = content_digest(data)
         for key in candidates:
             digest = self._candidate_digests.get(key)
             if digest is None:
                 try:
-                    digest = content_digest(self.job.folder.read(key))
+                    with self.job.folder.open_message(key) as handle:
+                        digest = content_digest_stream(file_chunks(handle))
                 except FileNotFoundError:
                     continue
                 self._candidate_digests[key] = digest

@@ -25,6 +25,8 @@ def recover(session: ImapSession, state: StateStore, fstate: FolderState,
     """Finish or undo every open intent of this folder (left by a crash). Whatever is not
     settled here the planner settles: a file without a row is paired with its server copy by
     Message-ID and size, or by content, never uploaded twice."""
+    # Bodies a killed sync was streaming into tmp/ (before or after their intents).
+    folder.remove_partial()
     intents = state.open_intents(fstate.id)
     if not intents:
         return

@@ -8,15 +8,40 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from typing import BinaryIO
 
 from syncd.core import actions as A
 from syncd.core.flags import normalize
 from syncd.core.model import SyncedMessage
 from syncd.faults import checkpoint
-from syncd.imap.client import refusal_text
+from syncd.imap.client import STREAM_APPEND_MIN, AppendSource, refusal_text
 from syncd.imap.job import FolderJob
 from syncd.imap.refusals import RefusedUploads, is_refusal
-from syncd.store.maildir import lf_to_crlf
+from syncd.store.maildir import (
+    file_chunks,
+    header_info_of,
+    lf_to_crlf,
+    read_head,
+    to_crlf_stream,
+)
+
+
+def upload_source(handle: BinaryIO) -> bytes | AppendSource:
+    """What APPEND sends of this file: its bytes with CRLF line ends, or (a big one) an
+    AppendSource that reads them from the file as they are sent, after one pass to size
+    them (never the whole message in memory)."""
+    if os.fstat(handle.fileno()).st_size <= STREAM_APPEND_MIN:
+        return lf_to_crlf(file_read_all(handle))
+    size = sum(len(chunk) for chunk in to_crlf_stream(file_chunks(handle, _STREAM_CHUNK)))
+    return AppendSource(size, lambda: to_crlf_stream(file_chunks(handle, _STREAM_CHUNK)))
+
+
+def file_read_all(handle: BinaryIO) -> bytes:
+    handle.seek(0)
+    return handle.read()
+
+
+_STREAM_CHUNK = 1 << 20
 
 
 class Uploader:
@@ -54,27 +79,28 @@ class Uploader:
         job = self.job
         state, folder = job.state, job.folder
         try:
-            path = folder.path_of(action.key)
-            data = folder.read(action.key)
-            mtime = os.stat(path).st_mtime
-            message_id = folder.header_info(action.key).message_id
+            handle = folder.open_message(action.key)
         except FileNotFoundError:
             return  # deleted before we got to it
-        [intent_id] = state.add_intents(job.fid, "upload",
-                                        [(None, action.key, action.flags, message_id)])
-        checkpoint("upload.intent")
-        internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
-        try:
-            uid, dropped = append_keeping(job.session, job.fstate.remote_name, lf_to_crlf(data),
-                                          action.flags, internaldate, self.storable)
-        except Exception as exc:
-            if not is_refusal(exc):
-                raise
-            # NO/BAD: nothing was stored. The intent goes, the file stays; the next sync plans
-            # its upload again. The other messages still go up.
-            state.clear_intents([intent_id])
-            self.refused.add(action.key, data, refusal_text(exc))
-            return
+        with handle:
+            mtime = os.fstat(handle.fileno()).st_mtime
+            message_id = header_info_of(handle).message_id
+            message = upload_source(handle)
+            [intent_id] = state.add_intents(job.fid, "upload",
+                                            [(None, action.key, action.flags, message_id)])
+            checkpoint("upload.intent")
+            internaldate = dt.datetime.fromtimestamp(mtime, tz=dt.UTC)
+            try:
+                uid, dropped = append_keeping(job.session, job.fstate.remote_name, message,
+                                              action.flags, internaldate, self.storable)
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                # NO/BAD: nothing was stored. The intent goes, the file stays; the next sync
+                # plans its upload again. The other messages still go up.
+                state.clear_intents([intent_id])
+                self.refused.add(action.key, read_head(handle), refusal_text(exc))
+                return
         self.refused.accepted()
         self.unkept += dropped
         self.storable = normalize(set(self.storable) - set(dropped))

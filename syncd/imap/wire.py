@@ -25,7 +25,7 @@ import os
 import socket
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -162,6 +162,17 @@ def parse_select(client: IMAPClient, untagged: dict[str, list]) -> dict[bytes, A
     return client._process_select_response(untagged)
 
 
+def append_arguments(client: IMAPClient, folder: str, flags: Sequence[str],
+                     internaldate: Any) -> tuple[bytes, str, str | None]:
+    """APPEND's mailbox, flag list and date as imapclient's append() writes them, for an
+    APPEND whose literal is streamed (append_streamed): append() takes only bytes."""
+    from imapclient.datetime_util import datetime_to_INTERNALDATE
+    from imapclient.imapclient import seq_to_parenstr
+
+    date = f'"{datetime_to_INTERNALDATE(internaldate)}"' if internaldate else None
+    return client._normalise_folder(folder), seq_to_parenstr(flags), date
+
+
 def uid_fetch(client: IMAPClient, *args: str) -> list:
     """``UID FETCH <args>`` and imaplib's raw FETCH response data. imapclient's fetch() takes
     only explicit UID lists (no "1:*"), no raw strings as items, and parses every byte of the
@@ -220,6 +231,39 @@ def write_command(imap: imaplib.IMAP4, *words: bytes) -> bytes:
     trace(imap, f"> {line!r}")
     imap.send(line + b"\r\n")
     return tag
+
+
+def append_streamed(imap: imaplib.IMAP4, args: Sequence[str | bytes | None], size: int,
+                    chunks: Iterable[bytes], *, nonsync: bool) -> tuple[str, list]:
+    """APPEND <args> with a literal of exactly ``size`` bytes sent from ``chunks``: imaplib's
+    append() takes the message as one bytes object (and copies it for its CRLF mapping), two
+    copies of a 200 MB attachment. With ``nonsync`` (the server offers LITERAL+, RFC 7888)
+    the literal follows the command line at once ({n+}); otherwise it waits for the server's
+    continuation, and a refusal before it ("NO too big") ends the command with nothing sent.
+    Returns (status, data) of the tagged reply, as imaplib's commands do. A stream that does
+    not give ``size`` bytes leaves the server waiting for the rest: the connection is
+    dropped (imaplib's abort)."""
+    tag = imap._command("APPEND", *args, f"{{{size}{'+' if nonsync else ''}}}")
+    if not nonsync:
+        while imap._get_response() is not None:  # None: the continuation ("+ go ahead")
+            if imap.tagged_commands[tag]:
+                return imap._command_complete("APPEND", tag)
+    sent = 0
+    try:
+        for chunk in chunks:
+            sent += len(chunk)
+            if sent > size:
+                break
+            imap.send(chunk)
+        if sent == size:
+            imap.send(b"\r\n")
+    except OSError as exc:
+        raise imap.abort(f"socket error: {exc}") from None
+    if sent != size:
+        imap.shutdown()
+        raise imap.abort(f"APPEND: the message changed while it was sent ({size} bytes "
+                         f"announced, {sent if sent < size else 'more'} read)")
+    return imap._command_complete("APPEND", tag)
 
 
 def check_bye(imap: imaplib.IMAP4) -> None:

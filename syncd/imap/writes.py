@@ -26,7 +26,14 @@ from typing import NamedTuple
 from syncd.core.actions import PushFlags
 from syncd.core.flags import KEYWORD_LETTERS, LETTER_TO_IMAP, Flags, normalize
 from syncd.faults import checkpoint
-from syncd.imap.client import ExpungeOutcome, ImapSession, Pipeline, Reply, flags_in
+from syncd.imap.client import (
+    AppendSource,
+    ExpungeOutcome,
+    ImapSession,
+    Pipeline,
+    Reply,
+    flags_in,
+)
 
 log = logging.getLogger("syncd.imap")
 
@@ -183,7 +190,7 @@ class Appended(NamedTuple):
     unkept: Flags  # keywords the server refused on this APPEND
 
 
-def append_keeping(session: ImapSession, folder: str, data: bytes, flags: Flags,
+def append_keeping(session: ImapSession, folder: str, data: bytes | AppendSource, flags: Flags,
                    internaldate: dt.datetime | None, storable: Flags) -> Appended:
     """APPEND with the flags the folder keeps. A refusal (NO/BAD) while keywords were given
     is taken for theirs (mailutils refuses any keyword on APPEND): nothing was stored, so the

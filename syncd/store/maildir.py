@@ -27,7 +27,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from syncd.core.flags import KNOWN_LETTERS, Flags, from_info
 from syncd.core.message import header_identity
@@ -336,6 +336,76 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview | Iterable[bytes]) 
                 view = view[os.write(fd, view):]
 
 
+#: The tmp/ name of a message a TmpWriter is writing (or wrote and nobody staged yet):
+#: tmp/<key>.part. Such a file is never anyone else's: remove_partial() removes what a killed
+#: sync left, where the 36 h rule of clean_tmp would keep hundreds of MB.
+PARTIAL_SUFFIX = ".part"
+
+
+class Written(NamedTuple):
+    """A message a TmpWriter wrote to tmp/<key>.part (not yet fsynced nor visible), to be
+    staged under ``key``. ``server_bytes``: bytes as received (before CRLF -> LF)."""
+
+    tmp_path: str
+    key: str
+    server_bytes: int
+
+    def discard(self) -> None:
+        """Remove the file (a message that is not delivered after all)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
+
+
+class TmpWriter:
+    """A message written to tmp/<key>.part chunk by chunk as it arrives from the server (CRLF ->
+    LF on the way): a message too big to hold in memory. finish() closes it without fsync
+    (MaildirFolder.publish flushes it with the rest of its group); abort() removes it, so a
+    connection dropped mid-message leaves nothing behind."""
+
+    def __init__(self, tmp_path: str, fd: int) -> None:
+        self.tmp_path = tmp_path
+        self.key = tmp_path.rpartition("/")[2].removesuffix(PARTIAL_SUFFIX)
+        self.server_bytes = 0
+        self._fd: int | None = fd
+        self._pending_cr = False  # a CR ending the last chunk: the next may start with its LF
+
+    def write(self, chunk: bytes) -> None:
+        assert self._fd is not None, "TmpWriter used after finish() or abort()"
+        self.server_bytes += len(chunk)
+        if not chunk:
+            return
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+        self._pending_cr = chunk.endswith(b"\r")
+        if self._pending_cr:
+            chunk = chunk[:-1]
+        _write_all(self._fd, crlf_to_lf(chunk))
+
+    def finish(self) -> Written:
+        assert self._fd is not None, "TmpWriter used after finish() or abort()"
+        fd, self._fd = self._fd, None
+        try:
+            if self._pending_cr:
+                _write_all(fd, b"\r")
+        except BaseException:
+            os.close(fd)
+            self._unlink()
+            raise
+        os.close(fd)
+        return Written(self.tmp_path, self.key, self.server_bytes)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
+
+
 class MaildirFolder:
     """One Maildir folder (a directory with cur/ new/ tmp/).
 
@@ -522,6 +592,47 @@ class MaildirFolder:
                 os.unlink(tmp_path)
             raise
         return Staged(tmp_path, flags, key is not None)
+
+    def tmp_writer(self) -> TmpWriter:
+        """A new tmp/<key>.part under a fresh key, written chunk by chunk (see TmpWriter)."""
+        return TmpWriter(*self._open_tmp(_new_key() + PARTIAL_SUFFIX))
+
+    def stage_written(self, written: Written, flags: Flags, *,
+                      mtime: float | None = None) -> Staged:
+        """Stage a message a TmpWriter wrote as tmp/<key> (the caller records the key in its
+        intent first: recovery then removes tmp/<key>); like stage(), nothing is visible
+        until publish()."""
+        flags = _check_flags(flags)
+        tmp_path = f"{self.path}/tmp/{written.key}"
+        os.rename(written.tmp_path, tmp_path)
+        if mtime is not None:
+            os.utime(tmp_path, (time.time(), mtime))
+        return Staged(tmp_path, flags, True)
+
+    def remove_partial(self) -> int:
+        """Remove tmp/*.part: messages a killed sync was receiving (TmpWriter). Call only
+        while no sync of this folder is receiving (the account's lock is held)."""
+        removed = 0
+        try:
+            names = os.listdir(self.path / "tmp")
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / "tmp" / name)
+                    removed += 1
+        return removed
+
+    def open_message(self, key: str) -> BinaryIO:
+        """The message's file, open for reading: a MUA may rename it later (a flag change),
+        but the bytes read stay this file's (streamed uploads read it twice)."""
+        for path in self._retrying(key):
+            try:
+                return open(path, "rb")  # the caller closes it
+            except FileNotFoundError:
+                continue
+        raise AssertionError("unreachable")
 
     def publish(self, staged: Sequence[Staged]) -> list[str]:
         """Second half: make every staged file's data durable at once (one syncfs instead of
@@ -736,6 +847,17 @@ class MaildirFolder:
                     continue
                 removed += 1
         return removed
+
+
+def header_info_of(handle: BinaryIO) -> HeaderInfo:
+    """MaildirFolder.header_info of a message file open for reading."""
+    return _header_info_stream(file_chunks(handle))
+
+
+def read_head(handle: BinaryIO, limit: int = _MAX_HEADER) -> bytes:
+    """The first ``limit`` bytes of the file: enough for its header (a Subject to report)."""
+    handle.seek(0)
+    return handle.read(limit)
 
 
 def _header_info_stream(chunks: Iterable[bytes]) -> HeaderInfo:
@@ -1060,3 +1182,32 @@ def lf_to_crlf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
             out = _BARE_LF.sub(b"\r\n", chunk)
         prev_cr = chunk.endswith(b"\r")
         yield out
+
+
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def to_crlf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Every line end (LF, CR or CRLF) as CRLF, over a stream of chunks: what imaplib's
+    append() makes of a message (its MapCRLF), for a message sent in chunks. A CR ending one
+    chunk and an LF starting the next are one line end."""
+    pending_cr = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        if pending_cr:
+            chunk = chunk[:-1]
+        # A chunk without CR (a Maildir file: LF only) takes replace(), several times faster.
+        yield chunk.replace(b"\n", b"\r\n") if b"\r" not in chunk \
+            else _ANY_LINE_END.sub(b"\r\n", chunk)
+    if pending_cr:
+        yield b"\r\n"
+
+
+def file_chunks(handle: BinaryIO, size: int = _CHUNK) -> Iterator[bytes]:
+    """The file's bytes from its start, in chunks of ``size``."""
+    handle.seek(0)
+    return iter(lambda: handle.read(size), b"")

@@ -19,6 +19,8 @@ from tests.faults.faultlib import (
     count_files,
     fault,
     in_sync,
+    kill9,
+    lf,
     make_account,
     run_syncd,
     secret_user,
@@ -27,7 +29,7 @@ from tests.faults.faultlib import (
 )
 from tests.support.daemon import DaemonProcess, wait_until
 from tests.support.dovecot import Dovecot, HarnessError, make_message
-from tests.support.syncd_env import REPO, run_cli
+from tests.support.syncd_env import REPO, local_files, run_cli
 from tests.support.tcp_proxy import TcpProxy
 
 BIG = 100_000  # bytes per message: a FETCH of a batch is megabytes, cut mid-literal
@@ -100,6 +102,56 @@ def test_proxy_faults_during_syncs(dovecot: Dovecot, tmp_path: Path) -> None:
         rc, text = sync(account.config)
         assert rc == 0, text
         assert count_files(inbox) == 75
+        in_sync(dovecot, user, account, "INBOX")
+
+
+def test_reset_in_the_middle_of_a_streamed_literal(dovecot: Dovecot, tmp_path: Path) -> None:
+    """A body above 1 MiB goes to tmp/ as it arrives (issue 21): a reset half-way through it
+    leaves no partial file in tmp/, cur/ or new/, and the next sync completes."""
+    user = secret_user(dovecot)
+    dovecot.seed(user, "INBOX", [make_message(0), make_message(1, size=6_000_000),
+                                 make_message(2)])
+    whole = {lf(m.body) for m in dovecot.messages(user, "INBOX").values()}
+    with TcpProxy(dovecot.imaps_port) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port, timeout="5s")
+        inbox = account.folder_dir("INBOX")
+        proxy.cut_after = 3_000_000  # into the 6 MB literal
+        rc, text = sync(account.config)
+        assert rc == 1 and "test:" in text and "'INBOX'" in text, text
+        assert proxy.cuts == 1
+        fault("proxy: reset mid-literal of a streamed body")
+        assert not stray_files(account.maildir), "the cut body left a file in tmp/"
+        for _flags, path in local_files(inbox):
+            assert path.read_bytes() in whole, f"a partial message in {path.parent.name}/"
+        proxy.cut_after = None
+        rc, text = sync(account.config)
+        assert rc == 0, text
+        assert count_files(inbox) == 3
+        in_sync(dovecot, user, account, "INBOX")
+
+
+def test_kill_while_a_body_streams_into_tmp(dovecot: Dovecot, tmp_path: Path) -> None:
+    """kill -9 of `syncd sync` while a big body is arriving in tmp/<key>.part (at 2 MB/s):
+    the next sync removes it, downloads the message once, and leaves tmp/ empty."""
+    user = secret_user(dovecot)
+    dovecot.seed(user, "INBOX", [make_message(0, size=8_000_000)])
+    with TcpProxy(dovecot.imaps_port, rate=2_000_000) as proxy:
+        account = make_account(tmp_path, dovecot, user, port=proxy.port)
+        tmp = account.folder_dir("INBOX") / "tmp"
+        proc = subprocess.Popen(syncd_cmd(account.config, "sync"), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: tmp.is_dir() and any(p.suffix == ".part" and p.stat().st_size
+                                                    for p in tmp.iterdir()), 30,
+                       interval=0.01)
+        finally:
+            assert kill9(proc), "syncd finished before the kill"
+        fault("kill -9 while a body streams into tmp/")
+        assert [p.suffix for p in tmp.iterdir()] == [".part"]
+        proxy.rate = None
+        rc, text = sync(account.config)
+        assert rc == 0, text
+        assert not stray_files(account.maildir), "the killed sync's tmp/ file is still there"
         in_sync(dovecot, user, account, "INBOX")
 
 

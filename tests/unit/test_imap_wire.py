@@ -5,9 +5,11 @@ somewhere in the sync suite. A scripted server on a socket pair answers the comm
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import imaplib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,7 +33,9 @@ REPLIES: dict[bytes, bytes] = {
     b"LIST": b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
              b'* STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 7)\r\n',
     b"UID": b"* 1 FETCH (UID 10 FLAGS (\\Seen))\r\n* 2 FETCH (UID 11 FLAGS ())\r\n",
+    b"FETCH": b"* 1 FETCH (UID 10 BODY[] {5}\r\nhello)\r\n",
 }
+_LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n$")
 
 
 class Server:
@@ -40,6 +44,7 @@ class Server:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lines: list[bytes] = []
+        self.literals: list[bytes] = []  # of commands with one (APPEND)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -50,6 +55,14 @@ class Server:
             while line := reader.readline():
                 self.lines.append(line)
                 tag, _, command = line.rstrip(b"\r\n").partition(b" ")
+                literal = _LITERAL.search(line)
+                if literal:
+                    if not literal.group(2):  # synchronising: wait for our go-ahead
+                        self.sock.sendall(b"+ go ahead\r\n")
+                    self.literals.append(reader.read(int(literal.group(1))))
+                    if reader.readline() != b"\r\n":
+                        self.sock.sendall(tag + b" BAD the literal was not followed by CRLF\r\n")
+                        continue
                 verb = command.split(b" ", 1)[0].upper()
                 if verb == b"LOGOUT":
                     self.sock.sendall(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
@@ -161,6 +174,36 @@ def test_uid_fetch(client: IMAPClient, pair: tuple[socket.socket, Server]) -> No
     data = wire.uid_fetch(client, "1:*", "(UID FLAGS)")
     assert data == [b"1 (UID 10 FLAGS (\\Seen))", b"2 (UID 11 FLAGS ())"]
     assert pair[1].lines[-1].endswith(b"UID FETCH 1:* (UID FLAGS)\r\n")
+
+
+def test_append_arguments(client: IMAPClient) -> None:
+    when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    folder, flags, date = wire.append_arguments(client, "INBOX", [b"\\Seen"], when)
+    assert folder in (b"INBOX", b'"INBOX"') and flags == "(\\Seen)"
+    assert date == '"02-Jan-2020 03:04:05 +0000"'
+    assert wire.append_arguments(client, "A", [], None)[1:] == ("()", None)
+
+
+@pytest.mark.parametrize("nonsync", [True, False])
+def test_append_streamed(imap: imaplib.IMAP4, pair: tuple[socket.socket, Server],
+                         nonsync: bool) -> None:
+    imap.login("u", "p")
+    message = [b"Subject: x\r\n", b"\r\n", b"body\r\n"]
+    typ, _data = wire.append_streamed(imap, ("INBOX", "(\\Seen)", None), 20, iter(message),
+                                      nonsync=nonsync)
+    assert typ == "OK"
+    server = pair[1]
+    assert server.literals == [b"".join(message)]
+    assert server.lines[-1].endswith(b" APPEND INBOX (\\Seen) {20%s}\r\n"
+                                     % (b"+" if nonsync else b""))
+    assert imap.noop()[0] == "OK"  # still in step
+
+
+def test_append_streamed_short(imap: imaplib.IMAP4) -> None:
+    """A stream shorter than announced drops the connection (the server waits for more)."""
+    imap.login("u", "p")
+    with pytest.raises(imap.abort, match="changed while it was sent"):
+        wire.append_streamed(imap, ("INBOX", None, None), 20, iter([b"short"]), nonsync=True)
 
 
 def test_parenthesised() -> None:
@@ -277,6 +320,26 @@ def test_hook_io(imap: imaplib.IMAP4) -> None:
     imap.noop()
     assert seen[0] == "send" and "readline" in seen and "untagged EXISTS" in seen
     assert wire.kept_untagged(imap, "EXISTS") == [b"3"]
+
+
+def test_hook_io_literal_object(imap: imaplib.IMAP4) -> None:
+    """imaplib files whatever the read hook returns for a literal in place of its bytes: a big
+    body is handed on as the file it was written to (ReplyGuard.spooling)."""
+    own: list[wire.ImapIO] = []
+    spooled = object()
+
+    def read(size: int) -> object:
+        own[0].read(size)
+        return spooled
+
+    own.append(wire.hook_io(imap, wire.ImapIO(read, lambda: own[0].readline(),  # type: ignore[arg-type]
+                                              lambda data: own[0].send(data),
+                                              lambda typ, dat: own[0].append_untagged(typ, dat))))
+    imap.login("u", "p")
+    wire.set_selected(imap, True)
+    typ, _ = wire.simple_command(imap, "FETCH", "1", "(BODY[])")
+    assert typ == "OK"
+    assert wire.untagged(imap, "FETCH") == [(b"1 (UID 10 BODY[] {5}", spooled), b")"]
 
 
 # --- the declared lower bound ---------------------------------------------------------------

@@ -25,6 +25,7 @@ from syncd.store.maildir import (
     escape_component,
     lf_to_crlf,
     lf_to_crlf_stream,
+    to_crlf_stream,
     unescape_component,
 )
 
@@ -666,6 +667,60 @@ def test_stream_converters_match_whole(chunks: list[bytes]) -> None:
     whole = b"".join(chunks)
     assert b"".join(crlf_to_lf_stream(chunks)) == crlf_to_lf(whole)
     assert b"".join(lf_to_crlf_stream(chunks)) == lf_to_crlf(whole)
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b""])))
+def test_to_crlf_stream_is_imaplibs_mapping(chunks: list[bytes]) -> None:
+    """What a streamed APPEND sends is what imaplib's append() sends of the whole message."""
+    import imaplib
+
+    whole = b"".join(chunks)
+    assert b"".join(to_crlf_stream(chunks)) == imaplib.MapCRLF.sub(b"\r\n", whole)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"ab", b""]), max_size=20))
+def test_tmp_writer_writes_what_stage_writes(folder: MaildirFolder, chunks: list[bytes]) -> None:
+    writer = folder.tmp_writer()
+    for chunk in chunks:
+        writer.write(chunk)
+    written = writer.finish()
+    assert written.server_bytes == sum(map(len, chunks))
+    assert written.tmp_path == f"{folder.path}/tmp/{written.key}.part"
+    staged = folder.stage_written(written, "S", mtime=1_000_000)
+    [key] = folder.publish([staged])
+    assert key == written.key
+    assert folder.read(key) == crlf_to_lf(b"".join(chunks))
+    assert os.stat(folder.path_of(key)).st_mtime == 1_000_000
+    assert not os.listdir(folder.path / "tmp")
+    folder.remove(key)
+
+
+def test_tmp_writer_abort_and_discard_leave_nothing(folder: MaildirFolder) -> None:
+    writer = folder.tmp_writer()
+    writer.write(b"half a message\r\n")
+    writer.abort()
+    writer = folder.tmp_writer()
+    writer.write(b"a whole one\r\n")
+    writer.finish().discard()
+    assert not os.listdir(folder.path / "tmp")
+
+
+def test_remove_partial_takes_only_part_files(folder: MaildirFolder) -> None:
+    """What a killed sync was streaming goes; another program's delivery in tmp/ stays."""
+    writer = folder.tmp_writer()
+    writer.write(b"cut short")
+    (folder.path / "tmp" / "12345.other-mda").write_bytes(b"in progress")
+    assert folder.remove_partial() == 1
+    assert os.listdir(folder.path / "tmp") == ["12345.other-mda"]
+
+
+def test_open_message_follows_a_rename(folder: MaildirFolder) -> None:
+    key = folder.deliver(b"Subject: x\n\nbody\n", "")
+    folder.set_flags(key, "S")  # renamed into cur/ behind the cached location
+    with folder.open_message(key) as handle:
+        assert md.header_info_of(handle).size == len(b"Subject: x\r\n\r\nbody\r\n")
+        assert md.read_head(handle, 10) == b"Subject: x"
 
 
 @given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"ab", b"\n\n", b""]), max_size=30),

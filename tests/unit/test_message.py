@@ -3,6 +3,8 @@ survive line ends and added headers."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,7 @@ from syncd.core.message import (
     body_digest,
     body_start,
     content_digest,
+    content_digest_stream,
     header_identity,
     parse_message_id,
     trace_bytes,
@@ -109,3 +112,13 @@ def test_digests_are_the_same_for_lf_and_crlf_copies(head: list[bytes],
     assert content_digest(message) == content_digest(crlf)
     assert header_identity(message) == header_identity(crlf)
     assert body_digest(message[body_start(message):]) == body_digest(crlf[body_start(crlf):])
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"From: x", b"Subject: y",
+                                 b"\n\n", b" "]), max_size=16),
+       st.lists(st.integers(min_value=0, max_value=60), max_size=5))
+def test_content_digest_stream_matches_whole(parts: list[bytes], cuts: list[int]) -> None:
+    whole = b"".join(parts)
+    edges = [0, *sorted(min(c, len(whole)) for c in cuts), len(whole)]
+    chunks = [whole[a:b] for a, b in itertools.pairwise(edges)]
+    assert content_digest_stream(chunks) == content_digest(whole)
