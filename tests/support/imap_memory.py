@@ -155,8 +155,9 @@ class MemorySession(ImapSession):
 
     # --- what execute asks ----------------------------------------------------------------
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
-                     refused: Callable[[int, str], None] | None = None
-                     ) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+                     refused: Callable[[int, str], None] | None = None,
+                     spool: object = None) -> Iterator[tuple[int, bytes, dt.datetime | None]]:
+        # (no spooling: the machines' messages are small)
         messages = self._folder.messages
         for uid, _size in wanted:
             if uid in messages:
