@@ -829,7 +829,7 @@ def _check_imap(account: AccountSettings) -> None:
 def _first_sync_note(account: AccountSettings, session: Any, name: str, namespace: Any
                      ) -> str:
     """What a first sync of the folder would download under the sync policy (direction,
-    max_age, max_messages): messages and bytes, of how many on the server."""
+    max_age, max_messages, max_size): messages and bytes, of how many on the server."""
     import time
 
     from syncd.errors import FolderError
@@ -841,14 +841,17 @@ def _first_sync_note(account: AccountSettings, session: Any, name: str, namespac
     if keys.max_age is not None or keys.max_messages is not None:
         spec = WindowSpec(keys.max_age, keys.max_messages, time.time())
     try:
-        estimate = first_sync_estimate(session, name, spec)
+        estimate = first_sync_estimate(session, name, spec, keys.max_size)
     except FolderError as exc:
         return f"not examined: {exc}"
     if keys.direction == "push":
         return f"push: a first sync downloads nothing ({estimate.on_server:,} on the server)"
     window = "" if spec is None else " in the window"
+    placeholders = ("" if not estimate.placeholders else
+                    f" and {estimate.placeholders:,} placeholder(s) for messages over max_size")
     return (f"a first sync downloads {estimate.messages:,} message(s){window}, "
-            f"{_human_size(estimate.size)}, of {estimate.on_server:,} on the server")
+            f"{_human_size(estimate.size)}{placeholders}, of {estimate.on_server:,} on the "
+            "server")
 
 
 def _human_size(size: int) -> str:

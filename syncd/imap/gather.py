@@ -220,9 +220,10 @@ def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec) 
 class FirstSync(NamedTuple):
     """What a first sync of one folder would download under the policy (`syncd check`)."""
 
-    messages: int
-    size: int  # bytes, as the server counts them (RFC822.SIZE)
+    messages: int  # downloaded whole
+    size: int  # their bytes, as the server counts them (RFC822.SIZE)
     on_server: int
+    placeholders: int = 0  # bigger than max_size: mirrored as placeholders (headers only)
 
 
 def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec
@@ -240,17 +241,20 @@ def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec
     return view, inside - gone
 
 
-def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
-                        ) -> FirstSync:
-    """EXAMINE the folder; count and size the messages inside the window (all without one).
-    Reads UIDs and sizes only."""
+def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None,
+                        max_size: int | None = None) -> FirstSync:
+    """EXAMINE the folder; count and size the messages inside the window (all without one);
+    those bigger than ``max_size`` are counted apart (placeholders: headers only). Reads UIDs
+    and sizes only."""
     info = session.select(name, readonly=True)
     if not info.exists:
         return FirstSync(0, 0, 0)
     present = session.search_all_uids()
     inside = present if spec is None else window_uids(session, present, spec)
     meta = session.fetch_meta(inside, message_ids=False) if inside else {}
-    return FirstSync(len(meta), sum(m.size for m in meta.values()), len(present))
+    sizes = [m.size for m in meta.values()]
+    full = [size for size in sizes if max_size is None or size <= max_size]
+    return FirstSync(len(full), sum(full), len(present), len(sizes) - len(full))
 
 
 def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],

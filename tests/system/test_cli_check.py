@@ -646,13 +646,13 @@ def test_imap_check_sizes_a_first_sync_under_the_policy(tmp_path: Path, dovecot:
     now = time.time()
     for i in range(5):
         dovecot.append(pw_user, "INBOX", make_message(i, size=2000), date=now - i * 40 * 86400)
-    dovecot.seed(pw_user, "Archive", [make_message(i, folder="Archive", size=1000)
+    dovecot.seed(pw_user, "Archive", [make_message(i, folder="Archive", size=1000 + 1000 * i)
                                       for i in range(3)])
     dovecot.seed(pw_user, "Outbox", [make_message(1, folder="Outbox")])
     account = write_config(tmp_path, dovecot, pw_user, extra=(
         "    max_age: 100d\n"
         "    folder_settings:\n"
-        "      Archive: {max_messages: 2}\n"
+        "      Archive: {max_messages: 2, max_size: 2500}\n"
         "      Outbox: {direction: push}\n"))
     before = {f: dovecot.messages(pw_user, f) for f in ("INBOX", "Archive", "Outbox")}
     rc, out, err = check(account)
@@ -666,9 +666,11 @@ def test_imap_check_sizes_a_first_sync_under_the_policy(tmp_path: Path, dovecot:
     # INBOX: ages 0, 40, 80 days are inside 100d (120 and 160 are not)
     assert note("INBOX") == ("a first sync downloads 3 message(s) in the window, 6.0 KB, of 5 "
                              "on the server"), out
-    # Archive overrides the window: the newest 2 (max_age still the account's: all recent)
-    assert note("Archive") == ("a first sync downloads 2 message(s) in the window, 2.0 KB, of "
-                               "3 on the server"), out
+    # Archive overrides the window: the newest 2 (max_age still the account's: all recent),
+    # of which the 3,000-byte one is over max_size: a placeholder, not counted in the bytes
+    assert note("Archive") == ("a first sync downloads 1 message(s) in the window, 2.0 KB "
+                               "and 1 placeholder(s) for messages over max_size, of 3 on the "
+                               "server"), out
     assert note("Outbox").startswith("push: a first sync downloads nothing (1 on the server)")
     # check only looks (EXAMINE): nothing changed on the server, nothing created locally
     assert {f: dovecot.messages(pw_user, f) for f in before} == before
