@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd.migrate.importer import NOT_BUILT, ImportedAccount, account_name
+from syncd.migrate.importer import ImportedAccount, account_name
 from syncd.migrate.mbsyncrc import Channel, Section, channels, load_mbsyncrc
 
 # Account/store keywords that are carried over, or that need no counterpart.
@@ -21,7 +22,7 @@ _CHANNEL_DONE = {"far", "near", "patterns", "syncstate", "sync", "create", "remo
                  "expunge", "maxmessages", "maxsize", "expireunread", "copyarrivaldate"}
 _WHY = {
     "remove": "syncd never removes a folder; remove it on the other side by hand",
-    "maxsize": f"{NOT_BUILT}; add `max_size:` to get placeholders for bigger messages",
+    "maxsize": "MaxSize on the server's store limits uploads; syncd uploads every message",
     "copyarrivaldate": "syncd keeps the server's INTERNALDATE as the file's time already",
 }
 # Sync operations (mbsync(1) 1.4, and 1.5's spellings): what each moves.
@@ -356,10 +357,9 @@ def _channel_policy(result: ImportedAccount, channel: Channel, policy: _Policy) 
     for note in policy.notes:
         if note not in result.not_carried:
             result.not_carried.append(note)
+    _max_size(result, channel)
     for key in ("remove", "maxsize", "copyarrivaldate"):
-        value = channel.option(key)
-        if value is None and key == "maxsize":
-            value = channel.near.get("maxsize") or channel.far.get("maxsize")
+        value = channel.option(key) if key != "maxsize" else channel.far.get("maxsize")
         if value is None or (key == "remove" and value.lower() == "none"):
             continue
         pretty = {"maxsize": "MaxSize", "copyarrivaldate": "CopyArrivalDate"}.get(
@@ -378,3 +378,34 @@ def _unknown(result: ImportedAccount, section: Section, done: set[str]) -> None:
                 f"over: syncd has no equivalent")
         if note not in result.not_carried:
             result.not_carried.append(note)
+
+
+def _max_size(result: ImportedAccount, channel: Channel) -> None:
+    """MaxSize of the Maildir store (or the channel's, mbsync 1.5): messages bigger than that
+    are not brought down. syncd's max_size mirrors them as placeholders instead (headers and
+    a note; `syncd fetch` gets the whole message), so nothing is silently missing. Several
+    channels: the smallest wins (the least disk)."""
+    value = channel.near.get("maxsize") or channel.option("maxsize")
+    if value is None:
+        return
+    size = mbsync_size(value)
+    if size is None:
+        result.skip(f"MaxSize (Channel {channel.name})", value, "not a size")
+        return
+    current = result.settings.get("max_size")
+    if isinstance(current, int) and current <= size:
+        return
+    result.settings["max_size"] = size
+    note = (f"MaxSize {value} (Channel {channel.name}): carried over as max_size: {size} "
+            f"(bytes); bigger messages become placeholders (headers only; `syncd fetch FILE` "
+            f"gets one whole) instead of being left out")
+    if note not in result.not_carried:
+        result.not_carried.append(note)
+
+
+def mbsync_size(text: str) -> int | None:
+    """mbsync's size grammar, ``size[k|m][b]`` (k = 1024, m = 1024 * 1024) -> bytes."""
+    match = re.fullmatch(r"(\d+)\s*([kKmM]?)[bB]?", text.strip())
+    if match is None:
+        return None
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]

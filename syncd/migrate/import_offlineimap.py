@@ -9,7 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
-from syncd.migrate.importer import NOT_BUILT, ImportedAccount, account_name
+from syncd.migrate.importer import ImportedAccount, account_name
 from syncd.migrate.offlineimaprc import OfflineimapAccount, folder_filter, load_offlineimaprc
 
 _REMOTE_DONE = {"type", "remotehost", "remoteport", "ssl", "starttls", "sslcacertfile",
@@ -25,7 +25,6 @@ _ACCOUNT_DONE = {"localrepository", "remoterepository", "autorefresh", "quick", 
 _POLICY = {
     "startdate": "syncd's `max_age:` is a window sliding daily, not a fixed first date; set "
                  "max_age by hand",
-    "maxsize": f"{NOT_BUILT}; add `max_size:` to get placeholders for bigger messages",
 }
 
 
@@ -68,7 +67,7 @@ def _account(config: OfflineimapAccount, path: Path) -> ImportedAccount:
 
 def _policy(result: ImportedAccount, config: OfflineimapAccount) -> None:
     """readonly -> direction; expunge (remote) / sync_deletes (local) -> delete;
-    createfolders -> create_folders; maxage (days) -> max_age."""
+    createfolders -> create_folders; maxage (days) -> max_age; maxsize -> max_size."""
     remote, local = config.remote, config.local
     sides = {"server", "local"}
     if _bool(remote.get("readonly"), False):
@@ -104,6 +103,7 @@ def _policy(result: ImportedAccount, config: OfflineimapAccount) -> None:
     for label, section in ((f"Account {config.name}", config.account),
                            (f"Repository {config.remote_name}", remote),
                            (f"Repository {config.local_name}", local)):
+        _max_size(result, label, section)
         value = (section.get("maxage") or "").strip()
         if not value:
             continue
@@ -114,6 +114,22 @@ def _policy(result: ImportedAccount, config: OfflineimapAccount) -> None:
                                       f"it is deleted, as in offlineimap)")
         else:
             result.skip(f"maxage ([{label}])", value, "not a number of days")
+
+
+def _max_size(result: ImportedAccount, label: str, section: dict[str, str]) -> None:
+    """maxsize (bytes): offlineimap leaves bigger messages out; syncd's max_size mirrors them
+    as placeholders (headers only, `syncd fetch` gets one whole)."""
+    value = (section.get("maxsize") or "").strip()
+    if not value:
+        return
+    if not value.isdigit() or int(value) <= 0:
+        result.skip(f"maxsize ([{label}])", value, "not a number of bytes")
+        return
+    result.settings["max_size"] = int(value)
+    result.not_carried.append(f"maxsize = {value} ([{label}]): carried over as max_size: "
+                              f"{value} (bytes); bigger messages become placeholders (headers "
+                              f"only; `syncd fetch FILE` gets one whole) instead of being "
+                              f"left out")
 
 
 def _server(result: ImportedAccount, remote: dict[str, str], name: str) -> None:

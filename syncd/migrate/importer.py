@@ -16,11 +16,6 @@ from typing import Any
 
 from syncd.errors import ConfigError
 
-# A size limit is not carried over (mbsync skips or stubs big messages its own way, offlineimap
-# skips them): the report says so and points at syncd's placeholders (`max_size:`).
-NOT_BUILT = ("not carried over (syncd mirrors bigger messages as placeholders only where "
-             "the config says so)")
-
 
 @dataclass
 class ImportedAccount:

@@ -236,7 +236,8 @@ def _mbsync(tmp_path: Path, channel: str) -> tuple[dict, str]:
     from syncd.config.load import load_config
 
     load_config(config)  # the written policy keys load
-    keys = ("direction", "delete", "create_folders", "max_messages", "folder_settings")
+    keys = ("direction", "delete", "create_folders", "max_messages", "max_size",
+            "folder_settings")
     return ({k: account.settings[k] for k in keys if k in account.settings},
             "\n".join(account.not_carried))
 
@@ -257,7 +258,10 @@ def _mbsync(tmp_path: Path, channel: str) -> tuple[dict, str]:
     ("Sync Pull\nCreate Both\nExpunge Both\nMaxMessages 50\n",
      {"direction": "pull", "delete": "pull", "max_messages": 50}, "deletes no local copy"),
     ("Create Both\nExpunge Both\nRemove Both\n", {}, "never removes a folder"),
-    ("Create Both\nExpunge Both\nMaxSize 1m\n", {}, "MaxSize 1m (Channel c): not carried"),
+    ("Create Both\nExpunge Both\nMaxSize 1m\n", {"max_size": 1048576},
+     "MaxSize 1m (Channel c): carried over as max_size: 1048576"),
+    ("Create Both\nExpunge Both\nMaxSize 200k\n", {"max_size": 204800}, "placeholders"),
+    ("Create Both\nExpunge Both\nMaxSize lots\n", {}, "MaxSize"),
 ])
 def test_mbsync_policy_mapping(tmp_path: Path, channel: str, expected: dict,
                                said: str) -> None:
@@ -302,7 +306,8 @@ def test_offlineimap_policy(tmp_path: Path) -> None:
     s = account.settings
     assert (s["delete"], s["create_folders"], s["max_age"]) == ("none", "server", "90d")
     notes = "\n".join(account.not_carried)
-    assert "maxsize = 2000000 ([Repository R]): not carried over" in notes
+    assert s["max_size"] == 2000000
+    assert "maxsize = 2000000 ([Repository R]): carried over as max_size: 2000000" in notes
     assert "expunge = no" in notes
     config = tmp_path / "config.yaml"
     assert run_cli("--config", str(config), "import", "offlineimap", str(rc))[0] == 0
