@@ -55,10 +55,40 @@ def summarize_pyspy(path: Path, top: int) -> None:
         for frame in set(frames):
             inclusive[frame] += n
     print(f"{path}: {total} samples")
+    print("  -- by kind of work (bench.profile.CATEGORIES)")
+    for name, share in breakdown(path.read_text()).items():
+        print(f"  {share:6.1%}  {name}")
     for title, counter in (("self", own), ("inclusive", inclusive)):
         print(f"  -- {title}")
         for frame, n in counter.most_common(top):
             print(f"  {n / total:6.1%}  {frame}")
+
+
+#: Where a sample's time goes (issue 21: "parse, TLS, fsync, SQLite"): the first category,
+#: from the innermost frame outwards, whose function or file a frame names.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fsync and syncfs", ("fsync", "syncfs", "flush_files")),
+    ("SQLite", ("sqlite3", "/store/state.py")),
+    ("TLS and socket reads", ("/ssl.py", "/socket.py")),
+    ("IMAP parsing", ("/imaplib.py", "/imap/wire.py", "/imap/client.py", "response_parser")),
+    ("Maildir writes", ("/store/maildir.py",)),
+    ("imports", ("<frozen importlib", "/importlib/")),
+)
+
+
+def breakdown(raw: str) -> dict[str, float]:
+    """py-spy raw (collapsed) stacks -> share of samples per CATEGORIES entry, plus "other"."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # the first is the thread
+        found = next((name for frame in reversed(frames) for name, marks in CATEGORIES
+                      if any(m in frame for m in marks)), "other")
+        counts[found] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: counts[name] / total for name in [*(n for n, _ in CATEGORIES), "other"]}
 
 
 def hold(tool: Syncd) -> None:

@@ -79,3 +79,19 @@ def test_floor_reads_literals_and_the_list_status_reply() -> None:
     assert conn.fetch_all(sink) == 1  # type: ignore[arg-type]
     assert sink.bodies == [b"ab\r\nc"]
     assert sent[-1] == b"f2 UID FETCH 1:* BODY.PEEK[]\r\n"
+
+
+def test_profile_breakdown_takes_the_innermost_known_frame() -> None:
+    from bench.profile import breakdown
+
+    raw = "\n".join([
+        "thread (1);run (/x/syncd/imap/download.py:50);read (/usr/lib/python3.11/ssl.py:1)"
+        " 6",
+        "thread (1);_group (/x/syncd/imap/download.py:9);flush_files "
+        "(/x/syncd/store/maildir.py:290) 3",
+        "thread (2);commit (/x/syncd/store/state.py:10) 1",
+    ])
+    shares = breakdown(raw)
+    assert shares["TLS and socket reads"] == 0.6
+    assert shares["fsync and syncfs"] == 0.3  # not "Maildir writes": the innermost match
+    assert shares["SQLite"] == 0.1 and shares["other"] == 0
