@@ -230,7 +230,9 @@ def markdown(results: dict[str, Any], png_name: str) -> str:
         "bytes; msgs/s for a no-change resync is messages checked per second; for incremental, "
         "changes per second. Wall time is the median of the runs (range in brackets); peak "
         "RSS is the maximum over the runs. \"syncd/tool\" < 1 means syncd was faster. The "
-        "20ms rows go through bench/proxy.py, which delays each direction by 10 ms.",
+        "20ms and 100ms rows go through bench/proxy.py, which delays each direction by half "
+        "the round trip. syncd is the pip-installed one (bench/install.py) unless the "
+        "arguments say --syncd editable; floor-read and floor-write are bench/floor.py.",
         "",
         f"![chart]({png_name})",
         "",
@@ -293,6 +295,10 @@ def _argv(args: dict[str, Any]) -> list[str]:
         parts.append("--no-latency")
     if args.get("skip"):
         parts.append(f"--skip {','.join(args['skip'])}")
+    if args.get("networks"):
+        parts.append(f"--networks {','.join(args['networks'])}")
+    if args.get("syncd") == "editable":
+        parts.append("--syncd editable")
     return parts
 
 
