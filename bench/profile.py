@@ -68,11 +68,14 @@ def summarize_pyspy(path: Path, top: int) -> None:
 #: from the innermost frame outwards, whose function or file a frame names.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fsync and syncfs", ("fsync", "syncfs", "flush_files")),
-    ("SQLite", ("sqlite3", "/store/state.py")),
-    ("TLS and socket reads", ("/ssl.py", "/socket.py")),
-    ("IMAP parsing", ("/imaplib.py", "/imap/wire.py", "/imap/client.py", "response_parser")),
-    ("Maildir writes", ("/store/maildir.py",)),
-    ("imports", ("<frozen importlib", "/importlib/")),
+    ("SQLite", ("(sqlite3", "syncd/store/state.py")),
+    ("TLS and socket reads", ("(ssl.py", "(socket.py")),
+    ("IMAP parsing", ("(imaplib.py", "syncd/imap/wire.py", "syncd/imap/client.py",
+                      "response_parser")),
+    ("Maildir writes", ("syncd/store/maildir.py",)),
+    ("waiting (threads, queues)", ("Condition.wait", "(queue.py", "Event.wait",
+                                   "Thread.join")),
+    ("imports", ("<frozen importlib",)),
 )
 
 

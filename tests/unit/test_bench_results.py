@@ -85,11 +85,10 @@ def test_profile_breakdown_takes_the_innermost_known_frame() -> None:
     from bench.profile import breakdown
 
     raw = "\n".join([
-        "thread (1);run (/x/syncd/imap/download.py:50);read (/usr/lib/python3.11/ssl.py:1)"
-        " 6",
-        "thread (1);_group (/x/syncd/imap/download.py:9);flush_files "
-        "(/x/syncd/store/maildir.py:290) 3",
-        "thread (2);commit (/x/syncd/store/state.py:10) 1",
+        "thread (1): t;run (syncd/imap/download.py:50);SSLSocket.read (ssl.py:1167) 6",
+        "thread (1): t;_group (syncd/imap/download.py:9);flush_files "
+        "(syncd/store/maildir.py:290) 3",
+        "thread (2): t;StateStore.commit (syncd/store/state.py:10) 1",
     ])
     shares = breakdown(raw)
     assert shares["TLS and socket reads"] == 0.6
