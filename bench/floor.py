@@ -134,7 +134,11 @@ class Sink:
         self._syncfs = libc.syncfs
 
     def add(self, body: bytes) -> None:
-        data = body.replace(b"\r\n", b"\n")
+        # syncd's crlf_to_lf (syncd/store/maildir.py): one-byte replaces go through memchr,
+        # several times faster than replace(b"\r\n", b"\n"); checked, else the slow way.
+        data = body.replace(b"\r", b"")
+        if len(data) != len(body) and data.replace(b"\n", b"\r\n") != body:
+            data = body.replace(b"\r\n", b"\n")
         self.n += 1
         name = f"{self.prefix}.{self.n}"
         fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
