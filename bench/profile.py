@@ -72,7 +72,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("TLS and socket reads", ("(ssl.py", "(socket.py")),
     ("IMAP parsing", ("(imaplib.py", "syncd/imap/wire.py", "syncd/imap/client.py",
                       "response_parser")),
-    ("Maildir writes", ("syncd/store/maildir.py",)),
+    ("Maildir (files, paths)", ("syncd/store/maildir.py",)),
     ("waiting (threads, queues)", ("Condition.wait", "(queue.py", "Event.wait",
                                    "Thread.join")),
     ("imports", ("<frozen importlib",)),

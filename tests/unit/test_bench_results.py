@@ -92,5 +92,5 @@ def test_profile_breakdown_takes_the_innermost_known_frame() -> None:
     ])
     shares = breakdown(raw)
     assert shares["TLS and socket reads"] == 0.6
-    assert shares["fsync and syncfs"] == 0.3  # not "Maildir writes": the innermost match
+    assert shares["fsync and syncfs"] == 0.3  # not "Maildir (files, paths)": the innermost match
     assert shares["SQLite"] == 0.1 and shares["other"] == 0
