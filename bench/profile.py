@@ -30,8 +30,13 @@ SCENARIOS = ("initial", "resync", "incremental")
 def profiled(tool: Syncd, profiler: str, out: Path) -> list[str]:
     cmd = tool.command()
     if profiler == "cprofile":
-        return [sys.executable, "-m", "cProfile", "-o", str(out.with_suffix(".prof")),
-                *cmd]
+        # main(), not the console script's entry(): entry() leaves with os._exit, before
+        # cProfile could write its file. The interpreter of the syncd that runs.
+        wrapper = out.parent / "syncd_main.py"
+        wrapper.write_text("from syncd.cli import main\n\nraise SystemExit(main())\n")
+        # -I: not the repository's syncd from the working directory, the installed one.
+        return [str(Path(cmd[0]).with_name("python")), "-I", "-m", "cProfile", "-o",
+                str(out.with_suffix(".prof")), str(wrapper), *cmd[1:]]
     if profiler == "pyspy":
         return [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "-r", "250",
                 "-f", "raw", "-o", str(out.with_suffix(".txt")), "--", *cmd]
