@@ -35,7 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench import measure
-from bench.tools import REPO, SYNCD, Endpoint
+from bench.tools import REPO, Endpoint, Syncd
 from tests.support.dovecot import Dovecot, User
 from tests.support.smtp_server import SmtpServer
 from tests.support.syncd_env import write_config
@@ -125,7 +125,7 @@ account default : bench
 
 def run_syncd(config: Path, count: int, logfile: Path, timeout: float) -> measure.Measurement:
     queue(config, count)
-    return measure.run([str(SYNCD), "--config", str(config), "outbox", "flush"],
+    return measure.run([str(Syncd.executable), "--config", str(config), "outbox", "flush"],
                        env=_env(config.parent), log=logfile, timeout=timeout)
 
 

@@ -30,8 +30,13 @@ SCENARIOS = ("initial", "resync", "incremental")
 def profiled(tool: Syncd, profiler: str, out: Path) -> list[str]:
     cmd = tool.command()
     if profiler == "cprofile":
-        return [sys.executable, "-m", "cProfile", "-o", str(out.with_suffix(".prof")),
-                *cmd]
+        # main(), not the console script's entry(): entry() leaves with os._exit, before
+        # cProfile could write its file. The interpreter of the syncd that runs.
+        wrapper = out.parent / "syncd_main.py"
+        wrapper.write_text("from syncd.cli import main\n\nraise SystemExit(main())\n")
+        # -I: not the repository's syncd from the working directory, the installed one.
+        return [str(Path(cmd[0]).with_name("python")), "-I", "-m", "cProfile", "-o",
+                str(out.with_suffix(".prof")), str(wrapper), *cmd[1:]]
     if profiler == "pyspy":
         return [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "-r", "250",
                 "-f", "raw", "-o", str(out.with_suffix(".txt")), "--", *cmd]
@@ -55,10 +60,43 @@ def summarize_pyspy(path: Path, top: int) -> None:
         for frame in set(frames):
             inclusive[frame] += n
     print(f"{path}: {total} samples")
+    print("  -- by kind of work (bench.profile.CATEGORIES)")
+    for name, share in breakdown(path.read_text()).items():
+        print(f"  {share:6.1%}  {name}")
     for title, counter in (("self", own), ("inclusive", inclusive)):
         print(f"  -- {title}")
         for frame, n in counter.most_common(top):
             print(f"  {n / total:6.1%}  {frame}")
+
+
+#: Where a sample's time goes (issue 21: "parse, TLS, fsync, SQLite"): the first category,
+#: from the innermost frame outwards, whose function or file a frame names.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fsync and syncfs", ("fsync", "syncfs", "flush_files")),
+    ("SQLite", ("(sqlite3", "syncd/store/state.py")),
+    ("TLS and socket reads", ("(ssl.py", "(socket.py")),
+    ("IMAP parsing", ("(imaplib.py", "syncd/imap/wire.py", "syncd/imap/client.py",
+                      "response_parser")),
+    ("Maildir (files, paths)", ("syncd/store/maildir.py",)),
+    ("waiting (threads, queues)", ("Condition.wait", "(queue.py", "Event.wait",
+                                   "Thread.join")),
+    ("imports", ("<frozen importlib",)),
+)
+
+
+def breakdown(raw: str) -> dict[str, float]:
+    """py-spy raw (collapsed) stacks -> share of samples per CATEGORIES entry, plus "other"."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # the first is the thread
+        found = next((name for frame in reversed(frames) for name, marks in CATEGORIES
+                      if any(m in frame for m in marks)), "other")
+        counts[found] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: counts[name] / total for name in [*(n for n, _ in CATEGORIES), "other"]}
 
 
 def hold(tool: Syncd) -> None:

@@ -8,7 +8,18 @@ from typing import Any
 
 SCENARIO_TITLE = {"initial": "initial sync", "resync": "no-change resync",
                   "incremental": "incremental + sync", "pop3": "download-and-delete",
-                  "outbox": "deliver the queue"}
+                  "outbox": "deliver the queue",
+                  "resync-nopyc": "no-change, first run after install (no bytecode yet)",
+                  "resync-cold": "no-change, cold page cache"}
+COLORS = {"syncd": "#2a7ab9", "mbsync": "#e08a2c", "offlineimap": "#5aa05a",
+          "getmail": "#9467bd", "fetchmail": "#c44e52", "floor-write": "#555555",
+          "floor-read": "#aaaaaa"}
+
+
+def _title(scenario: str) -> str:
+    base, _, at = scenario.partition("@")
+    title = SCENARIO_TITLE.get(base, base)
+    return f"{title} ({int(at):,})" if at else title
 
 
 def _median(xs: list[float]) -> float | None:
@@ -92,6 +103,7 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append((f"no-change resync nearly constant, {small['messages']} → "
                     f"{big['messages']} messages (≤ 1.5×)",
                     f"{a:.2f} s → {b:.2f} s ({b / a:.2f}×)", "PASS" if b / a <= 1.5 else "MISS"))
+    out += goals21(rows, networks, ratio_goal)
     for net in networks:
         for peer in ("getmail", "fetchmail"):
             if net == "loopback":
@@ -133,6 +145,35 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
+def goals21(rows: list[dict], networks: list[str], ratio_goal: Any
+            ) -> list[tuple[str, str, str]]:
+    """Issue 21's goals: the floor, the stricter ratios to mbsync, 100 ms, O(folders)."""
+    out: list[tuple[str, str, str]] = []
+    if "loopback" in networks:
+        ratio_goal("initial sync ≤ 1.3 × the writing floor (loopback)", "imap", "loopback",
+                   "initial", "floor-write", 1.3)
+        ratio_goal("initial sync ≤ 0.5 × mbsync (loopback)", "imap", "loopback", "initial",
+                   "mbsync", 0.5)
+        ratio_goal("no-change resync ≤ 0.6 × mbsync (loopback, warm)", "imap", "loopback",
+                   "resync", "mbsync", 0.6)
+    if "100ms" in networks:
+        ratio_goal("initial sync ≤ 0.5 × mbsync (100ms)", "imap", "100ms", "initial", "mbsync",
+                   0.5)
+        ratio_goal("no-change resync ≤ 0.3 × mbsync (100ms)", "imap", "100ms", "resync",
+                   "mbsync", 0.3)
+    counts = sorted({int(r["scenario"].split("@")[1]) for r in rows
+                     if r["part"] == "folders" and r["scenario"].startswith("resync@")})
+    if len(counts) >= 2:
+        lo, hi = counts[0], counts[-1]
+        a = _wall(_row(rows, "folders", "loopback", f"resync@{lo}", "syncd"))
+        b = _wall(_row(rows, "folders", "loopback", f"resync@{hi}", "syncd"))
+        if a and b:
+            out.append((f"no-change resync with {hi:,} folders ≤ 3 × with {lo:,} (syncd)",
+                        f"{a:.2f} s → {b:.2f} s ({b / a:.2f}×)",
+                        "PASS" if b / a <= 3 else "MISS"))
+    return out
+
+
 def _table(rows: list[dict], part: str, network: str) -> list[str]:
     lines = [
         "| scenario | tool | runs | wall s (median) | msgs/s | MB/s | peak RSS MB | CPU s "
@@ -157,7 +198,7 @@ def _table(rows: list[dict], part: str, network: str) -> list[str]:
         if runs > 1:
             spread = f" ({min(r['walls']):.2f}–{max(r['walls']):.2f})"
         lines.append(
-            f"| {SCENARIO_TITLE.get(r['scenario'], r['scenario'])} | {r['tool']} | {runs} "
+            f"| {_title(r['scenario'])} | {r['tool']} | {runs} "
             f"| {_fmt(wall)}{spread} | {msgs} | {mbs} "
             f"| {_fmt(max(r['rss_mb']) if r['rss_mb'] else None, 0)} "
             f"| {_fmt(_median(r['cpus']), 1)} | {ratio} | {correct} |")
@@ -189,11 +230,15 @@ def markdown(results: dict[str, Any], png_name: str) -> str:
         "bytes; msgs/s for a no-change resync is messages checked per second; for incremental, "
         "changes per second. Wall time is the median of the runs (range in brackets); peak "
         "RSS is the maximum over the runs. \"syncd/tool\" < 1 means syncd was faster. The "
-        "20ms rows go through bench/proxy.py, which delays each direction by 10 ms.",
+        "20ms and 100ms rows go through bench/proxy.py, which delays each direction by half "
+        "the round trip. syncd is the pip-installed one (bench/install.py) unless the "
+        "arguments say --syncd editable; floor-read and floor-write are bench/floor.py.",
         "",
         f"![chart]({png_name})",
         "",
-        "## Goals (issue 6)",
+        f"![time against mailbox size]({png_name.removesuffix('.png')}-sizes.png)",
+        "",
+        "## Goals (issues 6 and 21)",
         "",
         "| goal | measured | result |",
         "|---|---|---|",
@@ -202,7 +247,12 @@ def markdown(results: dict[str, Any], png_name: str) -> str:
         mark = {"PASS": "PASS", "MISS": "**MISS**", "n/a": "n/a"}[verdict]
         out.append(f"| {goal} | {measured} | {mark} |")
     networks = sorted({r["network"] for r in rows}, key=lambda n: n != "loopback")
-    for part, title in (("imap", "IMAP ↔ Maildir"), ("pop3", "POP3 download-and-delete"),
+    for part, title in (("imap", "IMAP ↔ Maildir"),
+                        ("start", "Start-up: a no-change resync started cold (warm: the "
+                                  "no-change rows above)"),
+                        ("pop3", "POP3 download-and-delete"),
+                        ("folders", "O(folders): 5 messages per folder"),
+                        ("sizes", "Initial sync against mailbox size"),
                         ("scaling", "syncd at a smaller size (scaling)"),
                         ("outbox", "Outbox: `syncd outbox flush` (one connection, pipelined) "
                                    "against msmtp once per message")):
@@ -245,6 +295,10 @@ def _argv(args: dict[str, Any]) -> list[str]:
         parts.append("--no-latency")
     if args.get("skip"):
         parts.append(f"--skip {','.join(args['skip'])}")
+    if args.get("networks"):
+        parts.append(f"--networks {','.join(args['networks'])}")
+    if args.get("syncd") == "editable":
+        parts.append("--syncd editable")
     return parts
 
 
@@ -255,7 +309,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    networks = sorted({r["network"] for r in rows if r["part"] != "scaling"},
+    networks = sorted({r["network"] for r in rows if r["part"] in ("imap", "pop3")},
                       key=lambda n: n != "loopback")
     panels = [
         ("imap", "initial", "Initial sync: MB/s (higher is better)", "mbs"),
@@ -265,8 +319,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ("pop3", "pop3", "POP3 download-and-delete: seconds", "wall"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    colors = {"syncd": "#2a7ab9", "mbsync": "#e08a2c", "offlineimap": "#5aa05a",
-              "getmail": "#9467bd", "fetchmail": "#c44e52"}
+    colors = COLORS
     for ax, (part, scenario, title, metric) in zip(axes.flat, panels, strict=False):
         tools = []
         for r in rows:
@@ -324,6 +377,44 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def size_points(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """tool -> [(messages, initial sync wall s)] on loopback, from the sizes part and the
+    IMAP part's initial sync (the main size), sorted by size."""
+    points: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["network"] != "loopback":
+            continue
+        if not (r["part"] == "sizes" or (r["part"] == "imap" and r["scenario"] == "initial")):
+            continue
+        wall = _wall(r)
+        if wall is not None:
+            points.setdefault(r["tool"], {})[r["messages"]] = wall
+    return {tool: sorted(by_size.items()) for tool, by_size in points.items()}
+
+
+def size_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for tool, pts in size_points(results["rows"]).items():
+        if tool == "offlineimap":
+            continue  # an order of magnitude above the rest: it would flatten them
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", label=tool, color=COLORS.get(tool))
+    ax.set_xlabel("messages (bench corpus, 6 folders)")
+    ax.set_ylabel("initial sync, seconds (loopback)")
+    ax.set_title(f"Initial sync against mailbox size — {results['info']['date']}, "
+                 f"{results['info']['host']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(results: dict[str, Any], out_dir: Path, stem: str) -> Path:
     """results -> <stem>.json, .md and .png in out_dir; returns the .md path."""
     import json
@@ -331,6 +422,7 @@ def write(results: dict[str, Any], out_dir: Path, stem: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
     chart(results, out_dir / f"{stem}.png")
+    size_chart(results, out_dir / f"{stem}-sizes.png")
     md = out_dir / f"{stem}.md"
     md.write_text(markdown(results, png_name=f"{stem}.png"))
     return md

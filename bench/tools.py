@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from bench import install
 from tests.support.dovecot import Dovecot, User, imap_utf7_decode
 from tests.support.syncd_env import write_config
 
@@ -24,6 +25,7 @@ SYNCD = Path(sys.executable).with_name("syncd")
 GETMAIL = Path(sys.executable).with_name("getmail")
 
 IMAP_TOOLS = ("syncd", "mbsync", "offlineimap")
+FLOOR_TOOLS = ("floor-write", "floor-read")
 POP3_TOOLS = ("syncd", "getmail", "fetchmail")
 DEBIAN_PACKAGE = {"mbsync": "isync", "offlineimap": "offlineimap3", "fetchmail": "fetchmail"}
 #: peers that come from PyPI, through the ``bench`` extra of pyproject.toml
@@ -81,6 +83,11 @@ class Tool:
         """Server folder name -> local Maildir folder, found by walking ``mail_root``."""
         return discover_folders(self.mail_root)
 
+    def start_files(self) -> list[Path]:
+        """The files a start reads, evicted from the page cache before a cold run."""
+        found = shutil.which(self.command()[0])
+        return [Path(found)] if found else []
+
 
 def discover_folders(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
@@ -104,6 +111,9 @@ def discover_folders(root: Path) -> dict[str, Path]:
 
 class Syncd(Tool):
     name = "syncd"
+    #: The `syncd` that runs: bench/install.py's pip-installed venv (what a user runs; set by
+    #: bench/run.py) or, with --syncd editable, the bench's own .venv.
+    executable: Path = SYNCD
 
     @property
     def mail_root(self) -> Path:
@@ -123,10 +133,14 @@ class Syncd(Tool):
         self.config = self.account_info.config
 
     def command(self) -> list[str]:
-        return [str(SYNCD), "--config", str(self.config), "sync"]
+        return [str(self.executable), "--config", str(self.config), "sync"]
 
     def daemon_command(self) -> list[str]:
-        return [str(SYNCD), "--config", str(self.config), "run"]
+        return [str(self.executable), "--config", str(self.config), "run"]
+
+    def start_files(self) -> list[Path]:
+        venv = Path(self.executable).parent.parent
+        return install.python_files(venv)
 
 
 class Mbsync(Tool):
@@ -212,6 +226,32 @@ maxconnections = {self.maxconnections}
 
     def command(self) -> list[str]:
         return ["offlineimap", "-c", str(self.config), "-u", "quiet", "-o"]
+
+
+class Floor(Tool):
+    """bench/floor.py: the fastest first sync (one UID FETCH 1:* per folder), writing nothing
+    (``floor-read``) or writing like syncd (``floor-write``). Only an initial sync."""
+
+    name = "floor-write"
+    write = True
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    def write_config(self) -> None:
+        self.mail_root.mkdir(exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(REPO / "bench" / "floor.py"), "--host", self.endpoint.host,
+                "--port", str(self.endpoint.imaps_port), "--ca", str(self.endpoint.ca_file),
+                "--user", self.user.name, "--password", self.user.password,
+                "--root", str(self.mail_root), *(["--write"] if self.write else [])]
+
+
+class FloorRead(Floor):
+    name = "floor-read"
+    write = False
 
 
 # ------------------------------------------------------------------------------- POP3 tools
@@ -324,6 +364,7 @@ def make_tool(name: str, protocol: str, root: Path, endpoint: Endpoint, user: Us
         ("syncd", "imap"): Syncd, ("mbsync", "imap"): Mbsync,
         ("offlineimap", "imap"): OfflineImap, ("syncd", "pop3"): SyncdPop3,
         ("getmail", "pop3"): Getmail, ("fetchmail", "pop3"): Fetchmail,
+        ("floor-write", "imap"): Floor, ("floor-read", "imap"): FloorRead,
     }
     return classes[(name, protocol)](root, endpoint, user)
 

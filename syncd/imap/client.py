@@ -5,12 +5,13 @@ APPEND (APPENDUID), UID EXPUNGE / MOVE. No sync decisions here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from syncd.core import flags as flagmap
@@ -45,6 +46,11 @@ INTERESTING_CAPABILITIES = (
 # folder is (imaplib holds one response in memory).
 FETCH_BATCH_COUNT = 500
 FETCH_BATCH_BYTES = 2 * 1024 * 1024
+#: Body FETCH batches in flight on one connection: each next batch's command is written before
+#: the previous reply is read, so the link never idles for a round trip between batches. One
+#: at a time held a 100 ms link to ~2 MiB per round trip (issue 21). Unread replies wait in the
+#: socket buffers, so memory stays one batch.
+FETCH_PIPELINE_DEPTH = 3
 # Flag/metadata fetches and STOREs: how many UIDs go into one command line.
 UID_SET_CHUNK = 5000
 #: A body literal above this goes to disk as it arrives (fetch_bodies' spool), never whole
@@ -856,19 +862,104 @@ class ImapSession:
     def fetch_bodies(self, wanted: Sequence[tuple[int, int | None]],
                      refused: Callable[[int, str], None] | None = None,
                      spool: Callable[[], LiteralSink] | None = None
-                     ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
+                     ) -> Generator[tuple[int, FetchedBody, dt.datetime | None], None, None]:
         """Yield (uid, raw bytes, internaldate) for (uid, size-if-known) pairs, in batches
-        bounded by count and bytes. Messages the server no longer has are silently absent.
+        bounded by count and bytes, several in flight (see _fetch_bodies_pipelined). Messages
+        the server no longer has are silently absent.
         With ``refused``, a batch the server refuses is split down to the messages it will
         not send, each handed to ``refused(uid, server's words)``; the others arrive.
         With ``spool``, a body above SPOOL_LITERAL_MIN is written to a sink it opens as the
         literal arrives and comes as that sink's SpooledLiteral instead of bytes: memory stays
         O(chunk) however big the message (the caller owns, and must deliver or discard, it)."""
-        for batch in self._literal_batches(wanted):
-            if refused is None:
-                yield from self._fetch_body_batch(batch, spool)
-            else:
-                yield from self._fetch_body_batch_split(batch, refused, _RefusalRun(), spool)
+        batches = _cut_batches(wanted)
+        if len(batches) < 2:
+            for batch in self._literal_batches(wanted):
+                yield from self._fetch_batch_or_split(batch, refused, spool)
+            return
+        largest: int | None = 0
+        for _, top, _ in batches:
+            largest = None if top is None or largest is None else max(largest, top)
+        in_flight = max(sum(b[2] for b in batches[k:k + FETCH_PIPELINE_DEPTH])
+                        for k in range(len(batches)))
+        with self.guard.expecting(largest, in_flight):
+            yield from self._fetch_bodies_pipelined([b[0] for b in batches], refused, spool)
+
+    def _fetch_batch_or_split(self, uids: list[int], refused: Callable[[int, str], None] | None,
+                              spool: Callable[[], LiteralSink] | None
+                              ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
+        if refused is None:
+            yield from self._fetch_body_batch(uids, spool)
+        else:
+            yield from self._fetch_body_batch_split(uids, refused, _RefusalRun(), spool)
+
+    def _fetch_bodies_pipelined(self, batches: list[list[int]],
+                                refused: Callable[[int, str], None] | None,
+                                spool: Callable[[], LiteralSink] | None
+                                ) -> Iterator[tuple[int, FetchedBody, dt.datetime | None]]:
+        """Up to FETCH_PIPELINE_DEPTH batches in flight. Bodies are matched by UID, so a
+        server that interleaves the replies (RFC 3501 5.5) loses nothing. A reply syncd's
+        parser cannot read sends the rest through the sequential path; a refused batch (with
+        ``refused``) is split alone after the ones in flight are read, then the pipeline goes
+        on; whatever happens, the replies still coming are read before this returns (the
+        session stays in step), and spooled bodies nobody took are discarded."""
+        todo = collections.deque(batches)
+        sent: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        early: dict[int, tuple[FetchedBody, dt.datetime | None]] = {}
+        try:
+            while todo or sent:
+                while todo and len(sent) < FETCH_PIPELINE_DEPTH:
+                    uids = todo.popleft()
+                    sent.append((wire.send_uid_fetch(self.client, format_uid_set(uids),
+                                                     "(UID INTERNALDATE BODY.PEEK[])"), uids))
+                tag, uids = sent.popleft()
+                try:
+                    with self.guard.spooling(spool):
+                        data = wire.uid_fetch_reply(self.client, tag)
+                except Exception as exc:
+                    if refused is None or not is_refusal(exc):
+                        raise
+                    # Asked again, in order, after this batch is split.
+                    todo.extendleft(reversed([u for _, u in sent]))
+                    self._drain_fetches(sent, spool)
+                    yield from self._fetch_body_batch_split(uids, refused, _RefusalRun(), spool)
+                    continue
+                got = _bodies_from(_records(data))
+                _discard_spooled(data, keep=set() if got is None else
+                                 {id(body) for body, _ in got.values()})
+                if got is None:
+                    rest = [uids, *(u for _, u in sent), *todo]
+                    self._drain_fetches(sent, spool)
+                    todo.clear()
+                    for batch in rest:
+                        yield from self._fetch_batch_or_split(batch, refused, spool)
+                    return
+                early.update(got)
+                for uid in uids:
+                    item = early.pop(uid, None)
+                    if item is not None:
+                        yield uid, item[0], item[1]
+        finally:
+            self._drain_fetches(sent, spool)
+            for body, _ in early.values():
+                if not isinstance(body, bytes):
+                    body.discard()
+
+    def _drain_fetches(self, sent: collections.deque[tuple[bytes, list[int]]],
+                       spool: Callable[[], LiteralSink] | None) -> None:
+        """Read and drop the replies of FETCH commands still in flight (their spooled bodies
+        too)."""
+        imap = wire.imaplib_of(self.client)
+        while sent:
+            tag, _ = sent.popleft()
+            try:
+                with self.guard.spooling(spool):
+                    data = wire.uid_fetch_reply(self.client, tag)
+            except imap.abort:
+                raise
+            except Exception:  # a refused batch: nothing of it is used
+                log.debug("a pipelined FETCH was refused while draining", exc_info=True)
+                continue
+            _discard_spooled(data, keep=set())
 
     def _fetch_body_batch_split(self, uids: list[int], refused: Callable[[int, str], None],
                                 run: _RefusalRun, spool: Callable[[], LiteralSink] | None
@@ -909,18 +1000,7 @@ class ImapSession:
         """UID batches bounded by count and announced bytes, each handed out while the reply
         guard expects literals of its size (so that memory stays flat however big the folder
         is, and a hostile server cannot announce more than the batch holds)."""
-        batch: list[int] = []
-        batch_bytes = 0
-        largest: int | None = 0
-        for uid, size in wanted:
-            batch.append(uid)
-            batch_bytes += size or 0
-            largest = None if size is None or largest is None else max(largest, size)
-            if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
-                with self.guard.expecting(largest, batch_bytes):
-                    yield batch
-                batch, batch_bytes, largest = [], 0, 0
-        if batch:
+        for batch, largest, batch_bytes in _cut_batches(wanted):
             with self.guard.expecting(largest, batch_bytes):
                 yield batch
 
@@ -984,22 +1064,10 @@ class ImapSession:
         """None for a reply of a shape we do not read (the caller asks again through
         imapclient); a literal spooled to disk that is not handed out is discarded."""
         data = wire.uid_fetch(self.client, uid_set, "(UID INTERNALDATE BODY.PEEK[])")
-        records = _records(data)
-        result: dict[int, tuple[FetchedBody, dt.datetime | None]] = {}
-        for text, literal in records or ():
-            uid = _UID_ITEM.search(text)
-            if uid is None:
-                result = {}
-                records = None
-                break
-            if literal is None or not _BODY_LITERAL.search(text):
-                continue  # an unsolicited FETCH (flags of another client's change)
-            date = _INTERNALDATE_ITEM.search(text)
-            internaldate = parse_internaldate(date.group(1)) if date is not None else None
-            result[int(uid.group(1))] = (literal, internaldate)
-        kept = {id(body) for body, _date in result.values()}
-        _discard_spooled(data, keep=kept)
-        return None if records is None else result
+        result = _bodies_from(_records(data))
+        _discard_spooled(data, keep=set() if result is None else
+                         {id(body) for body, _ in result.values()})
+        return result
 
     # --- changes --------------------------------------------------------------------------
     def append(self, folder: str, data: bytes | AppendSource, flags: Flags,
@@ -1199,6 +1267,45 @@ def _select_info(name: str, response: dict) -> SelectInfo:
         # servers).
         raise ProtocolError(f"SELECT {name!r}: no valid UIDVALIDITY/UIDNEXT/EXISTS in the "
                             "reply") from None
+
+
+def _cut_batches(wanted: Sequence[tuple[int, int | None]]
+                 ) -> list[tuple[list[int], int | None, int]]:
+    """(uids, largest announced size or None if one is unknown, announced bytes) per FETCH
+    batch, bounded by FETCH_BATCH_COUNT and FETCH_BATCH_BYTES."""
+    batches: list[tuple[list[int], int | None, int]] = []
+    batch: list[int] = []
+    batch_bytes = 0
+    largest: int | None = 0
+    for uid, size in wanted:
+        batch.append(uid)
+        batch_bytes += size or 0
+        largest = None if size is None or largest is None else max(largest, size)
+        if len(batch) >= FETCH_BATCH_COUNT or batch_bytes >= FETCH_BATCH_BYTES:
+            batches.append((batch, largest, batch_bytes))
+            batch, batch_bytes, largest = [], 0, 0
+    if batch:
+        batches.append((batch, largest, batch_bytes))
+    return batches
+
+
+def _bodies_from(records: list[tuple[bytes, Any]] | None
+                 ) -> dict[int, tuple[FetchedBody, dt.datetime | None]] | None:
+    """UID -> (body, INTERNALDATE) from (UID INTERNALDATE BODY[]) records; None if one has
+    no UID (a shape the general parser must read)."""
+    if records is None:
+        return None
+    result: dict[int, tuple[FetchedBody, dt.datetime | None]] = {}
+    for text, literal in records:
+        uid = _UID_ITEM.search(text)
+        if uid is None:
+            return None
+        if literal is None or not _BODY_LITERAL.search(text):
+            continue  # an unsolicited FETCH (flags of another client's change)
+        date = _INTERNALDATE_ITEM.search(text)
+        internaldate = parse_internaldate(date.group(1)) if date is not None else None
+        result[int(uid.group(1))] = (literal, internaldate)
+    return result
 
 
 def _records(data: Sequence[object]) -> list[tuple[bytes, bytes | None]] | None:

@@ -6,6 +6,7 @@ never stored twice."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import queue
 import threading
@@ -52,16 +53,34 @@ class BodyPrefetcher:
         self._thread.start()
 
     def _run(self) -> None:
+        # One fetch for every group, cut into groups as the bodies come: the session keeps
+        # the next batches' commands in flight across group boundaries (issue 21), where a
+        # fetch per group waited a round trip at the start of each.
+        # A big body is streamed into a tmp/ file of the folder as it arrives.
+        group_of = {a.uid: k for k, group in enumerate(self._groups) for a in group}
+        bodies = self._session.fetch_bodies([(a.uid, a.size) for g in self._groups for a in g],
+                                            self._refused.add, spool=self._folder.tmp_writer)
+        current: list[Body] = []
         try:
-            for group in self._groups:
+            k = 0
+            for body in bodies:
+                while group_of[body[0]] > k:  # this group is complete (absent ones vanished)
+                    self._put((True, current))
+                    current, k = [], k + 1
                 if self._halt.is_set():
+                    discard_bodies([body, *current])
                     return
-                # A big body is streamed into a tmp/ file of the folder as it arrives.
-                self._put((True, list(self._session.fetch_bodies(
-                    [(a.uid, a.size) for a in group], self._refused.add,
-                    spool=self._folder.tmp_writer))))
+                current.append(body)
+            while k < len(self._groups) and not self._halt.is_set():
+                self._put((True, current))
+                current, k = [], k + 1
         except BaseException as exc:  # handed to the writer, which raises it
             self._put((False, exc))
+        finally:
+            # Reads the replies still in flight, in this thread. A connection that breaks
+            # meanwhile is the next command's error (the writer has what it needs).
+            with contextlib.suppress(Exception):
+                bodies.close()
 
     def _put(self, item: tuple[bool, object]) -> None:
         while not self._halt.is_set():

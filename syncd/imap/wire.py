@@ -177,8 +177,19 @@ def uid_fetch(client: IMAPClient, *args: str) -> list:
     """``UID FETCH <args>`` and imaplib's raw FETCH response data. imapclient's fetch() takes
     only explicit UID lists (no "1:*"), no raw strings as items, and parses every byte of the
     reply in Python; syncd parses the flat responses it asks for with regexes."""
+    return uid_fetch_reply(client, send_uid_fetch(client, *args))
+
+
+def send_uid_fetch(client: IMAPClient, *args: str) -> bytes:
+    """Write ``UID FETCH <args>`` the imaplib way without reading the reply (several in
+    flight: the body pipeline); its tag for uid_fetch_reply."""
+    return client._imap._command("UID", "FETCH", *args)
+
+
+def uid_fetch_reply(client: IMAPClient, tag: bytes) -> list:
+    """Read up to the tagged reply of a UID FETCH sent earlier: its raw FETCH data, or
+    imapclient's error for a NO (imaplib's for a BAD)."""
     imap = client._imap
-    tag = imap._command("UID", "FETCH", *args)
     typ, data = imap._command_complete("FETCH", tag)
     client._checkok("fetch", typ, data)
     typ, data = imap._untagged_response(typ, data, "FETCH")

@@ -920,6 +920,10 @@ class Maildir:
             raise ValueError(f"unknown maildir layout {layout!r}")
         self.root = Path(root)
         self.layout = layout
+        # local_path is asked for the same names several times per folder (the folder map,
+        # the no-change check, the local-only folders): with 1,000 folders that was most of a
+        # no-change sync's own time (issue 21).
+        self._paths: dict[FolderName, Path] = {}
 
     def __repr__(self) -> str:
         return f"Maildir({str(self.root)!r}, {self.layout!r})"
@@ -929,6 +933,12 @@ class Maildir:
         return MaildirFolder(self.local_path(name))
 
     def local_path(self, name: FolderName) -> Path:
+        path = self._paths.get(name) if isinstance(name, tuple) else None
+        if path is None:
+            path = self._paths[name] = self._local_path(name)
+        return path
+
+    def _local_path(self, name: FolderName) -> Path:
         if not isinstance(name, tuple) or not name:
             raise ValueError(f"a folder name is a non-empty tuple of components, not {name!r}")
         if self.layout == "maildir++":

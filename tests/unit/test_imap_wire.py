@@ -364,3 +364,16 @@ def test_the_imapclient_under_test() -> None:
     import imapclient
 
     assert imapclient.__version__ == wanted
+
+
+def test_send_uid_fetch_and_uid_fetch_reply(client: IMAPClient,
+                                            pair: tuple[socket.socket, Server]) -> None:
+    client.login("u", "p")
+    wire.set_selected(wire.imaplib_of(client), True)
+    first = wire.send_uid_fetch(client, "1:2", "(UID FLAGS)")
+    second = wire.send_uid_fetch(client, "3:4", "(UID FLAGS)")  # before the first's reply
+    assert wire.uid_fetch_reply(client, first) == [b"1 (UID 10 FLAGS (\\Seen))",
+                                                    b"2 (UID 11 FLAGS ())"]
+    assert len(wire.uid_fetch_reply(client, second)) == 2
+    assert [line.split(b" ", 1)[1] for line in pair[1].lines[-2:]] == [
+        b"UID FETCH 1:2 (UID FLAGS)\r\n", b"UID FETCH 3:4 (UID FLAGS)\r\n"]

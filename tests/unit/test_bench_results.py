@@ -1,0 +1,96 @@
+"""bench/report.py's issue 21 parts and bench/floor.py's reply parsing (pure code; no bench run)."""
+
+from __future__ import annotations
+
+from bench import floor, report
+
+
+def _row(part: str, scenario: str, tool: str, messages: int, walls: list[float],
+         network: str = "loopback") -> dict:
+    return {"part": part, "network": network, "scenario": scenario, "tool": tool,
+            "messages": messages, "bytes": 0, "walls": walls, "cpus": [0.0] * len(walls),
+            "rss_mb": [10.0] * len(walls), "returncodes": [0] * len(walls), "correct": "ok",
+            "note": ""}
+
+
+def test_size_points_join_the_sizes_part_with_the_main_initial_sync() -> None:
+    rows = [_row("sizes", "initial@1000", "syncd", 1000, [2.0]),
+            _row("imap", "initial", "syncd", 5000, [9.0, 8.0, 10.0]),
+            _row("imap", "initial", "syncd", 5000, [30.0], network="100ms"),
+            _row("imap", "resync", "syncd", 5000, [0.2]),
+            _row("sizes", "initial@1000", "floor-write", 1000, [1.0])]
+    assert report.size_points(rows) == {"syncd": [(1000, 2.0), (5000, 9.0)],
+                                        "floor-write": [(1000, 1.0)]}
+
+
+def test_folders_goal_compares_the_largest_count_with_the_smallest() -> None:
+    rows = [_row("folders", "resync@10", "syncd", 50, [0.1, 0.1, 0.1]),
+            _row("folders", "resync@1000", "syncd", 5000, [0.5, 0.2, 0.3])]
+    found = report.goals21(rows, ["loopback"], lambda *a: None)
+    assert found == [("no-change resync with 1,000 folders ≤ 3 × with 10 (syncd)",
+                      "0.10 s → 0.30 s (3.00×)", "PASS")]
+    rows[1]["walls"] = [0.31]
+    assert report.goals21(rows, ["loopback"], lambda *a: None)[0][2] == "MISS"
+
+
+def test_floor_ratio_goal_is_against_the_writing_floor() -> None:
+    rows = [_row("imap", "initial", "syncd", 100, [13.0]),
+            _row("imap", "initial", "floor-write", 100, [10.0]),
+            _row("imap", "initial", "mbsync", 100, [20.0])]
+    verdicts = {g: v for g, _, v in report.goals({"rows": rows, "daemon": []})}
+    assert verdicts["initial sync ≤ 1.3 × the writing floor (loopback)"] == "PASS"
+    assert verdicts["initial sync ≤ 0.5 × mbsync (loopback)"] == "MISS"
+
+
+def test_titles_name_the_size() -> None:
+    assert report._title("initial@20000") == "initial sync (20,000)"
+    assert report._title("resync-cold") == "no-change, cold page cache"
+
+
+def test_floor_reads_literals_and_the_list_status_reply() -> None:
+    conn = floor.Connection.__new__(floor.Connection)
+    conn.buf, conn.pos, conn.tag = bytearray(), 0, 0
+    replies = [b'* LIST (\\HasNoChildren) "/" INBOX\r\n* STATUS INBOX (MESSAGES 2)\r\n'
+               b'* LIST (\\Noselect \\HasChildren) "/" Lists\r\n'
+               b'* LIST (\\HasNoChildren) "/" "Lists/rust"\r\n'
+               b'* STATUS "Lists/rust" (MESSAGES 7)\r\nf1 OK done\r\n',
+               b"* 1 FETCH (UID 4 BODY[] {5}\r\nab\r\nc)\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
+               b"f2 OK done\r\n"]
+    sent: list[bytes] = []
+
+    class Sock:
+        def sendall(self, data: bytes) -> None:
+            sent.append(data)
+
+        def recv(self, n: int) -> bytes:
+            return replies.pop(0) if replies else b""
+
+    conn.sock = Sock()
+    assert floor.list_folders(conn) == [('"Lists/rust"', 7), ("INBOX", 2)]
+
+    class Sink:
+        def __init__(self) -> None:
+            self.bodies: list[bytes] = []
+
+        def add(self, body: bytes) -> None:
+            self.bodies.append(body)
+
+    sink = Sink()
+    assert conn.fetch_all(sink) == 1  # type: ignore[arg-type]
+    assert sink.bodies == [b"ab\r\nc"]
+    assert sent[-1] == b"f2 UID FETCH 1:* BODY.PEEK[]\r\n"
+
+
+def test_profile_breakdown_takes_the_innermost_known_frame() -> None:
+    from bench.profile import breakdown
+
+    raw = "\n".join([
+        "thread (1): t;run (syncd/imap/download.py:50);SSLSocket.read (ssl.py:1167) 6",
+        "thread (1): t;_group (syncd/imap/download.py:9);flush_files "
+        "(syncd/store/maildir.py:290) 3",
+        "thread (2): t;StateStore.commit (syncd/store/state.py:10) 1",
+    ])
+    shares = breakdown(raw)
+    assert shares["TLS and socket reads"] == 0.6
+    assert shares["fsync and syncfs"] == 0.3  # not "Maildir (files, paths)": the innermost match
+    assert shares["SQLite"] == 0.1 and shares["other"] == 0
