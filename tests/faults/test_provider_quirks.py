@@ -280,6 +280,27 @@ def test_exchange_items_fetch_cannot_return(tmp_path: Path, dovecot: Dovecot, se
     assert len(server.appended) == 0, text
 
 
+def test_exchange_refused_item_amid_pipelined_batches(tmp_path: Path, dovecot: Dovecot,
+                                                     serve) -> None:
+    """The same refusal when several FETCH batches are in flight (bigger messages: one batch
+    per ~2 MiB): the batches behind the refused one are read and asked again, the refused one
+    is halved alone, nothing is lost, duplicated or left in tmp/."""
+    messages = [Msg(uid, make_message(uid, size=450_000)) for uid in range(1, 13)]
+    server: ExchangeLike = serve(ExchangeLike, {"INBOX": messages})
+    server.unfetchable = {6}
+    account = account_on(tmp_path, dovecot, server)
+    rc, text = sync(account)
+    assert rc == 1 and "UID 6 (Subject: Test message 6 in INBOX)" in text, text
+    assert count(account) == 11, text
+    assert len(server.body_fetches) > 3, server.body_fetches  # pipelined, then split
+    server.unfetchable = set()
+    rc, text = sync(account)
+    assert rc == 0 and count(account) == 12, text
+    local = sorted(path.read_bytes() for _, path in local_files(account.folder_dir("INBOX")))
+    assert local == sorted(m.body.replace(b"\r\n", b"\n") for m in messages)
+    assert not list(account.folder_dir("INBOX").joinpath("tmp").iterdir())
+
+
 def test_exchange_folder_whose_every_item_is_refused(tmp_path: Path, dovecot: Dovecot,
                                                      serve) -> None:
     """A folder of nothing but such items (Calendar) is that folder's error after a bounded
