@@ -39,10 +39,9 @@ from tests.crash.crash_support import (
     contents,
     describe_difference,
     stray_tmp,
-    sync,
-    synced_ok,
 )
 from tests.support.dovecot import Dovecot
+from tests.support.syncd_env import sync, synced_ok
 
 # Upper bounds for the parametrization (pytest needs the ids before Dovecot runs). The
 # reference test of each scenario fails if the engine ever passes more checkpoints than this,
