@@ -19,7 +19,6 @@ reference result computed once per scenario is what every interrupted run must r
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections import Counter
@@ -60,10 +59,7 @@ DOWNLOAD_GROUP = 2
 @pytest.fixture(autouse=True)
 def _test_settings(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(download, "DOWNLOAD_COMMIT_COUNT", DOWNLOAD_GROUP)
-    # Loading the system trust store costs ~0.2 s per connection, five connections per test:
-    # share one context per CA file (the same verification, just not rebuilt every time).
-    monkeypatch.setattr(imap_adapter, "ssl_context_for",
-                        functools.lru_cache(imap_adapter.ssl_context_for))
+    # (TLS contexts need no caching here: syncd.net.ssl_context_for shares them.)
     faults.arm(None)
     yield
     faults.arm(None)
