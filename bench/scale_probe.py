@@ -1,0 +1,128 @@
+"""What the scale bench reads of a running daemon and its state: /proc figures of the whole
+process (every thread), the status file, and the per-account SQLite state files.
+
+Wake-ups are counted as voluntary context switches summed over every thread of the daemon
+(/proc/PID/task/*/status): each one is a thread that blocked and was woken again. A thread
+that ended takes its count with it, so a window in which threads come and go undercounts a
+little; an idle daemon's threads are long-lived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import measure
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the phase began
+    rss_mb: float  # VmRSS summed over the process tree
+    hwm_mb: float  # VmHWM of the daemon process (its peak since exec)
+    cpu_s: float  # utime + stime of the tree, cumulative
+    wakeups: int  # voluntary context switches over every thread, cumulative
+    involuntary: int  # nonvoluntary context switches, cumulative
+    threads: int
+    fds: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _status_fields(path: str, keys: tuple[bytes, ...]) -> dict[bytes, int]:
+    found: dict[bytes, int] = {}
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        for line in f:
+            key = line.split(b":", 1)[0]
+            if key in keys:
+                found[key] = int(line.split()[1])
+    return found
+
+
+def context_switches(pid: int) -> tuple[int, int, int]:
+    """(voluntary, nonvoluntary, threads) summed over every thread of ``pid``."""
+    vol = invol = threads = 0
+    keys = (b"voluntary_ctxt_switches", b"nonvoluntary_ctxt_switches")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0, 0
+    for tid in tids:
+        fields = _status_fields(f"/proc/{pid}/task/{tid}/status", keys)
+        if fields:
+            threads += 1
+            vol += fields.get(keys[0], 0)
+            invol += fields.get(keys[1], 0)
+    return vol, invol, threads
+
+
+def sample(pid: int, t0: float) -> Sample:
+    vol, invol, threads = context_switches(pid)
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = 0
+    hwm = _status_fields(f"/proc/{pid}/status", (b"VmHWM",)).get(b"VmHWM", 0)
+    return Sample(t=round(time.monotonic() - t0, 2),
+                  rss_mb=round(measure.tree_rss_kb(pid) / 1024, 2),
+                  hwm_mb=round(hwm / 1024, 2),
+                  cpu_s=measure.cpu_seconds(measure.tree(pid)),
+                  wakeups=vol, involuntary=invol, threads=threads, fds=fds)
+
+
+def last_syncs(state_dir: Path) -> dict[str, float]:
+    """account -> the time its latest sync in the daemon ended (syncd's status file)."""
+    try:
+        accounts = json.loads((state_dir / "status.json").read_text())["accounts"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: float(entry.get("last_sync") or 0.0) for name, entry in accounts.items()
+            if entry.get("daemon")}
+
+
+def state_files(state_dir: Path, account: str) -> list[Path]:
+    """An account's state: its SQLite database and the database's WAL and shared memory."""
+    base = state_dir / f"{account}.sqlite3"
+    return [p for p in (base, base.with_name(base.name + "-wal"),
+                        base.with_name(base.name + "-shm")) if p.exists()]
+
+
+def state_bytes(state_dir: Path, account: str) -> int:
+    total = 0
+    for path in state_files(state_dir, account):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
+def state_messages(state_dir: Path, account: str) -> int | None:
+    """Messages the account's state records (read-only; None while it cannot be read)."""
+    path = state_dir / f"{account}.sqlite3"
+    if not path.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(conn.execute("SELECT count(*) FROM message").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def local_messages(maildir: Path) -> int:
+    """Message files under the cur/ and new/ directories of an account's Maildir."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(maildir):
+        if os.path.basename(dirpath) in ("cur", "new"):
+            count += sum(1 for name in filenames if not name.startswith("."))
+            dirnames[:] = []
+        else:
+            dirnames[:] = [d for d in dirnames if d != "tmp"]
+    return count

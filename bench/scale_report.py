@@ -1,0 +1,181 @@
+"""The scale bench's goals (issue 21, "A million messages") and its markdown report.
+
+Flat means: the last third of the idle phase against its first third. RSS (mean VmRSS) may
+grow by at most 5 %; CPU seconds a minute and wake-ups a minute by at most 25 % plus a
+little absolute slack (0.1 CPU seconds and 60 wake-ups a minute: one poll round more or less
+in a window). Linear state: the bytes each message added over the second half of the first
+sync are within 0.5-1.5x of the state's bytes per message at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+RSS_LIMIT_MB = 250.0
+STATE_LIMIT = 1024  # bytes per message
+RSS_GROWTH = 0.05
+RATE_GROWTH, CPU_SLACK, WAKE_SLACK = 0.25, 0.1, 60.0
+
+
+def _windows(samples: list[dict]) -> list[dict[str, float]]:
+    """Per interval between two samples: CPU s/min, wake-ups/min, mean RSS."""
+    out = []
+    for a, b in itertools.pairwise(samples):
+        minutes = (b["t"] - a["t"]) / 60
+        if minutes <= 0:
+            continue
+        out.append({"cpu": (b["cpu_s"] - a["cpu_s"]) / minutes,
+                    "wake": (b["wakeups"] - a["wakeups"]) / minutes,
+                    "rss": b["rss_mb"]})
+    return out
+
+
+def _thirds(samples: list[dict]) -> tuple[dict[str, float], dict[str, float]] | None:
+    w = _windows(samples)
+    if len(w) < 3:
+        return None
+    k = len(w) // 3
+    first, last = w[:k], w[-k:]
+    return ({key: statistics.mean(x[key] for x in first) for key in ("cpu", "wake", "rss")},
+            {key: statistics.mean(x[key] for x in last) for key in ("cpu", "wake", "rss")})
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the goals and the table use."""
+    d = results.get("daemon", {})
+    samples = d.get("samples", [])
+    s: dict[str, Any] = {"messages": sum(d.get("local_messages", {}).values())}
+    if len(samples) >= 2:
+        first, last = samples[0], samples[-1]
+        seconds = last["t"] - first["t"]
+        cpu = last["cpu_s"] - first["cpu_s"]
+        s.update(idle_seconds=seconds, idle_cpu_s=cpu, idle_cpu_pct=100 * cpu / seconds,
+                 wakeups_per_min=(last["wakeups"] - first["wakeups"]) / (seconds / 60),
+                 poll_rounds=d.get("poll_rounds", 0),
+                 cpu_per_round=cpu / d["poll_rounds"] if d.get("poll_rounds") else None,
+                 rss_start=first["rss_mb"], rss_end=last["rss_mb"],
+                 rss_max=max(x["rss_mb"] for x in samples),
+                 threads=(first["threads"], last["threads"]), fds=(first["fds"], last["fds"]))
+    s["thirds"] = _thirds(samples)
+    states = d.get("state", {})
+    per = [v["bytes"] / v["messages"] for v in states.values() if v.get("messages")]
+    s["state_bytes"] = sum(v["bytes"] for v in states.values())
+    s["state_per_message"] = max(per) if per else None
+    curve = [(m, b) for m, b in d.get("state_curve", []) if m > 0]
+    if len(curve) >= 3 and per:
+        (m0, b0), (m1, b1) = curve[len(curve) // 2], curve[-1]
+        s["state_marginal"] = (b1 - b0) / (m1 - m0) if m1 > m0 else None
+    return s
+
+
+def goals(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(goal, measured, PASS/MISS/n/a)."""
+    d = results.get("daemon", {})
+    args = results["info"]["args"]
+    s = summary(results)
+    want = args["accounts"] * args["messages"]
+    out: list[tuple[str, str, str]] = []
+    done = s["messages"] == want and "first_sync_s" in d
+    out.append(("first sync completes (every message of every account)",
+                f"{s['messages']:,} of {want:,} messages" + (f"; {d['error']}" if d.get("error")
+                                                             else ""),
+                "PASS" if done else "MISS"))
+    peak = d.get("first_sync_peak_rss_mb")
+    out.append((f"peak RSS of the daemon < {RSS_LIMIT_MB:.0f} MB",
+                "–" if peak is None else f"{peak:.1f} MB",
+                "n/a" if peak is None else "PASS" if peak < RSS_LIMIT_MB else "MISS"))
+    out += _flat_goals(s)
+    out += _state_goals(s)
+    return out
+
+
+def _flat_goals(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    thirds = s["thirds"]
+    if thirds is None:
+        return [("idle cost and RSS flat", "too few idle samples", "n/a")]
+    a, b = thirds
+    rss_ok = b["rss"] <= a["rss"] * (1 + RSS_GROWTH)
+    cpu_ok = b["cpu"] <= a["cpu"] * (1 + RATE_GROWTH) + CPU_SLACK
+    wake_ok = b["wake"] <= a["wake"] * (1 + RATE_GROWTH) + WAKE_SLACK
+    return [
+        ("idle RSS flat (last third <= first third + 5 %)",
+         f"{a['rss']:.1f} -> {b['rss']:.1f} MB", "PASS" if rss_ok else "MISS"),
+        ("idle CPU flat (CPU s/min, last third vs first)",
+         f"{a['cpu']:.3f} -> {b['cpu']:.3f} s/min", "PASS" if cpu_ok else "MISS"),
+        ("idle wake-ups flat (per minute, last third vs first)",
+         f"{a['wake']:.0f} -> {b['wake']:.0f} /min", "PASS" if wake_ok else "MISS"),
+    ]
+
+
+def _state_goals(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    per = s.get("state_per_message")
+    out = [(f"state < {STATE_LIMIT} bytes per message (worst account)",
+            "–" if per is None else f"{per:.0f} B",
+            "n/a" if per is None else "PASS" if per < STATE_LIMIT else "MISS")]
+    marginal = s.get("state_marginal")
+    if per and marginal is not None:
+        ratio = marginal / per
+        out.append(("state grows linearly (second half's bytes/message vs the end's)",
+                    f"{marginal:.0f} B vs {per:.0f} B ({ratio:.2f}x)",
+                    "PASS" if 0.5 <= ratio <= 1.5 else "MISS"))
+    return out
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    info, d = results["info"], results.get("daemon", {})
+    args = info["args"]
+    s = summary(results)
+    lines = [f"# syncd at scale: {args['accounts']} accounts x {args['messages']:,} messages "
+             f"in one daemon ({info['date']})", "",
+             f"Machine: {info['host']}, {info['cpus']} CPUs, {info['memory_mb']:,} MB RAM, "
+             f"Linux {info['kernel']}, Python {info['python']}; syncd at {info['commit']}. "
+             f"Corpus: bench/corpus.py `build_small` (seed {args['seed']}), "
+             f"{info.get('corpus_bytes_per_account', 0) / 1e6:.0f} MB per account. "
+             f"poll_interval {args['poll_interval']:g} s, idle: [INBOX] (the default), "
+             f"connections 3 (the default). Run: `.venv/bin/python -m bench.scale"
+             f"{' --quick' if args['quick'] else ''}` ({info['duration'] / 60:.1f} min).", "",
+             "## Goals (issue 21)", "", "| goal | measured | |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {v} |" for g, m, v in goals(results)]
+    lines += ["", "## Figures", "", "| | |", "|---|---|"]
+    rows = [
+        ("first sync (all accounts, one daemon)", f"{_fmt(d.get('first_sync_s'), '.0f')} s"),
+        ("messages synced", f"{s['messages']:,}"),
+        ("peak RSS during the first sync", f"{_fmt(d.get('first_sync_peak_rss_mb'), '.1f')} MB"),
+        ("idle phase", f"{_fmt(s.get('idle_seconds'), '.0f')} s, "
+                       f"{s.get('poll_rounds', 0)} poll rounds (account syncs)"),
+        ("idle CPU", f"{_fmt(s.get('idle_cpu_s'), '.2f')} s "
+                     f"({_fmt(s.get('idle_cpu_pct'), '.2f')} %)"),
+        ("idle CPU per poll round (all idle CPU / rounds)",
+         f"{_fmt(s.get('cpu_per_round'), '.3f')} s"),
+        ("wake-ups (voluntary context switches, all threads)",
+         f"{_fmt(s.get('wakeups_per_min'), '.0f')} per minute"),
+        ("RSS idle: start / end / max", f"{_fmt(s.get('rss_start'), '.1f')} / "
+         f"{_fmt(s.get('rss_end'), '.1f')} / {_fmt(s.get('rss_max'), '.1f')} MB"),
+        ("threads, open files (idle start -> end)", f"{s.get('threads')}, {s.get('fds')}"),
+        ("state files (SQLite + WAL, all accounts)", f"{s['state_bytes'] / 1e6:.1f} MB, "
+         f"{_fmt(s.get('state_per_message'), '.0f')} B per message (worst account)"),
+        ("daemon exit after SIGTERM", f"{_fmt(d.get('stop_s'), '.1f')} s, "
+                                      f"status {d.get('returncode')}"),
+    ]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "Idle samples (t s, RSS MB, CPU s, wake-ups, threads):", "", "```"]
+    lines += [f"{x['t']:7.0f} {x['rss_mb']:7.1f} {x['cpu_s']:8.2f} {x['wakeups']:9d} "
+              f"{x['threads']:4d}" for x in d.get("samples", [])]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(results))
+    return md
