@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--poll-interval", type=float,
                    help="each account's poll_interval in seconds (default 300, syncd's own)")
     p.add_argument("--sample-seconds", type=float, help="idle sampling step (default 60)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the daemon (repeatable; experiments)")
     p.add_argument("--first-sync-timeout", type=float, default=4 * 3600.0)
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     p.add_argument("--workdir", default=str(REPO / "bench" / "work-scale"))
@@ -204,7 +206,8 @@ def run_daemon(bench: run.Bench, users: list[User], args: argparse.Namespace) ->
     state_dir = root / "state"
     accounts = [account_name(k) for k in range(len(users))]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(root),
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+           **dict(kv.split("=", 1) for kv in args.daemon_env)}
     out: dict = {"accounts": accounts}
     started = time.time()
     t0 = time.monotonic()
