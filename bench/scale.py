@@ -27,7 +27,9 @@ import os
 import platform
 import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,7 +39,6 @@ from bench.tools import REPO, SYNCD
 from tests.support.dovecot import User
 
 FIRST_SYNC_SAMPLE = 0.2  # seconds between RSS samples during the first sync
-STATE_SAMPLE = 10.0  # seconds between state-size samples during the first sync
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,14 +110,11 @@ def prepare_accounts(bench: run.Bench, args: argparse.Namespace) -> list[User]:
 
 
 class FirstSyncWatch:
-    """Samples the daemon during its first sync: peak RSS, and state size against messages."""
+    """Samples the daemon's RSS during its first sync (the peak)."""
 
-    def __init__(self, pid: int, state_dir: Path, accounts: list[str]) -> None:
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.state_dir = state_dir
-        self.accounts = accounts
         self.peak_rss_mb = 0.0
-        self.state_curve: list[tuple[int, int]] = []  # (messages in the states, their bytes)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -130,20 +128,9 @@ class FirstSyncWatch:
 
     def _run(self) -> None:
         t0 = time.monotonic()
-        next_state = 0.0
         while not self._done.wait(FIRST_SYNC_SAMPLE):
             s = scale_probe.sample(self.pid, t0)
             self.peak_rss_mb = max(self.peak_rss_mb, s.rss_mb, s.hwm_mb)
-            if time.monotonic() >= next_state:
-                next_state = time.monotonic() + STATE_SAMPLE
-                self._sample_state()
-
-    def _sample_state(self) -> None:
-        counts = [scale_probe.state_messages(self.state_dir, a) for a in self.accounts]
-        if any(c is None for c in counts):
-            return
-        size = sum(scale_probe.state_bytes(self.state_dir, a) for a in self.accounts)
-        self.state_curve.append((sum(c for c in counts if c is not None), size))
 
 
 def wait_first_sync(proc: subprocess.Popen, state_dir: Path, accounts: list[str],
@@ -169,17 +156,21 @@ def idle_phase(pid: int, state_dir: Path, args: argparse.Namespace) -> dict:
     samples = [scale_probe.sample(pid, t0)]
     seen = scale_probe.last_syncs(state_dir)
     rounds = 0
+    counted = [0]  # poll rounds (account syncs) by each sample
     end = t0 + args.idle_minutes * 60
     while time.monotonic() < end:
         time.sleep(min(args.sample_seconds, max(0.0, end - time.monotonic())))
         samples.append(scale_probe.sample(pid, t0))
         now = scale_probe.last_syncs(state_dir)
         rounds += sum(1 for a, t in now.items() if t > seen.get(a, 0.0))
+        counted.append(rounds)
         seen = now
         s = samples[-1]
         run.log(f"  idle {s.t:.0f} s: RSS {s.rss_mb:.1f} MB, CPU {s.cpu_s:.2f} s, "
                 f"wake-ups {s.wakeups}, threads {s.threads}, poll rounds {rounds}")
-    return {"samples": [s.as_dict() for s in samples], "poll_rounds": rounds}
+    return {"samples": [dict(s.as_dict(), rounds=r) for s, r in zip(samples, counted,
+                                                                      strict=True)],
+            "poll_rounds": rounds}
 
 
 def stop(proc: subprocess.Popen) -> float:
@@ -217,11 +208,10 @@ def run_daemon(bench: run.Bench, users: list[User], args: argparse.Namespace) ->
                                 start_new_session=True)
     try:
         run.log(f"syncd run: {len(accounts)} accounts, pid {proc.pid}")
-        with FirstSyncWatch(proc.pid, state_dir, accounts) as watch:
+        with FirstSyncWatch(proc.pid) as watch:
             wait_first_sync(proc, state_dir, accounts, started, args.first_sync_timeout)
         out["first_sync_s"] = time.monotonic() - t0
         out["first_sync_peak_rss_mb"] = watch.peak_rss_mb
-        out["state_curve"] = watch.state_curve
         run.log(f"first sync done in {out['first_sync_s']:.0f} s, peak RSS "
                 f"{watch.peak_rss_mb:.1f} MB")
         out["local_messages"] = {a: scale_probe.local_messages(root / "Mail" / a)
@@ -233,20 +223,25 @@ def run_daemon(bench: run.Bench, users: list[User], args: argparse.Namespace) ->
     finally:
         out["stop_s"] = stop(proc)
         out["returncode"] = proc.returncode
+    # After the stop: the daemon closed its states, so no WAL is left (that is the size
+    # a user's disk holds; the halving shows how it follows the message count).
     out["state"] = {a: {"bytes": scale_probe.state_bytes(state_dir, a),
                         "messages": scale_probe.state_messages(state_dir, a)}
                     for a in accounts}
+    with contextlib.suppress(OSError, sqlite3.Error):
+        out["state_halved"] = scale_probe.state_halved(state_dir / f"{accounts[0]}.sqlite3",
+                                                       root)
     return out
 
 
-def machine_info(args: argparse.Namespace) -> dict:
+def machine_info(args: argparse.Namespace, argv: list[str]) -> dict:
     mem = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     return {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "host": socket.gethostname(),
             "cpus": os.cpu_count(), "memory_mb": mem, "kernel": platform.release(),
             "python": platform.python_version(), "commit": run._git_describe(),
-            "args": vars(args)}
+            "args": vars(args), "argv": argv}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bench = run.Bench(run.parse_args(["--workdir", args.workdir, "--seed", str(args.seed),
                                       "--messages", str(args.messages)]))
-    info = machine_info(args)
+    info = machine_info(args, sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     results: dict = {"info": info}
     try:

@@ -3,6 +3,7 @@ number of accounts (sync slots), and what a sync freed goes back to the kernel."
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from syncd.outcome.results import AccountResult
+from syncd.service import inotify
+from syncd.service.watch import MaildirWatcher
 from syncd.service.worker import AccountWorker, SyncSlots
 from syncd.store.state import StateStore
 
@@ -111,3 +114,43 @@ def test_shrink_memory_leaves_the_state_and_a_transaction_alone(tmp_path: Path) 
             state.shrink_memory()  # inside a transaction: nothing happens, nothing commits
         got = state.folder("INBOX")
         assert got is not None and (got.uidvalidity, got.uidnext) == (7, 9)
+
+
+@pytest.mark.skipif(not inotify.available(), reason="Linux only")
+def test_a_thousand_watched_directories_cost_one_thread(tmp_path: Path) -> None:
+    """watchdog ran a thread per watched directory: 20 accounts x 6 folders x (cur, new)
+    were 240 threads. The inotify backend watches them all from one."""
+    seen: list[tuple[str, str]] = []
+    threads_before = threading.active_count()
+    watcher = MaildirWatcher(lambda account, folder: seen.append((account, folder)),
+                             canary_dir=tmp_path / "canary")
+    watcher.start()
+    try:
+        for k in range(10):
+            folders = {}
+            for f in range(50):
+                path = tmp_path / f"acct{k}" / f"F{f}"
+                for sub in ("cur", "new", "tmp"):
+                    (path / sub).mkdir(parents=True)
+                folders[f"F{f}"] = str(path)
+            watcher.set_account(f"acct{k}", folders)
+        assert threading.active_count() == threads_before + 1
+        (tmp_path / "acct9" / "F49" / "new" / "1.msg").write_bytes(b"x")
+        deadline = time.monotonic() + 5
+        while ("acct9", "F49") not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ("acct9", "F49") in seen
+        # A dropped account's folders say nothing any more; a removed directory is no error.
+        watcher.remove_account("acct9")
+        shutil.rmtree(tmp_path / "acct8" / "F0")
+        seen.clear()
+        (tmp_path / "acct9" / "F48" / "cur").rename(tmp_path / "acct9" / "F48" / "old")
+        (tmp_path / "acct7" / "F1" / "cur" / "2.msg").write_bytes(b"y")
+        deadline = time.monotonic() + 5
+        while ("acct7", "F1") not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert set(seen) == {("acct7", "F1")}  # created, then closed: the worker coalesces
+    finally:
+        watcher.stop()
+        watcher.join(3)
+    assert threading.active_count() == threads_before
