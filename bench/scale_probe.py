@@ -125,6 +125,7 @@ def state_halved(path: Path, workdir: Path) -> dict[str, int]:
     copy.write_bytes(path.read_bytes())
     conn = sqlite3.connect(copy, isolation_level=None)
     try:
+        conn.execute("PRAGMA journal_mode=DELETE")  # sizes in the file itself, not a WAL
         total = int(conn.execute("SELECT count(*) FROM message").fetchone()[0])
         conn.execute("VACUUM")
         full = copy.stat().st_size
