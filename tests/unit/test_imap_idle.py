@@ -354,4 +354,4 @@ def test_an_idle_watcher_sleeps_until_the_server_speaks_or_it_is_stopped(connect
     watcher.stop()
     watcher.join(3)
     assert not watcher.is_alive()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # woken, not left to a timeout
