@@ -4,10 +4,13 @@
 in which no account synced) and what one poll round adds on top (the other windows' excess
 over that rate, divided by the rounds in them).
 
-Flat means: the last third of the idle phase against its first third. RSS (mean VmRSS) may
-grow by at most 5 %; CPU seconds a minute and wake-ups a minute by at most 25 % plus a
-little absolute slack (0.1 CPU seconds and 60 wake-ups a minute: one poll round more or less
-in a window). Linear state: one account's state, copied after the daemon stopped and vacuumed,
+Flat means: the last third of the idle phase against its first third. RSS: the peak of
+each third (as the soak test compares, so that where the polls fall does not matter) may grow
+by at most 5 %. The CPU and wake-ups between polls, and what a poll round costs, by at most
+25 % plus a little absolute slack (timer-tick resolution of CPU time, a few wake-ups more);
+the wake-ups of a poll round, which vary much from round to round, may not double.
+
+Linear state: one account's state, copied after the daemon stopped and vacuumed,
 then vacuumed again with every second message row deleted: the bytes a message adds are
 within 0.5-1.5x of the bytes per message of the whole.
 """
@@ -23,7 +26,11 @@ from typing import Any
 RSS_LIMIT_MB = 250.0
 STATE_LIMIT = 1024  # bytes per message
 RSS_GROWTH = 0.05
-RATE_GROWTH, CPU_SLACK, WAKE_SLACK = 0.25, 0.1, 60.0
+RATE_GROWTH, CPU_SLACK, WAKE_SLACK = 0.25, 0.05, 30.0
+ROUND_CPU_SLACK, ROUND_WAKE_SLACK = 0.01, 30.0
+# Wake-ups of one poll round vary 40-130 from round to round (which threads the sync wakes,
+# whether a kept-open connection had to be made anew): only a doubling counts.
+ROUND_WAKE_GROWTH = 1.0
 
 
 def _windows(samples: list[dict]) -> list[dict[str, float]]:
@@ -40,13 +47,13 @@ def _windows(samples: list[dict]) -> list[dict[str, float]]:
     return out
 
 
-def _costs(samples: list[dict]) -> dict[str, float | None]:
-    """Between polls (windows without a poll round): CPU s/min and wake-ups/min; and what
-    one poll round (one account's sync) adds on top: CPU s and wake-ups."""
-    w = _windows(samples)
+def _costs(w: list[dict[str, float]]) -> dict[str, float | None]:
+    """Over windows ``w``: between polls (windows in which no account synced) CPU s/min and
+    wake-ups/min; and what one poll round (one account's sync) adds on top: CPU s, wake-ups."""
     quiet = [x for x in w if x["rounds"] == 0]
     out: dict[str, float | None] = {"quiet_cpu": None, "quiet_wake": None,
-                                    "round_cpu": None, "round_wake": None}
+                                    "round_cpu": None, "round_wake": None,
+                                    "rss_max": max((x["rss"] for x in w), default=None)}
     if quiet:
         out["quiet_cpu"] = statistics.mean(x["cpu"] for x in quiet)
         out["quiet_wake"] = statistics.mean(x["wake"] for x in quiet)
@@ -59,14 +66,13 @@ def _costs(samples: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def _thirds(samples: list[dict]) -> tuple[dict[str, float], dict[str, float]] | None:
+def _thirds(samples: list[dict]) -> tuple[dict, dict] | None:
+    """The costs of the first and of the last third of the idle phase's windows."""
     w = _windows(samples)
     if len(w) < 3:
         return None
     k = len(w) // 3
-    first, last = w[:k], w[-k:]
-    return ({key: statistics.mean(x[key] for x in first) for key in ("cpu", "wake", "rss")},
-            {key: statistics.mean(x[key] for x in last) for key in ("cpu", "wake", "rss")})
+    return _costs(w[:k]), _costs(w[-k:])
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                  rss_max=max(x["rss_mb"] for x in samples),
                  threads=(first["threads"], last["threads"]), fds=(first["fds"], last["fds"]))
     s["thirds"] = _thirds(samples)
-    s.update(_costs(samples))
+    s.update({k: v for k, v in _costs(_windows(samples)).items() if k != "rss_max"})
     states = d.get("state", {})
     per = [v["bytes"] / v["messages"] for v in states.values() if v.get("messages")]
     s["state_bytes"] = sum(v["bytes"] for v in states.values())
@@ -125,17 +131,26 @@ def _flat_goals(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     if thirds is None:
         return [("idle cost and RSS flat", "too few idle samples", "n/a")]
     a, b = thirds
-    rss_ok = b["rss"] <= a["rss"] * (1 + RSS_GROWTH)
-    cpu_ok = b["cpu"] <= a["cpu"] * (1 + RATE_GROWTH) + CPU_SLACK
-    wake_ok = b["wake"] <= a["wake"] * (1 + RATE_GROWTH) + WAKE_SLACK
-    return [
-        ("idle RSS flat (last third <= first third + 5 %)",
-         f"{a['rss']:.1f} -> {b['rss']:.1f} MB", "PASS" if rss_ok else "MISS"),
-        ("idle CPU flat (CPU s/min, last third vs first)",
-         f"{a['cpu']:.3f} -> {b['cpu']:.3f} s/min", "PASS" if cpu_ok else "MISS"),
-        ("idle wake-ups flat (per minute, last third vs first)",
-         f"{a['wake']:.0f} -> {b['wake']:.0f} /min", "PASS" if wake_ok else "MISS"),
-    ]
+    out = [("idle RSS flat (peak of the last third <= the first's + 5 %)",
+            f"{a['rss_max']:.1f} -> {b['rss_max']:.1f} MB",
+            "PASS" if b["rss_max"] <= a["rss_max"] * (1 + RSS_GROWTH) else "MISS")]
+    checks = [("quiet_cpu", "idle CPU between polls", "s/min", ".3f", RATE_GROWTH, CPU_SLACK),
+              ("quiet_wake", "idle wake-ups between polls", "/min", ".0f", RATE_GROWTH,
+               WAKE_SLACK),
+              ("round_cpu", "CPU per poll round", "s", ".3f", RATE_GROWTH, ROUND_CPU_SLACK),
+              ("round_wake", "wake-ups per poll round", "", ".0f", ROUND_WAKE_GROWTH,
+               ROUND_WAKE_SLACK)]
+    for key, label, unit, spec, growth, slack in checks:
+        first, last = a[key], b[key]
+        if first is None or last is None:
+            out.append((f"{label} flat", "not measured in both thirds (too few windows "
+                        "without, or with, a poll round)", "n/a"))
+            continue
+        ok = last <= first * (1 + growth) + slack
+        out.append((f"{label} flat (last third vs first)",
+                    f"{first:{spec}} -> {last:{spec}} {unit}".rstrip(),
+                    "PASS" if ok else "MISS"))
+    return out
 
 
 def _state_goals(s: dict[str, Any]) -> list[tuple[str, str, str]]:
