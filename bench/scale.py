@@ -115,6 +115,7 @@ class FirstSyncWatch:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_rss_mb = 0.0
+        self.timeline: list[tuple[float, float, int]] = []  # (t, RSS MB, threads) each second
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -131,6 +132,8 @@ class FirstSyncWatch:
         while not self._done.wait(FIRST_SYNC_SAMPLE):
             s = scale_probe.sample(self.pid, t0)
             self.peak_rss_mb = max(self.peak_rss_mb, s.rss_mb, s.hwm_mb)
+            if not self.timeline or s.t - self.timeline[-1][0] >= 1.0:
+                self.timeline.append((s.t, s.rss_mb, s.threads))
 
 
 def wait_first_sync(proc: subprocess.Popen, state_dir: Path, accounts: list[str],
@@ -212,6 +215,7 @@ def run_daemon(bench: run.Bench, users: list[User], args: argparse.Namespace) ->
             wait_first_sync(proc, state_dir, accounts, started, args.first_sync_timeout)
         out["first_sync_s"] = time.monotonic() - t0
         out["first_sync_peak_rss_mb"] = watch.peak_rss_mb
+        out["first_sync_timeline"] = watch.timeline
         run.log(f"first sync done in {out['first_sync_s']:.0f} s, peak RSS "
                 f"{watch.peak_rss_mb:.1f} MB")
         out["local_messages"] = {a: scale_probe.local_messages(root / "Mail" / a)
