@@ -9,11 +9,11 @@ corpus's 6 folders) is seeded once and cached as a pristine snapshot; every acco
 Dovecot user restored from it by hard links. Then one daemon syncs all accounts from empty
 Maildirs, and stays idle (polls and IDLE running) while it is watched from /proc.
 
-Measured (bench/scale_probe.py): peak RSS of the whole daemon over the first sync (VmHWM and
-the tree's VmRSS sampled every 0.2 s), the first sync's wall time, then every --sample-seconds
-of the idle phase RSS, CPU seconds, wake-ups (voluntary context switches of every thread),
-threads and open files; poll rounds (from syncd's status file); the state files' bytes per
-message at the end and, during the first sync, against the messages the state records.
+Measured (bench/scale_probe.py): peak RSS of the whole daemon over the first sync (VmHWM, and
+its VmRSS plus that of the programs it runs, sampled every 0.2 s), the first sync's wall time;
+then every --sample-seconds of the idle phase RSS, CPU seconds, wake-ups (voluntary context
+switches of every thread), threads and open files; poll rounds (from syncd's status file); the
+state files' bytes per message after the stop, and one account's state halved (linearity).
 Output: bench/results/<date>-scale.{md,json} (a --quick run: under the work dir's results/).
 Work dir: bench/work-scale/ (git-ignored), so it can run beside `make bench`.
 """

@@ -23,7 +23,7 @@ from bench import measure
 @dataclass
 class Sample:
     t: float  # seconds since the phase began
-    rss_mb: float  # VmRSS summed over the process tree
+    rss_mb: float  # VmRSS of the daemon and of the other programs it runs (tree_rss_kb)
     hwm_mb: float  # VmHWM of the daemon process (its peak since exec)
     cpu_s: float  # utime + stime of the tree, cumulative
     wakeups: int  # voluntary context switches over every thread, cumulative
@@ -62,6 +62,25 @@ def context_switches(pid: int) -> tuple[int, int, int]:
     return vol, invol, threads
 
 
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def tree_rss_kb(pid: int) -> int:
+    """VmRSS of ``pid`` plus that of each descendant running another program. A child that
+    has not called exec yet (the daemon forks one for each `password_command`; Python
+    vforks) shows its parent's memory as its own: counting it doubled the daemon's RSS."""
+    exe = _exe(pid)
+    total = measure._rss_kb(pid)
+    for child in measure.tree(pid)[1:]:
+        if _exe(child) != exe:
+            total += measure._rss_kb(child)
+    return total
+
+
 def sample(pid: int, t0: float) -> Sample:
     vol, invol, threads = context_switches(pid)
     try:
@@ -70,7 +89,7 @@ def sample(pid: int, t0: float) -> Sample:
         fds = 0
     hwm = _status_fields(f"/proc/{pid}/status", (b"VmHWM",)).get(b"VmHWM", 0)
     return Sample(t=round(time.monotonic() - t0, 2),
-                  rss_mb=round(measure.tree_rss_kb(pid) / 1024, 2),
+                  rss_mb=round(tree_rss_kb(pid) / 1024, 2),
                   hwm_mb=round(hwm / 1024, 2),
                   cpu_s=measure.cpu_seconds(measure.tree(pid)),
                   wakeups=vol, involuntary=invol, threads=threads, fds=fds)
