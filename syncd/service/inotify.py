@@ -3,25 +3,29 @@
 watchdog runs a thread per watched directory (and, before 7.0, an inotify instance each,
 of which a user gets 128): a daemon with 20 accounts of 6 folders, cur/ and new/ each, ran
 240 emitter threads (issue 21), and a thousand folders would run 2,000. Here every directory
-is one watch on one descriptor, read by one thread that sleeps in poll() until the kernel
-has events or stop() wakes it (no timeout: an idle daemon's watcher never wakes).
+is one watch on one descriptor (inotify_simple, a thin binding of the kernel's calls), read by
+one thread that sleeps in poll() until the kernel has events or stop() wakes it (no timeout:
+an idle daemon's watcher never wakes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import select
 import socket
-import struct
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inotify_simple import INotify
 
 log = logging.getLogger("syncd.watch")
 
+# inotify(7)'s values, as inotify_simple.flags has them (spelled out here so that this module
+# imports on systems without inotify_simple, where the watchdog backend is used).
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -31,54 +35,32 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
 # What a mail client does to a Maildir: deliver (create, or a rename from tmp/), rename for
 # flags, delete. IN_CLOSE_WRITE for files written in place (the daemon's own probe file).
 MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ONLYDIR
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
-_READ_SIZE = 64 * 1024
 
 # (directory, name, is_dir) for each event; no arguments for a lost queue (overflow)
 OnEvent = Callable[[str, str, bool], None]
 
 
 def available() -> bool:
-    """True where inotify can be used (Linux with a libc that has inotify_init1)."""
+    """True where inotify can be used: Linux, with inotify_simple installed."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        ctypes.CDLL(None).inotify_init1  # noqa: B018
-    except (OSError, AttributeError):
+        import inotify_simple  # noqa: F401
+    except ImportError:
         return False
     return True
-
-
-def parse(data: bytes) -> list[tuple[int, int, str]]:
-    """(wd, mask, name) of each event in a buffer read from an inotify descriptor."""
-    events = []
-    offset = 0
-    while offset + _EVENT.size <= len(data):
-        wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-        offset += _EVENT.size
-        name = data[offset:offset + length].split(b"\0", 1)[0]
-        offset += length
-        events.append((wd, mask, os.fsdecode(name)))
-    return events
 
 
 class Inotify:
     """Watches directories (not recursively); calls ``on_event`` in its own thread."""
 
     def __init__(self, on_event: OnEvent, on_overflow: Callable[[], None]) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        self._libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
-        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self._fd = fd
+        from inotify_simple import INotify
+
+        self._inotify: INotify = INotify(nonblocking=True)
         self._on_event = on_event
         self._on_overflow = on_overflow
         self._lock = threading.Lock()  # guards the two maps (set_account runs in workers)
@@ -91,10 +73,7 @@ class Inotify:
     def add(self, directory: str) -> None:
         """Watch ``directory``; OSError (with the errno) when the kernel refuses."""
         with self._lock:
-            wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), MASK)
-            if wd < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), directory)
+            wd = self._inotify.add_watch(directory, MASK)
             self._paths[wd] = directory
             self._wds[directory] = wd
 
@@ -108,7 +87,8 @@ class Inotify:
                 self._paths[wd] = others[0]
                 return
             self._paths.pop(wd, None)
-            self._libc.inotify_rm_watch(self._fd, wd)  # fails only if already gone
+            with contextlib.suppress(OSError):  # already gone with its directory
+                self._inotify.rm_watch(wd)
 
     def start(self) -> None:
         self._thread.start()
@@ -123,20 +103,16 @@ class Inotify:
 
     def _run(self) -> None:
         poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
+        poller.register(self._inotify.fileno(), select.POLLIN)
         poller.register(self._woken.fileno(), select.POLLIN)
         try:
             while not self._stopping.is_set():
                 poller.poll()
                 if self._stopping.is_set():
                     break
-                try:
-                    data = os.read(self._fd, _READ_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                self._deliver(parse(data))
+                self._deliver([(e.wd, e.mask, e.name) for e in self._inotify.read(timeout=0)])
         finally:
-            os.close(self._fd)
+            self._inotify.close()
             self._woken.close()
             self._waker.close()
 
