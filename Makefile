@@ -204,14 +204,19 @@ distclean: clean
 #                     results in bench/results/<date>-<host>.md and .png
 #   make bench-quick  5,000 messages, syncd and mbsync, one run each (a few minutes): prints
 #                     initial-sync msgs/s, no-change resync time and peak RSS
+#   make bench-scale  issue 21: 20 accounts x 50,000 small messages (a million, about 2 GB) in
+#                     one `syncd run`: first-sync peak RSS, then 30 minutes idle (up to an hour on
+#                     2 cores); results in bench/results/<date>-scale.md. BENCH_SCALE_ARGS=--quick:
+#                     4 x 2,000 messages, 2 minutes idle (about 3 minutes)
 # BENCH_ARGS adds flags, e.g. make bench BENCH_ARGS='--messages 5000 --no-latency'.
 BENCH_ARGS ?=
+BENCH_SCALE_ARGS ?=
 BENCH_TOOLS    := mbsync offlineimap fetchmail safecat msmtp
 BENCH_PACKAGES := isync offlineimap3 fetchmail safecat msmtp
 # getmail6 comes from PyPI with the bench extra (pyproject.toml): Debian's 6.18.11 is too old
 BENCH_STAMP    := $(VENV)/.syncd-bench-installed
 
-.PHONY: bench bench-quick bench-deps bench-window
+.PHONY: bench bench-quick bench-deps bench-window bench-scale
 
 bench-deps: deps $(BENCH_STAMP)
 	@missing=""; \
@@ -240,3 +245,7 @@ bench-quick: bench-deps
 # A partial mirror's cost (issue 18): max_age over ~10 % of the corpus against the full mirror.
 bench-window: bench-deps
 	$(PY) -m bench.window $(BENCH_ARGS)
+
+# syncd and Dovecot only: no peers to install
+bench-scale: deps
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)

@@ -15,6 +15,7 @@ import email.utils
 import functools
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.header import Header
@@ -207,6 +208,24 @@ def build(seed: int, i: int, folder: str | None = None) -> Message:
         data = "\n".join(lines).encode("utf-8")
     return Message(index=i, folder=folder, flags=flags, mtime=date.timestamp(),
                    message_id=mid, data=data)
+
+
+def build_small(seed: int, i: int, folder: str | None = None) -> Message:
+    """Message ``i`` of the small corpus (issue 21's million messages: about 2 KB each, plain
+    text): the same folder, flags, date and Message-ID as ``build`` gives message ``i``."""
+    rng, chosen, flags, date = _meta(seed, i)
+    folder = folder or chosen
+    subject = f"Bench message {i}: " + " ".join(rng.choices(_WORDS, k=5))
+    body = _text(rng, seed, rng.randint(1000, 3000) - 400)
+    data = make_message(i, folder=folder, subject=subject, message_id=message_id(seed, i),
+                        body=body).replace(b"\r\n", b"\n")
+    return Message(index=i, folder=folder, flags=flags, mtime=date.timestamp(),
+                   message_id=message_id(seed, i), data=data)
+
+
+def builder(kind: str) -> Callable[[int, int, str | None], Message]:
+    """The message maker of a corpus kind (bench.run's corpus users): "s" small, else mixed."""
+    return build_small if kind == "s" else build
 
 
 @dataclass(frozen=True)

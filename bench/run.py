@@ -209,7 +209,7 @@ class Bench:
 
                 def items(indices: list[int] = indices, sizes: list[int] = sizes):
                     for i in indices:
-                        m = corpus.build(seed, i, folder)
+                        m = corpus.builder(kind)(seed, i, folder)
                         sizes.append(len(m.data))
                         yield m.data, (m.flags if folder is None else ""), m.mtime
 

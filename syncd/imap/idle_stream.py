@@ -72,11 +72,13 @@ class IdleStream:
                 return early
             early.append(response)
 
-    def check(self, timeout: float) -> list[Response]:
+    def check(self, timeout: float, *, wake: int | None = None) -> list[Response]:
         """Wait at most ``timeout`` seconds for responses; return every one that has begun
         arriving by then, each read whole. [] when none came. After the server ended IDLE
-        by itself (``ended``), returns [] at once."""
-        if self.ended is not None or not self._wait(timeout):
+        by itself (``ended``), returns [] at once. ``wake``: a file descriptor whose becoming
+        readable ends the wait early (the caller's stop signal; it drains it), so that an
+        idle caller can wait for long without waking up to look at a stop flag."""
+        if self.ended is not None or not self._wait(timeout, wake):
             return []
         # Whatever is here already, but not forever: a server that streams responses
         # without a pause must not keep the caller from its stop flag.
@@ -124,19 +126,23 @@ class IdleStream:
         finally:
             sock.settimeout(saved)
 
-    def _wait(self, timeout: float) -> bool:
-        """Wait until a response has begun arriving (True) or ``timeout`` passed (False).
-        Raises ConnectionError when the server closed the connection."""
+    def _wait(self, timeout: float, wake: int | None = None) -> bool:
+        """Wait until a response has begun arriving (True) or ``timeout`` passed or ``wake``
+        became readable (False). Raises ConnectionError when the server closed the
+        connection."""
         deadline = time.monotonic() + max(0.0, timeout)
         poller = select.poll()
         poller.register(self._sock(), select.POLLIN)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
         while True:
             if self._buffered():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if not poller.poll(remaining * 1000):
+            ready = poller.poll(remaining * 1000)
+            if not ready or any(fd == wake for fd, _ in ready):
                 return False
             if self._buffered():
                 return True

@@ -24,7 +24,7 @@ from syncd.service.health import Heartbeat, Stuck, find_stuck, stale_threshold
 from syncd.service.hooks import HookRunner
 from syncd.service.idle import IdleWatcher
 from syncd.service.watch import DEBOUNCE, MaildirWatcher
-from syncd.service.worker import AccountWorker
+from syncd.service.worker import AccountWorker, SyncSlots
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -41,6 +41,9 @@ CLOCK_JUMP = 20.0  # wall clock moved this much more than the monotonic one: we 
 # again after 1, 2, 4 ... seconds, at most LOCK_RETRY_CAP apart (a flock each: cheap).
 LOCK_RETRY_START = 1.0
 LOCK_RETRY_CAP = 30.0
+# Account syncs at once (issue 21): memory grows with each sync under way, not with the number
+# of accounts; two cores are busy with four, and a fifth account's sync waits its turn.
+SYNC_SLOTS = 4
 
 
 class AccountRuntime:
@@ -51,7 +54,8 @@ class AccountRuntime:
         self.daemon = daemon
         self.lock = AccountLock(account.name, daemon.settings.general.state_dir)
         self.worker = AccountWorker(daemon.settings, account, on_result=daemon.on_result,
-                                    on_synced_folders=self._synced_folders)
+                                    on_synced_folders=self._synced_folders,
+                                    slots=daemon.sync_slots)
         self.idle: list[IdleWatcher] = []
         self._watcher: Callable[..., IdleWatcher] | None = None
         self._watchers_lock = threading.Lock()  # the NOTIFY/IDLE decision adds watchers late
@@ -182,6 +186,7 @@ class Daemon:
         # had not finished its sync yet (they hold their lock until it has).
         self.waiting: dict[str, LockWait] = {}
         self.retiring: list[AccountRuntime] = []
+        self.sync_slots = SyncSlots(SYNC_SLOTS)
         self.watcher = MaildirWatcher(self.on_local_change,
                                       canary_dir=settings.general.state_dir / "watch-probe")
         self.hooks = HookRunner()

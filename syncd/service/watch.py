@@ -1,6 +1,7 @@
-"""Filesystem watching: watchdog observes every synced folder's cur/ and new/. Events are hints
-only: the folder is rescanned and planned, so the echo of syncd's own renames plans to nothing
-and needs no filtering."""
+"""Filesystem watching: every synced folder's cur/ and new/ are watched, with one inotify
+descriptor and thread on Linux (syncd/service/inotify.py) and with watchdog elsewhere. Events
+are hints only: the folder is rescanned and planned, so the echo of syncd's own renames plans
+to nothing and needs no filtering."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import ObservedWatch
+from watchdog.observers.api import BaseObserver
 
+from syncd.service import inotify
 from syncd.service.health import Heartbeat
 
 log = logging.getLogger("syncd.watch")
@@ -47,14 +49,22 @@ class MaildirEventHandler(FileSystemEventHandler):
         if dest:
             paths.append(dest)
         for raw in paths:
-            path = os.fsdecode(raw)
-            name = os.path.basename(path)
-            directory = os.path.dirname(path)
-            if name.startswith(".") or directory == self.canary_dir:
-                continue
-            target = self.lookup(directory)
-            if target is not None:
-                self.on_change(*target)
+            self.changed(os.fsdecode(raw))
+
+    def on_inotify(self, directory: str, name: str, is_dir: bool) -> None:
+        """An event of the inotify backend (its own thread)."""
+        self.heartbeat.waiting("watching")
+        if not is_dir:
+            self.changed(os.path.join(directory, name))
+
+    def changed(self, path: str) -> None:
+        name = os.path.basename(path)
+        directory = os.path.dirname(path)
+        if name.startswith(".") or directory == self.canary_dir:
+            return
+        target = self.lookup(directory)
+        if target is not None:
+            self.on_change(*target)
 
 
 class MaildirWatcher:
@@ -68,28 +78,54 @@ class MaildirWatcher:
     holding ``_lock`` around schedule() deadlocked both threads for good (issue 16)."""
 
     def __init__(self, on_change: Callable[[str, str], None], *,
-                 canary_dir: Path | None = None) -> None:
+                 canary_dir: Path | None = None, backend: str | None = None) -> None:
         self._on_change = on_change
         self._lock = threading.Lock()
         self._schedule_lock = threading.Lock()
         self._dirs: dict[str, tuple[str, str]] = {}  # ".../Folder/cur" -> (account, folder)
-        self._watches: dict[str, ObservedWatch] = {}  # under _schedule_lock only
-        self._observer = Observer()
-        self._observer.daemon = True
+        self._watches: dict[str, object] = {}  # under _schedule_lock only
         self.heartbeat = Heartbeat("filesystem watcher")
         self._canary_dir = canary_dir
         self._handler = MaildirEventHandler(self._lookup, on_change, self.heartbeat,
                                             str(canary_dir) if canary_dir else None)
+        if backend is None:
+            backend = "inotify" if inotify.available() else "watchdog"
+        self.backend = backend
+        self._inotify: inotify.Inotify | None = None
+        self._observer: BaseObserver | None = None
+        if backend == "inotify":
+            self._inotify = inotify.Inotify(self._handler.on_inotify, self._everything_changed)
+        else:
+            self._observer = Observer()
+            self._observer.daemon = True
+
+    def _everything_changed(self) -> None:
+        """Events were lost: every watched folder may have changed."""
+        with self._lock:
+            targets = set(self._dirs.values())
+        for target in sorted(targets):
+            self._on_change(*target)
+
+    def _watch(self, directory: str) -> object:
+        """Start watching ``directory``; a handle for _unschedule. OSError if refused."""
+        if self._inotify is not None:
+            self._inotify.add(directory)
+            return directory
+        assert self._observer is not None
+        return self._observer.schedule(self._handler, directory, recursive=False)
 
     def start(self) -> None:
-        self._observer.start()
+        if self._inotify is not None:
+            self._inotify.start()
+        else:
+            assert self._observer is not None
+            self._observer.start()
         self.heartbeat.waiting("watching")
         if self._canary_dir is not None:
             try:
                 self._canary_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 with self._schedule_lock:
-                    self._observer.schedule(self._handler, str(self._canary_dir),
-                                            recursive=False)
+                    self._watch(str(self._canary_dir))
             except OSError as exc:
                 log.warning("cannot watch %s: %s", self._canary_dir, exc)
                 self._canary_dir = None
@@ -107,10 +143,16 @@ class MaildirWatcher:
             self.heartbeat.waiting("watching")  # cannot tell; never restart for that
 
     def stop(self) -> None:
-        self._observer.stop()
+        if self._inotify is not None:
+            self._inotify.stop()
+        elif self._observer is not None:
+            self._observer.stop()
 
     def join(self, timeout: float | None = None) -> None:
-        self._observer.join(timeout)
+        if self._inotify is not None:
+            self._inotify.join(timeout)
+        elif self._observer is not None:
+            self._observer.join(timeout)
 
     def _lookup(self, directory: str) -> tuple[str, str] | None:
         with self._lock:
@@ -136,15 +178,18 @@ class MaildirWatcher:
             for directory in wanted:
                 if directory not in self._watches and os.path.isdir(directory):
                     try:
-                        self._watches[directory] = self._observer.schedule(
-                            self._handler, directory, recursive=False)
+                        self._watches[directory] = self._watch(directory)
                     except OSError as exc:
                         log.warning("cannot watch %s: %s", directory, exc)
 
-    def _unschedule(self, watch: ObservedWatch) -> None:
+    def _unschedule(self, watch: object) -> None:
+        if self._inotify is not None:
+            self._inotify.remove(str(watch))
+            return
+        assert self._observer is not None
         # KeyError: the emitter already ended (its directory was removed).
         with contextlib.suppress(KeyError):
-            self._observer.unschedule(watch)
+            self._observer.unschedule(watch)  # type: ignore[arg-type]
 
     def remove_account(self, account: str) -> None:
         self.set_account(account, {})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from syncd import faults
+from syncd.heap import release_free_memory
 from syncd.outcome.results import AccountResult
 from syncd.service.health import BeatReporter, Heartbeat
 
@@ -44,6 +45,37 @@ def next_backoff(previous: float | None, *, rng: Callable[[], float] = random.ra
     return min(BACKOFF_CAP, base * (0.75 + 0.5 * rng()))
 
 
+class SyncSlots:
+    """At most ``size`` account syncs at once in one daemon (issue 21). A sync holds its
+    folders' listings, its plan and its connections in memory: twenty accounts' first syncs
+    at once peaked at twenty times one. The others wait for a slot; a no-change sync holds
+    one for a fraction of a second."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, stopping: threading.Event) -> bool:
+        """Wait for a slot; False when ``stopping`` was set first."""
+        with self._cond:
+            while self.busy >= self.size:
+                if stopping.is_set():
+                    return False
+                # Woken by release(); the timeout only lets a stop be seen while waiting
+                # (only under contention, never while the daemon is idle).
+                self._cond.wait(1.0)
+            if stopping.is_set():
+                return False
+            self.busy += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify()
+
+
 @dataclass
 class Pending:
     full: bool = False
@@ -58,13 +90,14 @@ class Pending:
 class AccountWorker(threading.Thread):
     def __init__(self, settings: Settings, account: AccountSettings, *,
                  on_result: Callable[[AccountWorker, AccountResult], None] | None = None,
-                 on_synced_folders: Callable[[str, dict[str, str]], None] | None = None
-                 ) -> None:
+                 on_synced_folders: Callable[[str, dict[str, str]], None] | None = None,
+                 slots: SyncSlots | None = None) -> None:
         super().__init__(name=f"worker-{account.name}", daemon=True)
         self.settings = settings
         self.account = account
         self.on_result = on_result
         self.on_synced_folders = on_synced_folders
+        self.slots = slots  # shared by the daemon's workers; None: no limit
         self._cond = threading.Condition()
         self._pending = Pending()
         self._stopping = threading.Event()
@@ -143,17 +176,34 @@ class AccountWorker(threading.Thread):
                 taken = self._take()
                 if taken is None:
                     break
-                folders = None if taken.full else frozenset(taken.folders)
-                try:
-                    result = runner(folders)
-                except Exception as exc:  # a bug must not kill the account's thread forever
-                    log.exception("%s: sync failed unexpectedly", self.account.name)
-                    result = AccountResult(self.account.name, error=f"internal error: {exc}")
+                result = self._sync(runner, None if taken.full else frozenset(taken.folders))
+                if result is None:
+                    break  # stopped while waiting for a slot
                 self._after(result, taken)
         finally:
             closer = getattr(runner, "close", None)
             if closer is not None:
                 closer()
+
+    def _sync(self, runner: Callable[[frozenset[str] | None], AccountResult],
+              folders: frozenset[str] | None) -> AccountResult | None:
+        """One sync in one of the daemon's slots; None if we stopped waiting for one."""
+        if self.slots is not None:
+            self.heartbeat.waiting("waiting for a sync slot")
+            if not self.slots.acquire(self._stopping):
+                return None
+            self.heartbeat.beat("syncing")
+        try:
+            return runner(folders)
+        except Exception as exc:  # a bug must not kill the account's thread forever
+            log.exception("%s: sync failed unexpectedly", self.account.name)
+            return AccountResult(self.account.name, error=f"internal error: {exc}")
+        finally:
+            if self.slots is not None:
+                self.slots.release()
+            # What the sync freed goes back to the kernel, so that the idle daemon's RSS
+            # is what it holds, not the high-water mark of its busiest sync.
+            release_free_memory()
 
     def _after(self, result: AccountResult, taken: Pending) -> None:
         self.heartbeat.beat("recording the result")
@@ -251,8 +301,9 @@ class ImapRunner:
             result = sync.run(folders, keep_open=True)
             # Keep what the failed attempt did (its downloads count for on_new_mail).
             result.folders[:0] = [f for f in first.folders if f.changed]
+        assert self._state is not None
+        self._state.shrink_memory()
         if folders is None and not result.error and self.worker.on_synced_folders is not None:
-            assert self._state is not None
             self.worker.on_synced_folders(
                 self.account.name,
                 {f.remote_name: f.local_path for f in self._state.folders()})

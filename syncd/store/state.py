@@ -350,6 +350,14 @@ class StateStore:
         os.rename(path, base)
         return cls(path), True
 
+    def shrink_memory(self) -> None:
+        """Drop the connection's page cache (SQLite keeps up to 2 MB a connection): a daemon
+        holds one state open per account between syncs, and the file is in the OS's cache
+        anyway. Not inside a transaction."""
+        if not self._depth:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA shrink_memory")
+
     def close(self) -> None:
         if self._depth:
             with contextlib.suppress(sqlite3.Error):

@@ -6,6 +6,9 @@ Run in-process by tests/unit/test_watch.py with the installed watchdog, and as
 prints "ok <watchdog version>" and exits 0, or prints the failure and exits 1. A scenario that
 hangs is a failure too: the caller's timeout ends it.
 
+The older releases run with the watchdog backend (the one they are about); in-process, every
+scenario runs with the inotify backend too (Linux: one descriptor and thread, issue 21).
+
 This module must not import pytest.
 """
 
@@ -20,6 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 HANG = 10.0  # seconds: far more than any step needs, so only a deadlock gets there
+#: the watcher's backend the scenarios run with (run()'s argument): "watchdog" or "inotify"
+BACKEND = "watchdog"
+
+
+def _watcher(*args: object, **kwargs: object) -> object:
+    from syncd.service.watch import MaildirWatcher
+
+    return MaildirWatcher(*args, backend=BACKEND, **kwargs)  # type: ignore[arg-type]
 
 
 def _folder(root: Path, name: str) -> str:
@@ -54,8 +65,6 @@ def set_account_during_dispatch(root: Path) -> None:
     held its own lock around schedule() while the handler waited for that lock deadlocked
     (issue 16, item 1). Deterministic: the first event's callback holds the dispatcher until
     set_account() is under way, and a second event is queued behind it."""
-    from syncd.service.watch import MaildirWatcher
-
     in_handler = threading.Event()
     setting = threading.Event()
     seen: list[tuple[str, str]] = []
@@ -67,7 +76,7 @@ def set_account_during_dispatch(root: Path) -> None:
             setting.wait(HANG)
             time.sleep(0.2)  # set_account is now inside (or past) its critical section
 
-    watcher = MaildirWatcher(on_change)
+    watcher = _watcher(on_change)
     watcher.start()
     try:
         watcher.set_account("a", {"INBOX": _folder(root, "INBOX")})
@@ -97,10 +106,8 @@ def set_account_during_dispatch(root: Path) -> None:
 def churn(root: Path) -> None:
     """Several accounts add and drop folders from their own threads while files change in
     every folder: nothing hangs, and every folder still watched at the end reports events."""
-    from syncd.service.watch import MaildirWatcher
-
     seen: set[tuple[str, str]] = set()
-    watcher = MaildirWatcher(lambda account, folder: seen.add((account, folder)))
+    watcher = _watcher(lambda account, folder: seen.add((account, folder)))
     watcher.start()
     stop = threading.Event()
     names = [f"F{i}" for i in range(12)]
@@ -158,9 +165,7 @@ def churn(root: Path) -> None:
 
 def heartbeat(root: Path) -> None:
     """probe() proves the dispatcher thread alive: its heartbeat moves."""
-    from syncd.service.watch import MaildirWatcher
-
-    watcher = MaildirWatcher(lambda account, folder: None, canary_dir=root / "canary")
+    watcher = _watcher(lambda account, folder: None, canary_dir=root / "canary")
     watcher.start()
     try:
         before = watcher.heartbeat.last
@@ -178,7 +183,9 @@ SCENARIOS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def run(name: str) -> None:
+def run(name: str, backend: str = "watchdog") -> None:
+    global BACKEND
+    BACKEND = backend
     with tempfile.TemporaryDirectory(prefix=f"syncd-watch-{name}-") as tmp:
         SCENARIOS[name](Path(tmp))
 

@@ -464,8 +464,9 @@ def _soak(dovecot: Dovecot, tmp_path: Path, daemons: StartDaemon, rng: random.Ra
         rss_after, threads_after = proc_status(d.pid)
 
         first_peak, last_peak, allowed_peak = rss_flat(activity)
-        # Flat but for what the new folders need: watchdog runs one emitter thread per
-        # watched directory (cur/ and new/), and the hook thread starts with the first mail.
+        # Flat but for what the new folders may need: watchdog (off Linux) runs one emitter
+        # thread per watched directory (cur/ and new/; on Linux one inotify thread watches
+        # them all), and the hook thread starts with the first mail.
         allowed_threads = (threads_before + THREAD_SLACK
                            + 2 * (driver.ops["server folder"] + driver.ops["local folder"]))
         figures = {

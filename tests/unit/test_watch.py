@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.service import inotify
 from tests.support import oldest, watch_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +21,13 @@ SUBPROCESS_LIMIT = 90.0
 
 @pytest.mark.parametrize("name", sorted(watch_scenarios.SCENARIOS))
 def test_watcher_with_installed_watchdog(name: str) -> None:
-    watch_scenarios.run(name)
+    watch_scenarios.run(name, "watchdog")
+
+
+@pytest.mark.skipif(not inotify.available(), reason="Linux only")
+@pytest.mark.parametrize("name", sorted(watch_scenarios.SCENARIOS))
+def test_watcher_with_one_inotify_thread(name: str) -> None:
+    watch_scenarios.run(name, "inotify")
 
 
 @pytest.mark.parametrize("version", oldest.releases("watchdog"))
