@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from bench import corpus, measure
-from bench.run import Bench, log, timed
+from bench.run import Bench, log, parse_args, timed
 from bench.tools import REPO, Syncd, direct_endpoint, make_tool
 
 GOAL_SHARE_OF_TIME = 0.12
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                         else REPO / "bench" / "results"))
     now = dt.datetime.now(dt.UTC)
     days, inside = window_days(args.seed, args.messages, args.share, now)
-    bench = Bench(argparse.Namespace(workdir=args.workdir, seed=args.seed))
+    bench = Bench(parse_args(["--workdir", args.workdir, "--seed", str(args.seed)]))
     started = time.monotonic()
     try:
         bench.start()
