@@ -23,7 +23,7 @@ from syncd.core.flags import normalize
 from syncd.core.model import SyncedMessage
 from syncd.core.placeholder import Original, build_placeholder
 from syncd.faults import checkpoint
-from syncd.store.maildir import crlf_to_lf
+from syncd.store.maildir import crlf_to_lf, write_file_synced
 
 if TYPE_CHECKING:
     from syncd.imap.client import ImapSession
@@ -118,7 +118,7 @@ def replace_with_full(session: ImapSession, state: StateStore, fid: int,
         state.clear_intents([intent])
         return False
     tmp = folder.path / "tmp" / f"{key}{FULL_SUFFIX}"
-    _write_durably(tmp, crlf_to_lf(body[1]))
+    write_file_synced(tmp, crlf_to_lf(body[1]), exclusive=False)
     checkpoint("fetch_full.staged")
     for path in _current_paths(folder, key):
         with contextlib.suppress(OSError):
@@ -146,17 +146,6 @@ def _current_paths(folder: MaildirFolder, key: str) -> Iterator[str]:
         yield str(path)
         folder.scan()  # moved under us: the next lookup is fresh
     raise FileNotFoundError(f"message {key!r} keeps moving")
-
-
-def _write_durably(path: os.PathLike[str], data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _mark_full(state: StateStore, fid: int, uid: int, intent: int) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from syncd.errors import SyncdError
 from syncd.smtp import queue_dir
+from syncd.store.maildir import write_file_synced
 
 __all__ = ["STATES", "Outbox", "OutboxBusy", "Record"]
 
@@ -109,7 +110,7 @@ class Outbox:
         record.account = self.account
         self.write_record(record)
         tmp = self.root / "tmp" / record.id
-        _write_synced(tmp, data)
+        write_file_synced(tmp, data)
         # link, not rename: never overwrite (ids are unique, but a Maildir never trusts that)
         os.link(tmp, self.message_path(record.id))
         os.unlink(tmp)
@@ -121,7 +122,7 @@ class Outbox:
         self._ensure_dirs()
         final = self.record_path(record.id)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        _write_synced(tmp, json.dumps(asdict(record), indent=1).encode())
+        write_file_synced(tmp, json.dumps(asdict(record), indent=1).encode())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
@@ -207,17 +208,6 @@ class Outbox:
 def new_id() -> str:
     """Unique and sortable by time: microseconds since the epoch in hex, then random."""
     return f"{time.time_ns() // 1000:013x}-{secrets.token_hex(3)}"
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

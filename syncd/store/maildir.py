@@ -102,6 +102,21 @@ def _fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def write_file_synced(path: os.PathLike[str], data: bytes, *, exclusive: bool = True) -> None:
+    """Write a whole file and fsync it (mode 0600); ``exclusive``: it must not exist yet,
+    else an existing one is truncated. The caller renames it into place and fsyncs the
+    directory."""
+    mode = os.O_EXCL if exclusive else os.O_TRUNC
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _make_dirs(path: Path) -> None:
     """Like os.makedirs, but every directory it creates gets exactly 0700 (umask ignored) and
     its parent is fsynced, so that a freshly created folder survives a crash. Existing
@@ -1152,9 +1167,9 @@ def crlf_to_lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
-def crlf_to_lf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """crlf_to_lf over a stream of chunks: a CR at the end of one chunk and an LF at the start
-    of the next are still one CRLF. The output concatenates to crlf_to_lf(b"".join(chunks))."""
+def _whole_line_ends(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks, none empty, with a CR that ends one moved to the start of the next, so that
+    no CRLF is split between two chunks (a CR ending the stream comes alone, last)."""
     pending_cr = False
     for chunk in chunks:
         if not chunk:
@@ -1164,11 +1179,17 @@ def crlf_to_lf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
         pending_cr = chunk.endswith(b"\r")
         if pending_cr:
             chunk = chunk[:-1]
-        out = crlf_to_lf(chunk)
-        if out:
-            yield out
+        if chunk:
+            yield chunk
     if pending_cr:
         yield b"\r"
+
+
+def crlf_to_lf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """crlf_to_lf over a stream of chunks: a CR at the end of one chunk and an LF at the start
+    of the next are still one CRLF. The output concatenates to crlf_to_lf(b"".join(chunks))."""
+    for chunk in _whole_line_ends(chunks):
+        yield crlf_to_lf(chunk)
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -1201,20 +1222,10 @@ def to_crlf_stream(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Every line end (LF, CR or CRLF) as CRLF, over a stream of chunks: what imaplib's
     append() makes of a message (its MapCRLF), for a message sent in chunks. A CR ending one
     chunk and an LF starting the next are one line end."""
-    pending_cr = False
-    for chunk in chunks:
-        if not chunk:
-            continue
-        if pending_cr:
-            chunk = b"\r" + chunk
-        pending_cr = chunk.endswith(b"\r")
-        if pending_cr:
-            chunk = chunk[:-1]
+    for chunk in _whole_line_ends(chunks):
         # A chunk without CR (a Maildir file: LF only) takes replace(), several times faster.
         yield chunk.replace(b"\n", b"\r\n") if b"\r" not in chunk \
             else _ANY_LINE_END.sub(b"\r\n", chunk)
-    if pending_cr:
-        yield b"\r\n"
 
 
 def file_chunks(handle: BinaryIO, size: int = _CHUNK) -> Iterator[bytes]:
