@@ -916,10 +916,17 @@ class Dovecot:
     def _write_passwd(self, name: str, password: str) -> None:
         path = self.passwd_dir / name
         tmp = self.passwd_dir / f".{name}.tmp"
+        before = path.stat().st_mtime if path.exists() else None
         tmp.write_text(f"{name}:{{PLAIN}}{password}::::::\n")
         os.chown(tmp, 0, _group_id("dovecot"))
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
+        # Dovecot re-reads a passwd file only when its mtime (whole seconds) or size changed: a
+        # new password of the same length written within the second of the old one was never
+        # seen (a wrong-password test then logged in with the old one).
+        if before is not None and int(path.stat().st_mtime) <= int(before):
+            later = int(before) + 1
+            os.utime(path, (later, later))
 
     def set_password(self, user: User | str, password: str) -> User:
         """Change a user's password (takes effect within a second: Dovecot's re-read limit)."""
@@ -1045,6 +1052,8 @@ class Dovecot:
             _check(*m.select(_mailbox_arg(folder), readonly=True), "EXAMINE")
             data = _check(*m.uid("FETCH", "1:*", items), "UID FETCH")
         for text, lits in _fetch_records(data):
+            if _FETCH_UID.search(text) is None:
+                continue  # unsolicited: another session's flag change (no UID, not asked for)
             uid, flags = fetch_uid_flags(text)
             header_lit, body_lit = _split_literals(text, lits)
             size_m = _FETCH_SIZE.search(text)
