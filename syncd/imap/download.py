@@ -75,6 +75,7 @@ class BodyPrefetcher:
                 self._put((True, current))
                 current, k = [], k + 1
         except BaseException as exc:  # handed to the writer, which raises it
+            discard_bodies(current)  # a group cut short is never delivered
             self._put((False, exc))
         finally:
             # Reads the replies still in flight, in this thread. A connection that breaks
