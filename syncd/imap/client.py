@@ -921,7 +921,9 @@ class ImapSession:
                     # Asked again, in order, after this batch is split.
                     todo.extendleft(reversed([u for _, u in sent]))
                     self._drain_fetches(sent, spool)
-                    yield from self._fetch_body_batch_split(uids, refused, _RefusalRun(), spool)
+                    run, middle = _RefusalRun(), len(uids) // 2  # known refused: halved at once
+                    for half in ([uids[:middle], uids[middle:]] if middle else [uids]):
+                        yield from self._fetch_body_batch_split(half, refused, run, spool)
                     continue
                 got = _bodies_from(_records(data))
                 _discard_spooled(data, keep=set() if got is None else

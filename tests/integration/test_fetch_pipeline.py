@@ -6,12 +6,10 @@ pipeline equals the server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from syncd.config.load import load_config
 from syncd.imap import client as imap_client
 from syncd.imap import download, wire
 from syncd.imap.client import ImapSession
@@ -42,16 +40,6 @@ def in_flight(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(wire, "send_uid_fetch", sending)
     monkeypatch.setattr(wire, "uid_fetch_reply", replied)
     return count
-
-
-@pytest.fixture
-def session(dovecot: Dovecot, user: User, tmp_path: Path) -> Iterator[ImapSession]:
-    account = load_config(write_config(tmp_path, dovecot, user).config).accounts["test"]
-    s = ImapSession.connect(account, lambda: user.password)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_every_body_once_in_order_absent_ones_skipped(

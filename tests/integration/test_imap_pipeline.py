@@ -4,26 +4,11 @@ command in the middle leaving the others applied and the connection in step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from imapclient.exceptions import IMAPClientError
 
-from syncd.config.load import load_config
 from syncd.imap.client import ImapSession, raise_refused
 from tests.support.dovecot import Dovecot, User, make_message
-from tests.support.syncd_env import write_config
-
-
-@pytest.fixture
-def session(dovecot: Dovecot, user: User, tmp_path: Path) -> Iterator[ImapSession]:
-    account = load_config(write_config(tmp_path, dovecot, user).config).accounts["test"]
-    s = ImapSession.connect(account, lambda: user.password)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_stores_and_expunge_in_one_batch(dovecot: Dovecot, user: User,
