@@ -45,6 +45,7 @@ from bench.tools import (
     Syncd,
     Tool,
     direct_endpoint,
+    empty_trash,
     make_tool,
 )
 from tests.support.dovecot import Dovecot, HarnessError, User
@@ -172,6 +173,7 @@ class Bench:
             self.dc.stop()
         if self.dc_folders is not None:
             self.dc_folders.stop()
+        empty_trash(self.work / "clients")  # the mirrors set aside (bench/tools.py)
 
     def _user(self, name: str) -> User:
         assert self.dc is not None

@@ -202,6 +202,65 @@ def test_transaction_is_visible_to_others_only_after_commit(db_path: Path) -> No
         assert reader.messages(f.id) == [SyncedMessage(1, "k1", "")]
 
 
+def test_threads_of_one_process_queue_for_the_writer_lock(db_path: Path) -> None:
+    """Parallel folder syncs write one database from several threads, a StateStore each:
+    they queue on the process's writer lock (not SQLite's sleeping busy handler), and every
+    commit of every thread lands."""
+    import threading
+
+    with StateStore(db_path) as setup:
+        folder_ids = [setup.ensure_folder(f"F{n}", f"/f{n}").id for n in range(3)]
+    errors: list[BaseException] = []
+
+    def writer(folder_id: int) -> None:
+        try:
+            with StateStore(db_path) as store:
+                for uid in range(1, 151):
+                    with store.transaction():
+                        store.put_message(folder_id, SyncedMessage(uid, f"k{folder_id}-{uid}", ""))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(fid,)) for fid in folder_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with StateStore(db_path) as check:
+        assert [check.message_count(fid) for fid in folder_ids] == [150, 150, 150]
+
+
+def test_writer_lock_held_too_long_is_database_locked(db_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that cannot get the writer lock within the busy timeout fails as SQLite would
+    ("database is locked"), and its store works again once the lock is free."""
+    import threading
+
+    monkeypatch.setattr(state_mod, "_BUSY_TIMEOUT", 0.2)
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with StateStore(db_path) as store, store.transaction():
+            holding.set()
+            release.wait(10)
+
+    with StateStore(db_path) as store:
+        folder = store.ensure_folder("INBOX", "/x")
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert holding.wait(10)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"), \
+                    store.transaction():
+                pytest.fail("entered a transaction while another thread held the lock")
+        finally:
+            release.set()
+            thread.join()
+        store.put_message(folder.id, SyncedMessage(1, "k1", ""))
+        assert store.message_count(folder.id) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # folders and messages
 
