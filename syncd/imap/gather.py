@@ -213,8 +213,14 @@ def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec) 
     if spec.max_messages is not None:
         inside = set(sorted(inside)[-spec.max_messages:])
     if spec.max_age is not None and inside:
-        inside &= session.search_since(dt.date.fromtimestamp(spec.now - spec.max_age))
+        inside &= session.search_since(since_day(spec))
     return inside
+
+
+def since_day(spec: WindowSpec) -> dt.date:
+    """The first day an age window holds (UID SEARCH SINCE takes whole days)."""
+    assert spec.max_age is not None
+    return dt.date.fromtimestamp(spec.now - spec.max_age)
 
 
 class FirstSync(NamedTuple):
@@ -226,15 +232,25 @@ class FirstSync(NamedTuple):
     placeholders: int = 0  # bigger than max_size: mirrored as placeholders (headers only)
 
 
-def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec
-                  ) -> tuple[dict[int, RemoteMessage], set[int]]:
+def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec,
+                  known: set[int] | frozenset[int]) -> tuple[dict[int, RemoteMessage], set[int]]:
     """The view of a windowed folder without reading what is outside the window: every UID
     (UID SEARCH ALL: a number each, no flags), the window among them, and flags of just those.
     Outside UIDs appear with no flags: the planner asks of them only whether they are there
     (parked, never flag-synced). A UID gone between the SEARCH and the FETCH counts as gone,
-    never as a message whose flags were all removed."""
-    present = session.search_all_uids() if info.exists else set()
-    inside = window_uids(session, present, spec) if present else set()
+    never as a message whose flags were all removed.
+    With no UID known yet and an age window alone, UID SEARCH SINCE names the window and
+    nothing else is asked: the outside UIDs are all new, and new ones outside the window are
+    left out of the view (windowed_view), so listing them would be a round trip for nothing."""
+    present: set[int] = set()
+    inside: set[int] = set()
+    if not info.exists:
+        pass
+    elif not known and spec.max_messages is None and spec.max_age is not None:
+        present = inside = session.search_since(since_day(spec))
+    else:
+        present = session.search_all_uids()
+        inside = window_uids(session, present, spec) if present else set()
     flags = session.fetch_flags_of(inside) if inside else {}
     gone = inside - flags.keys()
     view = {uid: RemoteMessage(uid, flags.get(uid, "")) for uid in present if uid not in gone}
@@ -267,7 +283,7 @@ def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | froz
     local files; sizes and Message-IDs of new messages inside it, or of every new one with
     ``pair_outside``. New messages outside it are left out of the view altogether."""
     if spec is not None and not pair_outside:
-        view, inside = _window_flags(session, info, spec)
+        view, inside = _window_flags(session, info, spec, known)
     else:
         full = session.fetch_flags() if info.exists else None
         view = {uid: RemoteMessage(uid, flags)

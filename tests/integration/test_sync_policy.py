@@ -338,6 +338,35 @@ def _uid_bounds(text: str) -> list[tuple[int, int]]:
     return bounds
 
 
+def test_a_first_sync_under_an_age_window_lists_only_the_window(dovecot: Dovecot, user: User,
+                                                                 tmp_path: Path) -> None:
+    """The first sync of a folder under max_age alone asks UID SEARCH SINCE and nothing about
+    the rest of the folder (no UID SEARCH ALL: none of those UIDs is known, and new ones
+    outside the window stay out of the view); the next sync, which knows UIDs, lists them all
+    again to tell an expunge from a message that left the window."""
+    now = time.time()
+    for i in range(20):  # old: outside the window
+        dovecot.append(user, "INBOX", make_message(i), "\\Seen", date=now - (400 - i) * 86400)
+    for i in range(20, 23):
+        dovecot.append(user, "INBOX", make_message(i), "", date=now - (23 - i) * 86400)
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 30d\n")
+    rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
+    assert rc == 0, out + err
+    assert "+3 down" in out, out
+    assert re.search(r"> b'\w+ UID SEARCH SINCE ", err), err
+    assert not re.search(r"> b'\w+ UID SEARCH ALL", err), err
+    assert len(local_files(account.folder_dir("INBOX"))) == 3
+    # the next sync, after a local change, knows UIDs: it lists the folder to spot expunges
+    rename_flags(with_needle(account, "INBOX", b"test message 21 in"), "S")
+    time.sleep(0.01)
+    dovecot.expunge(user, "INBOX", [22])  # message 21's neighbour, inside the window
+    rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
+    assert rc == 0, out + err
+    assert re.search(r"> b'\w+ UID SEARCH ALL", err), err
+    assert len(local_files(account.folder_dir("INBOX"))) == 2
+    assert len(dovecot.messages(user, "INBOX")) == 22  # the old ones never touched
+
+
 def test_a_windowed_folder_reads_no_flags_outside_its_window(dovecot: Dovecot, user: User,
                                                              tmp_path: Path) -> None:
     """Messages outside the window are known by UID alone (UID SEARCH): their flags are never
