@@ -121,16 +121,21 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
                 window_spec: WindowSpec | None = None) -> FolderView:
     """SELECT the folder and build the snapshot: the server's view, the local one, and the
     policy completed with what the server keeps and the pending expunges."""
-    info, prefetched = select(session, fstate, name, status)
-    uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
-                           and fstate.uidvalidity != info.uidvalidity)
     synced_by_key = {m.key: m for m in rows.synced}
     parked_keys = {m.key for m in rows.outside}
     # Message-IDs only serve pairing local files the state does not know with server
     # messages; an initial sync into an empty Maildir has none, and skips a header fetch.
-    unpaired_local = uidvalidity_changed or any(
+    unknown_files = any(
         k not in synced_by_key and k not in parked_keys and k not in rows.untracked_keys
         for k in scan.entries)
+    # Nothing of the folder known yet and no window: every message is new, so the SELECT
+    # brings every flag (and, with nothing local to pair, every size) in the same round trip.
+    whole = window_spec is None and not (rows.synced or rows.outside or rows.untracked_uids)
+    info, prefetched = select(session, fstate, name, status,
+                              initial=(not unknown_files) if whole else None)
+    uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
+                           and fstate.uidvalidity != info.uidvalidity)
+    unpaired_local = uidvalidity_changed or unknown_files
     untracked_uids = frozenset() if uidvalidity_changed else rows.untracked_uids
     window: frozenset[int] | None = None
     if window_spec is not None or (rows.outside and not uidvalidity_changed):
@@ -165,17 +170,21 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
 
 
 def select(session: ImapSession, fstate: FolderState | None, name: str,
-           status: FolderStatus | None) -> tuple[SelectInfo, SelectChanges | None]:
+           status: FolderStatus | None, *, initial: bool | None = None
+           ) -> tuple[SelectInfo, SelectChanges | None]:
     """SELECT; in the incremental case with what changed in the same round trip. STATUS (just
     taken) vouches for the UIDVALIDITY, so the old cursors apply. The new UIDs' meta rides
     along unless STATUS announces more new messages than one fetch_meta chunk: that reply
-    would not be bounded."""
+    would not be bounded. ``initial`` (not None: no UID of the folder is known) has every
+    flag ride along, and every size if True (nothing local to pair: no header fields)."""
     if (fstate is not None and fstate.highestmodseq is not None and fstate.uidnext
             and session.condstore and status is not None
             and status.uidvalidity == fstate.uidvalidity):
         many = (status.uidnext or 0) - fstate.uidnext > UID_SET_CHUNK
         return session.select_with_changes(name, fstate.highestmodseq,
                                            None if many else fstate.uidnext)
+    if initial is not None:
+        return session.select_initial(name, sizes=initial)
     return session.select(name), None
 
 
@@ -195,7 +204,9 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
         assert fstate is not None
         view = _changed_flags(session, fstate, info, synced, prefetched, untracked)
     else:
-        full = session.fetch_flags() if info.exists else None
+        full = prefetched.changes if prefetched is not None and prefetched.complete \
+            and prefetched.changes is not None else (
+                session.fetch_flags() if info.exists else None)
         view = {uid: RemoteMessage(uid, flags)
                 for uid, flags in (full.flags.items() if full else ())}
     known_uids = set() if uidvalidity_changed else {m.uid for m in synced} | untracked

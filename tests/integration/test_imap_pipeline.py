@@ -147,3 +147,37 @@ def test_select_with_changes_of_a_missing_folder(dovecot: Dovecot, user: User,
     info = session.select("INBOX")
     assert info.exists == 1
     assert len(session.fetch_flags().flags) == 1
+
+
+def test_select_initial_brings_every_flag_and_size(dovecot: Dovecot, user: User,
+                                                   session: ImapSession) -> None:
+    """A first sync's SELECT: every message's flags and sizes in the same round trip, the
+    same as fetch_flags() + fetch_meta(message_ids=False) would give."""
+    uids = dovecot.seed(user, "Work", [(make_message(i, folder="Work"), "S" if i % 2 else "")
+                                       for i in range(5)])
+    session.select("INBOX")
+    info, extra = session.select_initial("Work", sizes=True)
+    assert session.selected == "Work" and info.exists == 5
+    assert extra.complete and extra.changes is not None and extra.meta is not None
+    assert extra.changes.flags == session.fetch_flags().flags
+    assert set(extra.changes.flags) == set(uids)
+    server = dovecot.messages(user, "Work", bodies=False)
+    assert {uid: meta.size for uid, meta in extra.meta.items()} == {
+        uid: m.size for uid, m in server.items()}
+    assert all(meta.message_id is None for meta in extra.meta.values())
+    info, extra = session.select_initial("Work", sizes=False)
+    assert extra.meta is None and extra.changes is not None and len(extra.changes.flags) == 5
+
+
+def test_select_initial_of_an_empty_and_of_a_missing_folder(dovecot: Dovecot, user: User,
+                                                            session: ImapSession) -> None:
+    """An empty folder: no flags (or none asked, if the server refuses 1:* there); a missing
+    one: the SELECT's error, nothing selected, the connection still in step."""
+    dovecot.create_folder(user, "Empty")
+    info, extra = session.select_initial("Empty", sizes=True)
+    assert info.exists == 0
+    assert extra.changes is None or extra.changes.flags == {}
+    with pytest.raises(IMAPClientError, match="SELECT"):
+        session.select_initial("Does/Not/Exist", sizes=True)
+    assert session.selected is None
+    assert session.select("Empty").exists == 0

@@ -385,32 +385,45 @@ def test_no_change_sync_reads_neither_maildir_nor_messages(
 
 def test_message_ids_fetched_only_when_local_files_need_pairing(
         dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An initial sync into an empty Maildir has nothing to pair: sizes only, no header fetch.
-    Once local files without state exist (state lost), Message-IDs are fetched and pair them."""
+    """An initial sync into an empty Maildir has nothing to pair: sizes only, no header fetch,
+    and they come with the SELECT (one round trip for the folder's whole view). Once local
+    files without state exist (state lost), Message-IDs are fetched and pair them."""
     dovecot.seed(user, "INBOX", [make_message(i) for i in range(6)])
     account = write_config(tmp_path, dovecot, user)
     calls: list[bool] = []
     sizes: list[dict[int, MessageMeta]] = []
+    initial: list[bool] = []
     original = ImapSession.fetch_meta
+    original_select = ImapSession.select_initial
 
     def recording(self: ImapSession, uids: list[int], *, message_ids: bool = True) -> dict:
         calls.append(message_ids)
         sizes.append(original(self, uids, message_ids=message_ids))
         return sizes[-1]
 
+    def recording_select(self: ImapSession, name: str, *, sizes: bool) -> tuple:
+        initial.append(sizes)
+        info, changes = original_select(self, name, sizes=sizes)
+        if changes.meta is not None:
+            metas.append(changes.meta)
+        return info, changes
+
+    metas: list[dict[int, MessageMeta]] = []
     monkeypatch.setattr(ImapSession, "fetch_meta", recording)
+    monkeypatch.setattr(ImapSession, "select_initial", recording_select)
     out = synced_ok(account)
-    assert "+6 down" in out and calls == [False], (out, calls)
-    assert all(meta.message_id is None for meta in sizes[0].values())
+    assert "+6 down" in out and calls == [] and initial == [True], (out, calls, initial)
+    assert all(meta.message_id is None for meta in metas[0].values())
     server = dovecot.messages(user, "INBOX")
-    assert {uid: meta.size for uid, meta in sizes[0].items()} == {
+    assert {uid: meta.size for uid, meta in metas[0].items()} == {
         uid: m.size for uid, m in server.items()}
 
     calls.clear()
     sizes.clear()
+    initial.clear()
     (account.state_dir / f"{account.name}.sqlite3").unlink()
     out = synced_ok(account)
-    assert "+0 down +0 up" in out and calls == [True], (out, calls)
+    assert "+0 down +0 up" in out and calls == [True] and initial == [False], (out, calls)
     assert all(meta.message_id for meta in sizes[0].values())
     assert_folder_in_sync(dovecot, user, account, "INBOX")
 

@@ -28,6 +28,7 @@ from syncd.imap.client import (
     ImapSession,
     MessageMeta,
     Reply,
+    SelectChanges,
     SelectInfo,
     parse_uid_set,
 )
@@ -113,6 +114,12 @@ class MemorySession(ImapSession):
         self.selected = name
         folder = self.server.folder(name)
         return SelectInfo(folder.uidvalidity, folder.uidnext, len(folder.messages), None)
+
+    def select_initial(self, name: str, *, sizes: bool) -> tuple[SelectInfo, SelectChanges]:
+        info = self.select(name)
+        flags = self.fetch_flags()
+        meta = self.fetch_meta(flags.flags, message_ids=False) if sizes else None
+        return info, SelectChanges(flags, meta, complete=True)
 
     def noop(self) -> None:
         pass
