@@ -779,8 +779,12 @@ class MaildirFolder:
         return max(cur, new) / 1e9 < float(taken) - slack
 
     def sync(self) -> None:
-        """fsync cur/ and new/ (and tmp/) directories: makes preceding delivers/renames durable."""
-        for sub in _SUBDIRS:
+        """fsync the cur/ and new/ directories: makes preceding delivers, renames and removals
+        durable. Not tmp/: nothing there must survive a crash (a message is safe once linked
+        into new/ or cur/, and a tmp/ name that comes back is debris that recovery and
+        clean_tmp remove), and the fetch thread keeps writing there, so each fsync of it
+        forced a journal commit of its own (a third of a download group's fsync time)."""
+        for sub in ("cur", "new"):
             with contextlib.suppress(FileNotFoundError):
                 _fsync_dir(self.path / sub)
 
