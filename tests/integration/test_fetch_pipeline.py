@@ -20,6 +20,8 @@ from tests.support.syncd_env import assert_folder_in_sync, sync, write_config
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(imap_client, "FETCH_BATCH_COUNT", 3)
+    # fewer in flight than these tests' folders have batches: the depth bound is reached
+    monkeypatch.setattr(imap_client, "FETCH_PIPELINE_DEPTH", 3)
 
 
 @pytest.fixture
