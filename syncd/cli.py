@@ -490,9 +490,12 @@ def _sync_accounts(settings: Settings, accounts: list[AccountSettings],
 
 def _light_check_allowed(account: AccountSettings, args: argparse.Namespace) -> bool:
     """The no-change check runs on implicit TLS with a password; STARTTLS and OAuth2 logins
-    are the engine's. Never for a dry run or --force-deletions, which always need the engine."""
+    are the engine's. Never for a dry run or --force-deletions, which always need the engine,
+    nor for a first sync (no state database yet): it could only say so, after a login and a
+    listing of its own, and the engine would log in again."""
     return (account.tls == "implicit" and account.auth != "oauth2"
-            and not args.dry_run and not args.force_deletions)
+            and not args.dry_run and not args.force_deletions
+            and account.state_path.exists())
 
 
 def _take_locks(settings: Settings,

@@ -20,6 +20,7 @@ from tests.support.syncd_env import (
     Account,
     assert_folder_in_sync,
     local_files,
+    run_cli,
     sync,
     synced_ok,
     write_config,
@@ -101,6 +102,19 @@ def _local_folder(dovecot: Dovecot, user: User, account: Account) -> str:
     for sub in ("cur", "new", "tmp"):
         (account.maildir / "Drafts" / sub).mkdir(parents=True)
     return "1 folders created"
+
+
+def test_a_first_sync_logs_in_once(dovecot: Dovecot, user: User, tmp_path: Path) -> None:
+    """No state database yet: the no-change check could only say "a full sync", after a
+    login and a listing of its own, so it is not asked; the engine has the connection opened
+    ahead (one login)."""
+    dovecot.seed(user, "INBOX", [make_message(i) for i in range(3)])
+    account = write_config(tmp_path, dovecot, user)
+    mark = dovecot.log_mark()
+    rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
+    assert rc == 0 and "+3 down" in out, out + err
+    assert "a full sync" not in err, err
+    assert logins(dovecot, mark) == 1, dovecot.log_text(mark)
 
 
 @pytest.mark.parametrize("change", [_server_new, _server_flag, _server_expunge, _server_folder,
