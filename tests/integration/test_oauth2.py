@@ -28,7 +28,7 @@ from syncd.pop3.client import Pop3Session
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.fake_idp import FakeIdP, follow_redirects
 from tests.support.file_keyring import FileKeyring, read_all
-from tests.support.syncd_env import REPO, run_cli
+from tests.support.syncd_env import REPO, config_head, run_cli
 
 NAME = "work"
 
@@ -91,15 +91,7 @@ def write_config(tmp_path: Path, dc: Dovecot, user: User, idp: FakeIdP, *,
                  protocol: str = "imap", extra: str = "") -> Path:
     port = dc.imaps_port if protocol == "imap" else dc.pop3s_port
     config = tmp_path / "config.yaml"
-    config.write_text(f"""\
-general:
-  maildir_root: {tmp_path / "Mail"}
-  state_dir: {tmp_path / "state"}
-accounts:
-  {NAME}:
-    protocol: {protocol}
-    host: 127.0.0.1
-    port: {port}
+    config.write_text(config_head(tmp_path, NAME, protocol=protocol, port=port) + f"""\
     tls_ca_file: {dc.ca_file}
     username: {user.name}
     auth: oauth2

@@ -22,7 +22,7 @@ from tests.support.dovecot import Dovecot, User
 from tests.support.fake_idp import FakeIdP
 from tests.support.file_keyring import FileKeyring, installed
 from tests.support.smtp_server import SmtpServer
-from tests.support.syncd_env import run_cli, write_config
+from tests.support.syncd_env import config_head, run_cli, write_config
 
 NAME = "work"
 SENDER = "sender@example.org"
@@ -55,15 +55,8 @@ def smtp_server(dovecot: Dovecot, idp: FakeIdP, tls: str = "starttls",
 def oauth2_config(tmp_path: Path, dovecot: Dovecot, idp: FakeIdP, smtp: SmtpServer) -> Path:
     """An OAuth2 account whose SMTP server is ``smtp`` (credentials: the account's)."""
     config = tmp_path / "config.yaml"
-    config.write_text(f"""\
-general:
-  maildir_root: {tmp_path / "Mail"}
-  state_dir: {tmp_path / "state"}
-accounts:
-  {NAME}:
-    protocol: imap
-    host: 127.0.0.1
-    port: {dovecot.imaps_port}
+    config.write_text(config_head(tmp_path, NAME, protocol="imap", port=dovecot.imaps_port)
+                      + f"""\
     tls_ca_file: {dovecot.ca_file}
     username: {SENDER}
     auth: oauth2

@@ -41,6 +41,24 @@ class Account:
         return self.maildir.joinpath(*folder.split("/"))
 
 
+def config_head(tmp_path: Path, name: str, *, protocol: str, port: int,
+                general_extra: str = "") -> str:
+    """The start of a test config: ``general`` (Maildirs and state under ``tmp_path``) and one
+    account's protocol, host and port; the caller adds its login and the rest, indented four
+    spaces."""
+    extra = general_extra.rstrip("\n") + "\n" if general_extra.strip() else ""
+    return f"""\
+general:
+  maildir_root: {tmp_path / "Mail"}
+  state_dir: {tmp_path / "state"}
+{extra}accounts:
+  {name}:
+    protocol: {protocol}
+    host: 127.0.0.1
+    port: {port}
+"""
+
+
 def write_config(tmp_path: Path, dovecot: Dovecot, user: User, *, name: str = "test",
                  layout: str = "verbatim", tls: str = "implicit", extra: str = "",
                  protocol: str = "imap", general_extra: str = "",
@@ -55,16 +73,8 @@ def write_config(tmp_path: Path, dovecot: Dovecot, user: User, *, name: str = "t
     maildir_root = tmp_path / "Mail"
     state_dir = tmp_path / "state"
     config = tmp_path / "config.yaml"
-    text = f"""\
-general:
-  maildir_root: {maildir_root}
-  state_dir: {state_dir}
-{general_extra}
-accounts:
-  {name}:
-    protocol: {protocol}
-    host: 127.0.0.1
-    port: {port}
+    text = config_head(tmp_path, name, protocol=protocol, port=port,
+                       general_extra=general_extra) + f"""\
     tls: {tls}
     tls_ca_file: {dovecot.ca_file}
     username: {user.name}

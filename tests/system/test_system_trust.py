@@ -15,21 +15,14 @@ import pytest
 
 from syncd.net import _hashed_system_capath
 from tests.support.dovecot import Dovecot, User
-from tests.support.syncd_env import REPO
+from tests.support.syncd_env import REPO, config_head
 
 
 def check(tmp_path: Path, dovecot: Dovecot, user: User,
           cert_dir: Path) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.yaml"
-    config.write_text(f"""\
-general:
-  maildir_root: {tmp_path / "Mail"}
-  state_dir: {tmp_path / "state"}
-accounts:
-  test:
-    protocol: imap
-    host: 127.0.0.1
-    port: {dovecot.imaps_port}
+    config.write_text(config_head(tmp_path, "test", protocol="imap", port=dovecot.imaps_port)
+                      + f"""\
     username: {user.name}
     password_command: "printf {user.password}"
 """)
