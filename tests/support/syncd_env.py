@@ -45,13 +45,12 @@ def config_head(tmp_path: Path, name: str, *, protocol: str, port: int,
                 general_extra: str = "") -> str:
     """The start of a test config: ``general`` (Maildirs and state under ``tmp_path``) and one
     account's protocol, host and port; the caller adds its login and the rest, indented four
-    spaces."""
-    extra = general_extra.rstrip("\n") + "\n" if general_extra.strip() else ""
+    spaces. ``general_extra`` goes in as it is (whole lines, each ending in a newline)."""
     return f"""\
 general:
   maildir_root: {tmp_path / "Mail"}
   state_dir: {tmp_path / "state"}
-{extra}accounts:
+{general_extra}accounts:
   {name}:
     protocol: {protocol}
     host: 127.0.0.1
@@ -73,8 +72,9 @@ def write_config(tmp_path: Path, dovecot: Dovecot, user: User, *, name: str = "t
     maildir_root = tmp_path / "Mail"
     state_dir = tmp_path / "state"
     config = tmp_path / "config.yaml"
+    # (an empty line after general's extra lines, always: tests name config lines by number)
     text = config_head(tmp_path, name, protocol=protocol, port=port,
-                       general_extra=general_extra) + f"""\
+                       general_extra=general_extra + "\n") + f"""\
     tls: {tls}
     tls_ca_file: {dovecot.ca_file}
     username: {user.name}
