@@ -151,8 +151,8 @@ class SelectChanges(NamedTuple):
     changes: FlagChanges | None
     #: UID -> MessageMeta of the messages from the old UIDNEXT on.
     meta: dict[int, MessageMeta] | None
-    #: ``changes`` holds every message's flags (select_initial), not only what changed since
-    #: a modseq: only then may it stand for UID FETCH 1:* FLAGS.
+    #: ``changes`` is set and holds every message's flags (select_initial), not only what
+    #: changed since a modseq: only then may it stand for UID FETCH 1:* FLAGS.
     complete: bool = False
 
 

@@ -204,9 +204,10 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
         assert fstate is not None
         view = _changed_flags(session, fstate, info, synced, prefetched, untracked)
     else:
-        full = prefetched.changes if prefetched is not None and prefetched.complete \
-            and prefetched.changes is not None else (
-                session.fetch_flags() if info.exists else None)
+        if prefetched is not None and prefetched.complete:
+            full = prefetched.changes  # every flag, with the SELECT (select_initial)
+        else:
+            full = session.fetch_flags() if info.exists else None
         view = {uid: RemoteMessage(uid, flags)
                 for uid, flags in (full.flags.items() if full else ())}
     known_uids = set() if uidvalidity_changed else {m.uid for m in synced} | untracked
@@ -253,10 +254,9 @@ def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec,
     With no UID known yet and an age window alone, UID SEARCH SINCE names the window and
     nothing else is asked: the outside UIDs are all new, and new ones outside the window are
     left out of the view (windowed_view), so listing them would be a round trip for nothing."""
-    present: set[int] = set()
-    inside: set[int] = set()
     if not info.exists:
-        pass
+        present: set[int] = set()
+        inside: set[int] = set()
     elif not known and spec.max_messages is None and spec.max_age is not None:
         present = inside = session.search_since(since_day(spec))
     else:

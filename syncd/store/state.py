@@ -392,6 +392,17 @@ class StateStore:
         self.close()
 
     @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's turn to write the database (see _writer_lock); after the busy
+        timeout, the error SQLite would give."""
+        if not self._writer.acquire(timeout=_BUSY_TIMEOUT):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            yield
+        finally:
+            self._writer.release()
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         """One SQLite transaction (BEGIN IMMEDIATE ... COMMIT); nested use joins the outer one.
 
@@ -401,9 +412,7 @@ class StateStore:
         are undone even when the caller catches the exception and carries on."""
         conn = self._conn
         if self._depth == 0:
-            if not self._writer.acquire(timeout=_BUSY_TIMEOUT):
-                raise sqlite3.OperationalError("database is locked")
-            try:
+            with self._writer_turn():
                 conn.execute("BEGIN IMMEDIATE")
                 self._depth = 1
                 try:
@@ -421,8 +430,6 @@ class StateStore:
                     raise
                 finally:
                     self._depth = 0
-            finally:
-                self._writer.release()
             return
         name = f"sp{self._depth}"
         conn.execute(f"SAVEPOINT {name}")

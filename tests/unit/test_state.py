@@ -215,6 +215,9 @@ def test_threads_of_one_process_queue_for_the_writer_lock(db_path: Path) -> None
     def writer(folder_id: int) -> None:
         try:
             with StateStore(db_path) as store:
+                # SQLite's own wait off: a commit that met another thread's would fail at once
+                # with "database is locked" unless the writer lock kept them apart.
+                store._conn.execute("PRAGMA busy_timeout = 0")
                 for uid in range(1, 151):
                     with store.transaction():
                         store.put_message(folder_id, SyncedMessage(uid, f"k{folder_id}-{uid}", ""))
