@@ -1,7 +1,7 @@
 """The floor: the fastest first sync this machine and this Dovecot allow (issue 21).
 
     python -m bench.floor --port P --ca CA --user U --password PW --root DIR
-                          [--connections 3] [--write]
+                          [--connections 3] [--write] [--since 1-Jan-2026] [--status]
 
 No sync engine, no state, no flags: per folder one ``UID FETCH 1:* BODY.PEEK[]`` (the whole
 folder in one command, so the server never waits for the client to ask), over the same kind of
@@ -11,6 +11,11 @@ time). The reply is split into literals and, without ``--write``, dropped: the r
 TLS and the server only. With ``--write`` each message is written the way syncd writes a
 download group: CRLF to LF, staged in tmp/ without fsync, then per group (200 messages or
 2 MiB, syncd's DOWNLOAD_COMMIT_*) one syncfs(2), the renames into new/, one fsync of new/.
+With ``--since`` (a partial mirror's floor, issue 18) each folder is first asked
+``UID SEARCH SINCE`` and only the UIDs it names are fetched, as syncd does under ``max_age``.
+With ``--status`` it is a no-change sync's floor instead: log in, one LIST-STATUS (messages,
+UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ of every folder: what a CONDSTORE client must know to
+tell that nothing changed), log out; no state read, nothing compared, nothing written.
 
 Only the standard library, so that it starts in ~20 ms; run by bench/run.py as a tool beside
 syncd and mbsync.
@@ -19,14 +24,17 @@ syncd and mbsync.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import multiprocessing
 import os
 import re
 import socket
 import ssl
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+# Imported where used: the --status floor (a no-change sync's) starts without them.
+if TYPE_CHECKING:
+    import multiprocessing
+    from pathlib import Path
 
 GROUP_COUNT = 200  # syncd.imap.download.DOWNLOAD_COMMIT_COUNT
 GROUP_BYTES = 2 * 1024 * 1024  # syncd.imap.download.DOWNLOAD_COMMIT_BYTES
@@ -96,9 +104,15 @@ class Connection:
                 text += self.take(int(literal.group(1))) + self.line()
             lines.append(text)
 
-    def fetch_all(self, sink: Sink | None) -> int:
-        """UID FETCH 1:* BODY.PEEK[] of the selected folder; each body to ``sink``."""
-        tag = self.send("UID FETCH 1:* BODY.PEEK[]")
+    def search_since(self, since: str) -> str | None:
+        """The UID set `UID SEARCH SINCE` names in the selected folder (None: none)."""
+        uids = [int(word) for text in self.command(f"UID SEARCH SINCE {since}")
+                if text.startswith(b"* SEARCH") for word in text.split()[2:]]
+        return uid_set(uids) if uids else None
+
+    def fetch_all(self, sink: Sink | None, uids: str = "1:*") -> int:
+        """UID FETCH <uids> BODY.PEEK[] of the selected folder; each body to ``sink``."""
+        tag = self.send(f"UID FETCH {uids} BODY.PEEK[]")
         count = 0
         while True:
             text = self.line()
@@ -130,8 +144,10 @@ class Sink:
         self.staged: list[str] = []
         self.staged_bytes = 0
         self.n = 0
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._syncfs = libc.syncfs
+        import ctypes
+
+        self._get_errno = ctypes.get_errno
+        self._syncfs = ctypes.CDLL(None, use_errno=True).syncfs
 
     def add(self, body: bytes) -> None:
         # syncd's crlf_to_lf (syncd/store/maildir.py): one-byte replaces go through memchr,
@@ -157,7 +173,7 @@ class Sink:
         fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if self._syncfs(fd) != 0:
-                raise OSError(ctypes.get_errno(), "syncfs")
+                raise OSError(self._get_errno(), "syncfs")
             for name in self.staged:
                 os.rename(self.tmp / name, self.new / name)
         finally:
@@ -168,6 +184,17 @@ class Sink:
         finally:
             os.close(fd)
         self.staged, self.staged_bytes = [], 0
+
+
+def uid_set(uids: list[int]) -> str:
+    """1,2,3,7 -> 1:3,7"""
+    ranges: list[list[int]] = []
+    for uid in sorted(uids):
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1][1] = uid
+        else:
+            ranges.append([uid, uid])
+    return ",".join(f"{a}:{b}" if a != b else str(a) for a, b in ranges)
 
 
 def list_folders(conn: Connection) -> list[tuple[str, int]]:
@@ -183,8 +210,19 @@ def list_folders(conn: Connection) -> list[tuple[str, int]]:
     return sorted(((name, n) for name, n in found), key=lambda f: -f[1])
 
 
+def status_only(conn: Connection) -> int:
+    listed = conn.command('LIST "" "*" RETURN (STATUS (MESSAGES UIDNEXT UIDVALIDITY '
+                          'HIGHESTMODSEQ))')
+    conn.command("LOGOUT")
+    statuses = sum(1 for text in listed if text.startswith(b"* STATUS"))
+    print(f"floor: status of {statuses} folders", file=sys.stderr)
+    return 0
+
+
 def worker(args: argparse.Namespace, folders: multiprocessing.Queue, done: multiprocessing.Queue
            ) -> None:
+    from pathlib import Path
+
     conn = Connection(args.host, args.port, args.ca)
     conn.login(args.user, args.password)
     count = 0
@@ -197,7 +235,9 @@ def worker(args: argparse.Namespace, folders: multiprocessing.Queue, done: multi
         if args.write:
             local = name.strip('"') or "INBOX"
             sink = Sink(Path(args.root) / local, f"{os.getpid()}")
-        count += conn.fetch_all(sink)
+        uids = conn.search_since(args.since) if args.since else "1:*"
+        if uids is not None:
+            count += conn.fetch_all(sink, uids)
         if sink is not None:
             sink.flush()
     conn.command("LOGOUT")
@@ -214,11 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", required=True, help="where --write puts the Maildir folders")
     p.add_argument("--connections", type=int, default=3)
     p.add_argument("--write", action="store_true")
+    p.add_argument("--since", help="fetch only what UID SEARCH SINCE this date names "
+                   "(an IMAP date: 1-Jan-2026)")
+    p.add_argument("--status", action="store_true", help="the no-change floor: LIST-STATUS only")
     args = p.parse_args(argv)
     conn = Connection(args.host, args.port, args.ca)
     conn.login(args.user, args.password)
+    if args.status:
+        return status_only(conn)
     folders = list_folders(conn)
     conn.command("LOGOUT")
+    import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     todo: multiprocessing.Queue = ctx.Queue()
     done: multiprocessing.Queue = ctx.Queue()

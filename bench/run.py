@@ -36,6 +36,7 @@ from bench import outbox as outbox_bench
 from bench.tools import (
     DEBIAN_PACKAGE,
     EXECUTABLE,
+    FETCH_FLOORS,
     FLOOR_TOOLS,
     IMAP_TOOLS,
     PIP_PACKAGE,
@@ -358,18 +359,24 @@ class Bench:
 
     def floor_run(self, network: str, endpoint: Endpoint, user: User) -> None:
         """The floor (bench/floor.py): one UID FETCH 1:* per folder, reading only and writing
-        like syncd; an initial sync only, rows beside syncd's."""
+        like syncd, as initial syncs; and a no-change sync's floor (one LIST-STATUS), rows
+        beside syncd's."""
         args = self.args
         n = args.messages
         for name in FLOOR_TOOLS:
             tool = make_tool(name, "imap", self.work / "clients" / f"{name}-{network}",
                              endpoint, user)
             logfile = self.logs / f"{name}-{network}.log"
-            row = Row("imap", network, "initial", name, n, self.corpus_bytes[user.name])
+            scenario = "resync" if name == "floor-status" else "initial"
+            row = Row("imap", network, scenario, name, n, self.corpus_bytes[user.name])
             self.rows.append(row)
-            for r in range(args.repeats):
-                self.restore_server(user)
+            if scenario == "resync":
                 tool.prepare()
+                timed(tool, logfile, args.timeout)  # warm, like the tools' no-change runs
+            for r in range(args.repeats):
+                if scenario == "initial":
+                    self.restore_server(user)
+                    tool.prepare()
                 m = timed(tool, logfile, args.timeout)
                 row.add(m)
                 log(f"{network} {name}: {r + 1}/{args.repeats}: {m.wall:.2f} s, CPU "
@@ -384,8 +391,8 @@ class Bench:
         and the floor at each of --sizes (the main size's rows are the IMAP part's)."""
         assert self.dc is not None
         endpoint = direct_endpoint(self.dc)
-        names = [t for t in ("syncd", "mbsync", *FLOOR_TOOLS)
-                 if t in self.args.tools or t in FLOOR_TOOLS]
+        names = [t for t in ("syncd", "mbsync", *FETCH_FLOORS)
+                 if t in self.args.tools or t in FETCH_FLOORS]
         for size in self.args.sizes:
             if size == self.args.messages and "imap" not in self.args.skip:
                 continue
@@ -831,6 +838,8 @@ def small_message(folder: int, j: int) -> tuple[bytes, str]:
 def floor_correct(tool: Tool, logfile: Path, n: int) -> str:
     """The floor's own count (its last line), and for floor-write the files it left."""
     words = last_words(logfile)
+    if tool.name == "floor-status":
+        return "ok" if words.startswith("floor: status of ") else f"FAIL: {words}"
     if not words.startswith(f"floor: {n} messages"):
         return f"FAIL: {words}"
     if tool.name == "floor-write":

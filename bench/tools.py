@@ -25,7 +25,9 @@ SYNCD = Path(sys.executable).with_name("syncd")
 GETMAIL = Path(sys.executable).with_name("getmail")
 
 IMAP_TOOLS = ("syncd", "mbsync", "offlineimap")
-FLOOR_TOOLS = ("floor-write", "floor-read")
+#: the first sync's floors (bench/floor.py), and with the no-change sync's
+FETCH_FLOORS = ("floor-write", "floor-read")
+FLOOR_TOOLS = (*FETCH_FLOORS, "floor-status")
 POP3_TOOLS = ("syncd", "getmail", "fetchmail")
 DEBIAN_PACKAGE = {"mbsync": "isync", "offlineimap": "offlineimap3", "fetchmail": "fetchmail"}
 #: peers that come from PyPI, through the ``bench`` extra of pyproject.toml
@@ -259,10 +261,13 @@ maxconnections = {self.maxconnections}
 
 class Floor(Tool):
     """bench/floor.py: the fastest first sync (one UID FETCH 1:* per folder), writing nothing
-    (``floor-read``) or writing like syncd (``floor-write``). Only an initial sync."""
+    (``floor-read``) or writing like syncd (``floor-write``); ``floor-status`` is the
+    no-change sync's floor (log in, one LIST-STATUS). Run with ``-I -S``: the standard library
+    only, no site-packages to scan at start-up."""
 
     name = "floor-write"
-    write = True
+    mode: tuple[str, ...] = ("--write",)
+    since: str | None = None  # an IMAP date: fetch only what UID SEARCH SINCE names
 
     @property
     def mail_root(self) -> Path:
@@ -272,15 +277,22 @@ class Floor(Tool):
         self.mail_root.mkdir(exist_ok=True)
 
     def command(self) -> list[str]:
-        return [sys.executable, str(REPO / "bench" / "floor.py"), "--host", self.endpoint.host,
+        return [sys.executable, "-I", "-S", str(REPO / "bench" / "floor.py"),
+                "--host", self.endpoint.host,
                 "--port", str(self.endpoint.imaps_port), "--ca", str(self.endpoint.ca_file),
                 "--user", self.user.name, "--password", self.user.password,
-                "--root", str(self.mail_root), *(["--write"] if self.write else [])]
+                "--root", str(self.mail_root), *self.mode,
+                *(["--since", self.since] if self.since else [])]
 
 
 class FloorRead(Floor):
     name = "floor-read"
-    write = False
+    mode = ()
+
+
+class FloorStatus(Floor):
+    name = "floor-status"
+    mode = ("--status",)
 
 
 # ------------------------------------------------------------------------------- POP3 tools
@@ -394,6 +406,7 @@ def make_tool(name: str, protocol: str, root: Path, endpoint: Endpoint, user: Us
         ("offlineimap", "imap"): OfflineImap, ("syncd", "pop3"): SyncdPop3,
         ("getmail", "pop3"): Getmail, ("fetchmail", "pop3"): Fetchmail,
         ("floor-write", "imap"): Floor, ("floor-read", "imap"): FloorRead,
+        ("floor-status", "imap"): FloorStatus,
     }
     return classes[(name, protocol)](root, endpoint, user)
 
