@@ -368,7 +368,8 @@ class Bench:
                              endpoint, user)
             logfile = self.logs / f"{name}-{network}.log"
             scenario = "resync" if name == "floor-status" else "initial"
-            row = Row("imap", network, scenario, name, n, self.corpus_bytes[user.name])
+            row = Row("imap", network, scenario, name, n,
+                      self.corpus_bytes[user.name] if scenario == "initial" else 0)
             self.rows.append(row)
             if scenario == "resync":
                 tool.prepare()

@@ -23,11 +23,11 @@ from syncd.core.model import (
     RemoteMessage,
     SyncedMessage,
 )
-from syncd.imap.client import UID_SET_CHUNK
+from syncd.imap.client import UID_SET_CHUNK, SelectChanges
 
 if TYPE_CHECKING:
     from syncd.core.model import FolderStatus
-    from syncd.imap.client import FlagChanges, ImapSession, SelectChanges, SelectInfo
+    from syncd.imap.client import FlagChanges, ImapSession, SelectInfo
     from syncd.store.maildir import LocalEntry, MaildirFolder
     from syncd.store.state import FolderState, StateStore
 
@@ -130,9 +130,16 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
         for k in scan.entries)
     # Nothing of the folder known yet and no window: every message is new, so the SELECT
     # brings every flag (and, with nothing local to pair, every size) in the same round trip.
-    whole = window_spec is None and not (rows.synced or rows.outside or rows.untracked_uids)
-    info, prefetched = select(session, fstate, name, status,
-                              initial=(not unknown_files) if whole else None)
+    nothing_known = not (rows.synced or rows.outside or rows.untracked_uids)
+    searched = None
+    if window_spec is not None:
+        # A windowed folder's UIDs ride with the SELECT: an age window's first sync needs
+        # its window alone (UID SEARCH SINCE), any other sync every UID (UID SEARCH ALL).
+        info, searched = select_windowed(session, name, window_spec, nothing_known)
+        prefetched = None
+    else:
+        info, prefetched = select(session, fstate, name, status,
+                                  initial=(not unknown_files) if nothing_known else None)
     uidvalidity_changed = (fstate is not None and fstate.uidvalidity is not None
                            and fstate.uidvalidity != info.uidvalidity)
     unpaired_local = uidvalidity_changed or unknown_files
@@ -148,7 +155,7 @@ def gather_view(session: ImapSession, fstate: FolderState | None, name: str,
             {m.uid for m in rows.synced} | {m.uid for m in rows.outside} | untracked_uids)
         remote, window = windowed_view(session, info, known, window_spec,
                                        pair_outside=unpaired_local,
-                                       message_ids=unpaired_local)
+                                       message_ids=unpaired_local, searched=searched)
     else:
         remote = remote_view(session, fstate, info, rows.synced, uidvalidity_changed,
                              None if uidvalidity_changed else prefetched,
@@ -188,6 +195,26 @@ def select(session: ImapSession, fstate: FolderState | None, name: str,
     return session.select(name), None
 
 
+class Searched(NamedTuple):
+    """A windowed folder's UID searches asked with its SELECT (None: not asked, or not
+    answered in a shape we read: the view asks the ordinary way)."""
+
+    since: set[int] | None  # UID SEARCH SINCE: the age window's UIDs
+    all: set[int] | None  # UID SEARCH ALL: every UID
+
+
+def select_windowed(session: ImapSession, name: str, spec: WindowSpec, nothing_known: bool
+                    ) -> tuple[SelectInfo, Searched]:
+    """SELECT a windowed folder with the one search its view starts from (see
+    _window_flags): SINCE for an age window's first sync, which needs nothing else; ALL
+    otherwise (the rest of the window, if any, is asked after)."""
+    if nothing_known and spec.max_age is not None and spec.max_messages is None:
+        info, uids = session.select_searching(name, since_day(spec))
+        return info, Searched(uids, None)
+    info, uids = session.select_searching(name, None)
+    return info, Searched(None, uids)
+
+
 def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectInfo,
                 synced: list[SyncedMessage], uidvalidity_changed: bool,
                 prefetched: SelectChanges | None = None, *,
@@ -217,15 +244,16 @@ def remote_view(session: ImapSession, fstate: FolderState | None, info: SelectIn
     return view
 
 
-def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec) -> set[int]:
+def window_uids(session: ImapSession, present: Iterable[int], spec: WindowSpec,
+                searched: set[int] | None = None) -> set[int]:
     """Which of the selected folder's ``present`` UIDs the window holds: the newest
     ``max_messages``, with INTERNALDATE on or after the day ``max_age`` ago (UID SEARCH
-    SINCE)."""
+    SINCE; ``searched``: its answer, asked with the SELECT)."""
     inside = set(present)
     if spec.max_messages is not None:
         inside = set(sorted(inside)[-spec.max_messages:])
     if spec.max_age is not None and inside:
-        inside &= session.search_since(since_day(spec))
+        inside &= searched if searched is not None else session.search_since(since_day(spec))
     return inside
 
 
@@ -245,7 +273,8 @@ class FirstSync(NamedTuple):
 
 
 def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec,
-                  known: set[int] | frozenset[int]) -> tuple[dict[int, RemoteMessage], set[int]]:
+                  known: set[int] | frozenset[int], searched: Searched
+                  ) -> tuple[dict[int, RemoteMessage], set[int], SelectChanges | None]:
     """The view of a windowed folder without reading what is outside the window: every UID
     (UID SEARCH ALL: a number each, no flags), the window among them, and flags of just those.
     Outside UIDs appear with no flags: the planner asks of them only whether they are there
@@ -253,19 +282,27 @@ def _window_flags(session: ImapSession, info: SelectInfo, spec: WindowSpec,
     never as a message whose flags were all removed.
     With no UID known yet and an age window alone, UID SEARCH SINCE names the window and
     nothing else is asked: the outside UIDs are all new, and new ones outside the window are
-    left out of the view (windowed_view), so listing them would be a round trip for nothing."""
+    left out of the view (windowed_view), so listing them would be a round trip for nothing.
+    With no UID known every one inside is new: its size comes with its flags (the third
+    value, for _add_meta), one FETCH where two would do."""
     if not info.exists:
         present: set[int] = set()
         inside: set[int] = set()
     elif not known and spec.max_messages is None and spec.max_age is not None:
-        present = inside = session.search_since(since_day(spec))
+        present = inside = searched.since if searched.since is not None \
+            else session.search_since(since_day(spec))
     else:
-        present = session.search_all_uids()
-        inside = window_uids(session, present, spec) if present else set()
-    flags = session.fetch_flags_of(inside) if inside else {}
+        present = searched.all if searched.all is not None else session.search_all_uids()
+        inside = window_uids(session, present, spec, searched.since) if present else set()
+    early = None
+    if inside and not known:
+        flags, sizes = session.fetch_flags_and_sizes(inside)
+        early = SelectChanges(None, sizes)
+    else:
+        flags = session.fetch_flags_of(inside) if inside else {}
     gone = inside - flags.keys()
     view = {uid: RemoteMessage(uid, flags.get(uid, "")) for uid in present if uid not in gone}
-    return view, inside - gone
+    return view, inside - gone, early
 
 
 def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None,
@@ -285,21 +322,25 @@ def first_sync_estimate(session: ImapSession, name: str, spec: WindowSpec | None
 
 
 def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | frozenset[int],
-                  spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool
+                  spec: WindowSpec | None, *, pair_outside: bool, message_ids: bool,
+                  searched: Searched | None = None
                   ) -> tuple[dict[int, RemoteMessage], frozenset[int] | None]:
     """The server's view under a window, and the UIDs inside it (None: no window). The window
     from UID SEARCH SINCE (max_age) and the newest UIDs (max_messages), flags only of what is
     inside it (see _window_flags); every UID's flags (UID FETCH 1:* FLAGS) when there is no
     window (pairs parked by an earlier one) or new messages outside it are to be paired with
     local files; sizes and Message-IDs of new messages inside it, or of every new one with
-    ``pair_outside``. New messages outside it are left out of the view altogether."""
+    ``pair_outside``. New messages outside it are left out of the view altogether.
+    ``searched``: the searches asked with the SELECT (select_windowed)."""
+    searched = searched or Searched(None, None)
+    early = None
     if spec is not None and not pair_outside:
-        view, inside = _window_flags(session, info, spec, known)
+        view, inside, early = _window_flags(session, info, spec, known, searched)
     else:
         full = session.fetch_flags() if info.exists else None
         view = {uid: RemoteMessage(uid, flags)
                 for uid, flags in (full.flags.items() if full else ())}
-        inside = None if spec is None else window_uids(session, view, spec)
+        inside = None if spec is None else window_uids(session, view, spec, searched.since)
     new_uids = [uid for uid in view if uid not in known]
     wanted = [uid for uid in new_uids if pair_outside or inside is None or uid in inside]
     if len(wanted) != len(new_uids):
@@ -308,7 +349,7 @@ def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | froz
             if uid not in keep:
                 del view[uid]
     if wanted:
-        _add_meta(session, view, wanted, None, message_ids=message_ids)
+        _add_meta(session, view, wanted, early, message_ids=message_ids)
     return view, None if inside is None else frozenset(inside & set(view))
 
 

@@ -4,6 +4,9 @@ command in the middle leaving the others applied and the connection in step."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 import pytest
 from imapclient.exceptions import IMAPClientError
 
@@ -181,3 +184,41 @@ def test_select_initial_of_an_empty_and_of_a_missing_folder(dovecot: Dovecot, us
         session.select_initial("Does/Not/Exist", sizes=True)
     assert session.selected is None
     assert session.select("Empty").exists == 0
+
+
+def test_select_searching_brings_the_window_with_the_select(dovecot: Dovecot, user: User,
+                                                            session: ImapSession) -> None:
+    """A windowed folder's SELECT: UID SEARCH SINCE (or ALL) in the same round trip, the same
+    UIDs search_since() (search_all_uids()) names; then the window's flags and sizes in one
+    FETCH, the same as fetch_flags_of() and fetch_meta(message_ids=False) give."""
+    now = time.time()
+    dovecot.create_folder(user, "Work")
+    old = [dovecot.append(user, "Work", make_message(i, folder="Work"), "\\Seen",
+                          date=now - (400 - i) * 86400) for i in range(4)]
+    new = [dovecot.append(user, "Work", make_message(i, folder="Work"), "\\Flagged" if i % 2
+                          else "", date=now - (10 - i) * 86400) for i in range(4, 7)]
+    day = dt.date.fromtimestamp(now - 30 * 86400)
+    session.select("INBOX")
+    info, uids = session.select_searching("Work", day)
+    assert session.selected == "Work" and info.exists == 7
+    assert uids == set(new) == session.search_since(day)
+    assert not uids & set(old)
+    session.select("INBOX")
+    info, every = session.select_searching("Work", None)
+    assert info.exists == 7 and every == set(old) | set(new) == session.search_all_uids()
+    flags, sizes = session.fetch_flags_and_sizes(uids | {999})  # 999: no such message
+    assert flags == session.fetch_flags_of(uids)
+    assert flags[new[1]] == "F" and flags[new[0]] == ""
+    assert sizes == session.fetch_meta(uids, message_ids=False)
+    _, none_inside = session.select_searching("Work", dt.date.fromtimestamp(now + 86400))
+    assert none_inside == set()
+
+
+def test_select_searching_a_missing_folder(dovecot: Dovecot, user: User,
+                                          session: ImapSession) -> None:
+    """The SELECT's error; nothing selected, the refused SEARCH behind it read too (the
+    connection in step for the next command)."""
+    with pytest.raises(IMAPClientError, match="SELECT"):
+        session.select_searching("Does/Not/Exist", dt.date(2020, 1, 1))
+    assert session.selected is None
+    assert session.select("INBOX").exists == 0

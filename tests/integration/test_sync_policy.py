@@ -353,8 +353,15 @@ def test_a_first_sync_under_an_age_window_lists_only_the_window(dovecot: Dovecot
     rc, out, err = run_cli("--config", str(account.config), "--debug", "sync")
     assert rc == 0, out + err
     assert "+3 down" in out, out
-    assert re.search(r"> b'\w+ UID SEARCH SINCE ", err), err
+    search = re.search(r"> b'\w+ UID SEARCH SINCE ", err)
+    assert search, err
     assert not re.search(r"> b'\w+ UID SEARCH ALL", err), err
+    # Pipelined: the SEARCH went out before the SELECT's reply came in; the window's flags
+    # and sizes came in one FETCH (no FETCH of sizes alone after one of flags).
+    select_done = re.search(r"< b'\w+ OK \[READ-WRITE\]", err)
+    assert select_done and search.start() < select_done.start(), err
+    assert len(re.findall(r"> b'\w+ UID FETCH \S+ \(UID FLAGS RFC822\.SIZE\)'", err)) == 1, err
+    assert not re.search(r"> b'\w+ UID FETCH \S+ \(UID RFC822\.SIZE\)'", err), err
     assert len(local_files(account.folder_dir("INBOX"))) == 3
     # the next sync, after a local change, knows UIDs: it lists the folder to spot expunges
     rename_flags(with_needle(account, "INBOX", b"test message 21 in"), "S")

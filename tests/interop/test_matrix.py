@@ -207,6 +207,34 @@ def test_flag_the_server_cannot_keep(mx: Matrix) -> None:
 
 
 @full
+def test_an_age_window_mirrors_recent_mail_and_widens_without_duplicates(mx: Matrix) -> None:
+    """max_age: only the messages newer than the window come down (the window's UIDs asked
+    with the SELECT: a pipelined UID SEARCH SINCE, then UID SEARCH ALL once UIDs are known),
+    the old ones stay on the server untouched; a flag changed locally goes up; lifting the
+    window downloads the rest, nothing twice (issue 18)."""
+    mx.seed()  # dated 2024: outside a 30-day window
+    recent = time.strftime("%d-%b-%Y %H:%M:%S +0000", time.gmtime(time.time() - 2 * 86400))
+    for i in (10, 11):
+        mx.server.append(mx.user, "INBOX", make_message(i), [], recent)
+    mx.write_config("    max_age: 30d\n")
+    mx.sync()
+    kind = mx.server.kind
+    assert len(mx.local_keys("INBOX")) == 2, f"[{kind}] {sorted(mx.local_keys('INBOX'))}"
+    assert len(mx.local_keys("Archive")) == 0, f"[{kind}] the old Archive came down"
+    assert len(mx.server.messages(mx.user, "INBOX")) == 6
+    path = mx.local_file("INBOX", "Test message 10 in INBOX")
+    mx.set_local_flags(path, "S")
+    mx.sync()
+    uid = mx.server_uid("INBOX", "Test message 10 in INBOX")
+    assert "\\Seen" in mx.server.messages(mx.user, "INBOX")[uid].flags, f"[{kind}]"
+    assert_idempotent(mx)
+    mx.write_config()
+    mx.sync()
+    assert mx.assert_in_sync() == 8
+    assert_idempotent(mx)
+
+
+@full
 def test_daemon_brings_new_mail_down(mx: Matrix) -> None:
     """`syncd run` with IDLE on INBOX: a message appended on the server appears locally. Where
     the server pushes during IDLE, within seconds (polling every 5 min would miss it); where it

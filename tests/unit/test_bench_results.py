@@ -109,7 +109,7 @@ def test_floor_window_and_status_replies() -> None:
     replies = [b"* SEARCH 5 6 7 12\r\nf1 OK done\r\n", b"f2 OK done\r\n",
                b"* SEARCH\r\nf3 OK done\r\n",
                b'* LIST () "/" INBOX\r\n* STATUS INBOX (MESSAGES 2 UIDNEXT 3)\r\n'
-               b"f4 OK done\r\n", b"* BYE\r\nf5 OK bye\r\n"]
+               b"f4 OK done\r\n"]
     sent: list[bytes] = []
 
     class Sock:
