@@ -407,15 +407,29 @@ def _select_accounts(settings: Settings, names: Sequence[str]) -> list[AccountSe
 
 def _password_source(account: AccountSettings) -> Callable[[], str]:
     """The account's password, asked for once per run (a password command may prompt, or
-    decrypt with gpg, and the no-change check and the sync after it both log in)."""
+    decrypt with gpg, and the no-change check and the sync after it both log in); a failure
+    too is remembered and raised again, not asked twice (a cancelled pinentry stays
+    cancelled). Safe to call from two threads: the no-change check asks for it during the
+    TLS handshake, the login after it."""
+    import threading
+
     from syncd.auth.secrets import get_password
 
     known: list[str] = []
+    failed: list[Exception] = []
+    lock = threading.Lock()
 
     def password() -> str:
-        if not known:
-            known.append(get_password(account))
-        return known[0]
+        with lock:
+            if failed:
+                raise failed[0]
+            if not known:
+                try:
+                    known.append(get_password(account))
+                except Exception as exc:
+                    failed.append(exc)
+                    raise
+            return known[0]
 
     return password
 

@@ -112,22 +112,42 @@ class _Dial:
         self.sock: socket.socket | None = None
         self.error: BaseException | None = None
         self.abandoned = False  # close_dialed() gave up on it: close the socket, keep nothing
+        # Set once the TCP connection is up (reachable: what else a login needs may start)
+        # or failed; ``reached`` says which.
+        self.tcp_done = threading.Event()
+        self.reached = False
+        # The trust context is made here, by the caller: a few ms of CPU that the thread,
+        # competing for the GIL with a main thread busy importing, took 5-7 ms to get (a
+        # no-change `sync`'s timeline). A CA file that cannot be loaded is this dial's error,
+        # raised by take_dialed like any other.
+        self.context: ssl.SSLContext | None = None
+        if account.tls == "implicit":
+            try:
+                self.context = ssl_context_for(account.tls_ca_file)
+            except BaseException as exc:
+                self.error = exc
         self.thread = threading.Thread(target=self._open, args=(account,), daemon=True,
                                        name=f"dial-{account.name}")
 
     def _open(self, account: AccountSettings) -> None:
+        if self.error is not None:
+            self.tcp_done.set()
+            return
         # An ASCII name as bytes: the socket and ssl modules then take it as it is, where a
         # str is first put through the "idna" codec (whose import costs ~8 ms); for ASCII
         # that codec changes nothing.
         host: str | bytes = account.host.encode("ascii") if account.host.isascii() \
             else account.host
         try:
-            sock = socket.create_connection((host, account.port), timeout=account.timeout)
-            if account.tls == "implicit":
+            try:
+                sock = socket.create_connection((host, account.port), timeout=account.timeout)
+                self.reached = True
+            finally:
+                self.tcp_done.set()
+            if self.context is not None:
                 try:
                     # The same context and server name as a connection opened on the spot.
-                    context = ssl_context_for(account.tls_ca_file)
-                    sock = context.wrap_socket(sock, server_hostname=host)
+                    sock = self.context.wrap_socket(sock, server_hostname=host)
                 except BaseException:
                     sock.close()
                     raise
@@ -162,6 +182,19 @@ def dial_ahead(account: AccountSettings) -> None:
             return
         _DIALS[dial.key] = dial
     dial.thread.start()
+
+
+def server_reached(account: AccountSettings) -> bool:
+    """Whether the connection `dial_ahead` is opening for the account got through TCP (waits
+    for that much, not for TLS); False if there is none or it failed. What a login needs
+    besides the connection (a password command: gpg, pass) can then run during the TLS
+    handshake instead of after it, and still never for a server that cannot be reached."""
+    with _DIALS_LOCK:
+        dial = _DIALS.get(_dial_key(account))
+    if dial is None:
+        return False
+    dial.tcp_done.wait()
+    return dial.reached
 
 
 def take_dialed(account: AccountSettings) -> socket.socket | None:

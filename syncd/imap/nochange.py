@@ -14,6 +14,7 @@ answers None and the full sync runs, on a fresh connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,6 +57,13 @@ class Probe:
             # Imported while the TLS handshake is still under way.
             from syncd.imap.probe import probe
 
+            # The password (a command: gpg, pass) is asked for while the TLS handshake is
+            # under way, once the server is known to be reachable. The answer, or the
+            # failure, is remembered (cli._password_source): the login meets it where it
+            # always did, after the connection's own errors.
+            if transport.server_reached(self.account):
+                with contextlib.suppress(Exception):
+                    self._password()
             try:
                 sock = transport.take_dialed(self.account)
             except Exception as exc:

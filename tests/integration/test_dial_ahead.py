@@ -5,10 +5,12 @@ report it (once: no second attempt, no second timeout), and an unused one must b
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from syncd import net as transport
 from syncd.config.cache import load_settings
 from syncd.errors import AccountError
 from syncd.imap.client import ImapSession
+from syncd.imap.nochange import Probe
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import REPO, run_subprocess, write_config
 
@@ -155,3 +158,73 @@ def test_a_connection_still_opening_does_not_hold_the_exit(tmp_path: Path, dovec
         dial.thread.join(10)
         assert not dial.thread.is_alive()
         assert dial.sock is None and isinstance(dial.error, TimeoutError | ssl.SSLError)
+
+
+def test_the_password_is_asked_for_during_the_tls_handshake(tmp_path: Path, dovecot: Dovecot,
+                                                            user: User) -> None:
+    """The no-change check asks for the password (a command: gpg, pass) once TCP is up, while
+    the TLS handshake is still under way: here a server that accepts and never answers TLS.
+    The error reported is still the connection's."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        account = _account(tmp_path, dovecot, user)._replace(
+            port=silent.getsockname()[1], timeout=1.5)
+        asked = threading.Event()
+
+        def password() -> str:
+            asked.set()
+            return user.password
+
+        transport.dial_ahead(account)
+        probe = Probe(account, password)
+        assert asked.wait(10), "the password was not asked for during the handshake"
+        with pytest.raises(AccountError) as info:
+            probe.result()
+        assert info.value.cause in ("timeout", "tls"), info.value
+
+
+def test_no_password_is_asked_for_a_server_that_cannot_be_reached(tmp_path: Path,
+                                                                  dovecot: Dovecot,
+                                                                  user: User) -> None:
+    account = _account(tmp_path, dovecot, user)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    account = account._replace(port=port)
+    transport.dial_ahead(account)
+    probe = Probe(account, lambda: pytest.fail("no password without a connection"))
+    with pytest.raises(AccountError) as info:
+        probe.result()
+    assert info.value.cause == "refused"
+
+
+def _counted_password_command(account, tmp_path: Path, *, fails: bool) -> Path:
+    """The account's password_command replaced by one that counts its runs."""
+    runs = tmp_path / "password-runs"
+    script = tmp_path / "password.sh"
+    answer = "echo 'no such key' >&2; exit 2" if fails else f"printf %s '{account.user.password}'"
+    script.write_text(f"#!/bin/sh\necho run >> '{runs}'\n{answer}\n")
+    script.chmod(0o700)
+    text = re.sub(r"password_command: .*", f'password_command: "{script}"',
+                  account.config.read_text())
+    account.config.write_text(text)
+    return runs
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_password_command_runs_once_a_sync(dovecot: Dovecot, user: User, tmp_path: Path,
+                                               fails: bool) -> None:
+    """The no-change check and the engine after it both log in; the command runs once (and
+    a failure is not asked again: a cancelled pinentry stays cancelled), and the failure is
+    the account's error."""
+    from tests.support.syncd_env import run_cli
+
+    dovecot.seed(user, "INBOX", [make_message(0)])
+    account = write_config(tmp_path, dovecot, user)
+    assert run_cli("--config", str(account.config), "sync")[0] == 0
+    runs = _counted_password_command(account, tmp_path, fails=fails)
+    dovecot.seed(user, "INBOX", [make_message(1)])  # something to do: the engine logs in too
+    rc, out, err = run_cli("--config", str(account.config), "sync")
+    assert runs.read_text().count("run") == 1, out + err
+    if fails:
+        assert rc == 1 and "test" in out + err, out + err
+    else:
+        assert rc == 0 and "+1 down" in out, out + err
