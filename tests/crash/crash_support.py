@@ -20,6 +20,7 @@ from syncd.core.message import header_identity
 from syncd.core.placeholder import placeholder_of
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import (
+    IMAP_TO_LETTER,
     Account,
     assert_folder_in_sync,
     local_files,
@@ -133,7 +134,11 @@ def contents(dovecot: Dovecot, user: User, account: Account) -> dict[str, Counte
     are checked to be exactly equal (bytes, flags, no duplicates). A placeholder (max_size)
     stands for the server's message of its Message-ID and size."""
     result = {}
+    window = _window_days(account)
     for folder in dovecot.folders(user):
+        if window is not None:
+            result[folder] = _in_sync_inside_window(dovecot, user, account, folder, window)
+            continue
         if any(placeholder_of(p.read_bytes()) for _, p in local_files(
                 account.folder_dir(folder))):
             result[folder] = _in_sync_with_placeholders(dovecot, user, account, folder)
@@ -144,6 +149,38 @@ def contents(dovecot: Dovecot, user: User, account: Account) -> dict[str, Counte
     local_only = {p.name for p in account.maildir.iterdir() if p.is_dir()} - top
     assert not local_only, f"local folders missing on the server: {local_only}"
     return result
+
+
+def _window_days(account: Account) -> int | None:
+    """The account's max_age in days (the window scenario's "max_age: 30d"), or None."""
+    for line in account.config.read_text().splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "max_age":
+            return int(value.rstrip("d"))
+    return None
+
+
+def _in_sync_inside_window(dovecot: Dovecot, user: User, account: Account, folder: str,
+                           days: int) -> Counter:
+    """assert_folder_in_sync for a folder under max_age: the local side is exactly the
+    server's messages inside the window (bytes, flags, no duplicates); those outside stay on
+    the server and are part of the result, tagged "outside", so that a run which touched one
+    (a flag, an expunge, a copy) differs from the uninterrupted run."""
+    since = time.time() - days * 86400
+    inside: Counter = Counter()
+    outside: Counter = Counter()
+    for m in dovecot.messages(user, folder).values():
+        letters = "".join(sorted(IMAP_TO_LETTER[f.lower()] for f in m.flags
+                                 if f.lower() in IMAP_TO_LETTER))
+        assert m.internaldate is not None, f"{folder}: UID {m.uid} without INTERNALDATE"
+        side = inside if m.internaldate.timestamp() >= since else outside
+        side[(m.body.replace(b"\r\n", b"\n"), letters)] += 1
+    assert all(n == 1 for n in (inside + outside).values()), f"duplicates on the server in {folder}"
+    local = local_state(account.folder_dir(folder))
+    assert all(n == 1 for n in local.values()), f"duplicates locally in {folder}"
+    assert local == inside, f"{folder}: {local - inside} only local, {inside - local} only " \
+        "on the server inside the window"
+    return inside + Counter({(body, flags, "outside"): n for (body, flags), n in outside.items()})
 
 
 def _in_sync_with_placeholders(dovecot: Dovecot, user: User, account: Account,
@@ -227,9 +264,11 @@ def _initial_state(dovecot: Dovecot, user: User, tmp_path: Path
     return account, uids
 
 
-def local_by_index(account: Account, folder: str, count: int) -> dict[int, Path]:
+def local_by_index(account: Account, folder: str, count: int,
+                   present: range | None = None) -> dict[int, Path]:
+    """The local file of each message 0..count-1 (of those in ``present``, if given)."""
     files = {p.read_bytes(): p for _, p in local_files(account.folder_dir(folder))}
-    return {i: files[_lf(_msg(i, folder))] for i in range(count)}
+    return {i: files[_lf(_msg(i, folder))] for i in (present or range(count))}
 
 
 def prepare_mixed(dovecot: Dovecot, user: User, tmp_path: Path) -> Account:
@@ -349,12 +388,44 @@ def prepare_placeholders(dovecot: Dovecot, user: User, tmp_path: Path) -> Accoun
     return account
 
 
+_IMAP_FLAG = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
+
+
+def prepare_window(dovecot: Dovecot, user: User, tmp_path: Path) -> Account:
+    """max_age (issue 18), after one clean sync under it: in each folder old messages (outside
+    the window: never downloaded, never touched, whatever happens inside it) and recent ones;
+    then changes inside the window on both sides, and outside it on the server."""
+    now = time.time()
+    uids: dict[str, list[int]] = {}
+    for folder in FOLDERS:
+        if folder != "INBOX":
+            dovecot.create_folder(user, folder)
+        uids[folder] = [
+            dovecot.append(user, folder, _msg(i, folder),
+                           [_IMAP_FLAG[c] for c in SEED_FLAGS[i]],
+                           date=now - ((400 - i) if i < 4 else (SEED - i)) * 86400)
+            for i in range(SEED)]  # 0-3 are a year old, 4-8 from the last days
+    account = write_config(tmp_path, dovecot, user, extra="    max_age: 30d\n")
+    synced_ok(account)
+    for n, folder in enumerate(FOLDERS):
+        local = local_by_index(account, folder, SEED, present=range(4, SEED))
+        rename_local(local[4], "FS")  # a flag inside the window, locally
+        local[5 + n].unlink()  # a deletion inside the window, locally
+        write_local(account, folder, _msg(300, folder), "S")  # new local mail (uploaded)
+        with server_folder(dovecot, user, folder) as server:
+            server.store([uids[folder][7]], "+FLAGS.SILENT", "\\Answered")  # inside
+            server.store([uids[folder][1]], "+FLAGS.SILENT", "\\Flagged")  # outside
+            server.append(_msg(100, folder), "\\Seen")  # new server mail (now: inside)
+    return account
+
+
 SCENARIOS = {s.name: s for s in (
     Scenario("mixed", prepare_mixed),
     Scenario("initial", prepare_initial),
     Scenario("uidvalidity", prepare_uidvalidity),
     Scenario("trash", prepare_trash),
     Scenario("placeholders", prepare_placeholders),
+    Scenario("window", prepare_window),
 )}
 
 
