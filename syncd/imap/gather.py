@@ -349,7 +349,9 @@ def windowed_view(session: ImapSession, info: SelectInfo, known: set[int] | froz
             if uid not in keep:
                 del view[uid]
     if wanted:
-        _add_meta(session, view, wanted, early, message_ids=message_ids)
+        # (the sizes that came with the window's flags carry no Message-ID: not for pairing)
+        _add_meta(session, view, wanted, None if message_ids else early,
+                  message_ids=message_ids)
     return view, None if inside is None else frozenset(inside & set(view))
 
 
