@@ -121,6 +121,12 @@ class MemorySession(ImapSession):
         meta = self.fetch_meta(flags.flags, message_ids=False) if sizes else None
         return info, SelectChanges(flags, meta, complete=True)
 
+    def select_searching(self, name: str, since: dt.date | None
+                         ) -> tuple[SelectInfo, set[int] | None]:
+        # No INTERNALDATEs here: an age window's search is left to search_since (not had).
+        info = self.select(name)
+        return info, self.search_all_uids() if since is None else None
+
     def noop(self) -> None:
         pass
 
@@ -135,6 +141,11 @@ class MemorySession(ImapSession):
     def fetch_flags_of(self, uids: Iterable[int]) -> dict[int, str]:
         messages = self._folder.messages
         return {uid: messages[uid].flags for uid in uids if uid in messages}
+
+    def fetch_flags_and_sizes(self, uids: Iterable[int]
+                              ) -> tuple[dict[int, str], dict[int, MessageMeta]]:
+        wanted = list(uids)
+        return self.fetch_flags_of(wanted), self.fetch_meta(wanted, message_ids=False)
 
     def fetch_meta(self, uids: Iterable[int], *, message_ids: bool = True
                    ) -> dict[int, MessageMeta]:
