@@ -1,21 +1,23 @@
-"""Downloads of one folder's plan, in group commits: intents for a group (one commit) -> each
-body staged in tmp/ -> one flush -> links into cur/ or new/ -> directory fsync -> the rows
-with the intents cleared (one commit). The next group's bodies arrive while this one is
-written (BodyPrefetcher). A body whose content is already here under another name is paired,
-never stored twice."""
+"""Downloads of one folder's plan, in group commits: intents for a group -> each body staged in
+tmp/ -> one flush -> links into cur/ or new/ -> directory fsync -> the rows with the intents
+cleared, and the next group's intents, in one commit (one state fsync a group, not two). The
+next group's bodies arrive while this one is written (BodyPrefetcher). A body whose content is
+already here under another name is paired, never stored twice."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import queue
+import sqlite3
 import threading
+from typing import NamedTuple
 
 from syncd.core import actions as A
 from syncd.core.model import SyncedMessage
 from syncd.faults import checkpoint
 from syncd.imap.changes import apply_flags
-from syncd.imap.client import FetchedBody, ImapSession
+from syncd.imap.client import SPOOL_LITERAL_MIN, FetchedBody, ImapSession
 from syncd.imap.job import FolderJob
 from syncd.imap.refusals import RefusedDownloads
 from syncd.store.maildir import MaildirFolder, Written, crlf_to_lf, file_chunks
@@ -119,6 +121,22 @@ class BodyPrefetcher:
                 discard_bodies(value)  # type: ignore[arg-type]
 
 
+class IntentsAhead(NamedTuple):
+    """A group's download intents, committed with the previous group's rows: the key each
+    body will be written under, and the intents' ids."""
+
+    keys: dict[int, str]
+    ids: list[int]
+
+
+def keys_known_ahead(group: list[A.Download]) -> bool:
+    """Whether a group's intents can be written before its bodies arrive: only when every body
+    will be stored under a key chosen now, i.e. none will be spooled into tmp/ as it arrives
+    (a literal above SPOOL_LITERAL_MIN gets a key of its own there). Half the limit: a server's
+    literal may be a little bigger than the RFC822.SIZE it announced."""
+    return all(a.size is not None and a.size < SPOOL_LITERAL_MIN // 2 for a in group)
+
+
 def commit_groups(downloads: list[A.Download]) -> list[list[A.Download]]:
     """The downloads cut into group commits, bounded by count and by bytes."""
     groups: list[list[A.Download]] = [[]]
@@ -145,6 +163,8 @@ class Downloader:
         # Local key -> content digest: every no-Message-ID download shares the candidates,
         # so each file is read once (see _content_match).
         self._candidate_digests: dict[str, str] = {}
+        # The next group's intents, committed with this group's rows (see _group).
+        self._ahead: IntentsAhead | None = None
 
     def run(self, downloads: list[A.Download]) -> None:
         job = self.job
@@ -156,29 +176,60 @@ class Downloader:
         refused = RefusedDownloads(job.account, job.fstate.remote_name)
         prefetch = BodyPrefetcher(job.session, groups, refused, job.folder)
         try:
-            for group in groups:
+            for k, group in enumerate(groups):
                 if job.should_stop():
                     break
-                self._group(group, prefetch.next_group())
+                following = groups[k + 1] if k + 1 < len(groups) else None
+                self._group(group, prefetch.next_group(), following)
         finally:
             prefetch.close()
+            self._drop_ahead()
         if refused:
             error = refused.error(job.session.fetch_subjects(sorted(refused.reasons)))
             job.result.error = f"{job.result.error}; {error}" if job.result.error else error
         if self._paired_flags:
             apply_flags(job, self._paired_flags)
 
-    def _group(self, group: list[A.Download], bodies: list[Body]) -> None:
-        """One group commit: intents (one commit) -> stage each body in tmp/ -> one flush ->
-        links -> directory fsync -> rows and cleared intents (one commit)."""
+    def _drop_ahead(self) -> None:
+        """Intents written ahead for a group that was never started (the sync stopped, or its
+        bodies did not come): nothing was done for them. Left open (a crash), recovery finds
+        no file of theirs and drops them the same way."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.job.state.clear_intents(ahead.ids)
+
+    def _intents(self, group: list[A.Download], bodies: list[Body]
+                 ) -> tuple[dict[int, str], list[int]]:
+        """The group's keys and committed intents: those written ahead with the previous
+        group's rows, or now (one commit). A streamed body is in tmp/ under a key of its own
+        already: that is its key, and its intent says so before anything is published."""
+        job = self.job
+        streamed = {uid: raw.key for uid, raw, _date in bodies if isinstance(raw, Written)}
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            keys = {a.uid: job.folder.new_key() for a in group} | streamed
+            ids = job.state.add_intents(
+                job.fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
+            checkpoint("download.intents")
+            return keys, ids
+        keys, ids = dict(ahead.keys), list(ahead.ids)
+        moved = {uid: key for uid, key in streamed.items() if keys.get(uid) != key}
+        if moved:  # a body bigger than announced was spooled: its own key, its own intent
+            flags = {a.uid: a.flags for a in group}
+            keys.update(moved)
+            ids += job.state.add_intents(
+                job.fid, "download", [(uid, key, flags[uid], None) for uid, key in moved.items()])
+        return keys, ids
+
+    def _group(self, group: list[A.Download], bodies: list[Body],
+               following: list[A.Download] | None = None) -> None:
+        """One group commit: intents (written ahead with the previous group's rows, or now)
+        -> stage each body in tmp/ -> one flush -> links -> directory fsync -> rows, cleared
+        intents and the ``following`` group's intents (one commit)."""
         job = self.job
         state, folder = job.state, job.folder
-        # A streamed body is in tmp/ under a key of its own already: that is its key.
-        keys = {a.uid: folder.new_key() for a in group}
-        keys.update((uid, raw.key) for uid, raw, _date in bodies if isinstance(raw, Written))
-        intent_ids = state.add_intents(
-            job.fid, "download", [(a.uid, keys[a.uid], a.flags, None) for a in group])
-        checkpoint("download.intents")
+        keys, intent_ids = self._intents(group, bodies)
         by_uid = {a.uid: a for a in group}
         rows: list[SyncedMessage] = []
         staged = []
@@ -214,11 +265,20 @@ class Downloader:
         job.result.downloaded += len(staged)
         folder.sync()
         parked, self._parked = self._parked, []
+        ahead = None
         with state.transaction():
             state.put_messages(job.fid, rows)
             if parked:
                 state.put_outside(job.fid, parked)
             state.clear_intents(intent_ids)
+            if following and keys_known_ahead(following) and not job.should_stop():
+                # The next group's intents ride with this commit: written before its bodies
+                # are staged, as they must be, and one state fsync a group instead of two.
+                next_keys = {a.uid: folder.new_key() for a in following}
+                ahead = IntentsAhead(next_keys, state.add_intents(
+                    job.fid, "download",
+                    [(a.uid, next_keys[a.uid], a.flags, None) for a in following]))
+        self._ahead = ahead
         checkpoint("download.commit")
 
     def _count(self, action: A.Download, raw: FetchedBody) -> None:

@@ -6,13 +6,18 @@ pipeline equals the server."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from syncd import faults
 from syncd.imap import client as imap_client
 from syncd.imap import download, wire
 from syncd.imap.client import ImapSession
+from syncd.store.maildir import MaildirFolder
 from tests.support.dovecot import Dovecot, User, make_message
 from tests.support.syncd_env import assert_folder_in_sync, sync, write_config
 
@@ -88,3 +93,59 @@ def test_first_sync_through_the_pipeline_equals_the_server(
     assert assert_folder_in_sync(dovecot, user, account, "Archive") == 7
     rc, out, err = sync(account)
     assert rc == 0 and "+0 down +0 up -0 ~0 flags" in out, out + err
+
+
+@pytest.mark.parametrize("announced_small", [False, True])
+def test_a_group_costs_one_commit_and_nothing_is_published_without_its_intent(
+        dovecot: Dovecot, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        announced_small: bool) -> None:
+    """Each group's download intents ride with the previous group's rows (one state commit a
+    group, not two), and still come first: whenever bodies are published into cur/ or new/,
+    every file the state has no row for has an open download intent under its key (what a
+    kill there leaves recovery to settle). A big body is spooled into tmp/ under a key of its
+    own: its group's intents are written when it has come; and if it was not expected to be
+    big (``announced_small``: the intents went ahead), an intent of its own key is added
+    before it is published."""
+    monkeypatch.setattr(download, "DOWNLOAD_COMMIT_COUNT", 3)
+    monkeypatch.setattr(imap_client, "SPOOL_LITERAL_MIN", 8000)  # message 7 is streamed
+    monkeypatch.setattr(imap_client, "_READ_CHUNK", 4096)
+    monkeypatch.setattr(download, "SPOOL_LITERAL_MIN", 10**9 if announced_small else 8000)
+    dovecot.seed(user, "INBOX", [make_message(i, size=20000 if i == 7 else 1500)
+                                 for i in range(10)])
+    streamed: list[str] = []
+    stage_written = MaildirFolder.stage_written
+    monkeypatch.setattr(MaildirFolder, "stage_written", lambda self, written, *a, **kw: (
+        streamed.append(written.key), stage_written(self, written, *a, **kw))[1])
+    account = write_config(tmp_path, dovecot, user)
+    state_path = account.state_dir / f"{account.name}.sqlite3"
+    folder = account.folder_dir("INBOX")
+    unrecorded: list[int] = []
+
+    def published(step: str) -> None:
+        with contextlib.closing(sqlite3.connect(state_path)) as db:
+            intents = {key for (key,) in db.execute(
+                "SELECT maildir_key FROM intent WHERE op = 'download'")}
+            recorded = {key for (key,) in db.execute("SELECT maildir_key FROM message")}
+        files = {name.split(":2,")[0] for sub in ("cur", "new")
+                 for name in os.listdir(folder / sub)}
+        assert files - recorded <= intents, (files - recorded) - intents
+        unrecorded.append(len(files - recorded))
+
+    faults.add_hook("download.publish", published)
+    faults.arm(None, record=True)
+    try:
+        rc, out, err = sync(account)
+        trace = list(faults.trace or [])
+    finally:
+        faults.add_hook("download.publish", None)
+        faults.arm(None)
+    assert rc == 0, out + err
+    assert len(streamed) == 1  # message 7, through its tmp/ file
+    assert unrecorded == [3, 3, 3, 1]
+    # intents of their own for the first group, and for the group of the big body (6-8)
+    # unless it was not expected
+    assert trace.count("download.intents") == (1 if announced_small else 2), trace
+    assert trace.count("download.commit") == 4, trace
+    assert assert_folder_in_sync(dovecot, user, account, "INBOX") == 10
+    with contextlib.closing(sqlite3.connect(state_path)) as db:
+        assert db.execute("SELECT count(*) FROM intent").fetchone() == (0,)
