@@ -7,7 +7,7 @@ No sync engine, no state, no flags: per folder one ``UID FETCH 1:* BODY.PEEK[]``
 folder in one command, so the server never waits for the client to ask), over the same kind of
 connection syncd uses (implicit TLS, certificate verified against ``--ca``), with as many
 connections as syncd's default (3; the largest folders first, one folder per connection at a
-time). The reply is split into literals and, without ``--write``, dropped: the read floor,
+time; the other two open and log in while the first lists, which then fetches too). The reply is split into literals and, without ``--write``, dropped: the read floor,
 TLS and the server only. With ``--write`` each message is written the way syncd writes a
 download group: CRLF to LF, staged in tmp/ without fsync, then per group (200 messages or
 2 MiB, syncd's DOWNLOAD_COMMIT_*) one syncfs(2), the renames into new/, one fsync of new/.
@@ -220,12 +220,10 @@ def status_only(conn: Connection) -> int:
     return 0
 
 
-def worker(args: argparse.Namespace, folders: multiprocessing.Queue, done: multiprocessing.Queue
-           ) -> None:
+def work(args: argparse.Namespace, conn: Connection, folders: multiprocessing.Queue) -> int:
+    """Take folders from the queue until its None and fetch each on ``conn``; the count."""
     from pathlib import Path
 
-    conn = Connection(args.host, args.port, args.ca)
-    conn.login(args.user, args.password)
     count = 0
     while True:
         name = folders.get()
@@ -241,8 +239,15 @@ def worker(args: argparse.Namespace, folders: multiprocessing.Queue, done: multi
             count += conn.fetch_all(sink, uids)
         if sink is not None:
             sink.flush()
-    conn.command("LOGOUT")
-    done.put(count)
+    conn.send("LOGOUT")  # not waited for
+    return count
+
+
+def worker(args: argparse.Namespace, folders: multiprocessing.Queue, done: multiprocessing.Queue
+           ) -> None:
+    conn = Connection(args.host, args.port, args.ca)
+    conn.login(args.user, args.password)
+    done.put(work(args, conn, folders))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,29 +264,32 @@ def main(argv: list[str] | None = None) -> int:
                    "(an IMAP date: 1-Jan-2026)")
     p.add_argument("--status", action="store_true", help="the no-change floor: LIST-STATUS only")
     args = p.parse_args(argv)
-    conn = Connection(args.host, args.port, args.ca)
-    conn.login(args.user, args.password)
     if args.status:
+        conn = Connection(args.host, args.port, args.ca)
+        conn.login(args.user, args.password)
         return status_only(conn)
-    folders = list_folders(conn)
-    conn.command("LOGOUT")
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     todo: multiprocessing.Queue = ctx.Queue()
     done: multiprocessing.Queue = ctx.Queue()
-    for name, _ in folders:
-        todo.put(name)
-    n = max(1, min(args.connections, len(folders)))
-    for _ in range(n):
-        todo.put(None)
-    procs = [ctx.Process(target=worker, args=(args, todo, done)) for _ in range(n)]
+    # The other connections open and log in while this one lists; this one then works too.
+    procs = [ctx.Process(target=worker, args=(args, todo, done))
+             for _ in range(max(0, args.connections - 1))]
     for proc in procs:
         proc.start()
+    conn = Connection(args.host, args.port, args.ca)
+    conn.login(args.user, args.password)
+    folders = list_folders(conn)
+    for name, _ in folders:
+        todo.put(name)
+    for _ in range(len(procs) + 1):
+        todo.put(None)
+    total = work(args, conn, todo)
     for proc in procs:
         proc.join()
     failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
-    total = sum(done.get() for _ in range(n - len(failed)))
+    total += sum(done.get() for _ in range(len(procs) - len(failed)))
     print(f"floor: {total} messages from {len(folders)} folders"
           + (f"; {len(failed)} worker(s) failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
