@@ -7,8 +7,9 @@ No sync engine, no state, no flags: per folder one ``UID FETCH 1:* BODY.PEEK[]``
 folder in one command, so the server never waits for the client to ask), over the same kind of
 connection syncd uses (implicit TLS, certificate verified against ``--ca``), with as many
 connections as syncd's default (3; the largest folders first, one folder per connection at a
-time; the other two open and log in while the first lists, which then fetches too). The reply is split into literals and, without ``--write``, dropped: the read floor,
-TLS and the server only. With ``--write`` each message is written the way syncd writes a
+time; the other two open and log in while the first lists, which then fetches too). The reply
+is split into literals and, without ``--write``, dropped: the read floor, TLS and the server
+only. With ``--write`` each message is written the way syncd writes a
 download group: CRLF to LF, staged in tmp/ without fsync, then per group (200 messages or
 2 MiB, syncd's DOWNLOAD_COMMIT_*) one syncfs(2), the renames into new/, one fsync of new/.
 With ``--since`` (a partial mirror's floor, issue 18) each folder is first asked

@@ -237,7 +237,8 @@ def markdown(results: dict[str, Any], png_name: str) -> str:
         "RSS is the maximum over the runs. \"syncd/tool\" < 1 means syncd was faster. The "
         "20ms and 100ms rows go through bench/proxy.py, which delays each direction by half "
         "the round trip. syncd is the pip-installed one (bench/install.py) unless the "
-        "arguments say --syncd editable; floor-read and floor-write are bench/floor.py.",
+        "arguments say --syncd editable; floor-read, floor-write and floor-status are "
+        "bench/floor.py (bench/README.md).",
         "",
         f"![chart]({png_name})",
         "",
