@@ -45,8 +45,8 @@ from tests.support.syncd_env import sync, synced_ok
 # Upper bounds for the parametrization (pytest needs the ids before Dovecot runs). The
 # reference test of each scenario fails if the engine ever passes more checkpoints than this,
 # so coverage can never shrink silently: raise the bound then. Ids beyond the real count skip.
-MAX_CHECKPOINTS = {"mixed": 53, "initial": 42, "uidvalidity": 29, "trash": 18,
-                   "placeholders": 30, "window": 32}
+MAX_CHECKPOINTS = {"mixed": 46, "initial": 35, "uidvalidity": 25, "trash": 12,
+                   "placeholders": 25, "window": 26}
 
 # Small download groups so that crashes also land between group commits.
 DOWNLOAD_GROUP = 2
