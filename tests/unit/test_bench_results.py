@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from bench import floor, report
 
 
@@ -143,3 +145,26 @@ def test_profile_breakdown_takes_the_innermost_known_frame() -> None:
     assert shares["TLS and socket reads"] == 0.6
     assert shares["fsync and syncfs"] == 0.3  # not "Maildir (files, paths)": the innermost match
     assert shares["SQLite"] == 0.1 and shares["other"] == 0
+
+
+def test_window_report_names_the_floors_share(tmp_path) -> None:
+    """bench.window: the floor's windowed share beside syncd's, said to miss the goal too when
+    it does; imap_since is an IMAP date whatever the locale."""
+    from bench import window
+
+    assert re.fullmatch(r"\d{1,2}-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-\d{4}",
+                        window.imap_since(30))
+    info = {"date": "2026-12-08 02:42", "host": "vm", "messages": 20000, "seed": 1,
+            "inside": 1988, "repeats": 3, "cpus": 2, "commit": "abc", "since": "10-Nov-2023"}
+    rows = [{"label": "full", "max_age_days": None, "first": 7.5, "no_change": 0.13,
+             "peak_rss_mb": 77, "returncodes": [0], "files": 20000},
+            {"label": "max_age 1124d", "max_age_days": 1124, "first": 1.12, "no_change": 0.09,
+             "peak_rss_mb": 64, "returncodes": [0], "files": 1988}]
+    floors = [{"label": "floor-write full", "first": 7.33},
+              {"label": "floor-write window", "first": 1.06}]
+    text = window.report(info, rows, floors, tmp_path).read_text()
+    assert "**14.9%** of the full one (goal <= 12%): missed" in text
+    assert "0.99" not in text and "1.06 s windowed = **14.5%** — above the goal too" in text
+    floors[1]["first"] = 0.8
+    text = window.report(info, rows, floors, tmp_path).read_text()
+    assert "0.80 s windowed = **10.9%**" in text and "above the goal too" not in text
