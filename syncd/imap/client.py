@@ -657,7 +657,13 @@ class ImapSession:
         self._enable_extensions()
         criteria = ("SINCE", format_criteria_date(since)) if since is not None else ("ALL",)
         info, (reply,) = self._select_pipelined(name, [("UID", "SEARCH", *criteria)])
-        return info, _searched(reply)
+        uids = _searched(reply)
+        if since is None and uids is not None and len(uids) != info.exists:
+            # Every UID must be as many as the SELECT counted: a reply cut short (or a message
+            # that came or went in between) would pass folders' messages for expunged. Asked
+            # again the ordinary way, as select_initial does.
+            return info, None
+        return info, uids
 
     def _select_pipelined(self, name: str, commands: list[tuple[str | bytes, ...]]
                           ) -> tuple[SelectInfo, list[Reply]]:

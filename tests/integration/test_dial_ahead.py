@@ -30,6 +30,16 @@ def _account(tmp_path: Path, dovecot: Dovecot, user: User, **kw: str):
     return load_settings(account.config).accounts["test"]
 
 
+def _refused_account(tmp_path: Path, dovecot: Dovecot, user: User):
+    """The account on a port nothing listens on (refused), dialed ahead; and that port."""
+    account = _account(tmp_path, dovecot, user)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    account = account._replace(port=port)
+    transport.dial_ahead(account)
+    return account, port
+
+
 def _dialed(account) -> socket.socket:
     """The socket dial_ahead is opening for the account (waits until it is open)."""
     with transport._DIALS_LOCK:
@@ -69,11 +79,7 @@ def test_the_session_runs_on_the_connection_opened_ahead(dovecot: Dovecot, user:
 def test_a_refused_connection_is_reported_once_with_its_cause(tmp_path: Path,
                                                               dovecot: Dovecot,
                                                               user: User) -> None:
-    account = _account(tmp_path, dovecot, user)
-    with socket.create_server(("127.0.0.1", 0)) as closed:
-        port = closed.getsockname()[1]
-    account = account._replace(port=port)
-    transport.dial_ahead(account)
+    account, port = _refused_account(tmp_path, dovecot, user)
     with pytest.raises(AccountError) as info:
         ImapSession.connect(account, lambda: pytest.fail("no password without a connection"))
     assert info.value.cause == "refused" and f"127.0.0.1:{port}" in str(info.value)
@@ -185,11 +191,7 @@ def test_the_password_is_asked_for_during_the_tls_handshake(tmp_path: Path, dove
 def test_no_password_is_asked_for_a_server_that_cannot_be_reached(tmp_path: Path,
                                                                   dovecot: Dovecot,
                                                                   user: User) -> None:
-    account = _account(tmp_path, dovecot, user)
-    with socket.create_server(("127.0.0.1", 0)) as closed:
-        port = closed.getsockname()[1]
-    account = account._replace(port=port)
-    transport.dial_ahead(account)
+    account, _port = _refused_account(tmp_path, dovecot, user)
     probe = Probe(account, lambda: pytest.fail("no password without a connection"))
     with pytest.raises(AccountError) as info:
         probe.result()

@@ -222,3 +222,20 @@ def test_select_searching_a_missing_folder(dovecot: Dovecot, user: User,
         session.select_searching("Does/Not/Exist", dt.date(2020, 1, 1))
     assert session.selected is None
     assert session.select("INBOX").exists == 0
+
+
+def test_select_searching_every_uid_is_trusted_only_if_it_counts_as_the_select(
+        dovecot: Dovecot, user: User, session: ImapSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SEARCH ALL reply that names fewer UIDs than EXISTS (cut short, or read under the
+    wrong command) is not taken: the missing ones would pass for expunged. None: the caller
+    asks again the ordinary way."""
+    from syncd.imap import client as imap_client
+
+    dovecot.seed(user, "Work", [make_message(i, folder="Work") for i in range(4)])
+    searched = imap_client._searched
+    monkeypatch.setattr(imap_client, "_searched",
+                        lambda reply: set(sorted(searched(reply) or ())[1:]))
+    info, every = session.select_searching("Work", None)
+    assert info.exists == 4 and every is None
+    assert len(session.search_all_uids()) == 4

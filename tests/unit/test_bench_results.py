@@ -68,15 +68,10 @@ def test_titles_name_the_size() -> None:
     assert report._title("resync-cold") == "no-change, cold page cache"
 
 
-def test_floor_reads_literals_and_the_list_status_reply() -> None:
+def _scripted(replies: list[bytes]) -> tuple[floor.Connection, list[bytes]]:
+    """A floor Connection reading ``replies`` one recv at a time; what it sends, in order."""
     conn = floor.Connection.__new__(floor.Connection)
     conn.buf, conn.pos, conn.tag = bytearray(), 0, 0
-    replies = [b'* LIST (\\HasNoChildren) "/" INBOX\r\n* STATUS INBOX (MESSAGES 2)\r\n'
-               b'* LIST (\\Noselect \\HasChildren) "/" Lists\r\n'
-               b'* LIST (\\HasNoChildren) "/" "Lists/rust"\r\n'
-               b'* STATUS "Lists/rust" (MESSAGES 7)\r\nf1 OK done\r\n',
-               b"* 1 FETCH (UID 4 BODY[] {5}\r\nab\r\nc)\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
-               b"f2 OK done\r\n"]
     sent: list[bytes] = []
 
     class Sock:
@@ -87,6 +82,16 @@ def test_floor_reads_literals_and_the_list_status_reply() -> None:
             return replies.pop(0) if replies else b""
 
     conn.sock = Sock()
+    return conn, sent
+
+
+def test_floor_reads_literals_and_the_list_status_reply() -> None:
+    conn, sent = _scripted([b'* LIST (\\HasNoChildren) "/" INBOX\r\n* STATUS INBOX (MESSAGES 2)\r\n'
+               b'* LIST (\\Noselect \\HasChildren) "/" Lists\r\n'
+               b'* LIST (\\HasNoChildren) "/" "Lists/rust"\r\n'
+               b'* STATUS "Lists/rust" (MESSAGES 7)\r\nf1 OK done\r\n',
+               b"* 1 FETCH (UID 4 BODY[] {5}\r\nab\r\nc)\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
+               b"f2 OK done\r\n"])
     assert floor.list_folders(conn) == [('"Lists/rust"', 7), ("INBOX", 2)]
 
     class Sink:
@@ -106,22 +111,10 @@ def test_floor_window_and_status_replies() -> None:
     """--since: UID SEARCH SINCE's UIDs as ranges, then only those fetched; --status: one
     LIST-STATUS and LOGOUT."""
     assert floor.uid_set([7, 1, 2, 3, 9, 10]) == "1:3,7,9:10"
-    conn = floor.Connection.__new__(floor.Connection)
-    conn.buf, conn.pos, conn.tag = bytearray(), 0, 0
-    replies = [b"* SEARCH 5 6 7 12\r\nf1 OK done\r\n", b"f2 OK done\r\n",
+    conn, sent = _scripted([b"* SEARCH 5 6 7 12\r\nf1 OK done\r\n", b"f2 OK done\r\n",
                b"* SEARCH\r\nf3 OK done\r\n",
                b'* LIST () "/" INBOX\r\n* STATUS INBOX (MESSAGES 2 UIDNEXT 3)\r\n'
-               b"f4 OK done\r\n"]
-    sent: list[bytes] = []
-
-    class Sock:
-        def sendall(self, data: bytes) -> None:
-            sent.append(data)
-
-        def recv(self, n: int) -> bytes:
-            return replies.pop(0) if replies else b""
-
-    conn.sock = Sock()
+               b"f4 OK done\r\n"])
     uids = conn.search_since("1-Jan-2026")
     assert uids == "5:7,12" and sent[-1] == b"f1 UID SEARCH SINCE 1-Jan-2026\r\n"
     assert conn.fetch_all(None, uids) == 0
